@@ -1,0 +1,7 @@
+"""torch.hub entry points of the Tiniest CIFAR-10 classifier; the code lives in ``tiniest/``."""
+
+from tiniest.hub import tiniest
+
+dependencies = ["torch", "safetensors"]
+
+__all__ = ["tiniest"]

@@ -1,0 +1,70 @@
+"""Shared fixtures: the reference data in ../shared, isolated caches, a loopback HTTP server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.loopback import LoopbackServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+SHARED_CHECKPOINT = SHARED / "weights" / "tiniest.pt"
+SHARED_CIFAR10 = SHARED / "cifar10"
+MODEL_CARD = SHARED / "reference" / "000_b37fd2edca8d687b.txt"
+
+
+def shared_path(path: Path) -> Path:
+    """``path`` under ../shared, or a skip (a failure when TINIEST_REQUIRE_SHARED=1, as in CI)."""
+    if not path.exists():
+        reason = f"{path} is absent (reference data lives in ../shared beside the checkout)"
+        if os.environ.get("TINIEST_REQUIRE_SHARED") == "1":
+            pytest.fail(reason + "; TINIEST_REQUIRE_SHARED=1 makes it mandatory")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets empty torch.hub and Hugging Face caches and no weights overrides."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for name in ("TINIEST_WEIGHTS", "TINIEST_GITHUB_URL", "TINIEST_OFFLINE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture
+def shared_checkpoint() -> Path:
+    return shared_path(SHARED_CHECKPOINT)
+
+
+@pytest.fixture
+def shared_cifar10() -> Path:
+    return shared_path(SHARED_CIFAR10)
+
+
+@pytest.fixture
+def model_card() -> str:
+    return shared_path(MODEL_CARD).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def release_bytes() -> bytes:
+    """The release artifact exported from ../shared/weights/tiniest.pt (built, never committed)."""
+    from tiniest.release import TiniestWeights
+    from tiniest.weights import build_artifact
+
+    checkpoint = shared_path(SHARED_CHECKPOINT)
+    return build_artifact(checkpoint.read_bytes(), TiniestWeights.DEFAULT.meta)
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    with LoopbackServer() as running:
+        yield running

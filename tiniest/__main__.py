@@ -1,0 +1,5 @@
+"""``python -m tiniest <command>``."""
+
+from tiniest.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The ``tiniest`` entry point shared by torch.hub (``hubconf.py``) and pip users."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+
+from tiniest.model import Tiniest
+from tiniest.release import TiniestWeights
+from tiniest.weights import load_weights
+
+__all__ = ["tiniest"]
+
+
+def tiniest(
+    pretrained: bool = True,
+    *,
+    weights: str | os.PathLike[str] | TiniestWeights | None = None,
+    sources: str | Iterable[str] | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    offline: bool | None = None,
+) -> Tiniest:
+    """Tiniest CIFAR-10 classifier (97,530 parameters, 94.63% top-1 on the CIFAR-10 test set).
+
+    The model takes ``(N, 3, 32, 32)`` RGB in [0, 1] minus 0.5 and returns ``(N, 10)`` logits
+    for ``tiniest.CLASSES`` (airplane ... truck). It comes back in eval mode.
+
+    Args:
+        pretrained: load the published weights (default). ``False`` gives random initialisation.
+        weights: which weights: ``None`` for the pinned release (``TiniestWeights.DEFAULT``), or a
+            path or http(s) URL of a ``.safetensors`` or state_dict ``.pt`` file. A file that is not
+            the pinned release loads with an ``UnverifiedWeightsWarning``. The environment variable
+            ``TINIEST_WEIGHTS`` plays the same role when this is ``None``.
+        sources: where to look for the pinned release, in order; a subset of
+            ``"local"`` (the checkout's ``weights/`` folder), ``"cache"`` (torch.hub's checkpoints
+            folder, then the Hugging Face cache), ``"github"`` (the release asset; base URL from
+            ``TINIEST_GITHUB_URL``), ``"huggingface"`` (``hf_hub_download``; honours ``HF_ENDPOINT``,
+            ``HF_HOME``, tokens) and ``"original"`` (the publisher's .pt, converted in memory).
+            Default: all of them, in that order. A list or a comma-separated string.
+        progress: show a progress bar while downloading.
+        device: where to put the model (e.g. ``"cuda"``); default: stays on the CPU.
+        offline: never touch the network. Default: ``True`` when ``TINIEST_OFFLINE=1`` or
+            ``HF_HUB_OFFLINE=1`` is set.
+
+    Returns:
+        A :class:`tiniest.Tiniest` in eval mode, on ``device``.
+    """
+    model = Tiniest()
+    if pretrained:
+        loaded = load_weights(weights, sources=sources, progress=progress, offline=offline)
+        model.load_state_dict(loaded.state_dict, strict=True)
+    elif weights is not None:
+        raise ValueError("weights= was given with pretrained=False; drop one of them")
+    model.eval()
+    return model.to(device) if device is not None else model

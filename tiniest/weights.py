@@ -1,0 +1,309 @@
+"""Where the weights come from: each source in turn until one yields the pinned bytes.
+
+Order: the caller's file or URL (or ``TINIEST_WEIGHTS``), the checkout's ``weights/``
+folder, the local caches, the GitHub release, the Hugging Face Hub, and finally the
+original torch checkpoint converted in memory. Every candidate is checked against the
+sha256 pinned in ``release.json``; a caller-given file that differs still loads, with a
+warning, because the caller chose it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tiniest.artifact import ArtifactError, artifact_metadata, read_state_dict, sha256_hex, to_safetensors
+from tiniest.download import DownloadError, fetch
+from tiniest.release import Release, TiniestWeights
+
+__all__ = [
+    "SOURCES",
+    "LoadedWeights",
+    "UnverifiedWeightsWarning",
+    "WeightsNotFoundError",
+    "build_artifact",
+    "checkout_weights_dir",
+    "is_offline",
+    "load_weights",
+    "torch_cache_path",
+]
+
+SOURCES: tuple[str, ...] = ("local", "cache", "github", "huggingface", "original")
+NETWORK_SOURCES = frozenset({"github", "huggingface", "original"})
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class WeightsNotFoundError(RuntimeError):
+    """Every source was tried and none gave the pinned weights."""
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """Weights the caller chose that are not the pinned release."""
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """A verified (or caller-chosen) state_dict and where it came from."""
+
+    state_dict: dict[str, torch.Tensor]
+    source: str
+    location: str
+    sha256: str
+    verified: bool
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """``offline`` if given, else ``TINIEST_OFFLINE`` or ``HF_HUB_OFFLINE`` from the environment."""
+    if offline is not None:
+        return offline
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("TINIEST_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def checkout_weights_dir() -> Path:
+    """The ``weights/`` folder beside the package (present in a checkout, not in a wheel)."""
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def torch_cache_path(release: Release) -> Path:
+    """``$TORCH_HOME/hub/checkpoints/<filename>``: where torch.hub users expect weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / release.filename
+
+
+def build_artifact(checkpoint: bytes, meta: dict[str, object], *, origin: str = "checkpoint") -> bytes:
+    """Turn a state_dict checkpoint (.pt or .safetensors bytes) into release bytes."""
+    from tiniest.model import Tiniest
+
+    state_dict = read_state_dict(checkpoint, origin=origin)
+    Tiniest().load_state_dict(state_dict, strict=True)  # refuse anything that is not Tiniest
+    return to_safetensors(state_dict, artifact_metadata(meta, source_sha256=sha256_hex(checkpoint)))
+
+
+def _pinned_bytes(data: bytes, release: Release) -> bytes | None:
+    """The release bytes if ``data`` is the release or its original checkpoint, else None."""
+    digest = sha256_hex(data)
+    if digest == release.sha256:
+        return data
+    if digest == release.source_sha256:
+        converted = build_artifact(data, release.meta, origin=release.source_url)
+        if sha256_hex(converted) == release.sha256:
+            return converted
+    return None
+
+
+def _mismatch(data: bytes, release: Release) -> str:
+    return f"sha256 {sha256_hex(data)} ({len(data)} bytes), expected {release.sha256} ({release.size} bytes)"
+
+
+def save_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file so readers never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _remember(data: bytes, release: Release) -> None:
+    """Keep verified bytes in the torch.hub cache so the next load is a local read."""
+    target = torch_cache_path(release)
+    try:
+        save_atomically(target, data)
+    except OSError as error:
+        warnings.warn(f"could not cache the weights at {target}: {error}", RuntimeWarning, stacklevel=3)
+
+
+def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[bytes, str]:
+    if "://" in spec:
+        if offline:
+            raise WeightsNotFoundError(f"weights URL {spec} given, but offline mode forbids downloads")
+        return fetch(spec, progress=progress), spec
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file {path} does not exist (expected a .safetensors or .pt file)")
+    return path.read_bytes(), str(path)
+
+
+def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: bool) -> LoadedWeights:
+    try:
+        data, location = _read_user_weights(spec, progress=progress, offline=offline)
+    except DownloadError as error:
+        raise WeightsNotFoundError(f"could not read the weights you named: {error}") from None
+    pinned = _pinned_bytes(data, release)
+    if pinned is not None:
+        return LoadedWeights(read_state_dict(pinned), "file", location, release.sha256, True)
+    warnings.warn(
+        f"{location} is not the pinned release {release.filename} ({_mismatch(data, release)}); "
+        "loading it unverified because you asked for it",
+        UnverifiedWeightsWarning,
+        stacklevel=4,
+    )
+    return LoadedWeights(read_state_dict(data, origin=location), "file", location, sha256_hex(data), False)
+
+
+def _from_local(release: Release, progress: bool) -> tuple[bytes, str]:
+    folder = checkout_weights_dir()
+    if not folder.is_dir():
+        raise LookupError(f"no weights/ folder at {folder} (not a checkout)")
+    candidates = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".pt", ".pth"})
+    for path in candidates:
+        pinned = _pinned_bytes(path.read_bytes(), release)
+        if pinned is not None:
+            return pinned, str(path)
+    names = ", ".join(p.name for p in candidates) or "no .safetensors or .pt file"
+    raise LookupError(f"{folder} holds {names}; none matches the pinned sha256")
+
+
+def _from_cache(release: Release, progress: bool) -> tuple[bytes, str]:
+    path = torch_cache_path(release)
+    reasons = []
+    if path.is_file():
+        data = path.read_bytes()
+        if sha256_hex(data) == release.sha256:
+            return data, str(path)
+        path.unlink(missing_ok=True)
+        reasons.append(f"removed a corrupt {path} ({_mismatch(data, release)})")
+    else:
+        reasons.append(f"{path} absent")
+    hf_path = _hf_cached_file(release)
+    if hf_path is not None:
+        data = Path(hf_path).read_bytes()
+        if sha256_hex(data) == release.sha256:
+            return data, hf_path
+        reasons.append(f"Hugging Face cache file {hf_path} does not match ({_mismatch(data, release)})")
+    else:
+        reasons.append("not in the Hugging Face cache")
+    raise LookupError("; ".join(reasons))
+
+
+def _hf_cached_file(release: Release) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(release.hf_repo_id, release.hf_filename, revision=release.hf_revision)
+    return found if isinstance(found, str) else None
+
+
+def _from_github(release: Release, progress: bool) -> tuple[bytes, str]:
+    data = fetch(release.url, progress=progress)
+    if sha256_hex(data) != release.sha256:
+        raise LookupError(f"{release.url} served the wrong bytes: {_mismatch(data, release)}")
+    return data, release.url
+
+
+def _from_huggingface(release: Release, progress: bool) -> tuple[bytes, str]:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise LookupError("huggingface_hub is not installed (pip install huggingface_hub)") from None
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    if not progress:
+        disable_progress_bars()
+    try:
+        path = Path(hf_hub_download(release.hf_repo_id, release.hf_filename, revision=release.hf_revision))
+    except Exception as error:  # huggingface_hub raises many types: report them all the same way
+        raise LookupError(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    finally:
+        if not progress:
+            enable_progress_bars()
+    data = path.read_bytes()
+    if sha256_hex(data) != release.sha256:
+        _forget_hf_file(path)
+        raise LookupError(f"the Hub served the wrong bytes, removed them from the cache: {_mismatch(data, release)}")
+    return data, f"hf://{release.hf_repo_id}@{release.hf_revision}/{release.hf_filename}"
+
+
+def _forget_hf_file(path: Path) -> None:
+    """Remove a snapshot entry and the blob it points to from the Hugging Face cache."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    if blob != path:
+        blob.unlink(missing_ok=True)
+
+
+def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
+    data = fetch(release.source_url, progress=progress)
+    if sha256_hex(data) != release.source_sha256:
+        raise LookupError(
+            f"{release.source_url} served sha256 {sha256_hex(data)}, expected {release.source_sha256}"
+        )
+    converted = build_artifact(data, release.meta, origin=release.source_url)
+    if sha256_hex(converted) != release.sha256:
+        raise LookupError("the original checkpoint converted to different bytes than the pinned release")
+    return converted, release.source_url
+
+
+_FINDERS = {
+    "local": _from_local,
+    "cache": _from_cache,
+    "github": _from_github,
+    "huggingface": _from_huggingface,
+    "original": _from_original,
+}
+
+
+def _parse_sources(sources: str | Iterable[str] | None) -> Sequence[str]:
+    if sources is None:
+        return SOURCES
+    names = [s.strip() for s in sources.split(",")] if isinstance(sources, str) else list(sources)
+    unknown = [name for name in names if name not in _FINDERS]
+    if unknown or not names:
+        raise ValueError(f"unknown weights source(s) {unknown or names}; expected some of {', '.join(SOURCES)}")
+    return names
+
+
+def _how_to_supply(release: Release) -> str:
+    return (
+        f"To supply the weights by hand, download {release.url} "
+        f"(sha256 {release.sha256}) or the original checkpoint {release.source_url}, then either put it in "
+        f"{checkout_weights_dir()}, copy it to {torch_cache_path(release)}, or pass its path as "
+        "weights=PATH (or set TINIEST_WEIGHTS=PATH)."
+    )
+
+
+def load_weights(
+    weights: str | os.PathLike[str] | TiniestWeights | None = None,
+    *,
+    sources: str | Iterable[str] | None = None,
+    progress: bool = True,
+    offline: bool | None = None,
+) -> LoadedWeights:
+    """Find, verify and decode the weights; see the module docstring for the order."""
+    release = weights.release if isinstance(weights, TiniestWeights) else TiniestWeights.DEFAULT.release
+    offline = is_offline(offline)
+    spec = None if isinstance(weights, TiniestWeights) else weights
+    spec = spec if spec is not None else os.environ.get("TINIEST_WEIGHTS") or None
+    if spec is not None:
+        return _load_user_weights(os.fspath(spec), release, progress=progress, offline=offline)
+
+    failures: list[str] = []
+    for name in _parse_sources(sources):
+        if offline and name in NETWORK_SOURCES:
+            failures.append(f"{name}: skipped, offline mode (TINIEST_OFFLINE / HF_HUB_OFFLINE)")
+            continue
+        try:
+            data, location = _FINDERS[name](release, progress)
+        except (LookupError, DownloadError, ArtifactError) as error:
+            failures.append(f"{name}: {error}")
+            continue
+        if name in NETWORK_SOURCES or (name == "cache" and location != str(torch_cache_path(release))):
+            _remember(data, release)
+        return LoadedWeights(read_state_dict(data), name, location, release.sha256, True)
+    tried = "\n".join(f"  - {line}" for line in failures)
+    raise WeightsNotFoundError(
+        f"could not find the weights {release.filename} (sha256 {release.sha256}).\n"
+        f"Sources tried:\n{tried}\n{_how_to_supply(release)}"
+    )
