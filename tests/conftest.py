@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.loopback import LoopbackServer
+
+# huggingface_hub reads HF_ENDPOINT and HF_HOME once, at import: point them at a closed loopback
+# port and a throwaway folder so that no test can reach the real Hub or the user's cache (tests of
+# the Hub path run in subprocesses with their own values).
+DEAD_ENDPOINT = "http://127.0.0.1:9"
+os.environ["HF_ENDPOINT"] = DEAD_ENDPOINT
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="tiniest-tests-hf-")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -29,12 +38,12 @@ def shared_path(path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets empty torch.hub and Hugging Face caches and no weights overrides."""
+    """Every test gets empty caches, an empty weights/ folder, and no route to the internet."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
-    monkeypatch.setenv("HF_HOME", str(home / "hf"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    for name in ("TINIEST_WEIGHTS", "TINIEST_GITHUB_URL", "TINIEST_OFFLINE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+    monkeypatch.setenv("TINIEST_WEIGHTS_DIR", str(home / "weights"))
+    monkeypatch.setenv("TINIEST_GITHUB_URL", DEAD_ENDPOINT)
+    for name in ("TINIEST_WEIGHTS", "TINIEST_OFFLINE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     return home
 

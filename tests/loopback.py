@@ -88,3 +88,24 @@ class LoopbackServer:
                 self._answer(with_body=False)
 
         return Handler
+
+
+def hf_resolve_path(repo_id: str, revision: str, filename: str) -> str:
+    """The Hub's download route for a model repo file (``/{repo}/resolve/{rev}/{file}``)."""
+    return f"/{repo_id}/resolve/{revision}/{filename}"
+
+
+def serve_like_the_hub(server: LoopbackServer, repo_id: str, revision: str, filename: str, body: bytes) -> str:
+    """Answer the ``resolve`` route with the headers huggingface_hub checks; return the path."""
+    import hashlib
+
+    path = hf_resolve_path(repo_id, revision, filename)
+    server.serve(
+        path,
+        body,
+        headers={
+            "X-Repo-Commit": hashlib.sha1(repo_id.encode()).hexdigest(),
+            "ETag": f'"{hashlib.sha256(body).hexdigest()}"',
+        },
+    )
+    return path

@@ -11,7 +11,7 @@ import os
 import urllib.error
 import urllib.request
 
-__all__ = ["DownloadError", "fetch", "default_timeout"]
+__all__ = ["DownloadError", "default_timeout", "fetch"]
 
 _CHUNK = 64 * 1024
 

@@ -91,7 +91,7 @@ class TiniestWeights(Enum):
 
     @property
     def release(self) -> Release:
-        return self.value  # type: ignore[no-any-return]
+        return self.value
 
     @property
     def meta(self) -> dict[str, Any]:

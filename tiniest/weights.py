@@ -66,8 +66,9 @@ def is_offline(offline: bool | None = None) -> bool:
 
 
 def checkout_weights_dir() -> Path:
-    """The ``weights/`` folder beside the package (present in a checkout, not in a wheel)."""
-    return Path(__file__).resolve().parent.parent / "weights"
+    """``TINIEST_WEIGHTS_DIR``, else the ``weights/`` folder of the checkout (absent from a wheel)."""
+    configured = os.environ.get("TINIEST_WEIGHTS_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parent.parent / "weights"
 
 
 def torch_cache_path(release: Release) -> Path:
@@ -237,9 +238,7 @@ def _forget_hf_file(path: Path) -> None:
 def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
     data = fetch(release.source_url, progress=progress)
     if sha256_hex(data) != release.source_sha256:
-        raise LookupError(
-            f"{release.source_url} served sha256 {sha256_hex(data)}, expected {release.source_sha256}"
-        )
+        raise LookupError(f"{release.source_url} served sha256 {sha256_hex(data)}, expected {release.source_sha256}")
     converted = build_artifact(data, release.meta, origin=release.source_url)
     if sha256_hex(converted) != release.sha256:
         raise LookupError("the original checkpoint converted to different bytes than the pinned release")

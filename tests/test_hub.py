@@ -1,0 +1,112 @@
+"""torch.hub on the real code paths: a local checkout and the GitHub-style ``OWNER/REPO:hub``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiniest
+from tests.conftest import ROOT
+from tiniest.release import TiniestWeights
+from tiniest.weights import torch_cache_path
+
+RELEASE = TiniestWeights.DEFAULT.release
+
+
+@pytest.fixture
+def cached_release(release_bytes: bytes) -> Path:
+    """The release file already in torch.hub's cache, as after a first download."""
+    path = torch_cache_path(RELEASE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(release_bytes)
+    return path
+
+
+HUB_REPO = f"{RELEASE.github_repo}:hub"
+
+
+def prefill_hub_dir(hub_dir: Path) -> Path:
+    """Put a copy of this checkout where torch.hub keeps ``OWNER/REPO:hub`` after a download."""
+    owner, name = RELEASE.github_repo.split("/")
+    checkout = hub_dir / f"{owner}_{name}_hub"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*cache*", "tests"))
+    return checkout
+
+
+@pytest.fixture
+def hub_dir() -> Path:
+    """torch.hub's folder (``$TORCH_HOME/hub``, a fresh one per test) holding this checkout."""
+    hub = Path(torch.hub.get_dir())
+    prefill_hub_dir(hub)
+    return hub
+
+
+def test_hub_lists_only_the_entrypoint(hub_dir: Path) -> None:
+    assert torch.hub.list(HUB_REPO, trust_repo=True, skip_validation=True) == ["tiniest"]
+
+
+def test_help_explains_every_argument(hub_dir: Path) -> None:
+    text = torch.hub.help(HUB_REPO, "tiniest", trust_repo=True, skip_validation=True)
+    for argument in ("pretrained", "weights", "sources", "progress", "device", "offline"):
+        assert f"{argument}:" in text
+
+
+def test_local_load_returns_the_published_model_ready_for_inference(cached_release: Path) -> None:
+    net = torch.hub.load(str(ROOT), "tiniest", source="local", trust_repo=True)
+    assert isinstance(net, tiniest.Tiniest) and not net.training
+    assert sum(p.numel() for p in net.parameters()) == 97_530
+    direct = tiniest.tiniest()
+    x = torch.rand(4, 3, 32, 32) - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), direct(x), rtol=0, atol=0)
+
+
+def test_device_and_random_init() -> None:
+    net = tiniest.tiniest(pretrained=False, device="cpu")
+    assert not net.training and next(net.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="pretrained=False"):
+        tiniest.tiniest(pretrained=False, weights="x.safetensors")
+
+
+def hub_subprocess(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter outside the checkout, as a notebook would be."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=dict(os.environ))
+
+
+def test_github_style_repo_from_a_prefilled_hub_dir(
+    release_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub_dir = tmp_path / "hub"
+    checkout = prefill_hub_dir(hub_dir)
+    (checkout / "weights" / "dropped-in.safetensors").write_bytes(release_bytes)
+    monkeypatch.delenv("TINIEST_WEIGHTS_DIR")  # the checkout's own weights/ folder
+    code = (
+        "import torch, sys\n"
+        f"torch.hub.set_dir({str(hub_dir)!r})\n"
+        f"net = torch.hub.load({HUB_REPO!r}, 'tiniest', trust_repo=True, skip_validation=True)\n"
+        "from tiniest.weights import load_weights\n"
+        "print(type(net).__name__, net.training, load_weights().source, sys.modules['tiniest'].__file__)\n"
+    )
+    run = hub_subprocess(code, tmp_path)
+    assert run.returncode == 0, run.stderr
+    kind, training, source, package = run.stdout.split()
+    assert (kind, training, source) == ("Tiniest", "False", "local")
+    assert Path(package).is_relative_to(checkout), "the hub checkout's own package must be the one used"
+
+
+def test_loading_does_not_import_heavy_modules(cached_release: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys, torch\n"
+        f"net = torch.hub.load({str(ROOT)!r}, 'tiniest', source='local', trust_repo=True)\n"
+        "heavy = ['huggingface_hub', 'PIL', 'kornia', 'onnx', 'onnxruntime', 'matplotlib', 'httpx2']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    run = hub_subprocess(code, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
