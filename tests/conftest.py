@@ -43,6 +43,7 @@ def isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     monkeypatch.setenv("TINIEST_WEIGHTS_DIR", str(home / "weights"))
     monkeypatch.setenv("TINIEST_GITHUB_URL", DEAD_ENDPOINT)
+    monkeypatch.setenv("TINIEST_CACHE", str(home / "cache"))  # decoded datasets (tiniest.data)
     for name in ("TINIEST_WEIGHTS", "TINIEST_OFFLINE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     return home

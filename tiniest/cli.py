@@ -15,6 +15,10 @@ from tiniest import __version__
 
 COMMANDS: dict[str, str] = {
     "export": "tiniest.export",
+    "predict": "tiniest.predict",
+    "evaluate": "tiniest.evaluate",
+    "train": "tiniest.train",
+    "release": "tiniest.publish",
 }
 
 

@@ -1,4 +1,10 @@
-"""``tiniest export``: a state_dict checkpoint to the release artifact (and other formats)."""
+"""``tiniest export``: a state_dict checkpoint to the release artifact, or to ONNX / TorchScript / torch.export.
+
+The safetensors release file is the default and its bytes are pinned in ``release.json``. The
+program formats run without this package; all have a dynamic batch dimension. ONNX goes
+through the torch.export-based exporter: the older TorchScript-based one turns the dilated
+'same' padding into an ``auto_pad`` that ONNX Runtime refuses.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tiniest.artifact import sha256_hex
+import torch
+
+from tiniest.artifact import read_state_dict, sha256_hex
+from tiniest.model import Tiniest
 from tiniest.release import Release, TiniestWeights
 from tiniest.weights import build_artifact, save_atomically
 
-HELP = "turn a state_dict checkpoint into the release file (safetensors with metadata)"
+HELP = "turn a state_dict checkpoint into the release file (safetensors with metadata) or a portable program"
+
+FORMATS = ("safetensors", "onnx", "torchscript", "exported-program")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
+ONNX_OPSET = 18
+MAX_BATCH = 65536
 
 
 def release_meta(checkpoint: bytes, release: Release, metrics: dict[str, Any] | None) -> dict[str, Any]:
@@ -43,14 +57,119 @@ def export_safetensors(
     return target
 
 
+def load_model(checkpoint_path: Path) -> Tiniest:
+    """The eval-mode model of a state_dict ``.pt`` or ``.safetensors`` checkpoint (no hash check: any weights)."""
+    model = Tiniest()
+    model.load_state_dict(read_state_dict(checkpoint_path.read_bytes(), origin=str(checkpoint_path)), strict=True)
+    return model.eval()
+
+
+def program_stem(checkpoint_path: Path) -> str:
+    """``tiniest-cifar10-v1`` for the published checkpoint or release file, else ``tiniest-<sha8 of the file>``."""
+    release = TiniestWeights.DEFAULT.release
+    digest = sha256_hex(checkpoint_path.read_bytes())
+    return Path(release.filename).stem if digest in {release.source_sha256, release.sha256} else f"tiniest-{digest[:8]}"
+
+
+def example_input(batch: int = 2) -> torch.Tensor:
+    """A batch in the model's input range (RGB in [0, 1] minus 0.5); batch 2 keeps the exporters from specializing."""
+    return torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)) - 0.5
+
+
+def batch_dim() -> Any:
+    return torch.export.Dim("batch", min=1, max=MAX_BATCH)
+
+
+def export_onnx(model: Tiniest, target: Path) -> Path:
+    """ONNX (opset 18, weights embedded) with input ``image`` ``[batch, 3, 32, 32]`` and output ``logits``."""
+    import logging
+    import warnings
+
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
+            program = torch.onnx.export(
+                model,
+                (example_input(),),
+                dynamo=True,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: batch_dim()}},
+                opset_version=ONNX_OPSET,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        registry_log.setLevel(level)
+    if program is None:  # pragma: no cover - torch < 2.5 returns nothing for dynamo=True
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program; torch>=2.5 is needed")
+    program.save(str(target), external_data=False)
+    return target
+
+
+def export_torchscript(model: Tiniest, target: Path) -> Path:
+    """TorchScript via ``torch.jit.script`` (no batch size baked in); load with ``torch.jit.load``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+        scripted = torch.jit.script(model)
+        torch.jit.save(scripted, str(target))
+    return target
+
+
+def export_program(model: Tiniest, target: Path) -> Path:
+    """A ``torch.export`` program (``.pt2``) with a dynamic batch; load with ``torch.export.load``."""
+    with torch.no_grad():
+        program = torch.export.export(model, (example_input(),), dynamic_shapes={"x": {0: batch_dim()}})
+    torch.export.save(program, str(target))
+    return target
+
+
+PROGRAM_EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-program": export_program}
+
+
+def export_format(checkpoint_path: Path, output_dir: Path, fmt: str, *, filename: str | None = None) -> Path:
+    """Write ``checkpoint_path`` as ``fmt`` (one of :data:`FORMATS` other than safetensors) into ``output_dir``."""
+    if fmt not in PROGRAM_EXPORTERS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    model = load_model(checkpoint_path)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / (filename or program_stem(checkpoint_path) + SUFFIXES[fmt])
+    partial = target.with_name(target.name + ".partial" + SUFFIXES[fmt])
+    try:
+        PROGRAM_EXPORTERS[fmt](model, partial)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a state_dict .pt (read with weights_only=True) or .safetensors")
     parser.add_argument("--output", "-o", type=Path, required=True, help="folder to write into")
     parser.add_argument("--metrics", type=Path, help="JSON file of measured metrics, for a new checkpoint")
     parser.add_argument("--filename", help="output file name (default: the release name or tiniest-<sha8>)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="safetensors",
+        help="safetensors: the release file (default); onnx, torchscript, exported-program: a program with a "
+        "dynamic batch dimension",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    fmt = getattr(args, "format", "safetensors")
+    if fmt != "safetensors":
+        if args.metrics:
+            raise ValueError("--metrics only applies to --format safetensors")
+        target = export_format(args.checkpoint, args.output, fmt, filename=args.filename)
+        print(f"{target}\nsha256 {sha256_hex(target.read_bytes())}\nsize {target.stat().st_size} bytes")
+        return 0
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
     target = export_safetensors(args.checkpoint, args.output, metrics=metrics, filename=args.filename)
     data = target.read_bytes()

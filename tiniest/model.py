@@ -7,8 +7,11 @@ layer indices like ``(2, 4)`` mean the same module as in scio's tutorials.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Block", "LayerNorm2d", "Tiniest", "tanh_exp"]
@@ -56,7 +59,10 @@ class Block(nn.Module):
             dim=1,
         )
         value, gate = torch.chunk(self.fc1(self.ln(mixed)), 2, dim=1)
-        return self.fc2(tanh_exp(value) * gate) + x * self.rs
+        # Without autograd, the same arithmetic in place: one buffer instead of four.
+        inplace = not torch.is_grad_enabled()
+        hidden = torch.exp(value).tanh_().mul_(value).mul_(gate) if inplace else tanh_exp(value) * gate
+        return torch.addcmul(self.fc2(hidden), x, self.rs)
 
 
 class Tiniest(nn.Module):
@@ -87,3 +93,16 @@ class Tiniest(nn.Module):
         x = self.ln2(self.dsconv(x))
         x = self.l6(self.l5(self.l4(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_folder: str | os.PathLike[str], **options: Any) -> Tiniest:
+        """Verified weights from a Hub repo id or a local folder (see :mod:`tiniest.pretrained`)."""
+        from tiniest.pretrained import from_pretrained
+
+        return from_pretrained(cls, repo_id_or_folder, **options)
+
+    def save_pretrained(self, folder: str | os.PathLike[str], **options: Any) -> Path:
+        """Write a Hub model folder: model.safetensors, config.json, README.md."""
+        from tiniest.pretrained import save_pretrained
+
+        return save_pretrained(self, folder, **options)

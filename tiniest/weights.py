@@ -5,12 +5,16 @@ folder, the local caches, the GitHub release, the Hugging Face Hub, and finally 
 original torch checkpoint converted in memory. Every candidate is checked against the
 sha256 pinned in ``release.json``; a caller-given file that differs still loads, with a
 warning, because the caller chose it.
+
+Network sources run under the cache's writer lock (:mod:`tiniest.store`): a process that waited
+for a peer finds the file cached and downloads nothing. Bytes that fail the hash are never
+kept; a cache folder that cannot be written costs a warning, never a load.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,8 +23,9 @@ from pathlib import Path
 import torch
 
 from tiniest.artifact import ArtifactError, artifact_metadata, read_state_dict, sha256_hex, to_safetensors
-from tiniest.download import DownloadError, fetch
+from tiniest.download import DownloadError, RateLimitError, default_timeout, fetch
 from tiniest.release import Release, TiniestWeights
+from tiniest.store import read_verified, remove_stale_parts, save_atomically, writer_lock
 
 __all__ = [
     "SOURCES",
@@ -31,8 +36,11 @@ __all__ = [
     "checkout_weights_dir",
     "is_offline",
     "load_weights",
+    "save_atomically",
     "torch_cache_path",
 ]
+
+logger = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = ("local", "cache", "github", "huggingface", "original")
 NETWORK_SOURCES = frozenset({"github", "huggingface", "original"})
@@ -97,32 +105,35 @@ def _pinned_bytes(data: bytes, release: Release) -> bytes | None:
     return None
 
 
-def _mismatch(data: bytes, release: Release) -> str:
-    return f"sha256 {sha256_hex(data)} ({len(data)} bytes), expected {release.sha256} ({release.size} bytes)"
+def _mismatch(data: bytes, release: Release, expected: str | None = None) -> str:
+    expected_size = "" if expected else f" ({release.size} bytes)"
+    text = f"sha256 {sha256_hex(data)} ({len(data)} bytes), expected {expected or release.sha256}{expected_size}"
+    if data[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        text += "; it is an HTML page (a proxy, captive portal or error page answered instead of the file)"
+    return text
 
 
-def save_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def _lock_file(release: Release) -> Path:
+    """``$TORCH_HOME/hub/.locks/<filename>.lock``: outside ``checkpoints/``, which holds weights only."""
+    return Path(torch.hub.get_dir()) / ".locks" / f"{release.filename}.lock"
+
+
+def _lock_timeout() -> float:
+    """How long to wait for a peer process downloading the same file (ten times ``TINIEST_TIMEOUT``)."""
+    return default_timeout() * 10
 
 
 def _remember(data: bytes, release: Release) -> None:
-    """Keep verified bytes in the torch.hub cache so the next load is a local read."""
+    """Keep verified bytes in the torch.hub cache so the next load is a local read; call under the lock."""
     target = torch_cache_path(release)
     try:
         save_atomically(target, data)
     except OSError as error:
-        warnings.warn(f"could not cache the weights at {target}: {error}", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"could not cache the weights at {target} ({error}); they are loaded from memory this time",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[bytes, str]:
@@ -170,11 +181,10 @@ def _from_cache(release: Release, progress: bool) -> tuple[bytes, str]:
     path = torch_cache_path(release)
     reasons = []
     if path.is_file():
-        data = path.read_bytes()
-        if sha256_hex(data) == release.sha256:
+        data = read_verified(path, release.sha256)  # no lock: files are only ever replaced whole
+        if data is not None:
             return data, str(path)
-        path.unlink(missing_ok=True)
-        reasons.append(f"removed a corrupt {path} ({_mismatch(data, release)})")
+        reasons.append(_remove_corrupt(path, release))
     else:
         reasons.append(f"{path} absent")
     hf_path = _hf_cached_file(release)
@@ -197,48 +207,52 @@ def _hf_cached_file(release: Release) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def _remove_corrupt(path: Path, release: Release) -> str:
+    """Delete a cached file that fails the hash (under the lock, so a fresh good copy is not hit)."""
+    try:
+        with writer_lock(_lock_file(release), _lock_timeout()) as access:
+            if not path.is_file() or read_verified(path, release.sha256) is not None:
+                return f"{path} was being replaced by another process"
+            data = path.read_bytes()
+            if access != "unusable":
+                path.unlink(missing_ok=True)
+                return f"removed a corrupt {path} ({_mismatch(data, release)})"
+            return f"{path} is corrupt ({_mismatch(data, release)}) and could not be removed"
+    except OSError as error:
+        return f"{path} is corrupt and could not be read or removed: {error}"
+
+
+def _github_fetch(url: str, progress: bool) -> bytes:
+    """GET a github.com URL, with ``TINIEST_GITHUB_TOKEN`` if set; explain GitHub's rate limit."""
+    token = os.environ.get("TINIEST_GITHUB_TOKEN", "").strip()
+    try:
+        return fetch(url, progress=progress, headers={"Authorization": f"Bearer {token}"} if token else None)
+    except RateLimitError as error:
+        raise LookupError(
+            f"GitHub's rate limit refused the download: {error}. To avoid it, set TINIEST_GITHUB_TOKEN to a GitHub "
+            "token, let the huggingface source serve the file, or put the file in the weights/ folder."
+        ) from None
+
+
 def _from_github(release: Release, progress: bool) -> tuple[bytes, str]:
-    data = fetch(release.url, progress=progress)
+    data = _github_fetch(release.url, progress)
     if sha256_hex(data) != release.sha256:
         raise LookupError(f"{release.url} served the wrong bytes: {_mismatch(data, release)}")
     return data, release.url
 
 
 def _from_huggingface(release: Release, progress: bool) -> tuple[bytes, str]:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise LookupError("huggingface_hub is not installed (pip install huggingface_hub)") from None
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from tiniest.hf_source import download_from_hub
 
-    if not progress:
-        disable_progress_bars()
-    try:
-        path = Path(hf_hub_download(release.hf_repo_id, release.hf_filename, revision=release.hf_revision))
-    except Exception as error:  # huggingface_hub raises many types: report them all the same way
-        raise LookupError(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
-    finally:
-        if not progress:
-            enable_progress_bars()
-    data = path.read_bytes()
-    if sha256_hex(data) != release.sha256:
-        _forget_hf_file(path)
-        raise LookupError(f"the Hub served the wrong bytes, removed them from the cache: {_mismatch(data, release)}")
-    return data, f"hf://{release.hf_repo_id}@{release.hf_revision}/{release.hf_filename}"
-
-
-def _forget_hf_file(path: Path) -> None:
-    """Remove a snapshot entry and the blob it points to from the Hugging Face cache."""
-    blob = path.resolve()
-    path.unlink(missing_ok=True)
-    if blob != path:
-        blob.unlink(missing_ok=True)
+    return download_from_hub(release, progress)
 
 
 def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
-    data = fetch(release.source_url, progress=progress)
+    data = _github_fetch(release.source_url, progress)
     if sha256_hex(data) != release.source_sha256:
-        raise LookupError(f"{release.source_url} served sha256 {sha256_hex(data)}, expected {release.source_sha256}")
+        raise LookupError(
+            f"{release.source_url} served the wrong bytes: {_mismatch(data, release, release.source_sha256)}"
+        )
     converted = build_artifact(data, release.meta, origin=release.source_url)
     if sha256_hex(converted) != release.sha256:
         raise LookupError("the original checkpoint converted to different bytes than the pinned release")
@@ -252,6 +266,32 @@ _FINDERS = {
     "huggingface": _from_huggingface,
     "original": _from_original,
 }
+
+
+def _from_network(name: str, release: Release, progress: bool) -> tuple[bytes, str, str]:
+    """Download from source ``name`` under the writer lock; ``(bytes, location, source)``.
+
+    The lock is held from the cache check to the atomic write: a process that waited for a
+    peer finds the file cached (source ``"cache"``) instead of downloading it again.
+    """
+    target = torch_cache_path(release)
+    with writer_lock(_lock_file(release), _lock_timeout()) as access:
+        if access != "unusable":
+            cached = read_verified(target, release.sha256)
+            if cached is not None:
+                return cached, str(target), "cache"
+        if access == "locked":
+            remove_stale_parts(target)
+        data, location = _FINDERS[name](release, progress)
+        if access != "unusable":
+            _remember(data, release)
+        return data, location, name
+
+
+def _copy_to_torch_cache(data: bytes, release: Release) -> None:
+    with writer_lock(_lock_file(release), _lock_timeout()) as access:
+        if access != "unusable":
+            _remember(data, release)
 
 
 def _parse_sources(sources: str | Iterable[str] | None) -> Sequence[str]:
@@ -294,12 +334,17 @@ def load_weights(
             failures.append(f"{name}: skipped, offline mode (TINIEST_OFFLINE / HF_HUB_OFFLINE)")
             continue
         try:
-            data, location = _FINDERS[name](release, progress)
+            if name in NETWORK_SOURCES:
+                data, location, name = _from_network(name, release, progress)
+            else:
+                data, location = _FINDERS[name](release, progress)
+                if name == "cache" and location != str(torch_cache_path(release)):
+                    _copy_to_torch_cache(data, release)  # from the Hugging Face cache
         except (LookupError, DownloadError, ArtifactError) as error:
             failures.append(f"{name}: {error}")
+            if name in NETWORK_SOURCES:  # say why a download was given up, even if a later source succeeds
+                logger.warning("weights source %s failed: %s", name, error)
             continue
-        if name in NETWORK_SOURCES or (name == "cache" and location != str(torch_cache_path(release))):
-            _remember(data, release)
         return LoadedWeights(read_state_dict(data), name, location, release.sha256, True)
     tried = "\n".join(f"  - {line}" for line in failures)
     raise WeightsNotFoundError(

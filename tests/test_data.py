@@ -1,0 +1,297 @@
+"""Datasets: image folders, cifar-10-batches-py (never executing pickles), Hugging Face repos, and the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.loopback import LoopbackServer
+from tiniest import data as data_module
+from tiniest.data import DatasetError, load_split
+from tiniest.transforms import PreprocessError
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ("cat", "dog", "ship")
+
+
+def make_image_folder(split_dir: Path, per_class: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
+    """``split_dir/<class>/<n>.png`` with random 32x32 RGB pixels; returns {relative path: pixels}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for name in CLASSES:
+        (split_dir / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(split_dir / name / f"{i:03d}.png")
+            written[f"{name}/{i:03d}.png"] = pixels
+    return written
+
+
+def as_chw(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def cache_files() -> list[Path]:
+    return sorted((Path(os.environ["TINIEST_CACHE"]) / "datasets").glob("*"))
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def test_image_folder_is_read_in_class_order_with_exact_pixels(tmp_path: Path) -> None:
+    written = make_image_folder(tmp_path / "cifar" / "test")
+    make_image_folder(tmp_path / "cifar" / "train", per_class=1, seed=1)
+    split = load_split(tmp_path / "cifar", "test")
+    assert split.classes == CLASSES
+    assert split.images.dtype == torch.uint8 and split.images.shape == (9, 3, 32, 32)
+    assert split.labels.dtype == torch.int64 and split.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for index, key in enumerate(sorted(written)):
+        assert torch.equal(split.images[index], as_chw(written[key]))
+    assert len(load_split(tmp_path / "cifar", "train")) == 3
+    # The split folder itself is accepted too.
+    assert torch.equal(load_split(tmp_path / "cifar" / "test").images, split.images)
+
+
+def test_image_folder_converts_gray_and_resizes_other_sizes(tmp_path: Path) -> None:
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    Image.new("L", (32, 32), 77).save(tmp_path / "test" / "cat" / "gray.png")
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(tmp_path / "test" / "cat" / "big.png")
+    split = load_split(tmp_path, "test")
+    assert split.images.shape == (2, 3, 32, 32)
+    assert split.images[0].flatten().tolist() == [10] * 1024 + [200] * 1024 + [30] * 1024  # big.png sorts first
+    assert bool((split.images[1] == 77).all())
+
+
+def test_second_load_reads_the_cache_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_image_folder(tmp_path / "test")
+    first = load_split(tmp_path, "test")
+    assert len(cache_files()) == 1
+
+    def refuse(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("decoded again although the source did not change")
+
+    monkeypatch.setattr("tiniest.transforms.decode_image", refuse)
+    second = load_split(tmp_path, "test")
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert second.classes == first.classes
+
+
+def test_changed_source_invalidates_the_cache(tmp_path: Path) -> None:
+    split_dir = tmp_path / "test"
+    make_image_folder(split_dir)
+    before = load_split(tmp_path, "test")
+
+    # Same name, new pixels (a different size and mtime).
+    new_pixels = np.full((32, 32, 3), 7, dtype=np.uint8)
+    Image.fromarray(new_pixels).save(split_dir / "cat" / "001.png")
+    os.utime(split_dir / "cat" / "001.png", ns=(1, 1))
+    changed = load_split(tmp_path, "test")
+    assert torch.equal(changed.images[1], as_chw(new_pixels))
+    assert not torch.equal(changed.images[1], before.images[1])
+
+    Image.fromarray(new_pixels).save(split_dir / "dog" / "extra.png")  # added
+    assert len(load_split(tmp_path, "test")) == 10
+    (split_dir / "ship" / "000.png").unlink()  # removed
+    assert len(load_split(tmp_path, "test")) == 9
+    assert len(cache_files()) == 1, "stale cache files of the same source are removed"
+
+
+def test_corrupt_cache_file_is_decoded_again_and_replaced(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "test")
+    expected = load_split(tmp_path, "test")
+    (cache,) = cache_files()
+    cache.write_bytes(cache.read_bytes()[:1000])
+    again = load_split(tmp_path, "test")
+    assert torch.equal(again.images, expected.images)
+    (rewritten,) = cache_files()
+    assert rewritten.stat().st_size > 1000
+
+
+def test_unreadable_image_fails_clearly_and_leaves_no_cache(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "test")
+    (tmp_path / "test" / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(PreprocessError, match=r"cannot read image file .*broken\.png"):
+        load_split(tmp_path, "test")
+    assert cache_files() == []
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [("missing", "not a folder"), ("empty", "found no 'test' folder and no class folders")],
+)
+def test_unknown_layouts_are_rejected(tmp_path: Path, layout: str, message: str) -> None:
+    root = tmp_path / "data"
+    if layout == "empty":
+        (root / "notes").mkdir(parents=True)
+        (root / "notes" / "readme.txt").write_text("no images here")
+    with pytest.raises(DatasetError, match=message):
+        load_split(root, "test")
+
+
+# --------------------------------------------------------------------------- cifar-10-batches-py
+
+
+def python2_pickle(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch as Python 2's cPickle wrote CIFAR-10 (protocol 2, str as BINSTRING, numpy.core names)."""
+
+    def string(value: bytes) -> bytes:
+        return b"U" + bytes([len(value)]) + value if len(value) < 256 else b"T" + struct.pack("<I", len(value)) + value
+
+    def small(value: int) -> bytes:
+        return b"K" + bytes([value]) if value < 256 else b"M" + struct.pack("<H", value)
+
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\n" + small(0) + b"\x85" + string(b"b") + b"\x87R"
+    )
+    dtype = b"cnumpy\ndtype\n" + string(b"u1") + small(0) + small(1) + b"\x87R"
+    dtype += b"(" + small(3) + string(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff" + small(0) + b"tb"
+    shape = small(data.shape[0]) + small(data.shape[1]) + b"\x86"
+    state = b"(" + small(1) + shape + dtype + b"\x89" + string(data.tobytes()) + b"tb"
+    items = string(b"batch_label") + string(b"testing batch 1 of 1")
+    items += string(b"data") + array + state
+    items += string(b"labels") + b"](" + b"".join(small(v) for v in labels) + b"e"
+    return b"\x80\x02}(" + items + b"u."
+
+
+def make_cifar_batches(folder: Path, per_batch: int = 4) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """A small cifar-10-batches-py: test_batch in Python 2's format, data batches from Python 3's pickle."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    batches = {}
+    for name in ["test_batch", *(f"data_batch_{i}" for i in range(1, 6))]:
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+        batches[name] = (data, labels)
+        if name == "test_batch":
+            payload = python2_pickle(data, labels)
+        else:
+            payload = pickle.dumps({b"batch_label": name.encode(), b"data": data, b"labels": labels}, protocol=2)
+        (folder / name).write_bytes(payload)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    meta = {b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return batches
+
+
+def test_cifar_python_batches_are_read_as_plain_data(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    batches = make_cifar_batches(folder)
+    test = load_split(folder, "test")
+    data, labels = batches["test_batch"]
+    assert test.classes[0] == "airplane" and test.classes[9] == "truck"
+    assert torch.equal(test.images, torch.from_numpy(data).reshape(-1, 3, 32, 32))
+    assert test.labels.tolist() == labels
+    train = load_split(folder, "train")
+    expected = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+    assert torch.equal(train.images, torch.from_numpy(expected).reshape(-1, 3, 32, 32))
+    assert train.labels.tolist() == [label for i in range(1, 6) for label in batches[f"data_batch_{i}"][1]]
+    with pytest.raises(DatasetError, match=r"splits \['test', 'train'\], got 'valid'"):
+        load_split(folder, "valid")
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickles_that_name_code_are_refused_without_running_it(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    make_cifar_batches(folder)
+    marker = tmp_path / "pwned"
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": _Exploit(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises(DatasetError, match=r"refusing to load (posix|os|nt)\.system"):
+        load_split(folder, "test")
+    assert not marker.exists()
+    assert cache_files() == []
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": [[1, 2]], b"labels": [0]}, protocol=2))
+    with pytest.raises(DatasetError, match="expected a numpy array or a list of ints"):
+        load_split(folder, "test")
+
+
+def test_data_only_unpickler_refuses_numpy_functions_beyond_arrays() -> None:
+    payload = pickle.dumps(np.add, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        data_module.DataOnlyUnpickler(__import__("io").BytesIO(payload)).load()
+
+
+# --------------------------------------------------------------------------- Hugging Face (loopback Hub)
+
+
+def serve_dataset_repo(server: LoopbackServer, repo_id: str, files: dict[str, bytes]) -> str:
+    """Answer the routes huggingface_hub's ``snapshot_download`` uses for a dataset repo; return the commit."""
+    commit = hashlib.sha1(json.dumps(sorted(files)).encode()).hexdigest()
+    info = {"id": repo_id, "sha": commit, "siblings": [{"rfilename": name} for name in files], "private": False}
+    server.serve(f"/api/datasets/{repo_id}/revision/main", json.dumps(info).encode())
+    tree = [
+        {"type": "file", "path": name, "size": len(body), "oid": hashlib.sha1(body).hexdigest()}
+        for name, body in files.items()
+    ]
+    server.serve(f"/api/datasets/{repo_id}/tree/{commit}", json.dumps(tree).encode())
+    for name, body in files.items():
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha1(body).hexdigest()}"'}
+        server.serve(f"/datasets/{repo_id}/resolve/{commit}/{name}", body, headers=headers)
+    return commit
+
+
+def test_hugging_face_dataset_repo_through_a_loopback_hub(tmp_path: Path, server: LoopbackServer) -> None:
+    local = tmp_path / "repo"
+    written = make_image_folder(local / "test", per_class=2)
+    make_image_folder(local / "train", per_class=1, seed=5)
+    files = {path.relative_to(local).as_posix(): path.read_bytes() for path in sorted(local.rglob("*.png"))}
+    files["README.md"] = b"# tiny cifar\n"
+    serve_dataset_repo(server, "someone/tiny-cifar", files)
+    script = (
+        "import json, sys; from tiniest.data import load_split\n"
+        "split = load_split('hf://someone/tiny-cifar', 'test')\n"
+        "record = {'classes': split.classes, 'labels': split.labels.tolist(), 'images': split.images.tolist()}\n"
+        "json.dump(record, sys.stdout)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": server.url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert tuple(result["classes"]) == CLASSES
+    assert result["labels"] == [0, 0, 1, 1, 2, 2]
+    for index, key in enumerate(sorted(written)):
+        assert torch.equal(torch.tensor(result["images"][index], dtype=torch.uint8), as_chw(written[key]))
+    requested = server.paths_requested()
+    assert any(p.endswith("/test/cat/000.png") for p in requested)
+    assert not any("/train/" in p for p in requested), "only the requested split is downloaded"
+
+    # A second, offline run finds the snapshot in the HF cache and the decoded split in ours.
+    offline = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout) == result
+
+
+def test_bad_hugging_face_spec_is_rejected() -> None:
+    with pytest.raises(DatasetError, match=r"expected hf://owner/name\[@revision\]"):
+        load_split("hf://just-a-name", "test")

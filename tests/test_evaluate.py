@@ -1,0 +1,125 @@
+"""``tiniest evaluate``: the model card's report reproduced on ../shared, and the command on small fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiniest
+from tests.test_data import make_cifar_batches
+from tiniest.cli import main
+from tiniest.data import LabeledImages, load_split
+from tiniest.evaluate import evaluate
+from tiniest.release import CLASSES, TiniestWeights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def card_report(model_card: str) -> list[str]:
+    """The lines of the classification report in the model card's code block."""
+    block = re.search(r"```\n(\s+precision\s+recall.*?weighted avg[^\n]*)\n```", model_card, re.S)
+    assert block is not None, "the model card has no classification report block"
+    return block.group(1).splitlines()
+
+
+def test_evaluate_on_the_shared_test_set_prints_the_model_cards_report(
+    shared_cifar10: Path, shared_checkpoint: Path, model_card: str, tmp_path: Path
+) -> None:
+    """The full 10,000-image run, through the command line as a user runs it (optimized model, cold cache)."""
+    out = tmp_path / "report.json"
+    env = {**os.environ, "TINIEST_WEIGHTS": str(shared_checkpoint)}
+    command = [sys.executable, "-m", "tiniest", "evaluate", "--data", str(shared_cifar10), "--split", "test"]
+    done = subprocess.run([*command, "--json", str(out)], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    expected = card_report(model_card)
+    start = printed.index(expected[0])
+    assert printed[start : start + len(expected)] == expected, "\n".join(printed)
+    assert "evaluating" in done.stderr, "a progress bar is shown"
+    assert re.search(r"^\d+ images/s \(data [\d.]+ s, inference [\d.]+ s", done.stdout, re.M)
+
+    record = json.loads(out.read_text())
+    pinned = TiniestWeights.DEFAULT.meta["metrics"]["CIFAR-10 test"]
+    assert (record["correct"], record["images"], record["accuracy"]) == (
+        pinned["correct"],
+        pinned["total"],
+        pinned["accuracy"],
+    )
+    confusion = np.array(record["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 10_000 and np.trace(confusion) == pinned["correct"]
+    assert (confusion.sum(axis=1) == 1000).all()
+    for line in expected[2:12]:  # every number of every class row, to the card's 3 decimals
+        name, precision, recall, f1, support = line.split()
+        row = record["report"][name]
+        assert [f"{row[k]:.3f}" for k in ("precision", "recall", "f1-score")] == [precision, recall, f1]
+        assert row["support"] == int(support)
+    assert round(record["report"]["macro avg"]["f1-score"], 3) == pinned["macro_f1"]
+    assert set(record["seconds"]) == {"model", "data", "inference"} and record["images_per_second"] > 0
+    assert record["model"] == "optimized"
+
+
+def tiny_folder(root: Path, classes: tuple[str, ...]) -> None:
+    rng = np.random.default_rng(7)
+    for name in classes:
+        (root / "test" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "test" / name / f"{i}.png")
+
+
+def test_evaluate_maps_dataset_classes_onto_the_models(tmp_path: Path) -> None:
+    tiny_folder(tmp_path, ("cat", "dog", "ship"))
+    data = load_split(tmp_path, "test")
+    torch.manual_seed(0)
+    model = tiniest.tiniest(pretrained=False)
+    result = evaluate(model, data, batch_size=4)
+    assert result.labels.tolist() == [3, 3, 5, 5, 8, 8]
+    with torch.no_grad():
+        expected = model(tiniest.preprocess(data.images)).argmax(dim=1)
+    assert torch.equal(result.predictions, expected)
+    assert int(result.confusion.sum()) == 6 and result.correct == int((expected == result.labels).sum())
+    assert result.report["cat"]["support"] == 2 and result.report["airplane"]["support"] == 0
+    assert "weighted avg" in result.text()
+
+    unknown = LabeledImages(data.images, data.labels, ("cat", "dog", "unicorn"))
+    with pytest.raises(ValueError, match=r"do not match the model's .*\['unicorn'\]"):
+        evaluate(model, unknown)
+    with pytest.raises(ValueError, match="empty dataset"):
+        evaluate(model, LabeledImages(data.images[:0], data.labels[:0], data.classes))
+
+
+def test_cli_on_cifar_batches_writes_every_number(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batches = make_cifar_batches(tmp_path / "cifar-10-batches-py")
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    out = tmp_path / "out.json"
+    args = ["evaluate", "--data", str(tmp_path / "cifar-10-batches-py"), "--json", str(out), "--quiet"]
+    assert main([*args, "--eager"]) == 0
+    eager = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "eager model" in printed and "confusion matrix" in printed
+    assert eager["images"] == 4 and eager["classes"] == list(CLASSES)
+    assert sum(map(sum, eager["confusion_matrix"])) == 4
+    labels = batches["test_batch"][1]
+    assert [sum(row) for row in eager["confusion_matrix"]] == [labels.count(i) for i in range(10)]
+    assert set(eager["report"]) == {*CLASSES, "accuracy", "macro avg", "weighted avg"}
+    assert eager["model"] == "eager" and eager["seconds"]["inference"] > 0
+
+
+def test_cli_reports_bad_data_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_folder(tmp_path, ("cat", "unicorn"))
+    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--batch-size", "0"]) == 1
+    assert "positive batch size, got 0" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(tmp_path), "--quiet"]) == 1
+    assert "do not match the model's" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--quiet"]) == 1
+    assert "expected a dataset folder" in capsys.readouterr().err

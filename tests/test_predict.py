@@ -1,0 +1,116 @@
+"""``tiniest.predict`` and ``tiniest predict`` on real CIFAR-10 test pictures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiniest
+from tiniest.cli import main
+from tiniest.predict import Prediction, predict
+from tiniest.release import CLASSES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pictures(shared_cifar10: Path) -> list[tuple[Path, str]]:
+    """The first two test pictures of every class, with their true class."""
+    return [(path, name) for name in CLASSES for path in sorted((shared_cifar10 / "test" / name).glob("*.png"))[:2]]
+
+
+@pytest.fixture
+def model(shared_checkpoint: Path) -> tiniest.Tiniest:
+    return tiniest.tiniest(weights=str(shared_checkpoint))
+
+
+def test_predict_takes_every_input_kind_and_matches_the_model(
+    pictures: list[tuple[Path, str]], model: tiniest.Tiniest
+) -> None:
+    paths = [path for path, _ in pictures]
+    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    by_path = predict(paths, model=model, top_k=3)
+    assert len(by_path) == 20 and all(isinstance(p, Prediction) for p in by_path)
+    correct = sum(p.label == truth for p, (_, truth) in zip(by_path, pictures, strict=True))
+    assert correct >= 16, f"{correct}/20 right; the model is 94.6% accurate"
+
+    with torch.no_grad():
+        expected = torch.softmax(model(tiniest.preprocess(paths)), dim=1)
+    for prediction, row in zip(by_path, expected, strict=True):
+        top = row.topk(3)
+        assert [name for name, _ in prediction.top] == [CLASSES[i] for i in top.indices.tolist()]
+        assert np.allclose([p for _, p in prediction.top], top.values.tolist(), atol=1e-6)
+        assert prediction.top[0][1] >= prediction.top[1][1] >= prediction.top[2][1]
+
+    others = {
+        "PIL": [Image.open(path) for path in paths],
+        "numpy batch": np.stack(arrays),
+        "tensor batch": torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2),
+        "float tensor": torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255,
+    }
+    for name, value in others.items():
+        result = predict(value, model=model, top_k=3)
+        for a, b in zip(result, by_path, strict=True):
+            assert [n for n, _ in a.top] == [n for n, _ in b.top], name
+            assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-6), name
+
+    single = predict(arrays[0], model=model, top_k=10)
+    assert len(single) == 1 and abs(sum(p for _, p in single[0].top) - 1) < 1e-5
+    with pytest.raises(ValueError, match="top_k between 1 and 10, got 11"):
+        predict(arrays[0], model=model, top_k=11)
+
+
+def test_default_model_is_the_optimized_one_with_the_same_answers(
+    pictures: list[tuple[Path, str]], model: tiniest.Tiniest, shared_checkpoint: Path
+) -> None:
+    paths = [path for path, _ in pictures]
+    fast = predict(paths, weights=shared_checkpoint, top_k=2)
+    eager = predict(paths, weights=shared_checkpoint, top_k=2, eager=True)
+    plain = predict(paths, model=model, top_k=2)
+    for a, b, c in zip(fast, eager, plain, strict=True):
+        assert a.label == b.label == c.label
+        assert abs(a.probability - c.probability) < 1e-4 and b.top == c.top
+
+
+def test_cli_prints_text_and_json(pictures: list[tuple[Path, str]], shared_checkpoint: Path) -> None:
+    paths = [str(path) for path, _ in pictures[:3]]
+    env = {**os.environ, "TINIEST_WEIGHTS": str(shared_checkpoint)}
+    command = [sys.executable, "-m", "tiniest", "predict", *paths, "--eager"]  # the optimized default: see above
+    done = subprocess.run([*command, "--top-k", "3", "--json"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    records = json.loads(done.stdout)
+    expected = predict(paths, weights=shared_checkpoint, top_k=3, eager=True)
+    assert [r["image"] for r in records] == paths
+    for record, prediction in zip(records, expected, strict=True):
+        assert [(p["label"], round(p["probability"], 5)) for p in record["predictions"]] == [
+            (name, round(p, 5)) for name, p in prediction.top
+        ]
+
+    text = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines() == [
+        f"{path}: {p.label} {p.probability:.3f}" for path, p in zip(paths, expected, strict=True)
+    ]
+
+
+def test_cli_rejects_what_is_not_an_image(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    notes = tmp_path / "notes.png"
+    notes.write_text("hello")
+    assert main(["predict", str(notes)]) == 1
+    assert "tiniest predict: error: cannot read image file" in capsys.readouterr().err
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    assert main(["predict", str(tmp_path / "ok.png"), "--top-k", "0"]) == 1
+    assert "expected top_k between 1 and 10, got 0" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "ok.png"), "--top-k", "10"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 11

@@ -1,0 +1,358 @@
+"""CIFAR-10 from where people keep it, decoded once and cached as uint8 tensors.
+
+``load_split(root, split)`` understands three kinds of ``root``:
+
+* an image-folder tree: ``root/<split>/<class>/*.png`` (the layout of Hugging Face's imagefolder
+  datasets and of ``../shared/cifar10``); ``root`` may also be the split folder itself;
+* the CIFAR-10 "python version" (``cifar-10-batches-py``): ``data_batch_1..5`` are ``train``,
+  ``test_batch`` is ``test``. They are pickles; they are read by an unpickler that imports nothing
+  (see :class:`DataOnlyUnpickler`);
+* ``hf://owner/name[@revision]``: a Hugging Face dataset repo in the image-folder layout (such as
+  ``hf://ego-thales/cifar10``, on which the published weights were trained), fetched with
+  ``huggingface_hub.snapshot_download`` (honours ``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``).
+
+Decoded splits are cached in ``$TINIEST_CACHE/datasets`` (default ``~/.cache/tiniest``) as
+safetensors. The cache key is a hash of the source's absolute path, the split and, for every
+file read, its relative name, size and modification time (nanoseconds): stat-ing 10,000 files
+costs milliseconds where re-hashing their content would cost a read of the whole dataset on every
+run, and any copy, edit, addition or removal changes at least one of these. A changed source
+therefore misses the cache and replaces the stale file; writes go through a temporary file and
+``os.replace`` so that a crash never leaves a half-written cache, and an unreadable cache file is
+decoded again rather than trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DataOnlyUnpickler",
+    "DatasetError",
+    "LabeledImages",
+    "cache_dir",
+    "load_split",
+]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+CACHE_FORMAT = 1
+HF_PREFIX = "hf://"
+
+
+class DatasetError(ValueError):
+    """A dataset that is missing or not in a known layout; the message says which was expected."""
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    """A decoded split: ``images`` ``(N, 3, 32, 32)`` uint8 RGB, ``labels`` ``(N,)`` int64 into ``classes``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def cache_dir() -> Path:
+    """``$TINIEST_CACHE``, else ``$XDG_CACHE_HOME/tiniest``, else ``~/.cache/tiniest``."""
+    if os.environ.get("TINIEST_CACHE"):
+        return Path(os.environ["TINIEST_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tiniest"
+
+
+def load_split(root: str | os.PathLike[str], split: str = "test", *, progress: bool = False) -> LabeledImages:
+    """Split ``split`` of the dataset at ``root`` (see the module docs for what ``root`` may be)."""
+    text = os.fspath(root)
+    if text.startswith(HF_PREFIX):
+        return _load_folder(_hf_split_folder(text[len(HF_PREFIX) :], split), progress=progress)
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise DatasetError(f"expected a dataset folder or {HF_PREFIX}owner/name, got {text!r} (not a folder)")
+    if (path / "batches.meta").is_file() or any(
+        (path / name).is_file() for names in CIFAR_BATCHES.values() for name in names
+    ):
+        return _load_cifar_batches(path, split)
+    if (path / split).is_dir():
+        return _load_folder(path / split, progress=progress)
+    if _class_folders(path):
+        return _load_folder(path, progress=progress)
+    raise DatasetError(
+        f"{text!r}: expected an image-folder dataset (<root>/{split}/<class>/<image>, or <split>/<class>/<image>), "
+        f"a cifar-10-batches-py folder, or {HF_PREFIX}owner/name; found no {split!r} folder and no class folders"
+    )
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    """Subfolders holding at least one image file, sorted by name (their names are the classes)."""
+    found = []
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            with os.scandir(child) as entries:
+                if any(Path(entry.name).suffix.lower() in IMAGE_SUFFIXES for entry in entries):
+                    found.append(child)
+    return found
+
+
+def _load_folder(folder: Path, *, progress: bool) -> LabeledImages:
+    classes = _class_folders(folder)
+    if not classes:
+        raise DatasetError(f"{os.fspath(folder)!r}: expected one subfolder of images per class, found none")
+    files: list[tuple[Path, int]] = []
+    stats: list[list[Any]] = []
+    for label, class_folder in enumerate(classes):
+        with os.scandir(class_folder) as entries:
+            images = sorted(
+                (e for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES),
+                key=lambda e: e.name,
+            )
+        for entry in images:
+            stat = entry.stat()
+            files.append((Path(entry.path), label))
+            stats.append([f"{class_folder.name}/{entry.name}", stat.st_size, stat.st_mtime_ns])
+    names = tuple(folder.name for folder in classes)
+    fingerprint = {"kind": "imagefolder", "root": str(folder.resolve()), "files": stats}
+
+    def decode() -> LabeledImages:
+        from tiniest.transforms import decode_image
+
+        paths = _progress([path for path, _ in files], progress, f"decoding {folder.name}")
+        images = torch.stack([decode_image(path) for path in paths])
+        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+        return LabeledImages(images, labels, names)
+
+    return _cached(fingerprint, decode)
+
+
+def _progress(items: Sequence[Any], enabled: bool, description: str) -> Iterable[Any]:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="img", leave=False)
+
+
+# --------------------------------------------------------------------------- cifar-10-batches-py
+
+
+class _ArrayStub:
+    """Stands for a numpy array in a pickle: records its state, runs nothing."""
+
+    def __init__(self, *args: Any) -> None:
+        self.state: tuple[Any, ...] | None = None
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.state = state
+
+
+class _DTypeStub:
+    """Stands for a numpy dtype in a pickle: remembers its name (``u1``, ``i8``, ...)."""
+
+    def __init__(self, name: str | bytes, *args: Any) -> None:
+        self.name = name.decode("ascii") if isinstance(name, bytes) else str(name)
+        self.byteorder = "|"
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        order = state[1] if len(state) > 1 else "|"
+        self.byteorder = order.decode("ascii") if isinstance(order, bytes) else str(order)
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """Python 3 pickles bytes at protocol 2 as ``_codecs.encode(text, "latin1")``: only that, nothing else."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+_DATA_ONLY: dict[tuple[str, str], Callable[..., Any]] = {
+    ("numpy.core.multiarray", "_reconstruct"): _ArrayStub,
+    ("numpy._core.multiarray", "_reconstruct"): _ArrayStub,
+    ("numpy", "ndarray"): _ArrayStub,
+    ("numpy", "dtype"): _DTypeStub,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class DataOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that imports nothing: no class or function named in the pickle is ever looked up.
+
+    The CIFAR batches hold dicts, lists, ints, bytes and numpy arrays. The names a numpy array is
+    pickled with (``_reconstruct``, ``ndarray``, ``dtype``) resolve to inert local stubs that only
+    record the raw bytes, shape and dtype; every other name is refused.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        stub = _DATA_ONLY.get((module, name))
+        if stub is None:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data is accepted")
+        return stub
+
+
+_DTYPES = {"u1": torch.uint8, "i1": torch.int8, "i2": torch.int16, "i4": torch.int32, "i8": torch.int64}
+
+
+def _to_tensor(value: Any, *, what: str) -> torch.Tensor:
+    """A recorded numpy array (or a list of ints) as a tensor, checked."""
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return torch.tensor(value, dtype=torch.int64)
+    if not isinstance(value, _ArrayStub) or value.state is None or len(value.state) != 5:
+        raise DatasetError(f"{what}: expected a numpy array or a list of ints, got {type(value).__name__}")
+    _, shape, dtype, fortran, raw = value.state
+    if not isinstance(dtype, _DTypeStub) or dtype.name not in _DTYPES or fortran:
+        raise DatasetError(f"{what}: expected a C-ordered integer array, got dtype {getattr(dtype, 'name', dtype)!r}")
+    if dtype.byteorder == ">" or not isinstance(raw, (bytes, bytearray, str)):
+        raise DatasetError(f"{what}: expected little-endian raw bytes, got byte order {dtype.byteorder!r}")
+    data = raw.encode("latin1") if isinstance(raw, str) else bytes(raw)
+    tensor = (
+        torch.frombuffer(bytearray(data), dtype=_DTYPES[dtype.name])
+        if data
+        else torch.empty(0, dtype=_DTYPES[dtype.name])
+    )
+    shape = tuple(int(s) for s in shape)
+    if tensor.numel() != (torch.Size(shape).numel()):
+        raise DatasetError(f"{what}: {tensor.numel()} values do not fill the shape {shape}")
+    return tensor.reshape(shape)
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            obj = DataOnlyUnpickler(io.BufferedReader(handle), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
+        raise DatasetError(
+            f"{os.fspath(path)!r}: expected a CIFAR-10 python batch (plain-data pickle): {error}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{os.fspath(path)!r}: expected a dict, got {type(obj).__name__}")
+    return {key.decode("latin1") if isinstance(key, bytes) else str(key): value for key, value in obj.items()}
+
+
+def _cifar_classes(folder: Path) -> tuple[str, ...]:
+    meta = folder / "batches.meta"
+    if not meta.is_file():
+        from tiniest.release import CLASSES
+
+        return CLASSES
+    names = _unpickle(meta).get("label_names")
+    if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DatasetError(f"{os.fspath(meta)!r}: expected 'label_names', a list of strings")
+    return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
+
+
+def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
+    if split not in CIFAR_BATCHES:
+        raise DatasetError(f"cifar-10-batches-py has splits {sorted(CIFAR_BATCHES)}, got {split!r}")
+    paths = [folder / name for name in CIFAR_BATCHES[split]]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{os.fspath(folder)!r}: split {split!r} needs {', '.join(missing)}, which is missing")
+    sources = [*paths, folder / "batches.meta"] if (folder / "batches.meta").is_file() else paths
+    stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sources]
+    fingerprint = {"kind": "cifar-batches", "root": str(folder.resolve()), "split": split, "files": stats}
+
+    def decode() -> LabeledImages:
+        classes = _cifar_classes(folder)
+        images, labels = [], []
+        for path in paths:
+            batch = _unpickle(path)
+            if "data" not in batch or "labels" not in batch:
+                raise DatasetError(f"{os.fspath(path)!r}: expected keys 'data' and 'labels', got {sorted(batch)}")
+            data = _to_tensor(batch["data"], what=f"{path.name} data")
+            label = _to_tensor(batch["labels"], what=f"{path.name} labels").to(torch.int64).reshape(-1)
+            if data.dtype != torch.uint8 or data.dim() != 2 or data.shape[1] != 3 * 32 * 32:
+                raise DatasetError(
+                    f"{path.name} data: expected uint8 rows of 3072 values, got {data.dtype} {tuple(data.shape)}"
+                )
+            if label.shape[0] != data.shape[0]:
+                raise DatasetError(f"{path.name}: {data.shape[0]} images but {label.shape[0]} labels")
+            images.append(data.reshape(-1, 3, 32, 32))
+            labels.append(label)
+        label_tensor = torch.cat(labels)
+        if label_tensor.numel() and (int(label_tensor.min()) < 0 or int(label_tensor.max()) >= len(classes)):
+            raise DatasetError(f"{os.fspath(folder)!r}: labels outside 0..{len(classes) - 1}")
+        return LabeledImages(torch.cat(images), label_tensor, classes)
+
+    return _cached(fingerprint, decode)
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def _hf_split_folder(spec: str, split: str) -> Path:
+    """Download (or find in the HF cache) the ``split`` folder of a dataset repo; return its local path."""
+    repo_id, _, revision = spec.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise DatasetError(f"expected {HF_PREFIX}owner/name[@revision], got {HF_PREFIX}{spec}")
+    from huggingface_hub import snapshot_download
+
+    snapshot = Path(
+        snapshot_download(
+            repo_id,
+            repo_type="dataset",
+            revision=revision or None,
+            allow_patterns=[f"{split}/*", f"data/{split}/*"],
+        )
+    )
+    for candidate in (snapshot / split, snapshot / "data" / split):
+        if candidate.is_dir():
+            return candidate
+    raise DatasetError(
+        f"{HF_PREFIX}{spec}: expected a {split!r} folder of class subfolders in the dataset repo, found none"
+    )
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _cached(fingerprint: dict[str, Any], decode: Callable[[], LabeledImages]) -> LabeledImages:
+    """``decode()``'s result, from the cache when ``fingerprint`` matches, else decoded and stored."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import save
+
+    fingerprint = {"format": CACHE_FORMAT, **fingerprint}
+    source = json.dumps([fingerprint["kind"], fingerprint["root"], fingerprint.get("split")])
+    prefix = hashlib.sha256(source.encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    folder = cache_dir() / "datasets"
+    target = folder / f"{prefix}-{key[:16]}.safetensors"
+    if target.is_file():
+        try:
+            with safe_open(target, framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if meta.get("key") == key:
+                    classes = tuple(json.loads(meta["classes"]))
+                    return LabeledImages(handle.get_tensor("images"), handle.get_tensor("labels"), classes)
+        except (SafetensorError, OSError, KeyError, ValueError):
+            pass  # unreadable or foreign: decode again and overwrite
+    result = decode()
+    data = save(
+        {"images": result.images.contiguous(), "labels": result.labels.contiguous()},
+        metadata={"key": key, "classes": json.dumps(list(result.classes)), "root": fingerprint["root"]},
+    )
+    from tiniest.weights import save_atomically
+
+    try:
+        save_atomically(target, data)
+        for stale in folder.glob(f"{prefix}-*.safetensors"):
+            if stale != target:
+                stale.unlink(missing_ok=True)
+    except OSError as error:  # a read-only or full cache costs speed, not correctness
+        warnings.warn(f"could not write the dataset cache {os.fspath(target)!r}: {error}", stacklevel=3)
+    return result

@@ -1,0 +1,241 @@
+"""Hugging Face model folders: ``Tiniest.from_pretrained`` / ``save_pretrained`` and the release's Hub folder.
+
+A folder holds ``model.safetensors`` (the deterministic release artifact), ``config.json`` and a
+model card ``README.md`` whose front matter the Hub reads (licence, dataset, metrics).
+huggingface_hub is imported only inside these functions: ``PyTorchModelHubMixin`` would load it
+with ``tiniest.model``, about four times the ~50 ms that loading the model may cost beyond torch.
+
+Loading verifies exactly as ``tiniest.tiniest()`` does: the bytes of ``model.safetensors`` are
+checked against the pinned release (the pinned Hub repo must serve exactly those bytes; any other
+folder or repo loads with an ``UnverifiedWeightsWarning``), and the state_dict loads strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tiniest.artifact import artifact_metadata, sha256_hex, to_safetensors
+from tiniest.release import CLASSES, Release, TiniestWeights
+from tiniest.weights import WeightsNotFoundError, load_weights, save_atomically
+
+if TYPE_CHECKING:
+    from tiniest.model import Tiniest
+
+__all__ = [
+    "CARD_NAME",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "from_pretrained",
+    "model_card",
+    "model_config",
+    "save_pretrained",
+    "write_model_folder",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+CIFAR10_HUB_DATASET = "uoft-cs/cifar10"
+
+
+def model_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``config.json``: the constructor's argument plus what a reader needs to use the outputs."""
+    categories = list(meta["categories"])
+    return {
+        "architecture": "Tiniest",
+        "num_classes": len(categories),
+        "num_params": meta.get("num_params"),
+        "id2label": {str(i): name for i, name in enumerate(categories)},
+        "label2id": {name: i for i, name in enumerate(categories)},
+        "preprocessing": meta.get("preprocessing"),
+    }
+
+
+def _hub_dataset(meta: Mapping[str, Any]) -> str | None:
+    """The Hub dataset id named in the metadata (``huggingface.co/datasets/<id>``, ``hf://<id>``), else
+    CIFAR-10's for CIFAR-10 classes, else None."""
+    text = str(meta.get("dataset", ""))
+    for marker in ("huggingface.co/datasets/", "hf://"):
+        if marker in text:
+            return text.split(marker, 1)[1].split()[0].split("@")[0].rstrip(",;)")
+    return CIFAR10_HUB_DATASET if tuple(meta["categories"]) == CLASSES else None
+
+
+def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = None) -> str:
+    """A model card whose YAML front matter carries licence, dataset and metrics for the Hub."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = _hub_dataset(meta)
+    name = repo_id.split("/")[-1] if repo_id else "tiniest"
+    results = []
+    rows = []
+    for label, values in (meta.get("metrics") or {}).items():
+        if not isinstance(values, Mapping) or "accuracy" not in values:
+            continue
+        split = label.split()[-1]
+        results.append(EvalResult(
+            task_type="image-classification", task_name="Image Classification", dataset_type=dataset or "imagefolder",
+            dataset_name=label.rsplit(" ", 1)[0], dataset_split=split, metric_type="accuracy",
+            metric_value=float(values["accuracy"]), metric_name="Accuracy",
+        ))
+        total = f" of {values['total']:,}" if "total" in values else ""
+        rows.append(f"| {label} | {100 * float(values['accuracy']):.2f}%{total} |")
+    data = ModelCardData(
+        license=str(meta.get("license", "mit")).lower(),
+        library_name="pytorch",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "cifar10", "tiniest", "safetensors"],
+        datasets=[dataset] if dataset else None,
+        metrics=["accuracy"],
+        model_name=name if results else None,
+        eval_results=results or None,
+    )
+    load = f'Tiniest.from_pretrained("{repo_id}")' if repo_id else 'Tiniest.from_pretrained("path/to/this/folder")'
+    table = "\n".join(["| data | top-1 accuracy |", "|---|---|", *rows]) if rows else "Not measured."
+    parts = [str(meta.get(key, "")).strip().rstrip(".") for key in ("license", "copyright", "credit")]
+    credits = " ".join(f"{part}." for part in parts if part)
+    body = f"""
+# {name}
+
+Tiniest: a {meta.get("num_params", 97530):,}-parameter CIFAR-10 classifier
+(architecture by [xvel/cifar10-tiniest](https://github.com/xvel/cifar10-tiniest)).
+
+```python
+from tiniest import Tiniest  # pip install tiniest
+
+model = {load}   # verified, eval mode
+logits = model(images - 0.5)  # images: (N, 3, 32, 32) RGB in [0, 1]
+```
+
+Classes, in output order: {", ".join(meta["categories"])}.
+
+## Results
+
+{table}
+
+## Training
+
+- Data: {meta.get("dataset", "not recorded")}
+- Recipe: {meta.get("recipe", "not recorded")}
+
+## Files
+
+- `model.safetensors`: sha256 `{sha256}`; its metadata repeats this card's facts.
+- `config.json`: `num_classes`, labels and the expected preprocessing.
+
+## Licence and credit
+
+{credits}
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def write_model_folder(folder: Path, artifact: bytes, meta: Mapping[str, Any], *, repo_id: str | None = None) -> Path:
+    """The Hub folder: ``model.safetensors`` (``artifact`` as is), ``config.json``, ``README.md``."""
+    config = json.dumps(model_config(meta), indent=2, sort_keys=True) + "\n"
+    card = model_card(meta, sha256=sha256_hex(artifact), repo_id=repo_id)
+    save_atomically(folder / WEIGHTS_NAME, artifact)
+    save_atomically(folder / CONFIG_NAME, config.encode())
+    save_atomically(folder / CARD_NAME, card.encode())
+    return folder
+
+
+def _artifact_of(state_dict: Mapping[str, torch.Tensor], release: Release) -> tuple[bytes, dict[str, Any]]:
+    """The pinned release bytes when these are its weights; otherwise an artifact claiming no metrics."""
+    pinned = to_safetensors(state_dict, artifact_metadata(release.meta, source_sha256=release.source_sha256))
+    if sha256_hex(pinned) == release.sha256:
+        return pinned, dict(release.meta)
+    meta = {key: release.meta[key] for key in ("architecture", "num_params", "preprocessing", "credit")}
+    meta |= {"categories": list(release.meta["categories"]), "metrics": {"note": "not measured"}, "license": "MIT"}
+    metadata = artifact_metadata(meta, source_sha256="")
+    del metadata["source_sha256"]  # saved from memory: there is no source file
+    return to_safetensors(state_dict, metadata), meta
+
+
+def save_pretrained(model: Tiniest, folder: str | os.PathLike[str], *, repo_id: str | None = None) -> Path:
+    """Write ``model`` as a Hub folder; the published weights give the published bytes."""
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    artifact, meta = _artifact_of(state, TiniestWeights.DEFAULT.release)
+    if model.fc.out_features != len(meta["categories"]):
+        meta["categories"] = [str(i) for i in range(model.fc.out_features)]
+    return write_model_folder(Path(folder), artifact, meta, repo_id=repo_id)
+
+
+def _download(repo_id: str, revision: str | None, **hub_options: Any) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise WeightsNotFoundError(f"{repo_id}: Hub repos need huggingface_hub (pip install huggingface_hub)") from None
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME], **hub_options)
+    except Exception as error:  # huggingface_hub raises many types: report them the same way
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise WeightsNotFoundError(
+            f"could not get {WEIGHTS_NAME} of the Hugging Face repo {repo_id!r} "
+            f"(revision {revision or 'main'}): {type(error).__name__}: {first}"
+        ) from None
+    return Path(path)
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path}: expected JSON ({error})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("num_classes", 10), int):
+        raise ValueError(f"{path}: expected an object with an integer num_classes, got {str(config)[:200]}")
+    return config
+
+
+def from_pretrained(
+    cls: type[Tiniest],
+    repo_id_or_folder: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    device: str | torch.device | None = None,
+) -> Tiniest:
+    """A verified model from a local folder or a Hub repo id (``owner/name``), in eval mode."""
+    release = TiniestWeights.DEFAULT.release
+    spec = os.fspath(repo_id_or_folder)
+    local = Path(spec).expanduser()
+    pinned_repo = False
+    if local.is_dir():
+        folder = local
+    elif local.exists() or spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"{spec!r}: expected a folder holding {WEIGHTS_NAME} (and {CONFIG_NAME}) or a Hub repo id owner/name"
+        )
+    else:
+        folder = _download(spec, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                           force_download=force_download)
+        pinned_repo = spec == release.hf_repo_id and revision in (None, release.hf_revision)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder}: expected {WEIGHTS_NAME} (written by save_pretrained or tiniest release)")
+    if pinned_repo and sha256_hex(weights.read_bytes()) != release.sha256:
+        raise WeightsNotFoundError(
+            f"{spec} served {WEIGHTS_NAME} with sha256 {sha256_hex(weights.read_bytes())}, expected the pinned "
+            f"{release.sha256}; refusing unverified weights from the pinned repo"
+        )
+    num_classes = int(_read_config(folder).get("num_classes", 10))
+    loaded = load_weights(weights=weights, progress=False, offline=True)
+    model = cls(num_classes=num_classes)
+    try:
+        model.load_state_dict(loaded.state_dict, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{weights}: expected Tiniest weights, got a state_dict that does not fit: {error}") from None
+    model.eval()
+    return model.to(device) if device is not None else model

@@ -1,0 +1,385 @@
+"""The training loop: one process, or one of many started by ``torchrun`` (DistributedDataParallel).
+
+Reproducibility and exact resumption rest on one rule: all randomness of epoch ``e`` on rank
+``r`` comes from generators seeded by ``(seed, e, r)`` at the start of the epoch (the shuffle:
+``DistributedSampler`` seeded with ``seed + e``; augmentation and mix-up: torch's generator,
+reseeded inside :func:`torch.random.fork_rng`). A checkpoint written at the end of an epoch
+(model, averaged model, optimizer, schedule, epoch, history) therefore holds everything the
+next epoch needs, and resuming from it gives the weights an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DistributedSampler
+
+from tiniest.model import Tiniest
+from tiniest.recipe import Recipe, build_ema, build_optimizer, build_scheduler
+from tiniest.weights import save_atomically
+
+if TYPE_CHECKING:
+    from tiniest.data import LabeledImages
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "MODEL_NAME",
+    "RunOptions",
+    "averaged_state_dict",
+    "load_checkpoint",
+    "state_sha256",
+    "train",
+]
+
+CHECKPOINT_FORMAT = "tiniest-train-checkpoint-v1"
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
+EVAL_BATCH = 500
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run (none of it changes the weights)."""
+
+    data: str
+    output: Path
+    resume: bool = False
+    stop_after: int | None = None  # epochs to run in this invocation, then stop (resume later)
+    limit_test: int | None = None  # score on a fixed random subset of test/ (resume: the checkpoint's)
+    device: str | None = None
+    progress: bool = True
+    plot: bool = False
+
+
+@dataclass(frozen=True)
+class _Process:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@contextmanager
+def _process_group(device_name: str | None) -> Iterator[_Process]:
+    """This process's place in a ``torchrun`` job (or a job of one), with the process group set up."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    name = device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield _Process(rank, world_size, device)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    digest = hashlib.sha256(f"tiniest/{seed}/{epoch}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _subset(count: int, limit: int | None, seed: int) -> torch.Tensor:
+    """Indices of a seeded random subset of ``limit`` items (all of them when ``limit`` is None)."""
+    if limit is None or limit >= count:
+        return torch.arange(count)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[:limit].sort().values
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A training checkpoint, read with ``weights_only=True`` and checked to be one."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises many types for foreign bytes
+        raise ValueError(f"{path}: expected a tiniest training checkpoint, could not read it ({error})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: expected a checkpoint of format {CHECKPOINT_FORMAT!r}, got {found!r}")
+    return state
+
+
+def averaged_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The averaged weights (the final model) of a training checkpoint, as a plain Tiniest state_dict."""
+    prefix = "module."
+    return {k[len(prefix) :]: v.cpu() for k, v in checkpoint["ema"].items() if k.startswith(prefix)}
+
+
+def state_sha256(*modules: nn.Module) -> str:
+    """A hash of the parameters and buffers: equal hashes mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _resolve_recipe(overrides: dict[str, Any], saved: dict[str, Any] | None) -> Recipe:
+    """The recipe of a new run, or of the resumed one (where every flag given must agree)."""
+    if saved is None:
+        return Recipe(**overrides)
+    recipe = Recipe.from_dict(saved)
+    conflicts = [f"{k}: checkpoint {getattr(recipe, k)!r}, asked {v!r}" for k, v in overrides.items()
+                 if getattr(recipe, k) != v]
+    if conflicts:
+        raise ValueError("--resume continues the checkpoint's recipe; these flags disagree with it: "
+                         + "; ".join(conflicts))
+    return recipe
+
+
+@dataclass
+class _State:
+    model: Tiniest
+    ema: AveragedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
+    epoch: int
+    history: list[dict[str, Any]]
+
+
+def _checkpoint_bytes(
+    state: _State, recipe: Recipe, options: RunOptions, classes: tuple[str, ...], images: int, limit_test: int | None
+) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "recipe": recipe.to_dict(),
+            "data": str(options.data),
+            "classes": list(classes),
+            "train_images": images,
+            "limit_test": limit_test,
+            "epoch": state.epoch,
+            "model": state.model.state_dict(),
+            "ema": state.ema.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "history": state.history,
+        },
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, shift: float, proc: _Process) -> int:
+    """Correct predictions over the whole test subset (each process scores its share)."""
+    model.eval()
+    mine = torch.arange(proc.rank, len(labels), proc.world_size)
+    correct = torch.zeros((), dtype=torch.int64, device=proc.device)
+    with torch.no_grad():
+        for chunk in mine.split(EVAL_BATCH):
+            inputs = images[chunk].to(proc.device).float().div_(255).add_(shift)
+            correct += (model(inputs).argmax(1) == labels[chunk].to(proc.device)).sum()
+    if proc.world_size > 1:
+        dist.all_reduce(correct)
+    return int(correct)
+
+
+def _replica_hashes(state: _State, proc: _Process) -> list[str]:
+    mine = state_sha256(state.model, state.ema)
+    if proc.world_size == 1:
+        return [mine]
+    gathered: list[Any] = [None] * proc.world_size
+    dist.all_gather_object(gathered, mine)
+    return [str(value) for value in gathered]
+
+
+def _step(
+    trained: nn.Module, state: _State, inputs: torch.Tensor, labels: torch.Tensor, mixup: float, shift: float
+) -> torch.Tensor:
+    """One optimisation step on an augmented batch: mix-up, loss, update, schedule, average."""
+    from tiniest.augment import mix_up, mixup_loss
+
+    inputs, targets = mix_up(inputs, labels, mixup)
+    loss = mixup_loss(trained(inputs + shift), targets)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    state.ema.update_parameters(state.model)
+    return loss.detach()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(options: RunOptions, overrides: dict[str, Any] | None = None) -> Path:
+    """Train (or resume) the run in ``options.output``; return the path of its checkpoint."""
+    overrides = dict(overrides or {})
+    checkpoint_path = options.output / CHECKPOINT_NAME
+    if options.resume and not checkpoint_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path} (start without --resume)")
+    if not options.resume and checkpoint_path.exists():
+        raise FileExistsError(f"{checkpoint_path} exists: continue it with --resume, or choose another --output")
+    if options.stop_after is not None and options.stop_after <= 0:
+        raise ValueError(f"--stop-after: expected a positive number of epochs, got {options.stop_after}")
+    with _process_group(options.device) as proc:
+        return _train(options, overrides, proc)
+
+
+def _load(
+    data: str, limit_train: int | None, seed: int, limit_test: int | None, progress: bool
+) -> tuple[LabeledImages, LabeledImages]:
+    """The train subset (seeded by the recipe) and the test subset (always the same one)."""
+    from tiniest.data import LabeledImages, load_split
+
+    train_split = load_split(data, "train", progress=progress)
+    test_split = load_split(data, "test", progress=progress)
+    if train_split.classes != test_split.classes:
+        raise ValueError(f"train classes {train_split.classes} differ from test classes {test_split.classes}")
+    if len(train_split.classes) != 10:
+        raise ValueError(f"Tiniest has 10 outputs; {data} has {len(train_split.classes)} classes")
+    chosen = _subset(len(train_split), limit_train, seed)
+    tested = _subset(len(test_split), limit_test, 0)
+    return (
+        LabeledImages(train_split.images[chosen], train_split.labels[chosen], train_split.classes),
+        LabeledImages(test_split.images[tested], test_split.labels[tested], test_split.classes),
+    )
+
+
+def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Path:
+    from tqdm import tqdm
+
+    from tiniest.augment import batch_augmentation
+    from tiniest.runlog import console_line, plot_curves, write_log
+
+    checkpoint_path = options.output / CHECKPOINT_NAME
+    saved = load_checkpoint(checkpoint_path, proc.device) if options.resume else None
+    recipe = _resolve_recipe(overrides, saved["recipe"] if saved else None)
+    if recipe.batch_size % proc.world_size:
+        raise ValueError(f"--batch-size {recipe.batch_size} does not split evenly over {proc.world_size} processes")
+
+    limit_test = options.limit_test if options.limit_test is not None or saved is None else saved.get("limit_test")
+    progress = options.progress and proc.main
+    train_split, test_split = _load(options.data, recipe.limit_train, recipe.seed, limit_test, progress)
+    train_images, train_labels = train_split.images.to(proc.device), train_split.labels.to(proc.device)
+    test_images, test_labels = test_split.images, test_split.labels
+
+    per_process = recipe.batch_size // proc.world_size
+    indices: Any = range(len(train_split))  # the sampler only needs len()
+    sampler: DistributedSampler[int] = DistributedSampler(
+        indices, num_replicas=proc.world_size, rank=proc.rank, shuffle=True, seed=recipe.seed, drop_last=True
+    )
+    steps = len(sampler) // per_process
+    if steps == 0:
+        raise ValueError(f"--batch-size {recipe.batch_size} is larger than the {len(train_split)} training images")
+
+    torch.manual_seed(recipe.seed)
+    model = Tiniest().to(proc.device)
+    optimizer = build_optimizer(model, recipe)
+    state = _State(model, build_ema(model, recipe), optimizer, build_scheduler(optimizer, recipe, steps), 0, [])
+    if saved is not None:
+        state.model.load_state_dict(saved["model"])
+        state.ema.load_state_dict(saved["ema"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        state.epoch, state.history = int(saved["epoch"]), list(saved["history"])
+    trained: nn.Module = model
+    if proc.world_size > 1:
+        device_ids = [proc.device.index] if proc.device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    augmentation = batch_augmentation() if recipe.augment else nn.Identity()
+    rng_devices = [proc.device] if proc.device.type == "cuda" else []
+
+    last = recipe.epochs if options.stop_after is None else min(recipe.epochs, state.epoch + options.stop_after)
+    if proc.main:
+        print(
+            f"training {len(train_split)} images of {options.data}: epochs {state.epoch + 1}..{last}/{recipe.epochs} "
+            f"({steps} steps of {recipe.batch_size} per epoch, {proc.world_size} process(es) on {proc.device}); "
+            f"run folder {options.output}",
+            flush=True,
+        )
+    while state.epoch < last:
+        epoch = state.epoch
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.int64)
+        strength = recipe.mixup_strength(epoch)
+        trained.train()
+        loss_sum = torch.zeros((), device=proc.device)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
+                   disable=not (options.progress and proc.main), file=sys.stderr)
+        _synchronize(proc.device)
+        started = time.perf_counter()
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(_epoch_seed(recipe.seed, epoch, proc.rank))
+            for batch in order[: steps * per_process].split(per_process):
+                inputs = augmentation(train_images[batch].float().div_(255))
+                loss_sum += _step(trained, state, inputs, train_labels[batch], strength, recipe.shift)
+                bar.update()
+        _synchronize(proc.device)
+        train_seconds = time.perf_counter() - started
+        bar.close()
+        if proc.world_size > 1:
+            dist.all_reduce(loss_sum)
+        started = time.perf_counter()
+        correct = _evaluate(state.ema.module, test_images, test_labels, recipe.shift, proc)
+        state.epoch = epoch + 1
+        replicas = _replica_hashes(state, proc)
+        record = {
+            "epoch": state.epoch,
+            "epochs": recipe.epochs,
+            "loss": float(loss_sum) / (steps * proc.world_size),
+            "lr": float(state.scheduler.get_last_lr()[0]),
+            "mixup": strength,
+            "test_accuracy": correct / len(test_labels),
+            "test_correct": correct,
+            "test_total": len(test_labels),
+            "images_per_second": steps * recipe.batch_size / train_seconds,
+            "train_seconds": train_seconds,
+            "eval_seconds": time.perf_counter() - started,
+            "world_size": proc.world_size,
+            "replica_sha256": replicas,
+        }
+        state.history.append(record)
+        if len(set(replicas)) > 1:
+            warnings.warn(f"epoch {state.epoch}: the processes hold different weights", RuntimeWarning, stacklevel=2)
+        if proc.main:
+            data = _checkpoint_bytes(state, recipe, options, train_split.classes, len(train_split), limit_test)
+            save_atomically(checkpoint_path, data)
+            write_log(options.output, state.history)
+            print(console_line(record), flush=True)
+    if proc.main:
+        _finish(state, recipe, options, plot_curves if options.plot else None)
+    if proc.world_size > 1:
+        dist.barrier()
+    return checkpoint_path
+
+
+def _finish(state: _State, recipe: Recipe, options: RunOptions, plot: Any) -> None:
+    if plot is not None and state.history:
+        print(f"plot: {plot(options.output, state.history)}")
+    if state.epoch < recipe.epochs:
+        print(f"stopped after epoch {state.epoch} of {recipe.epochs}; continue with --resume")
+        return
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in state.ema.module.state_dict().items()}, buffer)
+    save_atomically(options.output / MODEL_NAME, buffer.getvalue())
+    print(f"finished: averaged weights in {options.output / MODEL_NAME}")

@@ -1,0 +1,222 @@
+"""From the pictures people have to the tensor Tiniest expects: ``(N, 3, 32, 32)`` float, RGB in [0, 1] minus 0.5.
+
+The policy is written in the release metadata (``meta["preprocessing"]``) so that it travels with the
+weights; :meth:`Preprocess.from_meta` reads it back. Accepted inputs:
+
+* a path (``str`` or ``os.PathLike``) to an image file, or a ``PIL.Image.Image``: 1-bit, grayscale and
+  palette images become RGB; transparent images (RGBA, LA, palette with transparency) are composited
+  onto white; other modes (16-bit or float grayscale, ...) are refused;
+* a numpy array, channels last: ``(H, W, C)`` or ``(N, H, W, C)``;
+* a torch tensor, channels first: ``(C, H, W)`` or ``(N, C, H, W)``;
+* a list or tuple of any of these (concatenated into one batch).
+
+Arrays and tensors are ``uint8`` (0..255) or floating point in [0, 1] (NaN and inf refused), with
+``C`` = 3 (RGB), 1 (grayscale, repeated) or 4 (RGBA, composited onto white). Any other size than
+32x32 is resized straight to 32x32 (bilinear with antialiasing; the aspect ratio is not kept, as
+CIFAR-10 images are square crops already): crop your picture first if its subject is off-centre.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Preprocess", "PreprocessError", "decode_image", "preprocess", "to_uint8_images"]
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_COLOR_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+class PreprocessError(ValueError):
+    """An input that cannot be turned into the model's input; the message says what was expected."""
+
+
+def _describe(x: Any) -> str:
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is not None:
+        return f"{type(x).__module__}.{type(x).__name__} of shape {tuple(shape)} and dtype {dtype}"
+    return f"{type(x).__module__}.{type(x).__name__}"
+
+
+def _pil_to_tensor(image: Any, *, origin: str) -> torch.Tensor:
+    """A PIL image as ``(3, H, W)`` uint8 RGB (alpha composited onto white)."""
+    import numpy as np
+    from PIL import Image
+
+    mode = image.mode
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+    elif mode in _COLOR_MODES:
+        image = image.convert("RGB")
+    else:
+        raise PreprocessError(
+            f"{origin}: expected an 8-bit image (RGB, RGBA, grayscale or palette), got PIL mode {mode!r}"
+        )
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _open(path: str | os.PathLike[str]) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        raise PreprocessError(
+            f"cannot read image file {os.fspath(path)!r}: expected a readable image ({error})"
+        ) from None
+
+
+def decode_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -> torch.Tensor:
+    """One image file as ``(3, *size)`` uint8 RGB: the form datasets are cached in."""
+    image = _pil_to_tensor(_open(path), origin=os.fspath(path))
+    if tuple(image.shape[1:]) != size:
+        resized = _resize(image.unsqueeze(0).float().div_(255), size)
+        image = resized.mul_(255).round_().clamp_(0, 255).to(torch.uint8)[0]
+    return image
+
+
+def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The documented resize policy: bilinear with antialiasing, straight to ``size``."""
+    if tuple(batch.shape[-2:]) == size:
+        return batch
+    return F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def _channels_first(x: torch.Tensor, *, origin: str, layout: str) -> torch.Tensor:
+    """Check an NCHW tensor's channels and values; return float in [0, 1], 3 channels."""
+    if x.shape[0] == 0:
+        raise PreprocessError(f"{origin}: expected at least one image, got an empty batch of shape {tuple(x.shape)}")
+    channels = x.shape[1]
+    if channels not in (1, 3, 4):
+        raise PreprocessError(
+            f"{origin}: expected 1 (gray), 3 (RGB) or 4 (RGBA) channels in layout {layout}, "
+            f"got {channels} (shape {tuple(x.shape)})"
+        )
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise PreprocessError(f"{origin}: expected a non-empty image, got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    elif x.is_floating_point():
+        x = x.float()
+        if not bool(torch.isfinite(x).all()):
+            raise PreprocessError(f"{origin}: expected finite values in [0, 1], got NaN or inf")
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 1:
+            raise PreprocessError(
+                f"{origin}: expected floating point values in [0, 1] (or uint8 in 0..255), "
+                f"got values in [{low:g}, {high:g}]"
+            )
+    else:
+        raise PreprocessError(f"{origin}: expected uint8 or floating point values, got dtype {x.dtype}")
+    if channels == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif channels == 4:
+        rgb, alpha = x[:, :3], x[:, 3:]
+        x = rgb * alpha + (1 - alpha)
+    return x
+
+
+def _to_unit_batches(x: Any) -> list[torch.Tensor]:
+    """Any accepted input as a list of ``(N, 3, H, W)`` float batches in [0, 1]."""
+    if isinstance(x, (str, os.PathLike)):
+        return [_pil_to_tensor(_open(x), origin=os.fspath(x)).unsqueeze(0).float().div_(255)]
+    if isinstance(x, torch.Tensor):
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4:
+            raise PreprocessError(f"expected a tensor of shape (C, H, W) or (N, C, H, W), got {_describe(x)}")
+        return [_channels_first(x, origin="tensor", layout="(N, C, H, W)")]
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise PreprocessError("expected at least one image, got an empty list")
+        return [batch for item in x for batch in _to_unit_batches(item)]
+    kind = type(x)
+    if kind.__module__.startswith("PIL.") or kind.__module__ == "PIL":
+        return [_pil_to_tensor(x, origin="PIL image").unsqueeze(0).float().div_(255)]
+    if kind.__module__ == "numpy" and kind.__name__ == "ndarray":
+        if x.ndim not in (3, 4):
+            raise PreprocessError(
+                f"expected a numpy array of shape (H, W, C) or (N, H, W, C), channels last, got {_describe(x)}"
+            )
+        if x.dtype.kind not in "uf" or (x.dtype.kind == "u" and x.dtype.itemsize != 1):
+            raise PreprocessError(f"expected a uint8 or floating point numpy array, got dtype {x.dtype}")
+        batch = torch.from_numpy(x.copy())
+        batch = batch.unsqueeze(0) if batch.dim() == 3 else batch
+        return [_channels_first(batch.permute(0, 3, 1, 2), origin="numpy array", layout="(N, H, W, C)")]
+    raise PreprocessError(
+        f"expected an image path, a PIL image, a numpy array, a tensor or a list of them, got {_describe(x)}"
+    )
+
+
+def to_uint8_images(x: Any) -> torch.Tensor:
+    """Any accepted input as ``(N, 3, 32, 32)`` uint8 RGB (for storing, not for the model)."""
+    unit = torch.cat([_resize(batch, (32, 32)) for batch in _to_unit_batches(x)])
+    return unit.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class Preprocess(nn.Module):
+    """Images in any accepted form (see module docs) to the model's ``(N, 3, 32, 32)`` float input.
+
+    A module with no parameters, so that it can sit in front of the model in an ``nn.Sequential``
+    when the input is already a tensor.
+    """
+
+    def __init__(self, size: tuple[int, int] = (32, 32), shift: float = -0.5) -> None:
+        super().__init__()
+        self.size = (int(size[0]), int(size[1]))
+        self.shift = float(shift)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Preprocess:
+        """Build from a release's ``meta["preprocessing"]``; refuse a policy this code does not implement."""
+        expected = {"color": "RGB", "scale": "uint8 / 255 to [0, 1]"}
+        for key, value in expected.items():
+            if meta.get(key) != value:
+                raise ValueError(
+                    f"preprocessing {key!r}: this version implements {value!r}, the weights ask {meta.get(key)!r}"
+                )
+        resize = str(meta.get("resize", ""))
+        if not resize.startswith("bilinear with antialiasing"):
+            raise ValueError(
+                f"preprocessing 'resize': this version implements bilinear with antialiasing, got {resize!r}"
+            )
+        size = meta.get("size")
+        if not (isinstance(size, Sequence) and len(size) == 2):
+            raise ValueError(f"preprocessing 'size': expected [height, width], got {size!r}")
+        return cls(size=(int(size[0]), int(size[1])), shift=float(meta.get("shift", 0.0)))
+
+    def forward(self, x: Any) -> torch.Tensor:
+        batches = [_resize(batch, self.size) for batch in _to_unit_batches(x)]
+        return torch.cat(batches).add_(self.shift) if len(batches) > 1 else batches[0].add(self.shift)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, shift={self.shift}, resize=bilinear+antialias, color=RGB"
+
+
+_DEFAULT: Preprocess | None = None
+
+
+def preprocess(x: Any) -> torch.Tensor:
+    """``x`` (path, PIL image, numpy array, tensor, or a list of them) as the model's input.
+
+    Uses the preprocessing of the default release (``TiniestWeights.DEFAULT.transforms()``).
+    """
+    global _DEFAULT
+    if _DEFAULT is None:
+        from tiniest.release import TiniestWeights
+
+        _DEFAULT = TiniestWeights.DEFAULT.transforms()
+    return _DEFAULT(x)
