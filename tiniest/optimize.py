@@ -51,6 +51,20 @@ def _const(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().clone().float()
 
 
+def _dilated_by_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The depthwise 7x7 convolution with dilation 3 ('same' padding) as an undilated one.
+
+    Each of the 3x3 sampling phases of the image is its own small image (space-to-batch);
+    oneDNN's undilated depthwise kernel is about 6x faster here than its dilated one.
+    """
+    n, c, h, w = x.shape
+    qh, qw = -(-h // 3), -(-w // 3)
+    phases = F.pad(x, (0, 3 * qw - w, 0, 3 * qh - h)).view(n, c, qh, 3, qw, 3)
+    phases = phases.permute(0, 3, 5, 1, 2, 4).reshape(n * 9, c, qh, qw)
+    out = F.conv2d(phases, weight, bias, padding=3, groups=c).view(n, 3, 3, c, qh, qw)
+    return out.permute(0, 3, 4, 1, 5, 2).reshape(n, c, 3 * qh, 3 * qw)[:, :, :h, :w]
+
+
 class FastBlock(nn.Module):
     """A :class:`tiniest.Block` on NHWC tensors with LayerNorm's affine folded into ``fc1``."""
 
@@ -90,7 +104,7 @@ class FastBlock(nn.Module):
         planar = x.permute(0, 3, 1, 2)  # a channels-last NCHW view, no copy
         mixed = F.conv2d(planar[:, p : 3 * p], self.mixer_w, self.mixer_b, padding=3, groups=2 * p)
         pooled = F.avg_pool2d(planar[:, 3 * p :], 3, stride=1, padding=1)
-        dilated = F.conv2d(pooled, self.dilated_w, self.dilated_b, padding=9, dilation=3, groups=p)
+        dilated = _dilated_by_phases(pooled, self.dilated_w, self.dilated_b)
         tokens = torch.cat([planar[:, :p], mixed, dilated], dim=1).permute(0, 2, 3, 1)
         value, gate = F.linear(F.layer_norm(tokens, (self.dim,), eps=self.eps), self.fc1_w, self.fc1_b).split(
             self.hidden, dim=-1
