@@ -5,8 +5,9 @@
 Engines are timed in interleaved rounds (so a busy neighbour slows them all alike) and each
 reports its best round, as ``timeit`` does; ratios are against plain eager in the same run.
 Parity (max |logit difference| and top-1 agreement against eager) is checked on the same
-inputs. One-time costs (optimize + first call, i.e. compilation; ONNX export + session) are
-timed once.
+inputs. One-time costs are timed once: ``optimize`` on a machine that has never built the model
+(an empty ``$TINIEST_CACHE``: export + AOTInductor build + first call), ``optimize`` again as any
+later process runs it (load the cached package + first call), and ONNX export + session.
 """
 
 from __future__ import annotations
@@ -96,7 +97,10 @@ def main() -> int:
     print(f"{cpu_name()}, {os.cpu_count()} logical CPUs, {args.threads} threads, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as folder:
         engines: dict[str, Engine] = {"eager": model}
-        engines["optimize"], _ = timed("optimize (compile + first call)", lambda: optimize(model), warmup)
+        build_optimized = lambda: optimize(model)  # noqa: E731
+        os.environ["TINIEST_CACHE"] = str(Path(folder) / "cache")  # a machine that never built it
+        timed("optimize, first on this machine (export + AOTInductor build + first call)", build_optimized, warmup)
+        engines["optimize"], _ = timed("optimize, later processes (cached package, 1st call)", build_optimized, warmup)
         build_onnx = lambda: onnx_engine(model, Path(folder), args.threads)  # noqa: E731
         engines["onnxruntime"], _ = timed("onnx export + session", build_onnx, warmup)
         print(f"optimize compiled: {engines['optimize'].compiled}")  # type: ignore[attr-defined]

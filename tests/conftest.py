@@ -36,14 +36,24 @@ def shared_path(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def compiled_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of AOTInductor packages for the session: each costs tens of seconds to build."""
+    return tmp_path_factory.mktemp("compiled")
+
+
 @pytest.fixture(autouse=True)
-def isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets empty caches, an empty weights/ folder, and no route to the internet."""
+def isolated_caches(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, compiled_packages: Path
+) -> Path:
+    """Every test gets empty caches (compiled packages aside), an empty weights/ folder, and no internet."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     monkeypatch.setenv("TINIEST_WEIGHTS_DIR", str(home / "weights"))
     monkeypatch.setenv("TINIEST_GITHUB_URL", DEAD_ENDPOINT)
     monkeypatch.setenv("TINIEST_CACHE", str(home / "cache"))  # decoded datasets (tiniest.data)
+    # Packages are keyed by their weights and build: sharing them changes no result, only the time.
+    monkeypatch.setenv("TINIEST_COMPILED_CACHE", str(compiled_packages))
     for name in ("TINIEST_WEIGHTS", "TINIEST_OFFLINE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     return home

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 import tiniest
-from tiniest import Block, Tiniest
-from tiniest.optimize import FastTiniest, OptimizedTiniest, compiler_available, optimize
+from tiniest import Block, Tiniest, compiled
+from tiniest.compiled import compiled_cache_dir, package_key
+from tiniest.optimize import CHUNK, FastTiniest, OptimizedTiniest, compiler_available, optimize
 
 
 def reference_block(block: Block, x: torch.Tensor) -> torch.Tensor:
@@ -77,22 +79,90 @@ def test_no_compiler_means_the_eager_fallback(monkeypatch: pytest.MonkeyPatch) -
     assert not optimize(random_model()).compiled
 
 
-def test_compiled_path_handles_any_batch_size_with_one_graph() -> None:
+def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     if not compiler_available():
         pytest.skip("no C++ compiler: optimize() uses the eager fallback, tested above")
+    monkeypatch.delenv("TINIEST_COMPILED_CACHE")  # this test's own, empty $TINIEST_CACHE/compiled
     model = random_model(seed=3)
     optimized = optimize(model)
     assert optimized.compiled
-    torch._dynamo.reset()
-    from torch._dynamo.utils import counters
-
-    counters.clear()
     for batch in (5, 1, 2, 17, 70):
         x = inputs(batch, seed=batch)
         with torch.no_grad():
             torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
-    assert optimized.compiled, "compilation fell back to eager"
-    assert counters["stats"]["unique_graphs"] == 1, "a batch size triggered a recompilation"
+    (package,) = compiled_cache_dir().glob("*.pt2")
+    assert [p.name for p in compiled_cache_dir().iterdir() if p.name != ".locks"] == [package.name], "no leftovers"
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("the cached package should have been loaded, not rebuilt")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(compiled, "_build", no_build)
+        again = optimize(model)  # as a new process would: from the cache
+    assert again.compiled
+    x = inputs(3)
+    torch.testing.assert_close(again(x), optimized(x), rtol=0, atol=0)
+
+    package.write_bytes(package.read_bytes()[: package.stat().st_size // 2])  # a torn or damaged file
+    with pytest.warns(UserWarning, match="could not be loaded"):
+        rebuilt = optimize(model)
+    assert rebuilt.compiled
+    torch.testing.assert_close(rebuilt(x), optimized(x), rtol=0, atol=0)
+    assert compiled._load(package) is not None, "the damaged package was replaced by a good one"
+
+
+def test_package_key_follows_the_weights_and_the_build() -> None:
+    fast, other = FastTiniest(random_model(seed=0)), FastTiniest(random_model(seed=1))
+    key = package_key(fast, CHUNK)
+    assert key == package_key(FastTiniest(random_model(seed=0)), CHUNK)
+    assert key != package_key(other, CHUNK)
+    assert key != package_key(fast, CHUNK // 2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert key != package_key(fast, CHUNK), "the thread count is baked into the generated loops"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_failed_build_means_the_eager_fallback_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_build(module: nn.Module, chunk: int, target: Path) -> None:
+        target.write_bytes(b"half a package")
+        raise RuntimeError("the C++ compiler crashed")
+
+    monkeypatch.delenv("TINIEST_COMPILED_CACHE")
+    monkeypatch.setattr(compiled, "_build", failing_build)
+    model = random_model()
+    with pytest.warns(RuntimeWarning, match="the C\\+\\+ compiler crashed"):
+        optimized = optimize(model, compile=True)
+    assert not optimized.compiled
+    x = inputs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
+    assert [p.name for p in compiled_cache_dir().iterdir()] == [".locks"], "no partial package is kept"
+
+
+def test_unusable_cache_still_gives_the_compiled_model_and_keeps_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if not compiler_available():
+        pytest.skip("no C++ compiler: optimize() uses the eager fallback, tested above")
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("TINIEST_CACHE", str(not_a_folder))
+    monkeypatch.delenv("TINIEST_COMPILED_CACHE")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    model = random_model(seed=5)
+    with pytest.warns(RuntimeWarning, match="cannot write to the cache"):
+        optimized = optimize(model)
+    assert optimized.compiled
+    x = inputs(4)
+    with torch.no_grad():
+        torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
+    assert not list(scratch.glob("tiniest-compiled-*")), "the temporary build folder is removed"
 
 
 def test_optimized_published_model_agrees_on_all_of_cifar10_test(shared_checkpoint: Path, shared_cifar10: Path) -> None:

@@ -7,26 +7,25 @@ Two layers, each exact up to float rounding:
   1x1 convolution (which becomes a plain matrix product), the 3x3 and 7x7 depthwise branches
   are one depthwise convolution (the 3x3 kernel zero-padded to 7x7), and the residual scale is
   one ``addcmul``.
-* :func:`optimize` compiles that module with TorchInductor (C++ code generation, weights
-  frozen as constants) once, with the batch dimension symbolic so that no batch size triggers
-  a recompilation. Without a C++ compiler, or if compilation fails, it keeps the eager
-  :class:`FastTiniest` and warns.
+* :func:`optimize` runs that module compiled ahead of time by AOTInductor (C++ code, weights
+  frozen as constants), built once per machine and cached on disk (:mod:`tiniest.compiled`),
+  with a symbolic batch so that no batch size triggers a recompilation. Without a C++
+  compiler, or if compilation fails, it keeps the eager :class:`FastTiniest` and warns.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import shutil
 import sys
 import types
 import warnings
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tiniest.compiled import Runner, find_compiler, load_or_build
 from tiniest.model import Block, Tiniest
 
 # Large batches run in chunks of this many images: a chunk's activations (about 12 MB at the
@@ -141,58 +140,44 @@ def compiler_available() -> bool:
     """Whether TorchInductor's CPU backend can build code here (it needs a C++ compiler)."""
     if os.environ.get("TINIEST_NO_COMPILE") == "1":
         return False
-    configured = os.environ.get("CXX")
-    return any(shutil.which(name) for name in ([configured] if configured else []) + ["g++", "c++", "clang++"])
+    return bool(find_compiler())
 
 
 class OptimizedTiniest(nn.Module):
-    """What :func:`optimize` returns: ``forward`` runs the compiled graph, or the eager fallback.
+    """What :func:`optimize` returns: ``forward`` runs the compiled package, or the eager fallback.
 
-    Inputs are copied once into a channels-last float32 inference tensor and cut into chunks of
-    :data:`CHUNK` images, so every call presents the compiled graph with the same strides and
-    dispatch keys; only the batch size varies, and it is symbolic. Outputs are inference
+    Inputs are copied once into a channels-last float32 tensor and cut into chunks of at most
+    :data:`CHUNK` images, the batch range the package was built for. Outputs are inference
     tensors (no autograd).
     """
 
     def __init__(self, fast: FastTiniest, compile: bool) -> None:
         super().__init__()
         self.fast = fast
-        self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._compiled: Runner | None = None
         if compile:
-            import torch._inductor.config  # patched in forward
-
-            self._compiled = torch.compile(fast, dynamic=True)
+            try:
+                self._compiled = load_or_build(fast, CHUNK)
+            except Exception as error:  # a failed build must not cost the user their predictions
+                warnings.warn(
+                    f"tiniest.optimize: AOTInductor compilation failed ({type(error).__name__}: {error}); "
+                    "using the eager optimized model",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     @property
     def compiled(self) -> bool:
-        """Whether calls go through TorchInductor (``False``: eager :class:`FastTiniest`)."""
+        """Whether calls run the AOTInductor package (``False``: eager :class:`FastTiniest`)."""
         return self._compiled is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        run = self._compiled or self.fast
         with torch.inference_mode():
             x = x.to(torch.float32).clone(memory_format=torch.channels_last)
             if x.shape[0] <= CHUNK:
-                return self._run(x)
-            return torch.cat([self._run(chunk) for chunk in x.split(CHUNK)])
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        if self._compiled is None:
-            return self.fast(x)
-        torch._dynamo.decorators.mark_unbacked(x, 0)
-        try:
-            # Freezing turns the weights into constants and prepacks them for oneDNN; it also
-            # makes the convolutions' output layouts what the generated code expects.
-            with torch._inductor.config.patch(freezing=True):
-                return self._compiled(x)
-        except Exception as error:  # a failed build must not cost the user their predictions
-            warnings.warn(
-                f"tiniest.optimize: torch.compile failed ({type(error).__name__}: {error}); "
-                "using the eager optimized model",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            self._compiled = None
-            return self.fast(x)
+                return run(x)
+            return torch.cat([run(chunk.contiguous(memory_format=torch.channels_last)) for chunk in x.split(CHUNK)])
 
 
 @torch.no_grad()
@@ -201,9 +186,11 @@ def optimize(model: nn.Module, *, compile: bool | None = None) -> OptimizedTinie
 
     Args:
         model: the model to speed up; it is copied, not modified.
-        compile: use TorchInductor. Default: when a C++ compiler is found and ``TINIEST_NO_COMPILE``
-            is not ``1``. The first call pays the compilation (tens of seconds on 2 cores, less
-            with Inductor's on-disk cache); later calls of any batch size reuse it.
+        compile: use the AOTInductor package. Default: when a C++ compiler is found and
+            ``TINIEST_NO_COMPILE`` is not ``1``. The first ``optimize`` of given weights on a
+            machine builds it (tens of seconds on 2 cores); later ones, in any process, load it
+            from ``$TINIEST_CACHE/compiled`` in about a second. Its parallel loops keep the
+            thread count of the build (``torch.get_num_threads()``, part of the cache key).
 
     Returns:
         An eval-mode module on the CPU in float32, mapping ``(N, 3, 32, 32)`` to ``(N, 10)`` logits.

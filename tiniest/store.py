@@ -85,8 +85,8 @@ def writer_lock(lock_file: Path, timeout: float) -> Iterator[Access]:
         access = "unlocked"
     except OSError as error:
         warnings.warn(
-            f"cannot write to the cache in {lock_file.parent.parent} ({error}); the weights are loaded in memory, "
-            "not cached",
+            f"cannot write to the cache in {lock_file.parent.parent} ({error}); nothing is cached: what is "
+            "fetched or built is loaded from memory",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -1,0 +1,152 @@
+"""An ahead-of-time compiled :class:`~tiniest.optimize.FastTiniest`, built once per machine and cached.
+
+``torch.compile`` forgets its work when the process ends, and Inductor's on-disk cache skips
+graphs whose weights are frozen into constants, so every ``tiniest evaluate`` would compile for
+20-40 s again. Instead the inference graph is exported with a symbolic batch (1 to ``chunk``
+images) and compiled by AOTInductor into a ``.pt2`` package: a shared library plus the frozen,
+prepacked weights. It is stored in :func:`compiled_cache_dir` under a key of everything the
+build depends on (weights, torch version, CPU, compiler, thread count); later processes load it in
+about a second. Builds run under a file lock and land by atomic rename, so concurrent processes
+build once and no reader sees half a package.
+
+Loading a package runs native code this library compiled on this machine: trust the cache folder
+as you trust the Python environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tiniest.data import cache_dir
+from tiniest.store import writer_lock
+
+__all__ = ["Runner", "compiled_cache_dir", "find_compiler", "load_or_build", "package_key"]
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+# Bump when the exported graph or the build options change: old packages are then never read.
+PACKAGE_FORMAT = 1
+# A peer's build takes tens of seconds; wait this long before building alongside it.
+LOCK_TIMEOUT_S = 600.0
+
+
+def compiled_cache_dir() -> Path:
+    """``$TINIEST_COMPILED_CACHE``, else ``$TINIEST_CACHE/compiled`` (see :func:`tiniest.data.cache_dir`)."""
+    configured = os.environ.get("TINIEST_COMPILED_CACHE")
+    return Path(configured).expanduser() if configured else cache_dir() / "compiled"
+
+
+def find_compiler() -> str:
+    """The C++ compiler Inductor will use (``$CXX`` first), or ``""`` if there is none."""
+    configured = os.environ.get("CXX")
+    candidates = ([configured] if configured else []) + ["g++", "c++", "clang++"]
+    return next((found for name in candidates if (found := shutil.which(name))), "")
+
+
+def package_key(module: nn.Module, chunk: int) -> str:
+    """sha256 of the module's tensors and of everything else the generated code depends on."""
+    digest = hashlib.sha256()
+    build = {
+        "format": PACKAGE_FORMAT,
+        "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "compiler": find_compiler(),
+        "threads": torch.get_num_threads(),  # baked into the generated OpenMP loops
+        "chunk": chunk,
+        "module": type(module).__qualname__,
+    }
+    digest.update(json.dumps(build, sort_keys=True).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _example(chunk: int) -> torch.Tensor:
+    return torch.zeros(chunk, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+
+
+def _build(module: nn.Module, chunk: int, target: Path) -> None:
+    """Export ``module`` with batch 1..``chunk`` and compile it with AOTInductor into ``target``."""
+    import torch._inductor.config
+
+    batch = torch.export.Dim("batch", min=1, max=chunk)
+    with torch.no_grad():
+        program = torch.export.export(module, (_example(chunk),), dynamic_shapes=({0: batch},))
+    # Freezing makes the weights constants, prepacked for oneDNN's convolutions and matmuls.
+    with torch._inductor.config.patch(freezing=True):
+        torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(target))
+
+
+def _open(path: Path) -> Runner:
+    """Load a package, bypassing ``aoti_load_package`` where torch offers its loader directly.
+
+    The public loader imports Inductor and re-probes the CPU's vector ISA by compiling test
+    programs, about 3 s per process; the cache key already pins the CPU and torch version.
+    """
+    loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader_class is None:
+        from torch._inductor import aoti_load_package
+
+        return aoti_load_package(os.fspath(path))
+    loader = loader_class(os.fspath(path), "model", False, 1, -1)
+    return lambda x: loader.boxed_run([x])[0]
+
+
+def _load(path: Path) -> Runner | None:
+    """The package at ``path``, or None if it is absent or unreadable (a broken one is deleted)."""
+    if not path.is_file():
+        return None
+    try:
+        return _open(path)
+    except Exception as error:  # a truncated or foreign file: rebuild rather than fail
+        warnings.warn(f"compiled package {path} could not be loaded ({error}); rebuilding it", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def load_or_build(module: nn.Module, chunk: int) -> Runner:
+    """The cached package for ``module``, building it first if this machine has none.
+
+    Raises whatever export or compilation raises; the caller decides on a fallback.
+    """
+    folder = compiled_cache_dir()
+    target = folder / f"tiniest-{package_key(module, chunk)[:32]}.pt2"
+    runner = _load(target)
+    if runner is not None:
+        return runner
+    with writer_lock(folder / ".locks" / f"{target.name}.lock", LOCK_TIMEOUT_S) as access:
+        runner = _load(target)  # a peer may have built it while we waited
+        if runner is not None:
+            return runner
+        if access == "unusable":  # build where we can, load, and keep nothing
+            with tempfile.TemporaryDirectory(prefix="tiniest-compiled-") as scratch:
+                _build(module, chunk, Path(scratch) / target.name)
+                return _load_built(Path(scratch) / target.name)
+        scratch_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
+        try:
+            _build(module, chunk, scratch_dir / target.name)
+            os.replace(scratch_dir / target.name, target)
+        finally:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
+    return _load_built(target)
+
+
+def _load_built(path: Path) -> Runner:
+    runner = _load(path)
+    if runner is None:
+        raise RuntimeError(f"AOTInductor built {path} but it could not be loaded")
+    return runner
