@@ -64,6 +64,16 @@ def _dilated_by_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return out.permute(0, 3, 4, 1, 5, 2).reshape(n, c, 3 * qh, 3 * qw)[:, :, :h, :w]
 
 
+def _tanh_exp(v: torch.Tensor) -> torch.Tensor:
+    """``v * tanh(exp(v))`` as ``v - 2v / (exp(2 exp(v)) + 1)``, about 3x cheaper once compiled.
+
+    The vectorized ``tanh`` is the costly part of the gating; this identity needs two ``exp`` and
+    a division, saturates cleanly (``exp`` overflows to inf, the fraction to 0), and differs by a
+    few ulps of ``v``.
+    """
+    return v - 2 * v / (torch.exp(2 * torch.exp(v)) + 1)
+
+
 class FastBlock(nn.Module):
     """A :class:`tiniest.Block` on NHWC tensors with LayerNorm's affine folded into ``fc1``."""
 
@@ -108,7 +118,7 @@ class FastBlock(nn.Module):
         value, gate = F.linear(F.layer_norm(tokens, (self.dim,), eps=self.eps), self.fc1_w, self.fc1_b).split(
             self.hidden, dim=-1
         )
-        hidden = value * torch.tanh(torch.exp(value)) * gate
+        hidden = _tanh_exp(value) * gate
         return torch.addcmul(F.linear(hidden, self.fc2_w, self.fc2_b), x, self.rs)
 
 
