@@ -16,6 +16,7 @@ as you trust the Python environment.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ __all__ = ["Runner", "compiled_cache_dir", "find_compiler", "load_or_build", "pa
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
-# Bump when the exported graph or the build options change: old packages are then never read.
+# Bump when the build options change (the module's source file is already part of the key).
 PACKAGE_FORMAT = 1
 # A peer's build takes tens of seconds; wait this long before building alongside it.
 LOCK_TIMEOUT_S = 600.0
@@ -54,6 +55,12 @@ def find_compiler() -> str:
     return next((found for name in candidates if (found := shutil.which(name))), "")
 
 
+def _source_digest(module: nn.Module) -> str:
+    """sha256 of the file that defines ``module``'s class (its forward and helpers)."""
+    source = inspect.getsourcefile(type(module))
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+
+
 def package_key(module: nn.Module, chunk: int) -> str:
     """sha256 of the module's tensors and of everything else the generated code depends on."""
     digest = hashlib.sha256()
@@ -67,6 +74,7 @@ def package_key(module: nn.Module, chunk: int) -> str:
         "threads": torch.get_num_threads(),  # baked into the generated OpenMP loops
         "chunk": chunk,
         "module": type(module).__qualname__,
+        "source": _source_digest(module),  # a changed forward must never load an old package
     }
     digest.update(json.dumps(build, sort_keys=True).encode())
     for name, tensor in sorted(module.state_dict().items()):
