@@ -5,8 +5,8 @@ graphs whose weights are frozen into constants, so every ``tiniest evaluate`` wo
 20-40 s again. Instead the inference graph is exported with a symbolic batch (1 to ``chunk``
 images) and compiled by AOTInductor into a ``.pt2`` package: a shared library plus the frozen,
 prepacked weights. It is stored in :func:`compiled_cache_dir` under a key of everything the
-build depends on (weights, torch version, CPU, compiler, thread count); later processes load it in
-about a second. Builds run under a file lock and land by atomic rename, so concurrent processes
+build depends on (weights, module source, torch version, CPU, compiler, thread count); later
+processes load it in milliseconds. Builds run under a file lock and land by atomic rename, so concurrent processes
 build once and no reader sees half a package.
 
 Loading a package runs native code this library compiled on this machine: trust the cache folder
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tiniest.artifact import sha256_hex
 from tiniest.data import cache_dir
 from tiniest.store import writer_lock
 
@@ -58,7 +59,7 @@ def find_compiler() -> str:
 def _source_digest(module: nn.Module) -> str:
     """sha256 of the file that defines ``module``'s class (its forward and helpers)."""
     source = inspect.getsourcefile(type(module))
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+    return sha256_hex(Path(source).read_bytes()) if source else ""
 
 
 def package_key(module: nn.Module, chunk: int) -> str:
@@ -114,15 +115,20 @@ def _open(path: Path) -> Runner:
     return lambda x: loader.boxed_run([x])[0]
 
 
-def _load(path: Path) -> Runner | None:
-    """The package at ``path``, or None if it is absent or unreadable (a broken one is deleted)."""
+def _load(path: Path, *, remove_broken: bool = False) -> Runner | None:
+    """The package at ``path``, or None if it is absent or unreadable.
+
+    ``remove_broken`` (only under the writer lock, so no peer's fresh package is hit): warn about
+    and delete a package that cannot be loaded, so that it gets rebuilt.
+    """
     if not path.is_file():
         return None
     try:
         return _open(path)
     except Exception as error:  # a truncated or foreign file: rebuild rather than fail
-        warnings.warn(f"compiled package {path} could not be loaded ({error}); rebuilding it", stacklevel=3)
-        path.unlink(missing_ok=True)
+        if remove_broken:
+            warnings.warn(f"compiled package {path} could not be loaded ({error}); rebuilding it", stacklevel=3)
+            path.unlink(missing_ok=True)
         return None
 
 
@@ -137,23 +143,23 @@ def load_or_build(module: nn.Module, chunk: int) -> Runner:
     if runner is not None:
         return runner
     with writer_lock(folder / ".locks" / f"{target.name}.lock", LOCK_TIMEOUT_S) as access:
-        runner = _load(target)  # a peer may have built it while we waited
+        runner = _load(target, remove_broken=access == "locked")  # a peer may have built it meanwhile
         if runner is not None:
             return runner
         if access == "unusable":  # build where we can, load, and keep nothing
             with tempfile.TemporaryDirectory(prefix="tiniest-compiled-") as scratch:
                 _build(module, chunk, Path(scratch) / target.name)
-                return _load_built(Path(scratch) / target.name)
+                return _loaded(Path(scratch) / target.name)
         scratch_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
         try:
             _build(module, chunk, scratch_dir / target.name)
             os.replace(scratch_dir / target.name, target)
         finally:
             shutil.rmtree(scratch_dir, ignore_errors=True)
-    return _load_built(target)
+        return _loaded(target)
 
 
-def _load_built(path: Path) -> Runner:
+def _loaded(path: Path) -> Runner:
     runner = _load(path)
     if runner is None:
         raise RuntimeError(f"AOTInductor built {path} but it could not be loaded")

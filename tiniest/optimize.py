@@ -187,7 +187,7 @@ class OptimizedTiniest(nn.Module):
             x = x.to(torch.float32).clone(memory_format=torch.channels_last)
             if x.shape[0] <= CHUNK:
                 return run(x)
-            return torch.cat([run(chunk.contiguous(memory_format=torch.channels_last)) for chunk in x.split(CHUNK)])
+            return torch.cat([run(chunk) for chunk in x.split(CHUNK)])  # each chunk stays channels-last
 
 
 @torch.no_grad()
