@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from tiniest.store import save_atomically
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "DataOnlyUnpickler",
@@ -346,8 +348,6 @@ def _cached(fingerprint: dict[str, Any], decode: Callable[[], LabeledImages]) ->
         {"images": result.images.contiguous(), "labels": result.labels.contiguous()},
         metadata={"key": key, "classes": json.dumps(list(result.classes)), "root": fingerprint["root"]},
     )
-    from tiniest.weights import save_atomically
-
     try:
         save_atomically(target, data)
         for stale in folder.glob(f"{prefix}-*.safetensors"):

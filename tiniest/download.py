@@ -85,9 +85,9 @@ class RetryPolicy:
         return cls(attempts=max(1, retries + 1), backoff=max(0.0, _env_number("TINIEST_BACKOFF", 0.5)))
 
 
-def with_retries(call: Callable[[], T], policy: RetryPolicy | None = None) -> T:
-    """``call()``, tried again after a transient :class:`DownloadError`, up to ``policy.attempts`` times."""
-    policy = RetryPolicy.from_env() if policy is None else policy
+def with_retries(call: Callable[[], T]) -> T:
+    """``call()``, tried again after a transient :class:`DownloadError`, as :meth:`RetryPolicy.from_env` says."""
+    policy = RetryPolicy.from_env()
     for attempt in range(1, policy.attempts + 1):
         try:
             return call()
@@ -107,14 +107,13 @@ def fetch(
     progress: bool = False,
     timeout: float | None = None,
     headers: Mapping[str, str] | None = None,
-    policy: RetryPolicy | None = None,
 ) -> bytes:
     """GET ``url`` following redirects, with retries; raise :class:`DownloadError` unless the body is whole.
 
     ``headers`` go to ``url`` only, never to the hosts it redirects to (they may hold a token).
     """
     limit = default_timeout() if timeout is None else timeout
-    return with_retries(lambda: _fetch_once(url, progress, limit, headers), policy)
+    return with_retries(lambda: _fetch_once(url, progress, limit, headers))
 
 
 def _fetch_once(url: str, progress: bool, timeout: float, headers: Mapping[str, str] | None) -> bytes:

@@ -20,7 +20,8 @@ from torch import nn
 
 from tiniest.data import LabeledImages
 from tiniest.metrics import confusion_matrix, format_confusion_matrix, format_report, report_dict
-from tiniest.release import CLASSES, TiniestWeights
+from tiniest.release import CLASSES
+from tiniest.transforms import preprocess
 
 __all__ = ["Evaluation", "align_labels", "evaluate"]
 
@@ -77,7 +78,6 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"expected a positive batch size, got {batch_size}")
     labels = align_labels(data, classes)
-    preprocess = TiniestWeights.DEFAULT.transforms()
     device = next(iter(model.parameters()), torch.empty(0)).device
     starts: Sequence[int] = range(0, len(data), batch_size)
     if progress:

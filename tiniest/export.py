@@ -18,7 +18,8 @@ import torch
 from tiniest.artifact import read_state_dict, sha256_hex
 from tiniest.model import Tiniest
 from tiniest.release import Release, TiniestWeights
-from tiniest.weights import build_artifact, save_atomically
+from tiniest.store import save_atomically
+from tiniest.weights import build_artifact
 
 HELP = "turn a state_dict checkpoint into the release file (safetensors with metadata) or a portable program"
 
@@ -57,17 +58,17 @@ def export_safetensors(
     return target
 
 
-def load_model(checkpoint_path: Path) -> Tiniest:
-    """The eval-mode model of a state_dict ``.pt`` or ``.safetensors`` checkpoint (no hash check: any weights)."""
+def load_model(checkpoint: bytes, origin: str) -> Tiniest:
+    """The eval-mode model of state_dict ``.pt`` or ``.safetensors`` bytes read from ``origin`` (no hash check)."""
     model = Tiniest()
-    model.load_state_dict(read_state_dict(checkpoint_path.read_bytes(), origin=str(checkpoint_path)), strict=True)
+    model.load_state_dict(read_state_dict(checkpoint, origin=origin), strict=True)
     return model.eval()
 
 
-def program_stem(checkpoint_path: Path) -> str:
+def program_stem(checkpoint: bytes) -> str:
     """``tiniest-cifar10-v1`` for the published checkpoint or release file, else ``tiniest-<sha8 of the file>``."""
     release = TiniestWeights.DEFAULT.release
-    digest = sha256_hex(checkpoint_path.read_bytes())
+    digest = sha256_hex(checkpoint)
     return Path(release.filename).stem if digest in {release.source_sha256, release.sha256} else f"tiniest-{digest[:8]}"
 
 
@@ -136,9 +137,10 @@ def export_format(checkpoint_path: Path, output_dir: Path, fmt: str, *, filename
     """Write ``checkpoint_path`` as ``fmt`` (one of :data:`FORMATS` other than safetensors) into ``output_dir``."""
     if fmt not in PROGRAM_EXPORTERS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    model = load_model(checkpoint_path)
+    checkpoint = checkpoint_path.read_bytes()
+    model = load_model(checkpoint, str(checkpoint_path))
     output_dir.mkdir(parents=True, exist_ok=True)
-    target = output_dir / (filename or program_stem(checkpoint_path) + SUFFIXES[fmt])
+    target = output_dir / (filename or program_stem(checkpoint) + SUFFIXES[fmt])
     partial = target.with_name(target.name + ".partial" + SUFFIXES[fmt])
     try:
         PROGRAM_EXPORTERS[fmt](model, partial)
@@ -163,11 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    fmt = getattr(args, "format", "safetensors")
-    if fmt != "safetensors":
+    if args.format != "safetensors":
         if args.metrics:
             raise ValueError("--metrics only applies to --format safetensors")
-        target = export_format(args.checkpoint, args.output, fmt, filename=args.filename)
+        target = export_format(args.checkpoint, args.output, args.format, filename=args.filename)
         print(f"{target}\nsha256 {sha256_hex(target.read_bytes())}\nsize {target.stat().st_size} bytes")
         return 0
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None

@@ -27,7 +27,7 @@ from tiniest.download import TRANSIENT_STATUS, DownloadError, default_timeout, w
 from tiniest.release import Release
 from tiniest.store import CACHE_ERRNOS
 
-__all__ = ["download_from_hub", "forget_hf_file"]
+__all__ = ["download_from_hub"]
 
 # network errors of httpx / httpx2 (and of requests, in huggingface_hub < 1.0), by name: not to
 # depend on which HTTP library huggingface_hub uses
@@ -60,13 +60,12 @@ def download_from_hub(release: Release, progress: bool) -> tuple[bytes, str]:
         if temp_cache is not None:
             shutil.rmtree(temp_cache, ignore_errors=True)
     if sha256_hex(data) != release.sha256:
+        from tiniest.weights import _mismatch
+
         if temp_cache is None:
-            forget_hf_file(path)
+            _forget_hf_file(path)
             _remove_leftovers(release, etag)
-        raise LookupError(
-            f"the Hub served the wrong bytes, removed them from the cache: sha256 {sha256_hex(data)} "
-            f"({len(data)} bytes), expected {release.sha256} ({release.size} bytes)"
-        )
+        raise LookupError(f"the Hub served the wrong bytes, removed them from the cache: {_mismatch(data, release)}")
     return data, f"hf://{release.hf_repo_id}@{release.hf_revision}/{release.hf_filename}"
 
 
@@ -152,7 +151,7 @@ def _hf_hub_download(release: Release, progress: bool, timeout: float, cache_dir
             enable_progress_bars()
 
 
-def forget_hf_file(path: Path) -> None:
+def _forget_hf_file(path: Path) -> None:
     """Remove a snapshot entry and the blob it points to from the Hugging Face cache."""
     blob = path.resolve()
     path.unlink(missing_ok=True)

@@ -58,7 +58,7 @@ def report_dict(confusion: torch.Tensor, classes: Sequence[str]) -> dict[str, An
     report["accuracy"] = _ratio(correct, total)
     report["macro avg"] = {key: sum(r[key] for r in rows) / n for key in _HEADERS[:3]} | {"support": total}
     report["weighted avg"] = {
-        key: _ratio(sum(r[key] * r["support"] for r in rows), total) if total else 0.0 for key in _HEADERS[:3]
+        key: _ratio(sum(r[key] * r["support"] for r in rows), total) for key in _HEADERS[:3]
     } | {"support": total}
     return report
 

@@ -22,7 +22,8 @@ import torch
 
 from tiniest.artifact import artifact_metadata, sha256_hex, to_safetensors
 from tiniest.release import CLASSES, Release, TiniestWeights
-from tiniest.weights import WeightsNotFoundError, load_weights, save_atomically
+from tiniest.store import save_atomically
+from tiniest.weights import WeightsNotFoundError, load_weights
 
 if TYPE_CHECKING:
     from tiniest.model import Tiniest
@@ -225,11 +226,13 @@ def from_pretrained(
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{folder}: expected {WEIGHTS_NAME} (written by save_pretrained or tiniest release)")
-    if pinned_repo and sha256_hex(weights.read_bytes()) != release.sha256:
-        raise WeightsNotFoundError(
-            f"{spec} served {WEIGHTS_NAME} with sha256 {sha256_hex(weights.read_bytes())}, expected the pinned "
-            f"{release.sha256}; refusing unverified weights from the pinned repo"
-        )
+    if pinned_repo:
+        digest = sha256_hex(weights.read_bytes())
+        if digest != release.sha256:
+            raise WeightsNotFoundError(
+                f"{spec} served {WEIGHTS_NAME} with sha256 {digest}, expected the pinned "
+                f"{release.sha256}; refusing unverified weights from the pinned repo"
+            )
     num_classes = int(_read_config(folder).get("num_classes", 10))
     loaded = load_weights(weights=weights, progress=False, offline=True)
     model = cls(num_classes=num_classes)

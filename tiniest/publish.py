@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from tiniest.artifact import sha256_hex
+from tiniest.artifact import _is_safetensors, sha256_hex
 from tiniest.release import CLASSES, Release, TiniestWeights
-from tiniest.weights import build_artifact, save_atomically
+from tiniest.store import save_atomically
+from tiniest.weights import build_artifact
 
 HELP = "build the release asset, the Hugging Face model folder and the release record from a run or checkpoint"
 
@@ -42,7 +43,7 @@ class Source:
 def _training_checkpoint(data: bytes) -> dict[str, Any] | None:
     from tiniest.trainer import CHECKPOINT_FORMAT
 
-    if data[8:9] == b"{":  # safetensors: a state_dict, never a training checkpoint
+    if _is_safetensors(data):  # a state_dict, never a training checkpoint
         return None
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -176,7 +177,8 @@ def make_release(args: argparse.Namespace) -> dict[str, Any]:
 
     release = TiniestWeights.DEFAULT.release
     source = read_source(args.source)
-    pinned = sha256_hex(source.checkpoint) in {release.source_sha256, release.sha256}
+    source_sha256 = sha256_hex(source.checkpoint)
+    pinned = source_sha256 in {release.source_sha256, release.sha256}
     if pinned:
         meta = dict(release.meta)
         if args.metrics:
@@ -190,7 +192,7 @@ def make_release(args: argparse.Namespace) -> dict[str, Any]:
             meta.pop(key, None)
     if args.metrics and not pinned:
         meta["metrics"] = json.loads(args.metrics.read_text(encoding="utf-8"))
-    if sha256_hex(source.checkpoint) == release.sha256:
+    if source_sha256 == release.sha256:
         artifact = source.checkpoint  # already the release file
     else:
         artifact = build_artifact(source.checkpoint, meta, origin=source.origin)
@@ -206,7 +208,7 @@ def make_release(args: argparse.Namespace) -> dict[str, Any]:
         original = output / f"tiniest-{sha8}.pt"
         save_atomically(original, source.checkpoint)
         path = f"{names['github_repo']}/releases/download/{names['tag']}/{original.name}"
-        origin = {"path": path, "sha256": sha256_hex(source.checkpoint), "size": len(source.checkpoint)}
+        origin = {"path": path, "sha256": source_sha256, "size": len(source.checkpoint)}
         files = [output / filename, original]
     hf_revision = args.hf_revision or (release.hf_revision if pinned else names["tag"])
     record = release_record(

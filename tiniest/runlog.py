@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tiniest.weights import save_atomically
+from tiniest.store import save_atomically
 
 __all__ = ["console_line", "plot_curves", "read_log", "write_log"]
 
@@ -55,9 +56,9 @@ def plot_curves(run_dir: Path, history: Sequence[dict[str, Any]]) -> Path:
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
-    target = run_dir / PLOT_NAME
-    partial = run_dir / f".{PLOT_NAME}.part.png"
-    figure.savefig(partial, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    partial.replace(target)
+    target = run_dir / PLOT_NAME
+    save_atomically(target, buffer.getvalue())
     return target

@@ -30,7 +30,7 @@ from torch.utils.data import DistributedSampler
 
 from tiniest.model import Tiniest
 from tiniest.recipe import Recipe, build_ema, build_optimizer, build_scheduler
-from tiniest.weights import save_atomically
+from tiniest.store import save_atomically
 
 if TYPE_CHECKING:
     from tiniest.data import LabeledImages

@@ -79,13 +79,17 @@ def _open(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
-def decode_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -> torch.Tensor:
-    """One image file as ``(3, *size)`` uint8 RGB: the form datasets are cached in."""
+def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """One image file as ``(3, 32, 32)`` uint8 RGB: the form datasets are cached in."""
     image = _pil_to_tensor(_open(path), origin=os.fspath(path))
-    if tuple(image.shape[1:]) != size:
-        resized = _resize(image.unsqueeze(0).float().div_(255), size)
-        image = resized.mul_(255).round_().clamp_(0, 255).to(torch.uint8)[0]
+    if tuple(image.shape[1:]) != (32, 32):
+        image = _quantize(_resize(image.unsqueeze(0).float().div_(255), (32, 32)))[0]
     return image
+
+
+def _quantize(unit: torch.Tensor) -> torch.Tensor:
+    """Float values in [0, 1] as rounded uint8 0..255 (``unit`` is overwritten on the way)."""
+    return unit.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -163,8 +167,7 @@ def _to_unit_batches(x: Any) -> list[torch.Tensor]:
 
 def to_uint8_images(x: Any) -> torch.Tensor:
     """Any accepted input as ``(N, 3, 32, 32)`` uint8 RGB (for storing, not for the model)."""
-    unit = torch.cat([_resize(batch, (32, 32)) for batch in _to_unit_batches(x)])
-    return unit.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    return _quantize(torch.cat([_resize(batch, (32, 32)) for batch in _to_unit_batches(x)]))
 
 
 class Preprocess(nn.Module):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from tiniest.artifact import ArtifactError, artifact_metadata, read_state_dict, sha256_hex, to_safetensors
-from tiniest.download import DownloadError, RateLimitError, default_timeout, fetch
+from tiniest.download import _DEADLINE_FACTOR, DownloadError, RateLimitError, default_timeout, fetch
 from tiniest.release import Release, TiniestWeights
 from tiniest.store import read_verified, remove_stale_parts, save_atomically, writer_lock
 
@@ -36,7 +36,6 @@ __all__ = [
     "checkout_weights_dir",
     "is_offline",
     "load_weights",
-    "save_atomically",
     "torch_cache_path",
 ]
 
@@ -119,8 +118,11 @@ def _lock_file(release: Release) -> Path:
 
 
 def _lock_timeout() -> float:
-    """How long to wait for a peer process downloading the same file (ten times ``TINIEST_TIMEOUT``)."""
-    return default_timeout() * 10
+    """How long to wait for a peer process downloading the same file (ten times ``TINIEST_TIMEOUT``).
+
+    That is as long as one download attempt may last (:mod:`tiniest.download`'s deadline).
+    """
+    return default_timeout() * _DEADLINE_FACTOR
 
 
 def _remember(data: bytes, release: Release) -> None:
@@ -191,6 +193,9 @@ def _from_cache(release: Release, progress: bool) -> tuple[bytes, str]:
     if hf_path is not None:
         data = Path(hf_path).read_bytes()
         if sha256_hex(data) == release.sha256:
+            with writer_lock(_lock_file(release), _lock_timeout()) as access:  # copy it where torch.hub looks
+                if access != "unusable":
+                    _remember(data, release)
             return data, hf_path
         reasons.append(f"Hugging Face cache file {hf_path} does not match ({_mismatch(data, release)})")
     else:
@@ -211,9 +216,9 @@ def _remove_corrupt(path: Path, release: Release) -> str:
     """Delete a cached file that fails the hash (under the lock, so a fresh good copy is not hit)."""
     try:
         with writer_lock(_lock_file(release), _lock_timeout()) as access:
-            if not path.is_file() or read_verified(path, release.sha256) is not None:
+            data = path.read_bytes() if path.is_file() else None
+            if data is None or sha256_hex(data) == release.sha256:
                 return f"{path} was being replaced by another process"
-            data = path.read_bytes()
             if access != "unusable":
                 path.unlink(missing_ok=True)
                 return f"removed a corrupt {path} ({_mismatch(data, release)})"
@@ -288,12 +293,6 @@ def _from_network(name: str, release: Release, progress: bool) -> tuple[bytes, s
         return data, location, name
 
 
-def _copy_to_torch_cache(data: bytes, release: Release) -> None:
-    with writer_lock(_lock_file(release), _lock_timeout()) as access:
-        if access != "unusable":
-            _remember(data, release)
-
-
 def _parse_sources(sources: str | Iterable[str] | None) -> Sequence[str]:
     if sources is None:
         return SOURCES
@@ -338,8 +337,6 @@ def load_weights(
                 data, location, name = _from_network(name, release, progress)
             else:
                 data, location = _FINDERS[name](release, progress)
-                if name == "cache" and location != str(torch_cache_path(release)):
-                    _copy_to_torch_cache(data, release)  # from the Hugging Face cache
         except (LookupError, DownloadError, ArtifactError) as error:
             failures.append(f"{name}: {error}")
             if name in NETWORK_SOURCES:  # say why a download was given up, even if a later source succeeds
