@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from tests.loopback import LoopbackServer
 DEAD_ENDPOINT = "http://127.0.0.1:9"
 os.environ["HF_ENDPOINT"] = DEAD_ENDPOINT
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="tiniest-tests-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
