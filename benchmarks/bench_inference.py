@@ -6,7 +6,7 @@ Engines are timed in interleaved rounds (so a busy neighbour slows them all alik
 reports its best round, as ``timeit`` does; ratios are against plain eager in the same run.
 Parity (max |logit difference| and top-1 agreement against eager) is checked on the same
 inputs. One-time costs are timed once: ``optimize`` on a machine that has never built the model
-(an empty ``$TINIEST_CACHE``: export + AOTInductor build + first call), ``optimize`` again as any
+(an empty ``$TINIEST_COMPILED_CACHE``: export + AOTInductor build + first call), ``optimize`` again as any
 later process runs it (load the cached package + first call), and ONNX export + session.
 """
 
@@ -98,7 +98,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         engines: dict[str, Engine] = {"eager": model}
         build_optimized = lambda: optimize(model)  # noqa: E731
-        os.environ["TINIEST_CACHE"] = str(Path(folder) / "cache")  # a machine that never built it
+        os.environ["TINIEST_COMPILED_CACHE"] = str(Path(folder) / "compiled")  # a machine that never built it
         timed("optimize, first on this machine (export + AOTInductor build + first call)", build_optimized, warmup)
         engines["optimize"], _ = timed("optimize, later processes (cached package, 1st call)", build_optimized, warmup)
         build_onnx = lambda: onnx_engine(model, Path(folder), args.threads)  # noqa: E731

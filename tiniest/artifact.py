@@ -19,6 +19,7 @@ import torch
 __all__ = [
     "ArtifactError",
     "artifact_metadata",
+    "is_safetensors",
     "read_metadata",
     "read_state_dict",
     "sha256_hex",
@@ -71,7 +72,7 @@ def read_metadata(data: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__") or {})
 
 
-def _is_safetensors(data: bytes) -> bool:
+def is_safetensors(data: bytes) -> bool:
     if len(data) < 10:
         return False
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -80,7 +81,7 @@ def _is_safetensors(data: bytes) -> bool:
 
 def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.Tensor]:
     """Tensors from safetensors bytes or a torch state_dict (never unpickling code)."""
-    if _is_safetensors(data):
+    if is_safetensors(data):
         from safetensors import SafetensorError
         from safetensors.torch import load
 

@@ -6,8 +6,8 @@ graphs whose weights are frozen into constants, so every ``tiniest evaluate`` wo
 images) and compiled by AOTInductor into a ``.pt2`` package: a shared library plus the frozen,
 prepacked weights. It is stored in :func:`compiled_cache_dir` under a key of everything the
 build depends on (weights, module source, torch version, CPU, compiler, thread count); later
-processes load it in milliseconds. Builds run under a file lock and land by atomic rename, so concurrent processes
-build once and no reader sees half a package.
+processes load it in milliseconds. Builds run under a file lock and land by atomic rename, so
+concurrent processes build once and no reader sees half a package.
 
 Loading a package runs native code this library compiled on this machine: trust the cache folder
 as you trust the Python environment.
@@ -84,17 +84,14 @@ def package_key(module: nn.Module, chunk: int) -> str:
     return digest.hexdigest()
 
 
-def _example(chunk: int) -> torch.Tensor:
-    return torch.zeros(chunk, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-
-
 def _build(module: nn.Module, chunk: int, target: Path) -> None:
     """Export ``module`` with batch 1..``chunk`` and compile it with AOTInductor into ``target``."""
     import torch._inductor.config
 
     batch = torch.export.Dim("batch", min=1, max=chunk)
+    example = torch.zeros(chunk, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        program = torch.export.export(module, (_example(chunk),), dynamic_shapes=({0: batch},))
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
     # Freezing makes the weights constants, prepacked for oneDNN's convolutions and matmuls.
     with torch._inductor.config.patch(freezing=True):
         torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(target))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 __all__ = [
+    "DEADLINE_FACTOR",
     "TRANSIENT_STATUS",
     "DownloadError",
     "RateLimitError",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 _CHUNK = 64 * 1024
-_DEADLINE_FACTOR = 10
+DEADLINE_FACTOR = 10
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 T = TypeVar("T")
 
@@ -120,7 +121,7 @@ def _fetch_once(url: str, progress: bool, timeout: float, headers: Mapping[str, 
     request = urllib.request.Request(url, headers={"User-Agent": "tiniest"})
     for name, value in (headers or {}).items():
         request.add_unredirected_header(name, value)
-    budget = timeout * _DEADLINE_FACTOR  # for the whole attempt; checked between reads, each bounded by timeout
+    budget = timeout * DEADLINE_FACTOR  # for the whole attempt; checked between reads, each bounded by timeout
     deadline = time.monotonic() + budget
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

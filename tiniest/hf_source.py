@@ -26,6 +26,7 @@ from tiniest.artifact import sha256_hex
 from tiniest.download import TRANSIENT_STATUS, DownloadError, default_timeout, with_retries
 from tiniest.release import Release
 from tiniest.store import CACHE_ERRNOS
+from tiniest.weights import describe_mismatch
 
 __all__ = ["download_from_hub"]
 
@@ -60,12 +61,12 @@ def download_from_hub(release: Release, progress: bool) -> tuple[bytes, str]:
         if temp_cache is not None:
             shutil.rmtree(temp_cache, ignore_errors=True)
     if sha256_hex(data) != release.sha256:
-        from tiniest.weights import _mismatch
-
         if temp_cache is None:
             _forget_hf_file(path)
             _remove_leftovers(release, etag)
-        raise LookupError(f"the Hub served the wrong bytes, removed them from the cache: {_mismatch(data, release)}")
+        raise LookupError(
+            f"the Hub served the wrong bytes, removed them from the cache: {describe_mismatch(data, release)}"
+        )
     return data, f"hf://{release.hf_repo_id}@{release.hf_revision}/{release.hf_filename}"
 
 

@@ -199,8 +199,8 @@ def optimize(model: nn.Module, *, compile: bool | None = None) -> OptimizedTinie
         compile: use the AOTInductor package. Default: when a C++ compiler is found and
             ``TINIEST_NO_COMPILE`` is not ``1``. The first ``optimize`` of given weights on a
             machine builds it (tens of seconds on 2 cores); later ones, in any process, load it
-            from ``$TINIEST_CACHE/compiled`` in about a second. Its parallel loops keep the
-            thread count of the build (``torch.get_num_threads()``, part of the cache key).
+            from :func:`tiniest.compiled.compiled_cache_dir` in milliseconds. Its parallel loops
+            keep the thread count of the build (``torch.get_num_threads()``, part of the cache key).
 
     Returns:
         An eval-mode module on the CPU in float32, mapping ``(N, 3, 32, 32)`` to ``(N, 10)`` logits.

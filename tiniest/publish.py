@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tiniest.artifact import _is_safetensors, sha256_hex
+from tiniest.artifact import is_safetensors, sha256_hex
 from tiniest.release import CLASSES, Release, TiniestWeights
 from tiniest.store import save_atomically
 from tiniest.weights import build_artifact
@@ -43,7 +43,7 @@ class Source:
 def _training_checkpoint(data: bytes) -> dict[str, Any] | None:
     from tiniest.trainer import CHECKPOINT_FORMAT
 
-    if _is_safetensors(data):  # a state_dict, never a training checkpoint
+    if is_safetensors(data):  # a state_dict, never a training checkpoint
         return None
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from tiniest.artifact import ArtifactError, artifact_metadata, read_state_dict, sha256_hex, to_safetensors
-from tiniest.download import _DEADLINE_FACTOR, DownloadError, RateLimitError, default_timeout, fetch
+from tiniest.download import DEADLINE_FACTOR, DownloadError, RateLimitError, default_timeout, fetch
 from tiniest.release import Release, TiniestWeights
 from tiniest.store import read_verified, remove_stale_parts, save_atomically, writer_lock
 
@@ -34,6 +34,7 @@ __all__ = [
     "WeightsNotFoundError",
     "build_artifact",
     "checkout_weights_dir",
+    "describe_mismatch",
     "is_offline",
     "load_weights",
     "torch_cache_path",
@@ -104,7 +105,8 @@ def _pinned_bytes(data: bytes, release: Release) -> bytes | None:
     return None
 
 
-def _mismatch(data: bytes, release: Release, expected: str | None = None) -> str:
+def describe_mismatch(data: bytes, release: Release, expected: str | None = None) -> str:
+    """What came instead of the pinned bytes: hash and size against the expected ones, and whether it is HTML."""
     expected_size = "" if expected else f" ({release.size} bytes)"
     text = f"sha256 {sha256_hex(data)} ({len(data)} bytes), expected {expected or release.sha256}{expected_size}"
     if data[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
@@ -122,7 +124,7 @@ def _lock_timeout() -> float:
 
     That is as long as one download attempt may last (:mod:`tiniest.download`'s deadline).
     """
-    return default_timeout() * _DEADLINE_FACTOR
+    return default_timeout() * DEADLINE_FACTOR
 
 
 def _remember(data: bytes, release: Release) -> None:
@@ -158,7 +160,7 @@ def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: 
     if pinned is not None:
         return LoadedWeights(read_state_dict(pinned), "file", location, release.sha256, True)
     warnings.warn(
-        f"{location} is not the pinned release {release.filename} ({_mismatch(data, release)}); "
+        f"{location} is not the pinned release {release.filename} ({describe_mismatch(data, release)}); "
         "loading it unverified because you asked for it",
         UnverifiedWeightsWarning,
         stacklevel=4,
@@ -197,7 +199,7 @@ def _from_cache(release: Release, progress: bool) -> tuple[bytes, str]:
                 if access != "unusable":
                     _remember(data, release)
             return data, hf_path
-        reasons.append(f"Hugging Face cache file {hf_path} does not match ({_mismatch(data, release)})")
+        reasons.append(f"Hugging Face cache file {hf_path} does not match ({describe_mismatch(data, release)})")
     else:
         reasons.append("not in the Hugging Face cache")
     raise LookupError("; ".join(reasons))
@@ -221,8 +223,8 @@ def _remove_corrupt(path: Path, release: Release) -> str:
                 return f"{path} was being replaced by another process"
             if access != "unusable":
                 path.unlink(missing_ok=True)
-                return f"removed a corrupt {path} ({_mismatch(data, release)})"
-            return f"{path} is corrupt ({_mismatch(data, release)}) and could not be removed"
+                return f"removed a corrupt {path} ({describe_mismatch(data, release)})"
+            return f"{path} is corrupt ({describe_mismatch(data, release)}) and could not be removed"
     except OSError as error:
         return f"{path} is corrupt and could not be read or removed: {error}"
 
@@ -242,7 +244,7 @@ def _github_fetch(url: str, progress: bool) -> bytes:
 def _from_github(release: Release, progress: bool) -> tuple[bytes, str]:
     data = _github_fetch(release.url, progress)
     if sha256_hex(data) != release.sha256:
-        raise LookupError(f"{release.url} served the wrong bytes: {_mismatch(data, release)}")
+        raise LookupError(f"{release.url} served the wrong bytes: {describe_mismatch(data, release)}")
     return data, release.url
 
 
@@ -256,7 +258,7 @@ def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
     data = _github_fetch(release.source_url, progress)
     if sha256_hex(data) != release.source_sha256:
         raise LookupError(
-            f"{release.source_url} served the wrong bytes: {_mismatch(data, release, release.source_sha256)}"
+            f"{release.source_url} served the wrong bytes: {describe_mismatch(data, release, release.source_sha256)}"
         )
     converted = build_artifact(data, release.meta, origin=release.source_url)
     if sha256_hex(converted) != release.sha256:
