@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -86,12 +87,18 @@ def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(mo
     model = random_model(seed=3)
     optimized = optimize(model)
     assert optimized.compiled
-    for batch in (5, 1, 2, 17, 70):
+    for batch in (*range(1, CHUNK + 1), 2 * CHUNK + 1, 70):  # every size a package serves, and splits
         x = inputs(batch, seed=batch)
         with torch.no_grad():
             torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
     (package,) = compiled_cache_dir().glob("*.pt2")
     assert [p.name for p in compiled_cache_dir().iterdir() if p.name != ".locks"] == [package.name], "no leftovers"
+    with zipfile.ZipFile(package) as archive:
+        (wrapper,) = [archive.read(name).decode() for name in archive.namelist() if name.endswith(".wrapper.cpp")]
+    # Frozen weights: all 13 matmuls and 14 convolutions run oneDNN's prepacked kernels, none plain addmm.
+    assert wrapper.count("_linear_pointwise(") == 13, "the build must freeze the weights (grad off)"
+    assert wrapper.count("_convolution_pointwise(") == 14
+    assert "addmm_out(" not in wrapper
 
     def no_build(*args: object) -> None:
         raise AssertionError("the cached package should have been loaded, not rebuilt")

@@ -38,7 +38,7 @@ __all__ = ["Runner", "compiled_cache_dir", "find_compiler", "load_or_build", "pa
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 # Bump when the build options change (the module's source file is already part of the key).
-PACKAGE_FORMAT = 1
+PACKAGE_FORMAT = 2
 # A peer's build takes tens of seconds; wait this long before building alongside it.
 LOCK_TIMEOUT_S = 600.0
 
@@ -90,10 +90,10 @@ def _build(module: nn.Module, chunk: int, target: Path) -> None:
 
     batch = torch.export.Dim("batch", min=1, max=chunk)
     example = torch.zeros(chunk, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
+    # Freezing makes the weights constants, prepacked for oneDNN's convolutions and matmuls; Inductor
+    # applies it only where autograd is off, so the compile call needs no_grad as much as the export.
+    with torch.no_grad(), torch._inductor.config.patch(freezing=True):
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    # Freezing makes the weights constants, prepacked for oneDNN's convolutions and matmuls.
-    with torch._inductor.config.patch(freezing=True):
         torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(target))
 
 
