@@ -114,3 +114,23 @@ def test_cli_rejects_what_is_not_an_image(
     assert "expected top_k between 1 and 10, got 0" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "ok.png"), "--top-k", "10"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 11
+
+
+def test_tiniest_predict_stays_callable_however_it_was_imported() -> None:
+    """A fresh process: the lazy attribute first, then the submodule import that replaces it."""
+    script = """
+import numpy as np, tiniest
+model, image = tiniest.Tiniest().eval(), np.zeros((32, 32, 3), dtype=np.uint8)
+first = tiniest.predict(image, model=model, top_k=2)
+again = tiniest.predict(image, model=model, top_k=2)  # the package attribute is the module by now
+import tiniest.predict
+assert tiniest.predict(image, model=model, top_k=2) == again == first
+assert tiniest.optimize(model, compile=False) is not None
+import tiniest.optimize
+assert tiniest.optimize(model, compile=False) is not None
+print(first[0].label)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in CLASSES

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-import types
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tiniest.callable_module import make_module_callable
 from tiniest.compiled import Runner, find_compiler, load_or_build
 from tiniest.model import Block, Tiniest
 
@@ -216,11 +215,4 @@ def optimize(model: nn.Module, *, compile: bool | None = None) -> OptimizedTinie
     return OptimizedTiniest(fast, compile=compile).eval()
 
 
-class _CallableModule(types.ModuleType):
-    """Importing ``tiniest.optimize`` rebinds the package attribute to this module; keep it callable."""
-
-    def __call__(self, model: nn.Module, *, compile: bool | None = None) -> OptimizedTiniest:
-        return optimize(model, compile=compile)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, optimize)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tiniest.callable_module import make_module_callable
 from tiniest.release import CLASSES
 
 __all__ = ["Prediction", "predict"]
@@ -117,3 +118,6 @@ def run(args: argparse.Namespace) -> int:
             for name, p in result.top:
                 print(f"  {name:<{width}} {p:.3f}")
     return 0
+
+
+make_module_callable(__name__, predict)
