@@ -30,8 +30,9 @@ from tiniest.model import Block, Tiniest
 # Large batches run in chunks of this many images: a chunk's activations (about 6 MB at the
 # widest layer) stay close to the cores between layers. Measured at batch 2,000 on 2 cores, chunks
 # of 15-16 run 5-15% faster than chunks of 8 or 32, and 1.5x faster than whole batches of 256.
-# It stays below 16: torch picks convolution kernels differently from batch 16 on, and compiling
-# across that boundary would narrow the package's batch range to one side of it.
+# It stays below 16: torch picks convolution kernels differently from batch 16 on, so a package
+# compiled at 32 is declared for 16-32 images only; at 15 it is declared for 2-15 (export's lower
+# bound; a single image runs the same size-generic code, tested against the eager model).
 CHUNK = 15
 
 __all__ = ["CHUNK", "FastBlock", "FastTiniest", "OptimizedTiniest", "compiler_available", "optimize"]
