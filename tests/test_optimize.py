@@ -199,3 +199,26 @@ def test_tiniest_optimize_stays_callable_after_the_submodule_is_imported() -> No
     x = inputs(2)
     with torch.no_grad():
         torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
+
+
+def test_a_package_that_crashes_or_disagrees_is_neither_used_nor_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package compiled for one batch size only: other sizes corrupt memory or give wrong shapes."""
+    if not compiler_available():
+        pytest.skip("no C++ compiler: optimize() uses the eager fallback, tested above")
+    monkeypatch.delenv("TINIEST_COMPILED_CACHE")  # this test's own, empty $TINIEST_CACHE/compiled
+
+    def static_build(module: nn.Module, chunk: int, target: Path) -> None:
+        import torch._inductor.config
+
+        example = torch.zeros(chunk, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            program = torch.export.export(module, (example,))
+            torch._inductor.aoti_compile_and_package(program, package_path=str(target))
+
+    monkeypatch.setattr(compiled, "_build", static_build)
+    with pytest.warns(RuntimeWarning, match="failed its check in a child process"):
+        optimized = optimize(random_model(seed=5))
+    assert not optimized.compiled
+    assert not list(compiled_cache_dir().glob("*.pt2")), "nothing is cached"
+    x = inputs(3)
+    torch.testing.assert_close(optimized(x), random_model(seed=5)(x), rtol=0, atol=1e-4)

@@ -7,7 +7,9 @@ images) and compiled by AOTInductor into a ``.pt2`` package: a shared library pl
 prepacked weights. It is stored in :func:`compiled_cache_dir` under a key of everything the
 build depends on (weights, module source, torch version, CPU, compiler, thread count); later
 processes load it in milliseconds. Builds run under a file lock and land by atomic rename, so
-concurrent processes build once and no reader sees half a package.
+concurrent processes build once and no reader sees half a package. A new package is first run in a
+child process on every batch size it serves (:func:`check_in_child`): a bad one crashes that child,
+not the caller, and is never cached.
 
 Loading a package runs native code this library compiled on this machine: trust the cache folder
 as you trust the Python environment.
@@ -21,6 +23,9 @@ import json
 import os
 import platform
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -33,14 +38,24 @@ from tiniest.artifact import sha256_hex
 from tiniest.data import cache_dir
 from tiniest.store import writer_lock
 
-__all__ = ["Runner", "compiled_cache_dir", "find_compiler", "load_or_build", "package_key"]
+__all__ = [
+    "Runner",
+    "check_in_child",
+    "compiled_cache_dir",
+    "find_compiler",
+    "load_or_build",
+    "open_package",
+    "package_key",
+]
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 # Bump when the build options change (the module's source file is already part of the key).
-PACKAGE_FORMAT = 2
+PACKAGE_FORMAT = 3
 # A peer's build takes tens of seconds; wait this long before building alongside it.
 LOCK_TIMEOUT_S = 600.0
+# The child process that tries a new package: interpreter start, torch import, load and 15 calls.
+CHECK_TIMEOUT_S = 300.0
 
 
 def compiled_cache_dir() -> Path:
@@ -97,7 +112,7 @@ def _build(module: nn.Module, chunk: int, target: Path) -> None:
         torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(target))
 
 
-def _open(path: Path) -> Runner:
+def open_package(path: Path) -> Runner:
     """Load a package, bypassing ``aoti_load_package`` where torch offers its loader directly.
 
     The public loader imports Inductor and re-probes the CPU's vector ISA by compiling test
@@ -121,7 +136,7 @@ def _load(path: Path, *, remove_broken: bool = False) -> Runner | None:
     if not path.is_file():
         return None
     try:
-        return _open(path)
+        return open_package(path)
     except Exception as error:  # a truncated or foreign file: rebuild rather than fail
         if remove_broken:
             warnings.warn(f"compiled package {path} could not be loaded ({error}); rebuilding it", stacklevel=3)
@@ -146,14 +161,45 @@ def load_or_build(module: nn.Module, chunk: int) -> Runner:
         if access == "unusable":  # build where we can, load, and keep nothing
             with tempfile.TemporaryDirectory(prefix="tiniest-compiled-") as scratch:
                 _build(module, chunk, Path(scratch) / target.name)
+                check_in_child(Path(scratch) / target.name, module, chunk)
                 return _loaded(Path(scratch) / target.name)
         scratch_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
         try:
             _build(module, chunk, scratch_dir / target.name)
+            check_in_child(scratch_dir / target.name, module, chunk)
             os.replace(scratch_dir / target.name, target)
         finally:
             shutil.rmtree(scratch_dir, ignore_errors=True)
         return _loaded(target)
+
+
+def check_in_child(path: Path, module: nn.Module, chunk: int) -> None:
+    """Run the package at ``path`` in a child process on every batch size 1..``chunk``, against ``module``.
+
+    Raises RuntimeError if the child crashes, hangs or disagrees (see :mod:`tiniest.package_check`),
+    so that a bad package is neither cached nor loaded here.
+    """
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.rand(batch, 3, 32, 32, generator=generator) - 0.5 for batch in range(1, chunk + 1)]
+    with torch.no_grad():
+        expected = [module(x) for x in inputs]
+    package_root = Path(__file__).resolve().parent.parent  # also works from a checkout that is not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(package_root), os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="tiniest-check-") as scratch:
+        cases = Path(scratch) / "cases.pt"
+        torch.save({"inputs": inputs, "expected": expected}, cases)
+        command = [sys.executable, "-m", "tiniest.package_check", os.fspath(path), os.fspath(cases)]
+        command.append(str(torch.get_num_threads()))
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the compiled package failed its check: no answer in {CHECK_TIMEOUT_S:.0f} s") from None
+    if done.returncode != 0:
+        if done.returncode < 0:
+            reason = f"the child process was killed by {signal.Signals(-done.returncode).name}"
+        else:
+            reason = (done.stdout.strip() or done.stderr.strip() or f"exit status {done.returncode}").splitlines()[-1]
+        raise RuntimeError(f"the compiled package failed its check in a child process: {reason}")
 
 
 def _loaded(path: Path) -> Runner:

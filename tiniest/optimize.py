@@ -173,7 +173,7 @@ class OptimizedTiniest(nn.Module):
                 self._compiled = load_or_build(fast, CHUNK)
             except Exception as error:  # a failed build must not cost the user their predictions
                 warnings.warn(
-                    f"tiniest.optimize: AOTInductor compilation failed ({type(error).__name__}: {error}); "
+                    f"tiniest.optimize: no usable AOTInductor package ({type(error).__name__}: {error}); "
                     "using the eager optimized model",
                     RuntimeWarning,
                     stacklevel=3,
