@@ -37,10 +37,8 @@ print(json.dumps({"changed": changed, "faults": resource.getrusage(resource.RUSA
 def forward_pass_faults(mode: str) -> tuple[bool | None, int]:
     """``(what keep_freed_memory returned, or None when not called; page faults)`` in a fresh process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, "-c", FORWARD_PASSES, mode], env=env, capture_output=True, text=True, timeout=120
-    )
+    command = [sys.executable, "-c", FORWARD_PASSES, mode]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     return result["changed"], int(result["faults"])

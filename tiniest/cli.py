@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from tiniest import __version__
+from tiniest.allocator import keep_freed_memory
 
 COMMANDS: dict[str, str] = {
     "export": "tiniest.export",
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # the command owns its process: let batches reuse freed activation memory
     try:
         return int(args.run(args))
     except (OSError, ValueError, RuntimeError) as error:

@@ -160,17 +160,21 @@ def load_or_build(module: nn.Module, chunk: int) -> Runner:
             return runner
         if access == "unusable":  # build where we can, load, and keep nothing
             with tempfile.TemporaryDirectory(prefix="tiniest-compiled-") as scratch:
-                _build(module, chunk, Path(scratch) / target.name)
-                check_in_child(Path(scratch) / target.name, module, chunk)
+                _build_checked(module, chunk, Path(scratch) / target.name)
                 return _loaded(Path(scratch) / target.name)
         scratch_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
         try:
-            _build(module, chunk, scratch_dir / target.name)
-            check_in_child(scratch_dir / target.name, module, chunk)
+            _build_checked(module, chunk, scratch_dir / target.name)
             os.replace(scratch_dir / target.name, target)
         finally:
             shutil.rmtree(scratch_dir, ignore_errors=True)
         return _loaded(target)
+
+
+def _build_checked(module: nn.Module, chunk: int, target: Path) -> None:
+    """Build into ``target``, then try it in a child process; the caller deletes it if either raises."""
+    _build(module, chunk, target)
+    check_in_child(target, module, chunk)
 
 
 def check_in_child(path: Path, module: nn.Module, chunk: int) -> None:

@@ -110,13 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tiniest.allocator import keep_freed_memory
     from tiniest.data import load_split
     from tiniest.hub import tiniest
 
     if args.batch_size < 1:
         raise ValueError(f"expected a positive batch size, got {args.batch_size}")
-    keep_freed_memory()
     began = time.perf_counter()
     data = load_split(args.data, args.split, progress=not args.quiet)
     align_labels(data, CLASSES)  # refuse a foreign dataset before loading the model

@@ -98,9 +98,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tiniest.allocator import keep_freed_memory
-
-    keep_freed_memory()
     results = predict(list(args.images), top_k=args.top_k, weights=args.weights, eager=args.eager)
     if args.json:
         records = [
