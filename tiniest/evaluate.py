@@ -107,14 +107,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="images per batch (default: 500)")
     parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--plot", type=Path, metavar="FILE", help="also draw the confusion matrix to FILE (e.g. .png)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from tiniest import plots
     from tiniest.data import load_split
     from tiniest.hub import tiniest
 
     if args.batch_size < 1:
         raise ValueError(f"expected a positive batch size, got {args.batch_size}")
+    if args.plot is not None:
+        plots.require_matplotlib()  # before decoding the data
     began = time.perf_counter()
     data = load_split(args.data, args.split, progress=not args.quiet)
     align_labels(data, CLASSES)  # refuse a foreign dataset before loading the model
@@ -156,4 +160,6 @@ def run(args: argparse.Namespace) -> int:
             "threads": torch.get_num_threads(),
         }
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if args.plot is not None:
+        plots.save_confusion_matrix(args.plot, result.confusion, result.classes)
     return 0

@@ -1,0 +1,122 @@
+"""Pictures for ``--plot``: the confusion matrix of ``tiniest evaluate``, the image grid of ``tiniest predict``.
+
+matplotlib is an optional extra (``pip install "tiniest[plot]"``): it is imported here only when a
+picture is drawn, onto an Agg canvas of its own, so that no display is needed and the caller's
+pyplot backend (a notebook's, say) is left alone. Figures have a fixed size in pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from tiniest.predict import Prediction
+
+__all__ = [
+    "MissingExtraError",
+    "confusion_matrix_figure",
+    "predictions_figure",
+    "require_matplotlib",
+    "save_confusion_matrix",
+    "save_predictions",
+]
+
+INSTALL = 'pip install "tiniest[plot]"'
+DPI = 100
+CONFUSION_INCHES = (8.0, 7.0)  # 800 x 700 pixels
+CELL_INCHES = (2.0, 2.4)  # one picture of the grid with its title: 200 x 240 pixels
+MAX_COLUMNS = 5
+MAX_CLASSES_SHOWN = 3  # more lines would not fit under a 200-pixel picture
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def require_matplotlib() -> None:
+    """Refuse ``--plot`` before any long computation when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(f"--plot needs matplotlib, which is not installed: {INSTALL}") from None
+
+
+def _figure(inches: tuple[float, float]) -> Figure:
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=inches, dpi=DPI, layout="constrained")  # room for titles and labels
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def confusion_matrix_figure(confusion: torch.Tensor, classes: Sequence[str]) -> Figure:
+    """Rows: true class, columns: predicted class; colours are row-normalised, cells show the counts.
+
+    Row normalisation puts each class's recall on the diagonal, so that classes with fewer
+    images are not drowned out by the others.
+    """
+    counts = torch.as_tensor(confusion).to(torch.int64)
+    n = len(classes)
+    if tuple(counts.shape) != (n, n):
+        raise ValueError(f"expected a {n}x{n} confusion matrix for {n} classes, got shape {tuple(counts.shape)}")
+    rates = (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).tolist()
+    total, correct = int(counts.sum()), int(counts.trace())
+    figure = _figure(CONFUSION_INCHES)
+    axes = figure.add_subplot()
+    image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
+    axes.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
+    axes.set_yticks(range(n), labels=list(classes))
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    accuracy = correct / total if total else 0.0
+    axes.set_title(f"accuracy {accuracy:.2%} ({correct}/{total})")
+    for i, row in enumerate(counts.tolist()):
+        for j, count in enumerate(row):
+            color = "white" if rates[i][j] > 0.5 else "black"
+            axes.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+    return figure
+
+
+def predictions_figure(images: torch.Tensor, titles: Sequence[str]) -> Figure:
+    """``images`` (``(N, 3, H, W)`` floats in [0, 1]) in rows of at most ``MAX_COLUMNS``, each under its title."""
+    if len(images) == 0 or len(images) != len(titles):
+        raise ValueError(f"expected one title per image and at least one image, got {len(images)} and {len(titles)}")
+    columns = min(len(images), MAX_COLUMNS)
+    rows = math.ceil(len(images) / columns)
+    figure = _figure((columns * CELL_INCHES[0], rows * CELL_INCHES[1]))
+    for index, (image, title) in enumerate(zip(images, titles, strict=True)):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        axes.set_title(title, fontsize=8)
+        axes.axis("off")
+    return figure
+
+
+def save_confusion_matrix(path: str | os.PathLike[str], confusion: torch.Tensor, classes: Sequence[str]) -> None:
+    """Draw :func:`confusion_matrix_figure` to ``path`` (the format follows the suffix, e.g. ``.png``)."""
+    confusion_matrix_figure(confusion, classes).savefig(path, dpi=DPI)
+
+
+def save_predictions(
+    path: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], predictions: Sequence[Prediction]
+) -> None:
+    """Draw the image files as the model sees them (32x32) with their file names and top classes."""
+    from tiniest.transforms import preprocess
+
+    pixels = preprocess(list(images)) + 0.5  # back to [0, 1]: the model's input, shift undone
+    titles = [
+        "\n".join([Path(image).name[:28], *(f"{name} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN])])
+        for image, prediction in zip(images, predictions, strict=True)
+    ]
+    predictions_figure(pixels, titles).savefig(path, dpi=DPI)
