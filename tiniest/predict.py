@@ -1,11 +1,7 @@
 """``tiniest predict``: class names and probabilities for your own pictures.
 
 ``tiniest.predict(x)`` takes everything :func:`tiniest.preprocess` does (paths, PIL images, numpy
-arrays, tensors, lists of them) and returns one :class:`Prediction` per image. Inputs are read and
-reduced to the model's size a chunk at a time (JPEGs decoded at reduced scale), so a folder of
-large photos costs the memory of one photo, not of the folder. With ``errors="report"`` an input
-that cannot be read gives a :class:`Prediction` whose ``error`` says why, and the others still
-get their answer.
+arrays, tensors, lists of them) and returns one :class:`Prediction` per image.
 """
 
 from __future__ import annotations
@@ -14,10 +10,9 @@ import argparse
 import functools
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,32 +23,21 @@ from tiniest.release import CLASSES
 __all__ = ["Prediction", "predict"]
 
 HELP = "classify image files: class names with probabilities"
-CHUNK = 256  # inputs read, reduced to the model's size and classified at a time
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The ``top`` classes of one image, most probable first, as ``(name, probability)`` pairs.
-
-    With ``predict(..., errors="report")``, an input that could not be read has ``error`` (the
-    message) and an empty ``top``; ``label`` and ``probability`` then raise a ``ValueError``.
-    """
+    """The ``top`` classes of one image, most probable first, as ``(name, probability)`` pairs."""
 
     top: tuple[tuple[str, float], ...]
-    error: str | None = None
 
     @property
     def label(self) -> str:
-        return self._best()[0]
+        return self.top[0][0]
 
     @property
     def probability(self) -> float:
-        return self._best()[1]
-
-    def _best(self) -> tuple[str, float]:
-        if self.error is not None:
-            raise ValueError(f"no prediction: {self.error}")
-        return self.top[0]
+        return self.top[0][1]
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,51 +62,20 @@ def predict(
     weights: str | os.PathLike[str] | None = None,
     eager: bool = False,
     classes: Sequence[str] = CLASSES,
-    errors: Literal["raise", "report"] = "raise",
 ) -> list[Prediction]:
     """Classify ``images`` (any input :func:`tiniest.preprocess` accepts); one :class:`Prediction` per image.
 
     ``model`` defaults to the published weights (or ``weights``, or ``$TINIEST_WEIGHTS``), made
     faster by :func:`tiniest.optimize.optimize` unless ``eager``; it is loaded once and reused.
-    ``errors``: ``"raise"`` stops at the first input that cannot be read (a
-    :class:`tiniest.transforms.PreprocessError`); ``"report"`` gives that input (a file, or one
-    item of a list) a :class:`Prediction` with ``error`` set instead, in its place, and goes on.
     """
     if not 1 <= top_k <= len(classes):
         raise ValueError(f"expected top_k between 1 and {len(classes)}, got {top_k}")
-    if errors not in ("raise", "report"):
-        raise ValueError(f"expected errors='raise' or 'report', got {errors!r}")
-    from tiniest.transforms import PreprocessError, preprocess
+    from tiniest.transforms import preprocess
 
-    items = list(images) if isinstance(images, (list, tuple)) else [images]
-    if not items:
-        raise PreprocessError("expected at least one image, got an empty list")
-    results: list[Prediction] = []
-    for start in range(0, len(items), CHUNK):
-        batches: list[torch.Tensor] = []
-        slots: list[int | str] = []  # per input: its number of images, or its error
-        for item in items[start : start + CHUNK]:
-            try:
-                batches.append(preprocess(item))
-            except PreprocessError as error:
-                if errors == "raise":
-                    raise
-                slots.append(str(error))
-            else:
-                slots.append(batches[-1].shape[0])
-        if batches and model is None:  # loaded only once some input could be read
-            chosen = os.fspath(weights) if weights is not None else os.environ.get("TINIEST_WEIGHTS") or None
-            model = _default_model(chosen, eager)
-        answers = iter(_classify(model, torch.cat(batches), top_k, classes) if model is not None and batches else [])
-        for slot in slots:
-            if isinstance(slot, str):
-                results.append(Prediction((), error=slot))
-            else:
-                results.extend(next(answers) for _ in range(slot))
-    return results
-
-
-def _classify(model: nn.Module, batch: torch.Tensor, top_k: int, classes: Sequence[str]) -> list[Prediction]:
+    batch = preprocess(images)
+    if model is None:
+        chosen = os.fspath(weights) if weights is not None else os.environ.get("TINIEST_WEIGHTS") or None
+        model = _default_model(chosen, eager)
     device = next(iter(model.parameters()), torch.empty(0)).device
     probabilities = torch.softmax(model(batch.to(device)).float(), dim=1).cpu()
     values, indices = probabilities.topk(top_k, dim=1)
@@ -152,35 +105,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.plot is not None:
         plots.require_matplotlib()  # before any work
-    from tiniest.transforms import require_images_extra
-
-    require_images_extra()  # one line naming the extra, not a traceback
-    results = predict(list(args.images), top_k=args.top_k, weights=args.weights, eager=args.eager, errors="report")
-    failed = [result.error for result in results if result.error is not None]
-    for error in failed:  # every readable file still gets its answer on stdout
-        print(f"tiniest predict: error: {error}", file=sys.stderr)
+    results = predict(list(args.images), top_k=args.top_k, weights=args.weights, eager=args.eager)
     if args.plot is not None:
         plots.save_predictions(args.plot, args.images, results)
     if args.json:
         records = [
-            {"image": image, "error": result.error}
-            if result.error is not None
-            else {"image": image, "predictions": [{"label": name, "probability": p} for name, p in result.top]}
+            {"image": image, "predictions": [{"label": name, "probability": p} for name, p in result.top]}
             for image, result in zip(args.images, results, strict=True)
         ]
         print(json.dumps(records, indent=2))
-        return 1 if failed else 0
+        return 0
     width = max(len(name) for name in CLASSES)
     for image, result in zip(args.images, results, strict=True):
-        if result.error is not None:
-            continue
         if args.top_k == 1:
             print(f"{image}: {result.label} {result.probability:.3f}")
         else:
             print(f"{image}:")
             for name, p in result.top:
                 print(f"  {name:<{width}} {p:.3f}")
-    return 1 if failed else 0
+    return 0
 
 
 make_module_callable(__name__, predict)
