@@ -95,3 +95,40 @@ def test_blocks_hold_a_real_avgpool_submodule_that_hooks_see() -> None:
         model(torch.zeros(2, 3, 32, 32))
     assert seen == [(2, 12, 32, 32)]
     assert isinstance(model.ln1, LayerNorm2d)
+
+
+def seeded_model() -> Tiniest:
+    torch.manual_seed(0)
+    return Tiniest()
+
+
+def graph_capture(how: str, model: Tiniest, x: torch.Tensor) -> torch.nn.Module:
+    """``model`` captured by one of torch's graph tools, under the default grad mode."""
+    if how == "trace":
+        return torch.jit.trace(model, x)  # check_trace re-runs it: one graph under every grad mode
+    if how == "script":
+        return torch.jit.script(model)
+    if how == "fx":
+        return torch.fx.symbolic_trace(model)
+    batch = torch.export.Dim("batch", min=2)
+    return torch.export.export(model, (x,), dynamic_shapes=({0: batch},)).module()
+
+
+@pytest.mark.parametrize("how", ["trace", "script", "fx", "export"])
+def test_graph_tools_capture_the_model_under_the_default_grad_mode(how: str) -> None:
+    model = seeded_model()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) - 0.5
+    assert torch.is_grad_enabled(), "the default grad mode, as a user has it"
+    captured = graph_capture(how, model, x)
+    for batch in (4, 7):
+        y = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)) - 0.5
+        want = model(y)
+        got = captured(y)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        with torch.no_grad():  # the same graph serves inference
+            torch.testing.assert_close(captured(y), want.detach(), rtol=0, atol=1e-5)
+    # and training: the same input gradients as the eager model's
+    y = x.clone().requires_grad_(True)
+    (want_grad,) = torch.autograd.grad(model(y).square().sum(), y)
+    (got_grad,) = torch.autograd.grad(captured(y).square().sum(), y)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5)

@@ -59,10 +59,9 @@ class Block(nn.Module):
             dim=1,
         )
         value, gate = torch.chunk(self.fc1(self.ln(mixed)), 2, dim=1)
-        # Without autograd, the same arithmetic in place: one buffer instead of four.
-        inplace = not torch.is_grad_enabled()
-        hidden = torch.exp(value).tanh_().mul_(value).mul_(gate) if inplace else tanh_exp(value) * gate
-        return torch.addcmul(self.fc2(hidden), x, self.rs)
+        # One code path under every grad mode, so that trace, script, FX and export see the same
+        # graph; in-place inference tricks belong to tiniest.optimize.
+        return torch.addcmul(self.fc2(tanh_exp(value) * gate), x, self.rs)
 
 
 class Tiniest(nn.Module):
