@@ -1,0 +1,118 @@
+"""``--plot`` of ``tiniest evaluate`` and ``tiniest predict``: real PNGs of a known size, and a clear refusal without matplotlib."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiniest
+from tests.test_evaluate import tiny_folder
+from tiniest import plots
+from tiniest.cli import main
+from tiniest.release import CLASSES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def random_weights(tmp_path: Path) -> Path:
+    """A state_dict of an untrained model: the pictures need predictions, not good ones."""
+    torch.manual_seed(0)
+    path = tmp_path / "random.pt"
+    torch.save(tiniest.tiniest(pretrained=False).state_dict(), path)
+    return path
+
+
+def open_png(path: Path) -> Image.Image:
+    """``path`` as a fully decoded PNG (a truncated or foreign file raises)."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = Image.open(path)
+    image.load()
+    assert image.format == "PNG"
+    return image
+
+
+def test_evaluate_plot_draws_the_confusion_matrix(tmp_path: Path, random_weights: Path) -> None:
+    tiny_folder(tmp_path / "data", ("cat", "dog", "ship"))
+    out = tmp_path / "confusion.png"
+    args = ["evaluate", "--data", str(tmp_path / "data"), "--quiet", "--eager", "--weights", str(random_weights)]
+    with pytest.warns(tiniest.UnverifiedWeightsWarning):
+        assert main([*args, "--plot", str(out)]) == 0
+    image = open_png(out)
+    assert image.size == (800, 700)
+    assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50  # drawn, not blank
+
+
+def test_confusion_colours_are_row_normalised() -> None:
+    from matplotlib import colormaps
+
+    confusion = torch.zeros(10, 10, dtype=torch.int64)
+    confusion[0, 0] = 1000  # a large class, all right
+    confusion[1, 1], confusion[1, 2] = 5, 5  # a small class, half right: mid colour, not near-white
+    figure = plots.confusion_matrix_figure(confusion, CLASSES)
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(int)
+    axes = figure.axes[0]
+    blues = colormaps["Blues"]
+
+    def colour(row: int, column: int) -> np.ndarray:
+        x, y = axes.transData.transform((column + 0.35, row + 0.35))  # off the cell's centre, where its count is
+        return pixels[pixels.shape[0] - round(y), round(x)]
+
+    for (row, column), rate in {(0, 0): 1.0, (1, 1): 0.5, (1, 2): 0.5, (0, 1): 0.0, (5, 5): 0.0}.items():
+        expected = np.array(blues(rate)[:3]) * 255
+        assert np.abs(colour(row, column) - expected).max() <= 3, (row, column)
+    texts = {text.get_text() for text in axes.texts}
+    assert {"1000", "5", "0"} <= texts and len(axes.texts) == 100
+    assert [label.get_text() for label in axes.get_xticklabels()] == list(CLASSES)
+    assert [label.get_text() for label in axes.get_yticklabels()] == list(CLASSES)
+    with pytest.raises(ValueError, match="10x10"):
+        plots.confusion_matrix_figure(confusion[:3], CLASSES)
+
+
+def test_predict_plot_draws_the_images_with_their_classes(
+    tmp_path: Path, random_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (0, 0, 0)]
+    paths = []
+    for i, rgb in enumerate(colours):  # 7 pictures: a grid of 5 columns and 2 rows
+        paths.append(tmp_path / f"picture-{i}.png")
+        Image.new("RGB", (64, 48), rgb).save(paths[-1])
+    out = tmp_path / "grid.png"
+    args = ["predict", *map(str, paths), "--top-k", "3", "--eager", "--weights", str(random_weights)]
+    with pytest.warns(tiniest.UnverifiedWeightsWarning):
+        assert main([*args, "--plot", str(out)]) == 0
+    printed = capsys.readouterr().out
+    image = open_png(out)
+    assert image.size == (5 * 200, 2 * 240)
+    pixels = np.asarray(image.convert("RGB"))
+    for rgb in colours:  # every picture is drawn, large
+        assert (pixels == rgb).all(axis=-1).sum() > 80 * 80, rgb
+    assert all(path.name in printed for path in paths)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, command: str) -> None:
+    out = tmp_path / "plot.png"
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(picture)
+    argv = ["evaluate", "--data", str(tmp_path)] if command == "evaluate" else ["predict", str(picture)]
+    prelude = "import sys; sys.modules['matplotlib'] = None; from tiniest.cli import main; sys.exit(main(sys.argv[1:]))"
+    run = subprocess.run(
+        [sys.executable, "-c", prelude, *argv, "--plot", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [
+        f'tiniest {command}: error: --plot needs matplotlib, which is not installed: pip install "tiniest[plot]"'
+    ]
+    assert not out.exists()
