@@ -1,4 +1,4 @@
-"""``--plot`` of ``tiniest evaluate`` and ``tiniest predict``: real PNGs of a known size, and a clear refusal without matplotlib."""
+"""``--plot`` of ``evaluate`` and ``predict``: PNGs of a known size; a clear refusal without matplotlib."""
 
 from __future__ import annotations
 
