@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -31,13 +31,15 @@ __all__ = [
     "bad_files",
     "hub_headers",
     "install_healing",
+    "silent_endpoint",
 ]
 
 MAX_WAIT = 30.0  # no handler thread ever waits longer than this
 TRICKLE_SECONDS = 7.5  # how long a trickled body takes in all; tests use TINIEST_TIMEOUT=0.5 (deadline 5 s)
 
-TRANSIENT = ("http-500", "http-503", "reset-mid-body", "short-body", "stall", "stall-mid-body")
-PERMANENT = ("http-404", "rate-limit-403", "wrong-bytes", "html-200", "redirect-loop", "trickle")
+# TRANSIENT faults are retried; the others are not (a server silent from the start would be silent again)
+TRANSIENT = ("http-500", "http-503", "reset-mid-body", "short-body", "stall-mid-body")
+PERMANENT = ("http-404", "rate-limit-403", "wrong-bytes", "html-200", "redirect-loop", "trickle", "stall")
 FAULTS = TRANSIENT + PERMANENT
 BODY_FAULTS = frozenset({"reset-mid-body", "short-body", "stall-mid-body", "trickle"})  # HEAD is answered normally
 
@@ -190,6 +192,18 @@ class FaultyRoute:
         if handler.command != "HEAD":
             with contextlib.suppress(OSError):  # the client may have hung up already
                 handler.wfile.write(body)
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` where every connection is accepted and never answered (a dead proxy).
+
+    The kernel completes each TCP handshake into the listen backlog; nobody ever reads or writes.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 def install_healing(server: LoopbackServer) -> None:

@@ -1,16 +1,22 @@
 """The release artifact: a state_dict as safetensors with descriptive, reproducible metadata.
 
-``safetensors`` writes its header keys in hash-map order, so the same tensors could give
-different bytes in two runs; :func:`to_safetensors` rewrites the header with sorted keys so
-that the same checkpoint always gives the same bytes and the same sha256.
+:func:`to_safetensors` writes the format itself (an 8-byte header length, a JSON header, the raw
+little-endian tensors), because ``safetensors.torch.save`` needs numpy, which neither torch nor
+tiniest installs. It lays the tensors out as safetensors does (by dtype, largest first, then by
+name; a test compares the two byte for byte) and writes the header with sorted keys, so that the
+same checkpoint always gives the same bytes and the same sha256. Reading stays with safetensors.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
+import pickle
 import struct
+import sys
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +33,26 @@ __all__ = [
 ]
 
 _SAFETENSORS_ALIGN = 8
+# safetensors' dtype names, in the order it lays tensors out (largest alignment first)
+_DTYPES = {
+    torch.uint64: "U64",
+    torch.int64: "I64",
+    torch.float64: "F64",
+    torch.complex64: "C64",
+    torch.float32: "F32",
+    torch.uint32: "U32",
+    torch.int32: "I32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.uint16: "U16",
+    torch.int16: "I16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_LAYOUT_RANK = {dtype: rank for rank, dtype in enumerate(_DTYPES)}
 
 
 class ArtifactError(ValueError):
@@ -46,16 +72,29 @@ def artifact_metadata(meta: Mapping[str, Any], *, source_sha256: str) -> dict[st
 
 
 def to_safetensors(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
-    """Serialize ``state_dict`` with ``metadata``; byte-identical for identical input."""
-    from safetensors.torch import save
-
+    """Serialize ``state_dict`` with ``metadata``; byte-identical for identical input (no numpy needed)."""
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
-    raw = save(tensors, metadata=dict(metadata))
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + header_len])
+    unsupported = sorted({str(t.dtype) for t in tensors.values() if t.dtype not in _DTYPES})
+    if unsupported:
+        raise ArtifactError(f"expected tensors of the dtypes safetensors stores, got {', '.join(unsupported)}")
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    chunks, offset = [], 0
+    for name in sorted(tensors, key=lambda n: (_LAYOUT_RANK[tensors[n].dtype], n)):
+        data = _raw_bytes(tensors[name])
+        header[name] = {"dtype": _DTYPES[tensors[name].dtype], "shape": list(tensors[name].shape)}
+        header[name]["data_offsets"] = [offset, offset + len(data)]
+        chunks.append(data)
+        offset += len(data)
     canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     canonical += b" " * (-len(canonical) % _SAFETENSORS_ALIGN)
-    return struct.pack("<Q", len(canonical)) + canonical + raw[8 + header_len :]
+    return struct.pack("<Q", len(canonical)) + canonical + b"".join(chunks)
+
+
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    """The little-endian bytes of a contiguous CPU tensor, copied straight from its memory."""
+    if sys.byteorder == "big" and tensor.element_size() > 1:
+        tensor = tensor.view(torch.uint8).reshape(-1, tensor.element_size()).flip(1).contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.nbytes) if tensor.nbytes else b""
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
@@ -92,10 +131,28 @@ def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for foreign bytes
-        raise ArtifactError(
-            f"{origin}: expected a .safetensors file or a torch state_dict, "
-            f"got {len(data)} bytes that are neither ({type(error).__name__}: {str(error)[:200]})"
-        ) from None
+        raise ArtifactError(_unreadable(data, origin, error)) from None
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ArtifactError(f"{origin}: expected a state_dict of tensors, got {type(loaded).__name__}")
     return dict(loaded)
+
+
+def _unreadable(data: bytes, origin: str, error: Exception) -> str:
+    """Why torch.load refused ``data``: code or objects in a torch archive, or bytes of another kind."""
+    reason = _torch_reason(error)
+    if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(io.BytesIO(data)):
+        return (
+            f"{origin}: refused: this .pt file holds more than tensors (pickled objects or code), and tiniest "
+            f"reads .pt files only with torch.load(weights_only=True). torch says: {reason}"
+        )
+    return (
+        f"{origin}: expected a .safetensors file or a torch state_dict, "
+        f"got {len(data)} bytes that are neither ({type(error).__name__}: {reason})"
+    )
+
+
+def _torch_reason(error: BaseException) -> str:
+    """torch's explanation, whole, on one line; without its advice to load with weights_only=False."""
+    paragraphs = [" ".join(p.split()) for p in str(error).split("\n\n") if p.strip()]
+    kept = [p for p in paragraphs if "weights_only` set to `False`" not in p]
+    return " ".join(kept or paragraphs)

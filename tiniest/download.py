@@ -5,12 +5,17 @@ complete, so an interrupted transfer can never leave a partial file anywhere.
 
 Limits (environment variables, read at each call):
 
-- ``TINIEST_TIMEOUT`` (default 30 s): how long a connection may stay silent. One attempt
-  also ends once it has lasted ten times that, so a server trickling bytes cannot hold it forever
-  (that one is not retried: the same server would be as slow again).
-- ``TINIEST_RETRIES`` (default 2): extra attempts after a transient failure (a refused, reset or
-  timed-out connection, an incomplete body, HTTP 408, 429, 500, 502, 503, 504). A 404, a 403, a
-  rate limit or wrong bytes are answers, not accidents: they are never retried.
+- ``TINIEST_TIMEOUT`` (default 10 s, as huggingface_hub's): how long a connection may stay silent.
+  A server that never says a word in that time (a firewall, a dead proxy) is given up at once, not
+  retried: it would be as silent again, and a bounded wait matters more on a network that swallows
+  every request. One attempt also ends once it has lasted ten times that, so a server trickling
+  bytes cannot hold it forever (not retried either: the same server would be as slow again).
+- ``TINIEST_RETRIES`` (default 2): extra attempts after a transient failure (a refused or reset
+  connection, one that went silent mid-body, an incomplete body, HTTP 408, 429, 500, 502, 503,
+  504). A 404, a 403, a rate limit or wrong bytes are answers, not accidents: never retried.
+
+With ``progress``, each download announces its URL on stderr (as torch.hub does) and shows a
+``tqdm`` bar when tqdm is installed; tqdm is optional (torch.hub users do not have it).
 - ``TINIEST_BACKOFF`` (default 0.5 s): the wait before the first retry, doubled before each next one.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -69,7 +75,7 @@ def _env_number(name: str, default: float) -> float:
 
 def default_timeout() -> float:
     """Seconds without data before a connection counts as stalled (``TINIEST_TIMEOUT``)."""
-    return _env_number("TINIEST_TIMEOUT", 30.0)
+    return _env_number("TINIEST_TIMEOUT", 10.0)
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,8 @@ def fetch(
     ``headers`` go to ``url`` only, never to the hosts it redirects to (they may hold a token).
     """
     limit = default_timeout() if timeout is None else timeout
+    if progress:
+        sys.stderr.write(f'Downloading: "{url}"\n')
     return with_retries(lambda: _fetch_once(url, progress, limit, headers))
 
 
@@ -123,8 +131,10 @@ def _fetch_once(url: str, progress: bool, timeout: float, headers: Mapping[str, 
         request.add_unredirected_header(name, value)
     budget = timeout * DEADLINE_FACTOR  # for the whole attempt; checked between reads, each bounded by timeout
     deadline = time.monotonic() + budget
+    answered = False  # a silence before any answer is not retried (see the module docstring)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
+            answered = True
             expected = response.headers.get("Content-Length")
             total = int(expected) if expected and expected.isdigit() else None
             label = os.path.basename(url.split("?", 1)[0])
@@ -136,7 +146,7 @@ def _fetch_once(url: str, progress: bool, timeout: float, headers: Mapping[str, 
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", None) or error
         if isinstance(reason, TimeoutError):
-            raise DownloadError(f"{url} sent nothing for {timeout:g} s (TINIEST_TIMEOUT)", transient=True) from None
+            raise DownloadError(f"{url} sent nothing for {timeout:g} s (TINIEST_TIMEOUT)", transient=answered) from None
         raise DownloadError(f"could not download {url}: {reason!s} ({type(reason).__name__})", transient=True) from None
     if total is not None and len(body) != total:
         raise DownloadError(
@@ -180,11 +190,7 @@ def _rate_limit_note(status: int, headers: Any, detail: str) -> str | None:
 def _read_body(response: Any, total: int | None, progress: bool, label: str, limit: tuple[float, float]) -> bytes:
     deadline, budget = limit
     chunks: list[bytes] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label)
+    bar = _progress_bar(total, label) if progress else None
     try:
         while chunk := response.read1(_CHUNK):  # read1: returns what arrived, so the deadline is checked often
             chunks.append(chunk)
@@ -197,3 +203,12 @@ def _read_body(response: Any, total: int | None, progress: bool, label: str, lim
         if bar is not None:
             bar.close()
     return b"".join(chunks)
+
+
+def _progress_bar(total: int | None, label: str) -> Any:
+    """A tqdm bar, or None where tqdm is not installed (the stderr line of :func:`fetch` is then all)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label)

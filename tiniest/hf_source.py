@@ -3,7 +3,7 @@
 Left alone, ``hf_hub_download`` answers a Hub that is down or unreachable by asking again five
 times over about 23 s (with 60 s timeouts), which is long for one of several sources. So we
 first ask for the file's metadata ourselves (one ``HEAD`` with ``TINIEST_TIMEOUT``, retried
-under ``TINIEST_RETRIES``) and call ``hf_hub_download`` only once the Hub has answered. The
+under ``TINIEST_RETRIES`` unless the Hub stayed silent) and call ``hf_hub_download`` only once the Hub has answered. The
 transfer then follows huggingface_hub's own limits: ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds per
 read (default 10) and up to five resumed attempts after a timeout or a cut connection, which
 we do not multiply; we retry (``TINIEST_RETRIES``) only what it does not: a reset connection
@@ -17,6 +17,7 @@ A cache that cannot be written (read-only, full) is replaced by a temporary one,
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -31,10 +32,9 @@ from tiniest.weights import describe_mismatch
 __all__ = ["download_from_hub"]
 
 # network errors of httpx / httpx2 (and of requests, in huggingface_hub < 1.0), by name: not to
-# depend on which HTTP library huggingface_hub uses
-_NETWORK_ERRORS = frozenset(
-    {"TimeoutException", "NetworkError", "RemoteProtocolError", "ConnectionError", "Timeout", "ChunkedEncodingError"}
-)
+# depend on which HTTP library huggingface_hub uses. A timeout is not among them: a Hub that stays
+# silent for TINIEST_TIMEOUT is given up at once, as in tiniest.download.
+_NETWORK_ERRORS = frozenset({"NetworkError", "RemoteProtocolError", "ConnectionError", "ChunkedEncodingError"})
 # ...of which hf_hub_download's transfer retries none itself (it resumes after the others)
 _UNRETRIED_ERRORS = frozenset({"ReadError", "WriteError", "CloseError"})
 _UNRETRIED_STATUS = TRANSIENT_STATUS - {408, 429}
@@ -48,6 +48,8 @@ def download_from_hub(release: Release, progress: bool) -> tuple[bytes, str]:
         raise LookupError("huggingface_hub is not installed (pip install huggingface_hub)") from None
     url = hf_hub_url(release.hf_repo_id, release.hf_filename, revision=release.hf_revision)
     timeout = default_timeout()
+    if progress:
+        sys.stderr.write(f'Downloading: "{url}"\n')
     etag = with_retries(lambda: _probe(url, timeout))
     _remove_leftovers(release, etag, only_stale=True)
     try:

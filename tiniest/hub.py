@@ -9,7 +9,7 @@ import torch
 
 from tiniest.model import Tiniest
 from tiniest.release import TiniestWeights
-from tiniest.weights import load_weights
+from tiniest.weights import load_strictly, load_weights
 
 __all__ = ["tiniest"]
 
@@ -30,7 +30,8 @@ def tiniest(
 
     Args:
         pretrained: load the published weights (default). ``False`` gives random initialisation.
-        weights: which weights: ``None`` for the pinned release (``TiniestWeights.DEFAULT``), or a
+        weights: which weights: ``None`` for the pinned release (``TiniestWeights.DEFAULT``), a
+            ``TiniestWeights`` member or its name (``"DEFAULT"``, ``"CIFAR10_V1"``), or a
             path or http(s) URL of a ``.safetensors`` or state_dict ``.pt`` file. A file that is not
             the pinned release loads with an ``UnverifiedWeightsWarning``. The environment variable
             ``TINIEST_WEIGHTS`` plays the same role when this is ``None``.
@@ -40,7 +41,7 @@ def tiniest(
             ``TINIEST_GITHUB_URL``), ``"huggingface"`` (``hf_hub_download``; honours ``HF_ENDPOINT``,
             ``HF_HOME``, tokens) and ``"original"`` (the publisher's .pt, converted in memory).
             Default: all of them, in that order. A list or a comma-separated string.
-        progress: show a progress bar while downloading.
+        progress: name each download on stderr, with a progress bar where ``tqdm`` is installed.
         device: where to put the model (e.g. ``"cuda"``); default: stays on the CPU.
         offline: never touch the network. Default: ``True`` when ``TINIEST_OFFLINE=1`` or
             ``HF_HUB_OFFLINE=1`` is set.
@@ -51,7 +52,7 @@ def tiniest(
     model = Tiniest()
     if pretrained:
         loaded = load_weights(weights, sources=sources, progress=progress, offline=offline)
-        model.load_state_dict(loaded.state_dict, strict=True)
+        load_strictly(model, loaded.state_dict, loaded.location)
     elif weights is not None:
         raise ValueError("weights= was given with pretrained=False; drop one of them")
     model.eval()

@@ -89,6 +89,19 @@ class TiniestWeights(Enum):
     CIFAR10_V1 = _load_record()
     DEFAULT = CIFAR10_V1
 
+    @classmethod
+    def from_name(cls, name: str) -> TiniestWeights:
+        """The member called ``name`` (``"DEFAULT"``, ``"CIFAR10_V1"``, ``"TiniestWeights.CIFAR10_V1"``), as
+        torchvision's weights enums accept them; a ValueError listing the valid names otherwise."""
+        member = cls.__members__.get(name.removeprefix(f"{cls.__name__}."))
+        if member is None:
+            valid = ", ".join(repr(known) for known in cls.__members__)
+            raise ValueError(
+                f"unknown weights {name!r}: expected one of {valid} (or {cls.__name__}.<name>), "
+                "a path to a .safetensors or .pt file, or an http(s) URL"
+            )
+        return member
+
     @property
     def release(self) -> Release:
         return self.value

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,9 +40,15 @@ def read_verified(path: Path, sha256: str) -> bytes | None:
 
 
 def save_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file so readers never see half of it."""
+    """Write ``data`` to ``path`` through a temporary file so readers never see half of it.
+
+    The file gets the umask's permissions (mode 0o666 filtered by it, and by default ACLs), as
+    torch.hub's and huggingface_hub's downloads do: a cache shared by a group stays usable.
+    ``mkstemp`` would make it 0o600, readable by its writer alone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex}{PART_SUFFIX}"
+    handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)

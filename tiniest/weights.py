@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "checkout_weights_dir",
     "describe_mismatch",
     "is_offline",
+    "load_strictly",
     "load_weights",
     "torch_cache_path",
 ]
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 SOURCES: tuple[str, ...] = ("local", "cache", "github", "huggingface", "original")
 NETWORK_SOURCES = frozenset({"github", "huggingface", "original"})
 _TRUE = {"1", "true", "yes", "on"}
+_WEIGHTS_NAME = re.compile(r"(?:TiniestWeights\.)?[A-Za-z_]\w*")  # "DEFAULT", "TiniestWeights.CIFAR10_V1"
+_CHECKOUT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"  # absent from a wheel
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -76,7 +80,7 @@ def is_offline(offline: bool | None = None) -> bool:
 def checkout_weights_dir() -> Path:
     """``TINIEST_WEIGHTS_DIR``, else the ``weights/`` folder of the checkout (absent from a wheel)."""
     configured = os.environ.get("TINIEST_WEIGHTS_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parent.parent / "weights"
+    return Path(configured) if configured else _CHECKOUT_WEIGHTS
 
 
 def torch_cache_path(release: Release) -> Path:
@@ -89,8 +93,40 @@ def build_artifact(checkpoint: bytes, meta: dict[str, object], *, origin: str = 
     from tiniest.model import Tiniest
 
     state_dict = read_state_dict(checkpoint, origin=origin)
-    Tiniest().load_state_dict(state_dict, strict=True)  # refuse anything that is not Tiniest
+    load_strictly(Tiniest(), state_dict, origin)  # refuse anything that is not Tiniest
     return to_safetensors(state_dict, artifact_metadata(meta, source_sha256=sha256_hex(checkpoint)))
+
+
+def load_strictly(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], origin: str = "weights") -> None:
+    """``model.load_state_dict(state_dict, strict=True)``, refusing a mismatch in a few lines.
+
+    torch lists every missing or unexpected name (all 88 for a foreign file); this says how many,
+    with a few examples, and which shapes differ.
+    """
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state_dict]
+    unexpected = [name for name in state_dict if name not in expected]
+    reshaped = [
+        f"{name} {tuple(state_dict[name].shape)} instead of {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in state_dict and state_dict[name].shape != tensor.shape
+    ]
+    problems = [
+        f"{len(found)} {kind} ({_examples(found)})"
+        for kind, found in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+        if found
+    ]
+    if problems:
+        raise RuntimeError(
+            f"{origin} does not fit {type(model).__name__}: expected its {len(expected)} tensors, got "
+            f"{len(state_dict)}; {', '.join(problems)}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _examples(names: list[str], shown: int = 3) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _pinned_bytes(data: bytes, release: Release) -> bytes | None:
@@ -171,7 +207,7 @@ def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: 
 def _from_local(release: Release, progress: bool) -> tuple[bytes, str]:
     folder = checkout_weights_dir()
     if not folder.is_dir():
-        raise LookupError(f"no weights/ folder at {folder} (not a checkout)")
+        raise LookupError(f"no folder {folder} (a pip install has none: TINIEST_WEIGHTS_DIR names one)")
     candidates = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".pt", ".pth"})
     for path in candidates:
         pinned = _pinned_bytes(path.read_bytes(), release)
@@ -306,12 +342,31 @@ def _parse_sources(sources: str | Iterable[str] | None) -> Sequence[str]:
 
 
 def _how_to_supply(release: Release) -> str:
+    folder = checkout_weights_dir()
+    # a wheel has no weights/ folder: never send the user into site-packages
+    put = f"put it in {folder}" if folder.is_dir() else "put it in a folder named by TINIEST_WEIGHTS_DIR"
     return (
         f"To supply the weights by hand, download {release.url} "
-        f"(sha256 {release.sha256}) or the original checkpoint {release.source_url}, then either put it in "
-        f"{checkout_weights_dir()}, copy it to {torch_cache_path(release)}, or pass its path as "
-        "weights=PATH (or set TINIEST_WEIGHTS=PATH)."
+        f"(sha256 {release.sha256}) or the original checkpoint {release.source_url}, then either {put}, "
+        f"copy it to {torch_cache_path(release)}, or pass its path as weights=PATH (or set TINIEST_WEIGHTS=PATH)."
     )
+
+
+def _choose(weights: str | os.PathLike[str] | TiniestWeights | None) -> TiniestWeights | str | None:
+    """The release named by ``weights`` (or ``TINIEST_WEIGHTS``), else the path or URL to read, else None.
+
+    Like torchvision, a string may name a member (``"DEFAULT"``, ``"CIFAR10_V1"``,
+    ``"TiniestWeights.CIFAR10_V1"``); an unknown name that is not an existing file is a ValueError.
+    """
+    if isinstance(weights, TiniestWeights):
+        return weights
+    spec = os.fspath(weights) if weights is not None else os.environ.get("TINIEST_WEIGHTS") or None
+    if not isinstance(weights, (str, type(None))) or spec is None or not _WEIGHTS_NAME.fullmatch(spec):
+        return spec
+    stripped = spec.removeprefix(f"{TiniestWeights.__name__}.")
+    if stripped not in TiniestWeights.__members__ and Path(spec).is_file():
+        return spec
+    return TiniestWeights.from_name(spec)
 
 
 def load_weights(
@@ -321,13 +376,17 @@ def load_weights(
     progress: bool = True,
     offline: bool | None = None,
 ) -> LoadedWeights:
-    """Find, verify and decode the weights; see the module docstring for the order."""
-    release = weights.release if isinstance(weights, TiniestWeights) else TiniestWeights.DEFAULT.release
+    """Find, verify and decode the weights; see the module docstring for the order.
+
+    ``weights``: a :class:`TiniestWeights`, its name as a string (``"DEFAULT"``), a path or a URL.
+    A failure inside one source (a network error, a missing optional module, unreadable bytes)
+    never stops the chain: it is reported and the next source is tried.
+    """
+    choice = _choose(weights)
+    release = choice.release if isinstance(choice, TiniestWeights) else TiniestWeights.DEFAULT.release
     offline = is_offline(offline)
-    spec = None if isinstance(weights, TiniestWeights) else weights
-    spec = spec if spec is not None else os.environ.get("TINIEST_WEIGHTS") or None
-    if spec is not None:
-        return _load_user_weights(os.fspath(spec), release, progress=progress, offline=offline)
+    if isinstance(choice, str):
+        return _load_user_weights(choice, release, progress=progress, offline=offline)
 
     failures: list[str] = []
     for name in _parse_sources(sources):
@@ -339,10 +398,12 @@ def load_weights(
                 data, location, name = _from_network(name, release, progress)
             else:
                 data, location = _FINDERS[name](release, progress)
-        except (LookupError, DownloadError, ArtifactError) as error:
-            failures.append(f"{name}: {error}")
+        except (LookupError, OSError, ValueError, RuntimeError, ImportError) as error:  # not programming errors
+            ours = type(error) is LookupError or isinstance(error, (DownloadError, ArtifactError))
+            reason = str(error) if ours else f"{type(error).__name__}: {error}"
+            failures.append(f"{name}: {reason}")
             if name in NETWORK_SOURCES:  # say why a download was given up, even if a later source succeeds
-                logger.warning("weights source %s failed: %s", name, error)
+                logger.warning("weights source %s failed: %s", name, reason)
             continue
         return LoadedWeights(read_state_dict(data), name, location, release.sha256, True)
     tried = "\n".join(f"  - {line}" for line in failures)
