@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +118,8 @@ def test_decode_image_keeps_exact_uint8(pixels: np.ndarray, tmp_path: Path) -> N
     ("value", "message"),
     [
         (np.zeros((32, 32, 2), np.uint8), r"expected 1 \(gray\), 3 \(RGB\) or 4 \(RGBA\) channels .*got 2"),
-        (np.zeros((3, 32, 32), np.uint8), r"channels .*\(N, H, W, C\), got 32"),
+        (np.zeros((3, 32, 32), np.uint8), r"channels in layout \(H, W, C\), got 32 \(shape \(3, 32, 32\)\)"),
+        (np.zeros((2, 3, 8, 9), np.uint8), r"layout \(N, H, W, C\), got 9 \(shape \(2, 3, 8, 9\)\)"),
         (np.full((32, 32, 3), 1.5), r"expected floating point values in \[0, 1\].*got values in \[1.5, 1.5\]"),
         (np.full((32, 32, 3), np.nan), "got NaN or inf"),
         (torch.full((3, 32, 32), float("inf")), "got NaN or inf"),
@@ -131,7 +134,8 @@ def test_decode_image_keeps_exact_uint8(pixels: np.ndarray, tmp_path: Path) -> N
             {"image": 1},
             "expected an image path, a PIL image, a numpy array, a tensor or a list of them, got builtins.dict",
         ),
-        (Image.new("I;16", (32, 32)), "expected an 8-bit image .* got PIL mode 'I;16'"),
+        (Image.new("F", (32, 32)), "expected an 8- or 16-bit image .* got PIL mode 'F'"),
+        (Image.new("I", (32, 32)), "expected an 8- or 16-bit image .* got PIL mode 'I'"),
     ],
 )
 def test_bad_inputs_say_what_was_expected_and_what_came(value: object, message: str) -> None:
@@ -155,3 +159,132 @@ def test_importing_tiniest_stays_light() -> None:
     code = f"import sys, tiniest; print(sorted({heavy} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_channels_first_array_is_reported_with_the_users_shape() -> None:
+    with pytest.raises(PreprocessError) as caught:
+        preprocess(np.zeros((3, 300, 451), np.uint8))
+    message = str(caught.value)
+    assert "(shape (3, 300, 451))" in message and "(1, 451, 3, 300)" not in message
+    assert "channels first" in message and "x.transpose(1, 2, 0)" in message
+    with pytest.raises(PreprocessError, match=r"shape \(300, 451, 3\)\).*channels last.*x\.permute\(2, 0, 1\)"):
+        preprocess(torch.zeros(300, 451, 3, dtype=torch.uint8))
+
+
+def png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit RGB): ``pixels`` (H, W, C) uint16, C = 1 or 3."""
+    height, width, channels = pixels.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_16_bit_pngs_keep_the_high_byte_as_the_readme_says(tmp_path: Path, channels: int) -> None:
+    wide = np.random.default_rng(2).integers(0, 65536, size=(32, 32, channels), dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    path.write_bytes(png16(wide))
+    high = torch.from_numpy((wide >> 8).astype(np.uint8)).permute(2, 0, 1).expand(3, -1, -1)
+    assert torch.equal(decode_image(path), high)
+    assert torch.equal(preprocess(path)[0], high.float() / 255 - 0.5)
+    assert torch.equal(preprocess(Image.open(path))[0], high.float() / 255 - 0.5)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "16-bit images keep the high byte" in readme and "16-bit and float modes are refused" not in readme
+
+
+def upright_picture() -> Image.Image:
+    """A 96x64 picture whose orientation matters: four flat quadrants of different colours."""
+    pixels = np.zeros((64, 96, 3), np.uint8)
+    pixels[:32, :48], pixels[:32, 48:], pixels[32:, :48], pixels[32:, 48:] = (250, 0, 0), (0, 250, 0), (0, 0, 250), 128
+    return Image.fromarray(pixels)
+
+
+# The transposition that stores an upright picture under each EXIF orientation (the inverse of what reading undoes).
+STORED = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED))
+def test_exif_orientation_is_applied_before_anything_else(tmp_path: Path, orientation: int) -> None:
+    upright = upright_picture()
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    expected = preprocess(tmp_path / "upright.jpg")
+    stored = upright.transpose(STORED[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    stored.save(tmp_path / "untagged.jpg", quality=95)
+    tolerance = 6 / 255  # JPEG's blocks differ a little once the picture is rotated
+    for name, value in {"path": tmp_path / "phone.jpg", "PIL": Image.open(tmp_path / "phone.jpg")}.items():
+        got = preprocess(value)
+        assert (got - expected).abs().max() <= tolerance, name
+    assert torch.equal(decode_image(tmp_path / "phone.jpg"), to_uint8_images(tmp_path / "phone.jpg")[0])
+    sideways = preprocess(tmp_path / "untagged.jpg")
+    assert (sideways - expected).abs().max() > 0.5, "without the tag the picture is not upright: the test can fail"
+
+
+def big_photo(path: Path, width: int = 4000, height: int = 3000) -> None:
+    """A photo-sized JPEG with smooth content (a random 40x30 picture scaled up)."""
+    small = np.random.default_rng(5).integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC).save(path, quality=90)
+
+
+def test_large_jpegs_are_decoded_at_reduced_scale_with_the_same_result(tmp_path: Path) -> None:
+    big_photo(tmp_path / "photo.jpg", 1600, 1200)
+    full = Image.open(tmp_path / "photo.jpg").convert("RGB")  # decoded at full size, by the user
+    reduced = preprocess(tmp_path / "photo.jpg")
+    assert (reduced - preprocess(full)).abs().max() <= 3 / 255, "the reduced-scale decode changes little"
+
+
+def test_memory_stays_flat_over_many_large_photos(tmp_path: Path) -> None:
+    """Peak RSS of a fresh process classifying 12-megapixel JPEGs, after a warm-up on a small one.
+
+    A full-size decode costs 36 MB (uint8) plus 144 MB (float) per photo; decoded at 1/8 scale, a few MB.
+    """
+    small = tmp_path / "small.jpg"
+    big_photo(small, 400, 300)
+    big_photo(tmp_path / "0.jpg")
+    photos = [tmp_path / f"{i}.jpg" for i in range(6)]
+    for photo in photos[1:]:
+        photo.write_bytes(photos[0].read_bytes())
+    script = f"""
+import resource, sys, tiniest
+model = tiniest.Tiniest().eval()
+paths = {[str(p) for p in photos]!r}
+tiniest.predict({str(small)!r}, model=model)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert len(tiniest.predict(paths, model=model)) == 6
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    grown_mb = int(done.stdout.strip())
+    assert grown_mb < 60, f"peak memory grew by {grown_mb} MB over 6 photos of 12 megapixels"
+
+
+def test_without_pillow_the_message_names_the_extra() -> None:
+    script = """
+import sys
+sys.modules["PIL"] = None
+import tiniest
+from tiniest.transforms import MissingExtraError
+try:
+    tiniest.preprocess("photo.jpg")
+except ImportError as error:
+    assert isinstance(error, MissingExtraError) and isinstance(error, RuntimeError)
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "tiniest[images]"' in done.stdout

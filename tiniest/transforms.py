@@ -3,9 +3,13 @@
 The policy is written in the release metadata (``meta["preprocessing"]``) so that it travels with the
 weights; :meth:`Preprocess.from_meta` reads it back. Accepted inputs:
 
-* a path (``str`` or ``os.PathLike``) to an image file, or a ``PIL.Image.Image``: 1-bit, grayscale and
+* a path (``str`` or ``os.PathLike``) to an image file, or a ``PIL.Image.Image``: the EXIF orientation
+  is applied first (phone photos are often stored sideways with a tag saying so); 1-bit, grayscale and
   palette images become RGB; transparent images (RGBA, LA, palette with transparency) are composited
-  onto white; other modes (16-bit or float grayscale, ...) are refused;
+  onto white; 16-bit images keep the high byte of each value (what Pillow itself does for 16-bit RGB);
+  32-bit integer and float modes, whose range is unknown, are refused. JPEG files are decoded at a
+  reduced scale (``Image.draft``, at least twice the target size, like ``Image.thumbnail``), so a
+  12-megapixel photo costs a few MB, not hundreds;
 * a numpy array, channels last: ``(H, W, C)`` or ``(N, H, W, C)``;
 * a torch tensor, channels first: ``(C, H, W)`` or ``(N, C, H, W)``;
 * a list or tuple of any of these (concatenated into one batch).
@@ -19,21 +23,53 @@ CIFAR-10 images are square crops already): crop your picture first if its subjec
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Preprocess", "PreprocessError", "decode_image", "preprocess", "to_uint8_images"]
+__all__ = [
+    "IMAGES_EXTRA",
+    "MissingExtraError",
+    "Preprocess",
+    "PreprocessError",
+    "decode_image",
+    "preprocess",
+    "require_images_extra",
+    "to_uint8_images",
+]
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _COLOR_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_16_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+IMAGES_EXTRA = 'pip install "tiniest[images]"'
 
 
 class PreprocessError(ValueError):
     """An input that cannot be turned into the model's input; the message says what was expected."""
+
+
+class MissingExtraError(ImportError, RuntimeError):
+    """An optional dependency is missing; the message names the extra that brings it.
+
+    An ``ImportError`` for Python code, and a ``RuntimeError`` so that the command line prints its
+    one line instead of a traceback.
+    """
+
+
+def require_images_extra(*modules: str) -> None:
+    """Import Pillow (and ``modules``), or raise :class:`MissingExtraError` naming the extra that brings them."""
+    import importlib
+
+    for name in ("PIL", *modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise MissingExtraError(
+                f"reading images needs the images extra: {IMAGES_EXTRA} ({error})", name=error.name
+            ) from None
 
 
 def _describe(x: Any) -> str:
@@ -45,11 +81,16 @@ def _describe(x: Any) -> str:
 
 
 def _pil_to_tensor(image: Any, *, origin: str) -> torch.Tensor:
-    """A PIL image as ``(3, H, W)`` uint8 RGB (alpha composited onto white)."""
-    import numpy as np
-    from PIL import Image
+    """A PIL image as ``(3, H, W)`` uint8 RGB, upright (EXIF orientation applied), alpha composited onto white."""
+    require_images_extra()
+    from PIL import ExifTags, Image, ImageOps
 
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     mode = image.mode
+    if mode in _16_BIT_MODES:  # the high byte of each value, what Pillow keeps of 16-bit RGB
+        gray = _pixels(image.convert("I"), torch.int32, 1).bitwise_right_shift(8).to(torch.uint8)
+        return gray.expand(-1, -1, 3).permute(2, 0, 1)
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in _ALPHA_MODES:
@@ -60,18 +101,28 @@ def _pil_to_tensor(image: Any, *, origin: str) -> torch.Tensor:
         image = image.convert("RGB")
     else:
         raise PreprocessError(
-            f"{origin}: expected an 8-bit image (RGB, RGBA, grayscale or palette), got PIL mode {mode!r}"
+            f"{origin}: expected an 8- or 16-bit image (RGB, RGBA, grayscale or palette), got PIL mode {mode!r}"
         )
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return _pixels(image, torch.uint8, 3).permute(2, 0, 1)
 
 
-def _open(path: str | os.PathLike[str]) -> Any:
-    from PIL import Image, UnidentifiedImageError
+def _pixels(image: Any, dtype: torch.dtype, channels: int) -> torch.Tensor:
+    """A PIL image's pixels as an ``(H, W, channels)`` tensor (without numpy, which Pillow does not need)."""
+    width, height = image.size
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=dtype).reshape(height, width, channels)
+
+
+def _open(path: str | os.PathLike[str], size: tuple[int, int]) -> Any:
+    """The image file at ``path``, decoded at reduced scale where the format allows (JPEG) for ``size``."""
+    require_images_extra()
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            side = 2 * max(size)  # as Image.thumbnail's reducing_gap=2: scaled in the decoder, then resampled
+            image.draft(None, (side, side))
             image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # upright before anything else
             return image
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         raise PreprocessError(
@@ -81,7 +132,7 @@ def _open(path: str | os.PathLike[str]) -> Any:
 
 def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """One image file as ``(3, 32, 32)`` uint8 RGB: the form datasets are cached in."""
-    image = _pil_to_tensor(_open(path), origin=os.fspath(path))
+    image = _pil_to_tensor(_open(path, (32, 32)), origin=os.fspath(path))
     if tuple(image.shape[1:]) != (32, 32):
         image = _quantize(_resize(image.unsqueeze(0).float().div_(255), (32, 32)))[0]
     return image
@@ -99,18 +150,23 @@ def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-def _channels_first(x: torch.Tensor, *, origin: str, layout: str) -> torch.Tensor:
-    """Check an NCHW tensor's channels and values; return float in [0, 1], 3 channels."""
+def _channels_first(
+    x: torch.Tensor, *, origin: str, layout: str, shape: tuple[int, ...], hint: str = ""
+) -> torch.Tensor:
+    """Check an NCHW tensor's channels and values; return float in [0, 1], 3 channels.
+
+    ``shape`` is the input's shape as the user gave it, for the messages; ``hint`` follows a wrong channel count.
+    """
     if x.shape[0] == 0:
-        raise PreprocessError(f"{origin}: expected at least one image, got an empty batch of shape {tuple(x.shape)}")
+        raise PreprocessError(f"{origin}: expected at least one image, got an empty batch of shape {shape}")
     channels = x.shape[1]
     if channels not in (1, 3, 4):
         raise PreprocessError(
             f"{origin}: expected 1 (gray), 3 (RGB) or 4 (RGBA) channels in layout {layout}, "
-            f"got {channels} (shape {tuple(x.shape)})"
+            f"got {channels} (shape {shape}){hint}"
         )
     if x.shape[2] == 0 or x.shape[3] == 0:
-        raise PreprocessError(f"{origin}: expected a non-empty image, got shape {tuple(x.shape)}")
+        raise PreprocessError(f"{origin}: expected a non-empty image, got shape {shape}")
     if x.dtype == torch.uint8:
         x = x.float().div_(255)
     elif x.is_floating_point():
@@ -133,23 +189,37 @@ def _channels_first(x: torch.Tensor, *, origin: str, layout: str) -> torch.Tenso
     return x
 
 
-def _to_unit_batches(x: Any) -> list[torch.Tensor]:
-    """Any accepted input as a list of ``(N, 3, H, W)`` float batches in [0, 1]."""
+def _to_unit_batches(x: Any, size: tuple[int, int]) -> Iterator[torch.Tensor]:
+    """Any accepted input as ``(N, 3, H, W)`` float batches in [0, 1], one at a time (files decoded for ``size``).
+
+    A generator, so that the caller can resize each batch before the next file is decoded.
+    """
     if isinstance(x, (str, os.PathLike)):
-        return [_pil_to_tensor(_open(x), origin=os.fspath(x)).unsqueeze(0).float().div_(255)]
+        yield _pil_to_tensor(_open(x, size), origin=os.fspath(x)).unsqueeze(0).float().div_(255)
+        return
     if isinstance(x, torch.Tensor):
+        shape = tuple(x.shape)
         if x.dim() == 3:
             x = x.unsqueeze(0)
         if x.dim() != 4:
             raise PreprocessError(f"expected a tensor of shape (C, H, W) or (N, C, H, W), got {_describe(x)}")
-        return [_channels_first(x, origin="tensor", layout="(N, C, H, W)")]
+        hint = ""
+        if x.shape[3] in (1, 3, 4):
+            axes = "(2, 0, 1)" if len(shape) == 3 else "(0, 3, 1, 2)"
+            hint = f"; it looks channels last: tensors are read channels first, pass x.permute{axes}"
+        layout = "(C, H, W)" if len(shape) == 3 else "(N, C, H, W)"
+        yield _channels_first(x, origin="tensor", layout=layout, shape=shape, hint=hint)
+        return
     if isinstance(x, (list, tuple)):
         if not x:
             raise PreprocessError("expected at least one image, got an empty list")
-        return [batch for item in x for batch in _to_unit_batches(item)]
+        for item in x:
+            yield from _to_unit_batches(item, size)
+        return
     kind = type(x)
     if kind.__module__.startswith("PIL.") or kind.__module__ == "PIL":
-        return [_pil_to_tensor(x, origin="PIL image").unsqueeze(0).float().div_(255)]
+        yield _pil_to_tensor(x, origin="PIL image").unsqueeze(0).float().div_(255)
+        return
     if kind.__module__ == "numpy" and kind.__name__ == "ndarray":
         if x.ndim not in (3, 4):
             raise PreprocessError(
@@ -159,7 +229,18 @@ def _to_unit_batches(x: Any) -> list[torch.Tensor]:
             raise PreprocessError(f"expected a uint8 or floating point numpy array, got dtype {x.dtype}")
         batch = torch.from_numpy(x.copy())
         batch = batch.unsqueeze(0) if batch.dim() == 3 else batch
-        return [_channels_first(batch.permute(0, 3, 1, 2), origin="numpy array", layout="(N, H, W, C)")]
+        hint = ""
+        if batch.shape[1] in (1, 3, 4):
+            axes = "(1, 2, 0)" if x.ndim == 3 else "(0, 2, 3, 1)"
+            hint = f"; it looks channels first: numpy arrays are read channels last, pass x.transpose{axes}"
+        yield _channels_first(
+            batch.permute(0, 3, 1, 2),
+            origin="numpy array",
+            layout="(H, W, C)" if x.ndim == 3 else "(N, H, W, C)",
+            shape=tuple(x.shape),
+            hint=hint,
+        )
+        return
     raise PreprocessError(
         f"expected an image path, a PIL image, a numpy array, a tensor or a list of them, got {_describe(x)}"
     )
@@ -167,7 +248,7 @@ def _to_unit_batches(x: Any) -> list[torch.Tensor]:
 
 def to_uint8_images(x: Any) -> torch.Tensor:
     """Any accepted input as ``(N, 3, 32, 32)`` uint8 RGB (for storing, not for the model)."""
-    return _quantize(torch.cat([_resize(batch, (32, 32)) for batch in _to_unit_batches(x)]))
+    return _quantize(torch.cat([_resize(batch, (32, 32)) for batch in _to_unit_batches(x, (32, 32))]))
 
 
 class Preprocess(nn.Module):
@@ -202,7 +283,7 @@ class Preprocess(nn.Module):
         return cls(size=(int(size[0]), int(size[1])), shift=float(meta.get("shift", 0.0)))
 
     def forward(self, x: Any) -> torch.Tensor:
-        batches = [_resize(batch, self.size) for batch in _to_unit_batches(x)]
+        batches = [_resize(batch, self.size) for batch in _to_unit_batches(x, self.size)]
         return torch.cat(batches).add_(self.shift) if len(batches) > 1 else batches[0].add(self.shift)
 
     def extra_repr(self) -> str:
