@@ -126,6 +126,27 @@ def test_unreadable_image_fails_clearly_and_leaves_no_cache(tmp_path: Path) -> N
     assert cache_files() == []
 
 
+def test_unreadable_images_can_be_skipped_and_listed(tmp_path: Path) -> None:
+    written = make_image_folder(tmp_path / "test")
+    broken = tmp_path / "test" / "dog" / "broken.png"
+    broken.write_bytes(b"not a png")
+    (tmp_path / "test" / "dog" / "empty.jpg").write_bytes(b"")
+    split = load_split(tmp_path, "test", skip_unreadable=True)
+    assert len(split) == 9 and split.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for index, key in enumerate(sorted(written)):
+        assert torch.equal(split.images[index], as_chw(written[key]))
+    assert [Path(file).name for file, _ in split.skipped] == ["broken.png", "empty.jpg"]
+    assert all("cannot read image file" in reason and file in reason for file, reason in split.skipped)
+    cached = load_split(tmp_path, "test", skip_unreadable=True)
+    assert cached.skipped == split.skipped, "the cache remembers what was skipped"
+    with pytest.raises(PreprocessError, match=r"cannot read image file .*broken\.png"):
+        load_split(tmp_path, "test")  # the default stays strict, cache or not
+    for path in (tmp_path / "test").rglob("*.png"):
+        path.write_bytes(b"")
+    with pytest.raises(DatasetError, match="none of its 11 image files could be read"):
+        load_split(tmp_path, "test", skip_unreadable=True)
+
+
 @pytest.mark.parametrize(
     ("layout", "message"),
     [("missing", "not a folder"), ("empty", "found no 'test' folder and no class folders")],
@@ -164,7 +185,7 @@ def python2_pickle(data: np.ndarray, labels: list[int]) -> bytes:
     return b"\x80\x02}(" + items + b"u."
 
 
-def make_cifar_batches(folder: Path, per_batch: int = 4) -> dict[str, tuple[np.ndarray, list[int]]]:
+def make_cifar_batches(folder: Path, per_batch: int = 4, protocol: int = 2) -> dict[str, tuple[np.ndarray, list[int]]]:
     """A small cifar-10-batches-py: test_batch in Python 2's format, data batches from Python 3's pickle."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(3)
@@ -176,11 +197,12 @@ def make_cifar_batches(folder: Path, per_batch: int = 4) -> dict[str, tuple[np.n
         if name == "test_batch":
             payload = python2_pickle(data, labels)
         else:
-            payload = pickle.dumps({b"batch_label": name.encode(), b"data": data, b"labels": labels}, protocol=2)
+            batch = {b"batch_label": name.encode(), b"data": data, b"labels": labels}
+            payload = pickle.dumps(batch, protocol=protocol)
         (folder / name).write_bytes(payload)
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
     meta = {b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
     return batches
 
 
@@ -198,6 +220,23 @@ def test_cifar_python_batches_are_read_as_plain_data(tmp_path: Path) -> None:
     assert train.labels.tolist() == [label for i in range(1, 6) for label in batches[f"data_batch_{i}"][1]]
     with pytest.raises(DatasetError, match=r"splits \['test', 'train'\], got 'valid'"):
         load_split(folder, "valid")
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_cifar_batches_written_by_any_pickle_protocol_are_read(tmp_path: Path, protocol: int) -> None:
+    """Protocol 5 (Python 3.8's default for numpy) writes arrays as ``numpy._core.numeric._frombuffer``."""
+    folder = tmp_path / "cifar-10-batches-py"
+    batches = make_cifar_batches(folder, protocol=protocol)
+    if protocol == 5:
+        assert b"_frombuffer" in (folder / "data_batch_1").read_bytes(), "the test exercises the protocol 5 form"
+    train = load_split(folder, "train")
+    expected = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+    assert torch.equal(train.images, torch.from_numpy(expected).reshape(-1, 3, 32, 32))
+    assert train.classes[9] == "truck"
+    fortran = np.asfortranarray(np.zeros((4, 3072), np.uint8))  # refused, with the true reason
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": fortran, b"labels": [0] * 4}, protocol=protocol))
+    with pytest.raises(DatasetError, match="expected a C-ordered integer array"):
+        load_split(folder, "train")
 
 
 class _Exploit:

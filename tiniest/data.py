@@ -49,7 +49,7 @@ __all__ = [
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: EXIF orientation and reduced-scale JPEG decoding; skipped files recorded
 HF_PREFIX = "hf://"
 
 
@@ -59,11 +59,15 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class LabeledImages:
-    """A decoded split: ``images`` ``(N, 3, 32, 32)`` uint8 RGB, ``labels`` ``(N,)`` int64 into ``classes``."""
+    """A decoded split: ``images`` ``(N, 3, 32, 32)`` uint8 RGB, ``labels`` ``(N,)`` int64 into ``classes``.
+
+    ``skipped``: ``(file, reason)`` for each unreadable image file left out (``skip_unreadable=True``).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -77,11 +81,18 @@ def cache_dir() -> Path:
     return Path(base) / "tiniest"
 
 
-def load_split(root: str | os.PathLike[str], split: str = "test", *, progress: bool = False) -> LabeledImages:
-    """Split ``split`` of the dataset at ``root`` (see the module docs for what ``root`` may be)."""
+def load_split(
+    root: str | os.PathLike[str], split: str = "test", *, progress: bool = False, skip_unreadable: bool = False
+) -> LabeledImages:
+    """Split ``split`` of the dataset at ``root`` (see the module docs for what ``root`` may be).
+
+    An image file that cannot be read raises :class:`tiniest.transforms.PreprocessError` naming it;
+    with ``skip_unreadable`` it is left out instead and listed in the result's ``skipped``.
+    """
     text = os.fspath(root)
     if text.startswith(HF_PREFIX):
-        return _load_folder(_hf_split_folder(text[len(HF_PREFIX) :], split), progress=progress)
+        folder = _hf_split_folder(text[len(HF_PREFIX) :], split)
+        return _load_folder(folder, progress=progress, skip_unreadable=skip_unreadable)
     path = Path(text).expanduser()
     if not path.is_dir():
         raise DatasetError(f"expected a dataset folder or {HF_PREFIX}owner/name, got {text!r} (not a folder)")
@@ -90,9 +101,9 @@ def load_split(root: str | os.PathLike[str], split: str = "test", *, progress: b
     ):
         return _load_cifar_batches(path, split)
     if (path / split).is_dir():
-        return _load_folder(path / split, progress=progress)
+        return _load_folder(path / split, progress=progress, skip_unreadable=skip_unreadable)
     if _class_folders(path):
-        return _load_folder(path, progress=progress)
+        return _load_folder(path, progress=progress, skip_unreadable=skip_unreadable)
     raise DatasetError(
         f"{text!r}: expected an image-folder dataset (<root>/{split}/<class>/<image>, or <split>/<class>/<image>), "
         f"a cifar-10-batches-py folder, or {HF_PREFIX}owner/name; found no {split!r} folder and no class folders"
@@ -113,7 +124,7 @@ def _class_folders(folder: Path) -> list[Path]:
     return found
 
 
-def _load_folder(folder: Path, *, progress: bool) -> LabeledImages:
+def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> LabeledImages:
     classes = _class_folders(folder)
     if not classes:
         raise DatasetError(f"{os.fspath(folder)!r}: expected one subfolder of images per class, found none")
@@ -133,14 +144,28 @@ def _load_folder(folder: Path, *, progress: bool) -> LabeledImages:
     fingerprint = {"kind": "imagefolder", "root": str(folder.resolve()), "files": stats}
 
     def decode() -> LabeledImages:
-        from tiniest.transforms import decode_image
+        from tiniest.transforms import PreprocessError, decode_image
 
-        paths = _progress([path for path, _ in files], progress, f"decoding {folder.name}")
-        images = torch.stack([decode_image(path) for path in paths])
-        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-        return LabeledImages(images, labels, names)
+        images, labels, skipped = [], [], []
+        for path, label in _progress(files, progress, f"decoding {folder.name}"):
+            try:
+                images.append(decode_image(path))
+            except PreprocessError as error:
+                if not skip_unreadable:
+                    raise
+                skipped.append((os.fspath(path), str(error)))
+            else:
+                labels.append(label)
+        if not images:
+            raise DatasetError(f"{os.fspath(folder)!r}: none of its {len(files)} image files could be read")
+        return LabeledImages(torch.stack(images), torch.tensor(labels, dtype=torch.int64), names, tuple(skipped))
 
-    return _cached(fingerprint, decode)
+    result = _cached(fingerprint, decode)
+    if result.skipped and not skip_unreadable:  # decoded earlier with skip_unreadable: still strict now
+        from tiniest.transforms import PreprocessError
+
+        raise PreprocessError(result.skipped[0][1])
+    return result
 
 
 def _progress(items: Sequence[Any], enabled: bool, description: str) -> Iterable[Any]:
@@ -176,6 +201,13 @@ class _DTypeStub:
         self.byteorder = order.decode("ascii") if isinstance(order, bytes) else str(order)
 
 
+def _from_buffer(buffer: Any, dtype: Any, shape: Any, order: str = "C") -> _ArrayStub:
+    """Pickle protocol 5 writes a numpy array as ``_frombuffer(bytes, dtype, shape, order)``: record it the same way."""
+    array = _ArrayStub()
+    array.state = (1, shape, dtype, order == "F", bytes(buffer))
+    return array
+
+
 def _latin1(text: str, encoding: str = "latin1") -> bytes:
     """Python 3 pickles bytes at protocol 2 as ``_codecs.encode(text, "latin1")``: only that, nothing else."""
     if not isinstance(text, str) or encoding != "latin1":
@@ -188,6 +220,8 @@ _DATA_ONLY: dict[tuple[str, str], Callable[..., Any]] = {
     ("numpy._core.multiarray", "_reconstruct"): _ArrayStub,
     ("numpy", "ndarray"): _ArrayStub,
     ("numpy", "dtype"): _DTypeStub,
+    ("numpy.core.numeric", "_frombuffer"): _from_buffer,
+    ("numpy._core.numeric", "_frombuffer"): _from_buffer,
     ("_codecs", "encode"): _latin1,
 }
 
@@ -196,8 +230,9 @@ class DataOnlyUnpickler(pickle.Unpickler):
     """An unpickler that imports nothing: no class or function named in the pickle is ever looked up.
 
     The CIFAR batches hold dicts, lists, ints, bytes and numpy arrays. The names a numpy array is
-    pickled with (``_reconstruct``, ``ndarray``, ``dtype``) resolve to inert local stubs that only
-    record the raw bytes, shape and dtype; every other name is refused.
+    pickled with (``_reconstruct``, ``ndarray``, ``dtype``, and ``_frombuffer`` from protocol 5 on)
+    resolve to inert local stubs that only record the raw bytes, shape and dtype; every other name
+    is refused.
     """
 
     def find_class(self, module: str, name: str) -> Any:
@@ -340,13 +375,19 @@ def _cached(fingerprint: dict[str, Any], decode: Callable[[], LabeledImages]) ->
                 meta = handle.metadata() or {}
                 if meta.get("key") == key:
                     classes = tuple(json.loads(meta["classes"]))
-                    return LabeledImages(handle.get_tensor("images"), handle.get_tensor("labels"), classes)
+                    skipped = tuple((str(f), str(r)) for f, r in json.loads(meta.get("skipped", "[]")))
+                    return LabeledImages(handle.get_tensor("images"), handle.get_tensor("labels"), classes, skipped)
         except (SafetensorError, OSError, KeyError, ValueError):
             pass  # unreadable or foreign: decode again and overwrite
     result = decode()
     data = save(
         {"images": result.images.contiguous(), "labels": result.labels.contiguous()},
-        metadata={"key": key, "classes": json.dumps(list(result.classes)), "root": fingerprint["root"]},
+        metadata={
+            "key": key,
+            "classes": json.dumps(list(result.classes)),
+            "skipped": json.dumps([list(entry) for entry in result.skipped]),
+            "root": fingerprint["root"],
+        },
     )
     try:
         save_atomically(target, data)
