@@ -31,7 +31,7 @@ def test_report_matches_scikit_learn(seed: int, n: int, absent: int | None) -> N
     confusion = confusion_matrix(y_true, y_pred, 10)
     assert confusion.tolist() == sk.confusion_matrix(y_true.numpy(), y_pred.numpy(), labels=labels).tolist()
 
-    ours = report_dict(confusion, CLASSES)
+    ours = report_dict(confusion, CLASSES, labels)
     theirs = sk.classification_report(
         y_true.numpy(), y_pred.numpy(), labels=labels, target_names=CLASSES, output_dict=True, zero_division=0
     )
@@ -47,7 +47,27 @@ def test_report_matches_scikit_learn(seed: int, n: int, absent: int | None) -> N
             y_true.numpy(), y_pred.numpy(), labels=labels, target_names=CLASSES, digits=digits, zero_division=0
         )
         assert format_report(ours, CLASSES, digits) == text
-    assert classification_report(y_true, y_pred, CLASSES) == format_report(ours, CLASSES, 3)
+    assert classification_report(y_true, y_pred, CLASSES, labels=labels) == format_report(ours, CLASSES, 3)
+
+
+@pytest.mark.parametrize(("true", "predicted"), [([3] * 6, [3, 3, 5, 3, 1, 3]), ([3] * 4, [3] * 4), ([0, 9], [9, 9])])
+def test_by_default_only_classes_present_are_reported_and_averaged_like_scikit_learn(
+    true: list[int], predicted: list[int]
+) -> None:
+    """A one-class folder is not averaged with the nine classes it never held (scikit-learn without labels=)."""
+    y_true, y_pred = torch.tensor(true), torch.tensor(predicted)
+    present = sorted(set(true) | set(predicted))
+    names = [CLASSES[i] for i in present]
+    ours = report_dict(confusion_matrix(y_true, y_pred, 10), CLASSES)
+    theirs = sk.classification_report(
+        y_true.numpy(), y_pred.numpy(), target_names=names, output_dict=True, zero_division=0
+    )
+    assert set(ours) == set(theirs) == {*names, "accuracy", "macro avg", "weighted avg"}
+    for name in [*names, "macro avg", "weighted avg"]:
+        for key in ("precision", "recall", "f1-score", "support"):
+            assert math.isclose(ours[name][key], theirs[name][key], rel_tol=1e-12), (name, key)
+    text = sk.classification_report(y_true.numpy(), y_pred.numpy(), target_names=names, digits=3, zero_division=0)
+    assert classification_report(y_true, y_pred, CLASSES) == format_report(ours, CLASSES) == text
 
 
 def test_long_class_names_widen_the_first_column_like_scikit_learn() -> None:

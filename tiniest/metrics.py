@@ -2,7 +2,10 @@
 
 The model card's report was made with ``sklearn.metrics.classification_report(digits=3)``; printing
 the same layout lets anyone diff ``tiniest evaluate`` against the card line by line. Precision,
-recall or F1 with a zero denominator count as 0.0, as scikit-learn's default does.
+recall or F1 with a zero denominator count as 0.0, as scikit-learn's default does. Like
+scikit-learn without ``labels=``, the report has a row only for the classes present in the labels
+or the predictions, and its averages are over those: a folder of cats is not averaged with nine
+classes it never contained (pass ``labels`` to report others too).
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["classification_report", "confusion_matrix", "format_confusion_matrix", "format_report", "report_dict"]
+__all__ = [
+    "classification_report",
+    "confusion_matrix",
+    "format_confusion_matrix",
+    "format_report",
+    "present_classes",
+    "report_dict",
+]
 
 _HEADERS = ("precision", "recall", "f1-score", "support")
 
@@ -35,16 +45,30 @@ def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else 0.0
 
 
-def report_dict(confusion: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
-    """Every number of the report, keyed like ``classification_report(output_dict=True)``."""
+def present_classes(confusion: torch.Tensor) -> list[int]:
+    """Indices of the classes that occur among the labels or the predictions (scikit-learn's default ``labels``)."""
+    present = (confusion.sum(dim=1) + confusion.sum(dim=0)) > 0
+    return present.nonzero().flatten().tolist()
+
+
+def report_dict(confusion: torch.Tensor, classes: Sequence[str], labels: Sequence[int] | None = None) -> dict[str, Any]:
+    """Every number of the report, keyed like ``classification_report(output_dict=True)``.
+
+    ``labels``: indices of the classes to report and average over; by default those present in the
+    labels or the predictions (:func:`present_classes`), as scikit-learn does.
+    """
     counts = confusion.tolist()
     n = len(classes)
     if len(counts) != n:
         raise ValueError(f"expected a {n}x{n} confusion matrix for {n} classes, got {len(counts)} rows")
+    chosen = present_classes(confusion) if labels is None else list(labels)
+    if not chosen:
+        raise ValueError("expected at least one label or prediction, got an empty confusion matrix")
     report: dict[str, Any] = {}
     total = sum(map(sum, counts))
     correct = sum(counts[i][i] for i in range(n))
-    for i, name in enumerate(classes):
+    for i in chosen:
+        name = classes[i]
         tp = counts[i][i]
         support = sum(counts[i])
         predicted = sum(row[i] for row in counts)
@@ -54,17 +78,22 @@ def report_dict(confusion: torch.Tensor, classes: Sequence[str]) -> dict[str, An
             "f1-score": _ratio(2 * tp, support + predicted),
             "support": support,
         }
-    rows = [report[name] for name in classes]
+    rows = [report[classes[i]] for i in chosen]
+    support = sum(r["support"] for r in rows)
     report["accuracy"] = _ratio(correct, total)
-    report["macro avg"] = {key: sum(r[key] for r in rows) / n for key in _HEADERS[:3]} | {"support": total}
+    report["macro avg"] = {key: sum(r[key] for r in rows) / len(rows) for key in _HEADERS[:3]} | {"support": support}
     report["weighted avg"] = {
-        key: _ratio(sum(r[key] * r["support"] for r in rows), total) for key in _HEADERS[:3]
-    } | {"support": total}
+        key: _ratio(sum(r[key] * r["support"] for r in rows), support) for key in _HEADERS[:3]
+    } | {"support": support}
     return report
 
 
 def format_report(report: dict[str, Any], classes: Sequence[str], digits: int = 3) -> str:
-    """The text layout of scikit-learn's report: right-aligned columns nine wide, blank lines between blocks."""
+    """The text layout of scikit-learn's report: right-aligned columns nine wide, blank lines between blocks.
+
+    Rows follow ``classes``, for those the report has.
+    """
+    classes = [name for name in classes if name in report]
     width = max(len(name) for name in [*classes, "weighted avg"])
 
     def line(name: str, cells: Sequence[str]) -> str:
@@ -82,10 +111,16 @@ def format_report(report: dict[str, Any], classes: Sequence[str], digits: int = 
     return "\n".join(lines) + "\n"
 
 
-def classification_report(y_true: torch.Tensor, y_pred: torch.Tensor, classes: Sequence[str], digits: int = 3) -> str:
-    """Text report for integer labels and predictions into ``classes``."""
+def classification_report(
+    y_true: torch.Tensor,
+    y_pred: torch.Tensor,
+    classes: Sequence[str],
+    digits: int = 3,
+    labels: Sequence[int] | None = None,
+) -> str:
+    """Text report for integer labels and predictions into ``classes`` (rows: ``labels``, default the present ones)."""
     confusion = confusion_matrix(y_true, y_pred, len(classes))
-    return format_report(report_dict(confusion, classes), classes, digits)
+    return format_report(report_dict(confusion, classes, labels), classes, digits)
 
 
 def format_confusion_matrix(confusion: torch.Tensor, classes: Sequence[str]) -> str:
