@@ -86,7 +86,9 @@ def test_evaluate_maps_dataset_classes_onto_the_models(tmp_path: Path) -> None:
         expected = model(tiniest.preprocess(data.images)).argmax(dim=1)
     assert torch.equal(result.predictions, expected)
     assert int(result.confusion.sum()) == 6 and result.correct == int((expected == result.labels).sum())
-    assert result.report["cat"]["support"] == 2 and result.report["airplane"]["support"] == 0
+    assert result.report["cat"]["support"] == 2
+    present = {CLASSES[i] for i in {*result.labels.tolist(), *result.predictions.tolist()}}
+    assert set(result.report) - {"accuracy", "macro avg", "weighted avg"} == present, "only classes present"
     assert "weighted avg" in result.text()
 
     unknown = LabeledImages(data.images, data.labels, ("cat", "dog", "unicorn"))
@@ -108,10 +110,14 @@ def test_cli_on_cifar_batches_writes_every_number(
     printed = capsys.readouterr().out
     assert "eager model" in printed and "confusion matrix" in printed
     assert eager["images"] == 4 and eager["classes"] == list(CLASSES)
-    assert sum(map(sum, eager["confusion_matrix"])) == 4
+    confusion = eager["confusion_matrix"]
+    assert sum(map(sum, confusion)) == 4
     labels = batches["test_batch"][1]
     assert [sum(row) for row in eager["confusion_matrix"]] == [labels.count(i) for i in range(10)]
-    assert set(eager["report"]) == {*CLASSES, "accuracy", "macro avg", "weighted avg"}
+    matrix = np.array(confusion)
+    present = {name for i, name in enumerate(CLASSES) if matrix[i].sum() or matrix[:, i].sum()}
+    assert set(eager["report"]) == {*present, "accuracy", "macro avg", "weighted avg"}
+    assert sorted(eager["absent_classes"]) == sorted(set(CLASSES) - present)
     assert eager["model"] == "eager" and eager["seconds"]["inference"] > 0
 
 
@@ -123,3 +129,69 @@ def test_cli_reports_bad_data_clearly(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "do not match the model's" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--quiet"]) == 1
     assert "expected a dataset folder" in capsys.readouterr().err
+
+
+def test_a_one_class_folder_is_not_averaged_over_absent_classes(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_folder(tmp_path, ("cat",))
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    out = tmp_path / "out.json"
+    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--eager", "--json", str(out)]) == 0
+    record, printed = json.loads(out.read_text()), capsys.readouterr().out
+    confusion = np.array(record["confusion_matrix"])
+    present = [name for i, name in enumerate(CLASSES) if confusion[i].sum() or confusion[:, i].sum()]
+    assert "cat" in present and len(present) < 10
+    assert sorted(record["report"]) == sorted([*present, "accuracy", "macro avg", "weighted avg"])
+    macro = sum(record["report"][name]["recall"] for name in present) / len(present)
+    assert record["report"]["macro avg"]["recall"] == pytest.approx(macro)
+    absent = [name for name in CLASSES if name not in present]
+    assert record["absent_classes"] == absent
+    assert f"not in the report (in neither the labels nor the predictions): {', '.join(absent)}" in printed
+
+
+def test_unreadable_files_stop_evaluate_unless_skipped(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_folder(tmp_path, ("cat", "dog"))
+    (tmp_path / "test" / "dog" / "broken.png").write_bytes(b"\x89PNG broken")
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    args = ["evaluate", "--data", str(tmp_path), "--quiet", "--eager"]
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert re.search(r"cannot read image file '.*broken\.png'.*--skip-unreadable leaves such files out", error)
+
+    out = tmp_path / "out.json"
+    assert main([*args, "--skip-unreadable", "--json", str(out)]) == 0
+    printed, record = capsys.readouterr().out, json.loads(out.read_text())
+    assert "4 images" in printed and "skipped 1 unreadable image files:" in printed
+    assert re.search(r"^  cannot read image file '.*broken\.png'", printed, re.M)
+    assert record["images"] == 4 and sum(map(sum, record["confusion_matrix"])) == 4
+    assert [Path(entry["file"]).name for entry in record["skipped"]] == ["broken.png"]
+    assert "cannot read image file" in record["skipped"][0]["error"]
+    assert main(args) == 1, "the default stays strict, even with the skipping run cached"
+
+
+def test_the_header_says_which_model_actually_ran(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No compiler (as when the package cannot be built, e.g. without numpy): not 'optimized model'."""
+    tiny_folder(tmp_path, ("cat", "ship"))
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    monkeypatch.setenv("TINIEST_NO_COMPILE", "1")
+    out = tmp_path / "out.json"
+    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--json", str(out)]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith("4 images, tiniest.optimize's module run eagerly (it could not be compiled)")
+    assert "optimized model" not in header and json.loads(out.read_text())["model"] == "optimized-uncompiled"
+
+
+def test_without_the_images_extra_one_line_names_it(tmp_path: Path) -> None:
+    tiny_folder(tmp_path, ("cat",))
+    prelude = "import sys; sys.modules['PIL'] = None\nfrom tiniest.cli import main\n"
+    for argv in (["evaluate", "--data", str(tmp_path)], ["evaluate", "--data", str(tmp_path), "--quiet"]):
+        script = prelude + f"sys.exit(main({argv!r}))"
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and 'pip install "tiniest[images]"' in lines[0], done.stderr

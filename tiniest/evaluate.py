@@ -107,7 +107,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="images per batch (default: 500)")
     parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out image files that cannot be read, listing them (default: the first one is an error)",
+    )
     parser.add_argument("--plot", type=Path, metavar="FILE", help="also draw the confusion matrix to FILE (e.g. .png)")
+
+
+_MODEL_KINDS = {
+    "eager": "eager model",
+    "optimized": "optimized model (compiled)",
+    "optimized-uncompiled": "tiniest.optimize's module run eagerly (it could not be compiled)",
+}
+
+
+def _model_kind(model: nn.Module) -> str:
+    """What actually ran: the plain model, the compiled optimized one, or the optimized one's eager fallback."""
+    compiled = getattr(model, "compiled", None)
+    if compiled is None:
+        return "eager"
+    return "optimized" if compiled else "optimized-uncompiled"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,8 +139,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"expected a positive batch size, got {args.batch_size}")
     if args.plot is not None:
         plots.require_matplotlib()  # before decoding the data
+    from tiniest.transforms import PreprocessError, require_images_extra
+
+    require_images_extra(*(() if args.quiet else ("tqdm",)))  # one line naming the extra, not a traceback
     began = time.perf_counter()
-    data = load_split(args.data, args.split, progress=not args.quiet)
+    try:
+        data = load_split(args.data, args.split, progress=not args.quiet, skip_unreadable=args.skip_unreadable)
+    except PreprocessError as error:
+        raise PreprocessError(f"{error}; --skip-unreadable leaves such files out") from None
     align_labels(data, CLASSES)  # refuse a foreign dataset before loading the model
     decoded = time.perf_counter()
     model: nn.Module = tiniest(weights=args.weights, progress=not args.quiet)
@@ -132,8 +158,16 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
     total = time.perf_counter() - began
     n = len(data)
-    print(f"{args.data} ({args.split}): {n} images, {'eager' if args.eager else 'optimized'} model")
+    kind = _model_kind(model)
+    print(f"{args.data} ({args.split}): {n} images, {_MODEL_KINDS[kind]}")
+    if data.skipped:
+        print(f"skipped {len(data.skipped)} unreadable image files:")
+        for _, reason in data.skipped:
+            print(f"  {reason}")
     print(f"accuracy {result.accuracy:.4f} ({result.correct}/{n})\n")
+    absent = [name for name in result.classes if name not in result.report]
+    if absent:
+        print(f"not in the report (in neither the labels nor the predictions): {', '.join(absent)}\n")
     print(result.text())
     print("confusion matrix (rows: true class, columns: predicted class)")
     print(format_confusion_matrix(result.confusion, result.classes))
@@ -153,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
             "classes": list(result.classes),
             "report": result.report,
             "confusion_matrix": result.confusion.tolist(),
-            "model": "eager" if args.eager else "optimized",
+            "model": kind,
+            "skipped": [{"file": file, "error": reason} for file, reason in data.skipped],
+            "absent_classes": absent,
             "seconds": {"data": decoded - began, "model": loaded - decoded, "inference": result.inference_seconds},
             "images_per_second": images_per_second,
             "inference_images_per_second": n / result.inference_seconds,
