@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 import tiniest
 from tests.conftest import ROOT
 from tests.loopback import LoopbackServer, serve_like_the_hub
-from tiniest.artifact import read_metadata, sha256_hex
+from tiniest.artifact import read_metadata, sha256_hex, to_safetensors
 from tiniest.release import TiniestWeights
 from tiniest.weights import UnverifiedWeightsWarning, WeightsNotFoundError, load_weights, torch_cache_path
 
@@ -169,15 +172,149 @@ def test_unreadable_caller_file_is_a_clear_error(content: bytes, expected: str, 
 def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"payload": os.system}, path)
-    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(ValueError, match=r"weights_only|neither"):
+    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(ValueError) as caught:
         load_weights(str(path), progress=False)
+    message = str(caught.value)
+    assert "refused: this .pt file holds more than tensors" in message and "weights_only=True" in message
+    assert re.search(r"torch says: .*GLOBAL posix\.system.*blocked\..*https://\S+\.$", message), message
+    assert "will likely succeed" not in message, "never the advice to load it with weights_only=False"
 
 
-def test_wrong_architecture_is_refused(tmp_path: Path) -> None:
+def test_wrong_architecture_is_summarised_not_listed(tmp_path: Path) -> None:
     path = tmp_path / "other.pt"
-    torch.save({"weight": torch.zeros(3)}, path)
-    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(RuntimeError, match="Missing key"):
+    torch.save({"fc.weight": torch.zeros(10, 80), "weight": torch.zeros(3)}, path)
+    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(RuntimeError) as caught:
         tiniest.tiniest(weights=str(path))
+    message = str(caught.value)
+    assert re.search(
+        r"does not fit Tiniest: expected its 88 tensors, got 2; 87 missing \(\S+, \S+, \S+ and 84 more\)"
+        r", 1 unexpected \(weight\)$",
+        message,
+    ), message
+
+
+def test_tensor_of_another_shape_is_named(tmp_path: Path) -> None:
+    state = tiniest.Tiniest().state_dict()
+    expected = tuple(state["conv1.weight"].shape)
+    state["conv1.weight"] = torch.zeros(5, 3)
+    path = tmp_path / "reshaped.safetensors"
+    path.write_bytes(to_safetensors(state, {}))
+    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(RuntimeError) as caught:
+        tiniest.tiniest(weights=path)
+    assert str(caught.value).endswith(f"1 of another shape (conv1.weight (5, 3) instead of {expected})"), caught.value
+
+
+def test_own_safetensors_writer_matches_the_library_byte_for_byte() -> None:
+    """Written without numpy, laid out as safetensors lays it out (dtypes largest first, then names)."""
+    generator = torch.Generator().manual_seed(0)
+    dtypes = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32]
+    dtypes += [torch.float32, torch.float64, torch.int64, torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2]
+    state = {
+        f"{name}.{i}": torch.randn(3, 2, generator=generator).to(dtype)
+        for i, dtype in enumerate(dtypes)
+        for name in ("b", "a")
+    }
+    state |= {"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4), "strided": torch.randn(4, 3).t()}
+    metadata = {"format": "pt", "note": "x"}
+    library = safetensors.torch.save({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
+    (length,) = struct.unpack("<Q", library[:8])
+    header = json.dumps(json.loads(library[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    assert to_safetensors(state, metadata) == struct.pack("<Q", len(header)) + header + library[8 + length :]
+    assert read_metadata(to_safetensors(state, metadata)) == metadata
+
+
+@pytest.mark.parametrize("name", ["DEFAULT", "CIFAR10_V1", "TiniestWeights.CIFAR10_V1", TiniestWeights.CIFAR10_V1])
+def test_weights_by_name_like_torchvision(name: str | TiniestWeights, release_bytes: bytes) -> None:
+    cached = torch_cache_path(RELEASE)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(release_bytes)
+    model = tiniest.tiniest(weights=name)
+    reference = tiniest.Tiniest()
+    reference.load_state_dict(safetensors.torch.load(release_bytes))
+    torch.testing.assert_close(model.state_dict(), reference.state_dict(), rtol=0, atol=0)
+    assert load_weights(name, progress=False).source == "cache"
+
+
+def test_weights_name_from_the_environment(release_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch_cache_path(RELEASE).parent.mkdir(parents=True)
+    torch_cache_path(RELEASE).write_bytes(release_bytes)
+    monkeypatch.setenv("TINIEST_WEIGHTS", "DEFAULT")
+    assert (load_weights(progress=False).source, load_weights(progress=False).verified) == ("cache", True)
+
+
+@pytest.mark.parametrize("name", ["default", "CIFAR10_V2", "TiniestWeights.IMAGENET"])
+def test_unknown_weights_name_lists_the_valid_ones(name: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as caught:
+        tiniest.tiniest(weights=name)
+    message = str(caught.value)
+    assert message.startswith(f"unknown weights {name!r}: expected one of 'CIFAR10_V1', 'DEFAULT'"), message
+    assert "path" in message and "URL" in message
+
+
+def test_a_file_whose_name_looks_like_a_weights_name_is_still_a_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.save(tiniest.Tiniest().state_dict(), tmp_path / "my_weights")
+    with pytest.warns(UnverifiedWeightsWarning):
+        assert load_weights("my_weights", progress=False).location == "my_weights"
+
+
+def test_an_error_inside_one_source_never_stops_the_chain(
+    isolated_caches: Path, github: LoopbackServer, release_bytes: bytes
+) -> None:
+    """A directory named like a weights file makes the local source fail with an OSError: the next source runs."""
+    (isolated_caches / "weights" / "broken.pt").mkdir(parents=True)
+    serve_github_release(github, release_bytes)
+    loaded = load_weights(sources="local,github", progress=False)
+    assert (loaded.source, loaded.verified) == ("github", True)
+
+
+def test_no_weights_folder_points_to_the_variable_not_into_site_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a wheel there is no weights/ folder beside the package: the message names TINIEST_WEIGHTS_DIR."""
+    monkeypatch.delenv("TINIEST_WEIGHTS_DIR")
+    monkeypatch.setattr("tiniest.weights._CHECKOUT_WEIGHTS", tmp_path / "site-packages" / "weights")
+    with pytest.raises(WeightsNotFoundError) as caught:
+        load_weights(sources="local,cache", progress=False)
+    message = str(caught.value)
+    assert "a folder named by TINIEST_WEIGHTS_DIR" in message and "put it in /" not in message, message
+    assert "a pip install has none" in message
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_respect_the_umask(
+    umask: int, server: LoopbackServer, release_bytes: bytes, shared_checkpoint: Path, tmp_path: Path
+) -> None:
+    """torch.hub's cache after a download and after a copy from the Hugging Face cache, and exported files.
+
+    In a child process: the umask is process-wide, and huggingface_hub reads HF_ENDPOINT at import.
+    """
+    serve_github_release(server, release_bytes)
+    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, release_bytes)
+    env = {"HF_ENDPOINT": server.url, "TINIEST_GITHUB_URL": server.url, "HF_HOME": str(tmp_path / "hf")}
+    code = (
+        "import json, os\n"
+        f"os.umask({umask})\n"
+        "from pathlib import Path\n"
+        "from tiniest.cli import main\n"
+        "from tiniest.release import TiniestWeights\n"
+        "from tiniest.weights import load_weights, torch_cache_path\n"
+        "cached, modes = torch_cache_path(TiniestWeights.DEFAULT.release), {}\n"
+        "for source in ('github', 'huggingface', 'cache'):  # 'cache': copied from the Hugging Face cache\n"
+        "    cached.unlink(missing_ok=True)\n"
+        "    loaded = load_weights(sources=source, progress=False)\n"
+        "    modes[f'{source} from {loaded.location}'] = oct(cached.stat().st_mode & 0o777)\n"
+        f"assert main(['export', {str(shared_checkpoint)!r}, '--output', {str(tmp_path / 'out')!r}]) == 0\n"
+        f"modes |= {{p.name: oct(p.stat().st_mode & 0o777) for p in Path({str(tmp_path / 'out')!r}).iterdir()}}\n"
+        "print(json.dumps(modes))\n"
+    )
+    run = run_python(code, env)
+    assert run.returncode == 0, run.stderr
+    modes = json.loads(run.stdout.strip().splitlines()[-1])
+    assert any(key.startswith(f"cache from {tmp_path / 'hf'}") for key in modes), "a copy from the Hub's cache"
+    assert len(modes) >= 4 and set(modes.values()) == {oct(0o666 & ~umask)}, modes
 
 
 def test_missing_caller_file_is_named() -> None:
