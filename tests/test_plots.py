@@ -15,6 +15,7 @@ import tiniest
 from tests.test_evaluate import tiny_folder
 from tiniest import plots
 from tiniest.cli import main
+from tiniest.predict import Prediction
 from tiniest.release import CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +96,18 @@ def test_predict_plot_draws_the_images_with_their_classes(
     for rgb in colours:  # every picture is drawn, large
         assert (pixels == rgb).all(axis=-1).sum() > 80 * 80, rgb
     assert all(path.name in printed for path in paths)
+
+
+def test_predictions_grid_marks_a_file_that_cannot_be_read(tmp_path: Path) -> None:
+    good, broken = tmp_path / "good.png", tmp_path / "broken.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(good)
+    broken.write_bytes(b"not a picture")
+    out = tmp_path / "grid.png"
+    plots.save_predictions(out, [good, broken], [Prediction((("cat", 0.75),)), Prediction(())])
+    pixels = np.asarray(open_png(out).convert("RGB"))
+    assert pixels.shape == (240, 400, 3)
+    assert (pixels[:, :200] == (255, 0, 0)).all(axis=-1).sum() > 80 * 80  # the readable picture, left
+    assert not (pixels[:, 200:] == (255, 0, 0)).all(axis=-1).any()  # a blank panel, right
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

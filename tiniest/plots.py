@@ -111,12 +111,18 @@ def save_confusion_matrix(path: str | os.PathLike[str], confusion: torch.Tensor,
 def save_predictions(
     path: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], predictions: Sequence[Prediction]
 ) -> None:
-    """Draw the image files as the model sees them (32x32) with their file names and top classes."""
-    from tiniest.transforms import preprocess
+    """Draw the image files as the model sees them (32x32) with their file names and top classes.
 
-    pixels = preprocess(list(images)) + 0.5  # back to [0, 1]: the model's input, shift undone
-    titles = [
-        "\n".join([Path(image).name[:28], *(f"{name} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN])])
-        for image, prediction in zip(images, predictions, strict=True)
-    ]
-    predictions_figure(pixels, titles).savefig(path, dpi=DPI)
+    A file that cannot be read (a prediction without classes) gets a blank panel that says so.
+    """
+    from tiniest.transforms import PreprocessError, preprocess
+
+    pixels, titles = [], []
+    for image, prediction in zip(images, predictions, strict=True):
+        try:
+            pixels.append(preprocess(image)[0] + 0.5)  # back to [0, 1]: the model's input, shift undone
+        except PreprocessError:
+            pixels.append(torch.ones(3, 32, 32))
+        lines = [f"{name} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN]] or ["cannot be read"]
+        titles.append("\n".join([Path(image).name[:28], *lines]))
+    predictions_figure(torch.stack(pixels), titles).savefig(path, dpi=DPI)
