@@ -44,8 +44,8 @@ def download_from_hub(release: Release, progress: bool) -> tuple[bytes, str]:
     """The release bytes through ``hf_hub_download``, verified; raise LookupError or DownloadError."""
     try:
         from huggingface_hub import hf_hub_url
-    except ImportError:
-        raise LookupError("huggingface_hub is not installed (pip install huggingface_hub)") from None
+    except ImportError as error:
+        raise LookupError(f"huggingface_hub cannot be imported ({error}; pip install huggingface_hub)") from None
     url = hf_hub_url(release.hf_repo_id, release.hf_filename, revision=release.hf_revision)
     timeout = default_timeout()
     if progress:
