@@ -1,7 +1,8 @@
-"""Small real datasets and training runs for the train/release tests (random pixels, ten classes)."""
+"""Small real datasets and training runs for the train/release tests (random pixels, CIFAR-10's or any classes)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,17 @@ from tiniest.cli import main
 from tiniest.release import CLASSES
 
 
-def make_dataset(root: Path, train_per_class: int = 16, test_per_class: int = 2, seed: int = 0) -> Path:
-    """``root/{train,test}/<class>/<n>.png`` for the ten CIFAR-10 classes; returns ``root``."""
+def make_dataset(
+    root: Path,
+    train_per_class: int = 16,
+    test_per_class: int = 2,
+    seed: int = 0,
+    classes: Sequence[str] = CLASSES,
+) -> Path:
+    """``root/{train,test}/<class>/<n>.png`` for ``classes`` (CIFAR-10's ten by default); returns ``root``."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for name in CLASSES:
+        for name in classes:
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):

@@ -132,6 +132,11 @@ def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for foreign bytes
         raise ArtifactError(_unreadable(data, origin, error)) from None
+    if isinstance(loaded, Mapping) and str(loaded.get("format", "")).startswith("tiniest-train-checkpoint"):
+        raise ArtifactError(
+            f"{origin}: this is a `tiniest train` checkpoint (weights, optimizer, history), not a state_dict: "
+            "pass the run's model.pt (written when the run finishes), or `tiniest release` the run or this file"
+        )
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ArtifactError(f"{origin}: expected a state_dict of tensors, got {type(loaded).__name__}")
     return dict(loaded)

@@ -68,7 +68,7 @@ def evaluate(
     model: nn.Module,
     data: LabeledImages,
     *,
-    classes: Sequence[str] = CLASSES,
+    classes: Sequence[str] | None = None,
     batch_size: int = 500,
     progress: bool = False,
 ) -> Evaluation:
@@ -77,6 +77,7 @@ def evaluate(
         raise ValueError("expected at least one image to evaluate, got an empty dataset")
     if batch_size < 1:
         raise ValueError(f"expected a positive batch size, got {batch_size}")
+    classes = classes if classes is not None else getattr(model, "labels", CLASSES)
     labels = align_labels(data, classes)
     device = next(iter(model.parameters()), torch.empty(0)).device
     starts: Sequence[int] = range(0, len(data), batch_size)
@@ -147,9 +148,10 @@ def run(args: argparse.Namespace) -> int:
         data = load_split(args.data, args.split, progress=not args.quiet, skip_unreadable=args.skip_unreadable)
     except PreprocessError as error:
         raise PreprocessError(f"{error}; --skip-unreadable leaves such files out") from None
-    align_labels(data, CLASSES)  # refuse a foreign dataset before loading the model
     decoded = time.perf_counter()
-    model: nn.Module = tiniest(weights=args.weights, progress=not args.quiet)
+    plain = tiniest(weights=args.weights, progress=not args.quiet)
+    align_labels(data, plain.labels)  # refuse a dataset foreign to the weights before building the fast model
+    model: nn.Module = plain
     if not args.eager:
         from tiniest.optimize import optimize
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from tiniest.artifact import read_state_dict, sha256_hex
+from tiniest.artifact import is_safetensors, read_metadata, read_state_dict, sha256_hex
+from tiniest.metadata import decode_metadata, model_from_weights, run_beside, weights_meta
 from tiniest.model import Tiniest
-from tiniest.release import Release, TiniestWeights
+from tiniest.release import TiniestWeights
 from tiniest.store import save_atomically
 from tiniest.weights import build_artifact
 
@@ -27,16 +28,29 @@ FORMATS = ("safetensors", "onnx", "torchscript", "exported-program")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
 ONNX_OPSET = 18
 MAX_BATCH = 65536
+LABELS_KEY = "labels.json"  # the class names, in output order: ONNX metadata_props, TorchScript/.pt2 extra file
 
 
-def release_meta(checkpoint: bytes, release: Release, metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """The pinned metadata for the published checkpoint; for another one, its own metrics."""
-    meta = dict(release.meta)
-    if sha256_hex(checkpoint) != release.source_sha256:
-        meta["metrics"] = metrics if metrics is not None else {"note": "not measured"}
-    elif metrics is not None:
-        raise ValueError("--metrics is for new checkpoints; the published one carries its pinned metrics")
-    return meta
+def checkpoint_meta(
+    checkpoint: bytes,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    path: Path | None = None,
+    metrics: dict[str, Any] | None = None,
+    license: str | None = None,
+) -> dict[str, Any]:
+    """The metadata of a checkpoint file (see :func:`tiniest.metadata.weights_meta`).
+
+    The published checkpoint (or release file) gets the pinned record; any other gets what its own
+    file says (a safetensors' metadata; a run's ``model.pt``: the run beside it) and the flags.
+    """
+    release = TiniestWeights.DEFAULT.release
+    published = sha256_hex(checkpoint) in {release.source_sha256, release.sha256}
+    inherited = decode_metadata(read_metadata(checkpoint)) if is_safetensors(checkpoint) else {}
+    run = run_beside(path, state_dict) if path is not None and not inherited and not published else None
+    return weights_meta(
+        state_dict, published=published, run=run, inherited=inherited, metrics=metrics, license=license
+    )
 
 
 def export_safetensors(
@@ -44,14 +58,20 @@ def export_safetensors(
     output_dir: Path,
     *,
     metrics: dict[str, Any] | None = None,
+    license: str | None = None,
     filename: str | None = None,
 ) -> Path:
     """Write the release artifact for ``checkpoint_path`` into ``output_dir``; return its path."""
     release = TiniestWeights.DEFAULT.release
     checkpoint = checkpoint_path.read_bytes()
-    artifact = build_artifact(checkpoint, release_meta(checkpoint, release, metrics), origin=str(checkpoint_path))
+    state_dict = read_state_dict(checkpoint, origin=str(checkpoint_path))
+    meta = checkpoint_meta(checkpoint, state_dict, path=checkpoint_path, metrics=metrics, license=license)
+    published = sha256_hex(checkpoint) in {release.source_sha256, release.sha256}
+    if sha256_hex(checkpoint) == release.sha256:
+        artifact = checkpoint  # already the release file
+    else:
+        artifact = build_artifact(checkpoint, meta, origin=str(checkpoint_path))
     if filename is None:
-        published = sha256_hex(checkpoint) == release.source_sha256
         filename = release.filename if published else f"tiniest-{sha256_hex(artifact)[:8]}.safetensors"
     target = output_dir / filename
     save_atomically(target, artifact)
@@ -59,10 +79,10 @@ def export_safetensors(
 
 
 def load_model(checkpoint: bytes, origin: str) -> Tiniest:
-    """The eval-mode model of state_dict ``.pt`` or ``.safetensors`` bytes read from ``origin`` (no hash check)."""
-    model = Tiniest()
-    model.load_state_dict(read_state_dict(checkpoint, origin=origin), strict=True)
-    return model.eval()
+    """The eval-mode model, with its class count and labels, of ``.pt`` or ``.safetensors`` bytes (no hash check)."""
+    state_dict = read_state_dict(checkpoint, origin=origin)
+    meta = checkpoint_meta(checkpoint, state_dict, path=Path(origin))
+    return model_from_weights(state_dict, meta, origin=origin)
 
 
 def program_stem(checkpoint: bytes) -> str:
@@ -70,6 +90,10 @@ def program_stem(checkpoint: bytes) -> str:
     release = TiniestWeights.DEFAULT.release
     digest = sha256_hex(checkpoint)
     return Path(release.filename).stem if digest in {release.source_sha256, release.sha256} else f"tiniest-{digest[:8]}"
+
+
+def _labels_json(model: Tiniest) -> str:
+    return json.dumps(list(model.labels))
 
 
 def example_input(batch: int = 2) -> torch.Tensor:
@@ -107,6 +131,7 @@ def export_onnx(model: Tiniest, target: Path) -> Path:
         registry_log.setLevel(level)
     if program is None:  # pragma: no cover - torch < 2.5 returns nothing for dynamo=True
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no program; torch>=2.5 is needed")
+    program.model.metadata_props[LABELS_KEY] = _labels_json(model)
     program.save(str(target), external_data=False)
     return target
 
@@ -118,7 +143,7 @@ def export_torchscript(model: Tiniest, target: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
         scripted = torch.jit.script(model)
-        torch.jit.save(scripted, str(target))
+        torch.jit.save(scripted, str(target), _extra_files={LABELS_KEY: _labels_json(model)})
     return target
 
 
@@ -126,7 +151,7 @@ def export_program(model: Tiniest, target: Path) -> Path:
     """A ``torch.export`` program (``.pt2``) with a dynamic batch; load with ``torch.export.load``."""
     with torch.no_grad():
         program = torch.export.export(model, (example_input(),), dynamic_shapes={"x": {0: batch_dim()}})
-    torch.export.save(program, str(target))
+    torch.export.save(program, str(target), extra_files={LABELS_KEY: _labels_json(model)})
     return target
 
 
@@ -154,6 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a state_dict .pt (read with weights_only=True) or .safetensors")
     parser.add_argument("--output", "-o", type=Path, required=True, help="folder to write into")
     parser.add_argument("--metrics", type=Path, help="JSON file of measured metrics, for a new checkpoint")
+    parser.add_argument("--license", help="licence of a new checkpoint, for its metadata (default: unknown)")
     parser.add_argument("--filename", help="output file name (default: the release name or tiniest-<sha8>)")
     parser.add_argument(
         "--format",
@@ -166,13 +192,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.format != "safetensors":
-        if args.metrics:
-            raise ValueError("--metrics only applies to --format safetensors")
+        if args.metrics or args.license:
+            raise ValueError("--metrics and --license only apply to --format safetensors")
         target = export_format(args.checkpoint, args.output, args.format, filename=args.filename)
         print(f"{target}\nsha256 {sha256_hex(target.read_bytes())}\nsize {target.stat().st_size} bytes")
         return 0
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
-    target = export_safetensors(args.checkpoint, args.output, metrics=metrics, filename=args.filename)
+    target = export_safetensors(
+        args.checkpoint, args.output, metrics=metrics, license=args.license, filename=args.filename
+    )
     data = target.read_bytes()
     print(f"{target}\nsha256 {sha256_hex(data)}\nsize {len(data)} bytes")
     return 0

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 
 import torch
 
+from tiniest.metadata import loaded_meta, model_from_weights
 from tiniest.model import Tiniest
 from tiniest.release import TiniestWeights
-from tiniest.weights import load_strictly, load_weights
+from tiniest.weights import load_weights
 
 __all__ = ["tiniest"]
 
@@ -26,7 +27,9 @@ def tiniest(
     """Tiniest CIFAR-10 classifier (97,530 parameters, 94.63% top-1 on the CIFAR-10 test set).
 
     The model takes ``(N, 3, 32, 32)`` RGB in [0, 1] minus 0.5 and returns ``(N, 10)`` logits
-    for ``tiniest.CLASSES`` (airplane ... truck). It comes back in eval mode.
+    for ``tiniest.CLASSES`` (airplane ... truck). It comes back in eval mode. Other weights bring
+    their own task: ``model.labels`` are their class names (from the file's metadata; for a run's
+    ``model.pt``, from its ``checkpoint.pt``), one per output, and ``model.meta`` what the file says.
 
     Args:
         pretrained: load the published weights (default). ``False`` gives random initialisation.
@@ -52,7 +55,7 @@ def tiniest(
     model = Tiniest()
     if pretrained:
         loaded = load_weights(weights, sources=sources, progress=progress, offline=offline)
-        load_strictly(model, loaded.state_dict, loaded.location)
+        model = model_from_weights(loaded.state_dict, loaded_meta(loaded), origin=loaded.location)
     elif weights is not None:
         raise ValueError("weights= was given with pretrained=False; drop one of them")
     model.eval()

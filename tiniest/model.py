@@ -8,11 +8,14 @@ layer indices like ``(2, 4)`` mean the same module as in scio's tutorials.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from tiniest.release import CLASSES
 
 __all__ = ["Block", "LayerNorm2d", "Tiniest", "tanh_exp"]
 
@@ -67,12 +70,22 @@ class Block(nn.Module):
 class Tiniest(nn.Module):
     """CIFAR-10 classifier with 97,530 parameters.
 
-    Input: ``(N, 3, 32, 32)`` RGB in [0, 1] minus 0.5. Output: ``(N, 10)`` logits in the
-    order of :data:`tiniest.CLASSES`.
+    Input: ``(N, 3, 32, 32)`` RGB in [0, 1] minus 0.5. Output: ``(N, num_classes)`` logits in the
+    order of ``labels`` (the weights' class names; :data:`tiniest.CLASSES` for the published ones).
+    ``meta`` is what the weights' file says of them (empty for a random model): the model built
+    from weights keeps it so that ``save_pretrained`` repeats it while the weights are unchanged.
     """
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(
+        self, num_classes: int = 10, *, labels: Sequence[str] | None = None, meta: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__()
+        if labels is None:
+            labels = CLASSES if num_classes == len(CLASSES) else [f"class_{i}" for i in range(num_classes)]
+        if len(labels) != num_classes:
+            raise ValueError(f"expected {num_classes} labels, one per output, got {len(labels)}: {list(labels)}")
+        self.labels = tuple(str(name) for name in labels)
+        self.meta = dict(meta or {})
         self.conv1 = nn.Conv2d(3, 48, kernel_size=3, padding=1)
         self.ln1 = LayerNorm2d(48)
         self.l1 = Block(48, 48)

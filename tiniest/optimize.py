@@ -131,6 +131,7 @@ class FastTiniest(nn.Module):
     def __init__(self, model: Tiniest) -> None:
         super().__init__()
         model = copy.deepcopy(model).cpu().float().eval()
+        self.labels = model.labels  # the class names of the outputs, as on the model
         self.conv1 = model.conv1.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.ln1 = model.ln1.ln
         self.stage1 = nn.Sequential(*(FastBlock(block) for block in (model.l1, model.l2, model.l3)))
@@ -167,6 +168,7 @@ class OptimizedTiniest(nn.Module):
     def __init__(self, fast: FastTiniest, compile: bool) -> None:
         super().__init__()
         self.fast = fast
+        self.labels = fast.labels
         self._compiled: Runner | None = None
         if compile:
             try:

@@ -61,26 +61,30 @@ def predict(
     model: nn.Module | None = None,
     weights: str | os.PathLike[str] | None = None,
     eager: bool = False,
-    classes: Sequence[str] = CLASSES,
+    classes: Sequence[str] | None = None,
 ) -> list[Prediction]:
     """Classify ``images`` (any input :func:`tiniest.preprocess` accepts); one :class:`Prediction` per image.
 
     ``model`` defaults to the published weights (or ``weights``, or ``$TINIEST_WEIGHTS``), made
     faster by :func:`tiniest.optimize.optimize` unless ``eager``; it is loaded once and reused.
+    ``classes`` name the outputs; default: the model's ``labels`` (the weights' own class names).
     """
-    if not 1 <= top_k <= len(classes):
-        raise ValueError(f"expected top_k between 1 and {len(classes)}, got {top_k}")
+    if top_k < 1 or (classes is not None and top_k > len(classes)):
+        raise ValueError(f"expected top_k between 1 and {len(classes or CLASSES)}, got {top_k}")
     from tiniest.transforms import preprocess
 
     batch = preprocess(images)
     if model is None:
         chosen = os.fspath(weights) if weights is not None else os.environ.get("TINIEST_WEIGHTS") or None
         model = _default_model(chosen, eager)
+    names = classes if classes is not None else getattr(model, "labels", CLASSES)
+    if top_k > len(names):
+        raise ValueError(f"expected top_k between 1 and {len(names)} (the model's classes), got {top_k}")
     device = next(iter(model.parameters()), torch.empty(0)).device
     probabilities = torch.softmax(model(batch.to(device)).float(), dim=1).cpu()
     values, indices = probabilities.topk(top_k, dim=1)
     return [
-        Prediction(tuple((classes[i], float(p)) for i, p in zip(row_i.tolist(), row_p.tolist(), strict=True)))
+        Prediction(tuple((names[i], float(p)) for i, p in zip(row_i.tolist(), row_p.tolist(), strict=True)))
         for row_p, row_i in zip(values, indices, strict=True)
     ]
 
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(records, indent=2))
         return 0
-    width = max(len(name) for name in CLASSES)
+    width = max((len(name) for result in results for name, _ in result.top), default=0)
     for image, result in zip(args.images, results, strict=True):
         if args.top_k == 1:
             print(f"{image}: {result.label} {result.probability:.3f}")

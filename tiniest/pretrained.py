@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tiniest.artifact import artifact_metadata, sha256_hex, to_safetensors
-from tiniest.release import CLASSES, Release, TiniestWeights
+from tiniest.metadata import UNKNOWN_LICENSE, is_cifar10, loaded_meta, model_from_weights, num_outputs, weights_meta
+from tiniest.release import CLASSES, TiniestWeights
 from tiniest.store import save_atomically
 from tiniest.weights import WeightsNotFoundError, load_weights
 
@@ -42,7 +43,6 @@ __all__ = [
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
-CIFAR10_HUB_DATASET = "uoft-cs/cifar10"
 
 
 def model_config(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,62 +59,83 @@ def model_config(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _hub_dataset(meta: Mapping[str, Any]) -> str | None:
-    """The Hub dataset id named in the metadata (``huggingface.co/datasets/<id>``, ``hf://<id>``), else
-    CIFAR-10's for CIFAR-10 classes, else None."""
+    """The Hub dataset id the metadata names (``huggingface.co/datasets/<id>``, ``hf://<id>``), else None."""
     text = str(meta.get("dataset", ""))
     for marker in ("huggingface.co/datasets/", "hf://"):
         if marker in text:
             return text.split(marker, 1)[1].split()[0].split("@")[0].rstrip(",;)")
-    return CIFAR10_HUB_DATASET if tuple(meta["categories"]) == CLASSES else None
+    return None
+
+
+def _split_of(label: str, values: Mapping[str, Any]) -> tuple[str, str]:
+    """``(split, images)`` of a metrics entry: a subset says how many images of how many."""
+    split = str(values.get("split") or label.split()[-1])
+    total = f"{values['total']:,}" if "total" in values else "?"
+    if values.get("subset_of"):
+        return split, f"{total} (random subset of {values['subset_of']:,})"
+    return split, f"{total}{' (a subset)' if 'subset_of' in values else ''}"
 
 
 def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = None) -> str:
-    """A model card whose YAML front matter carries licence, dataset and metrics for the Hub."""
+    """A model card whose YAML front matter carries licence, dataset and metrics for the Hub.
+
+    It says "verified" only for the pinned release; whole-split scores go to the Hub's
+    ``model-index``, subset scores only to the card's table, with their image count.
+    """
     from huggingface_hub import EvalResult, ModelCardData
 
     dataset = _hub_dataset(meta)
+    categories = list(meta["categories"])
+    cifar10 = is_cifar10(categories)
     name = repo_id.split("/")[-1] if repo_id else "tiniest"
     results = []
     rows = []
     for label, values in (meta.get("metrics") or {}).items():
         if not isinstance(values, Mapping) or "accuracy" not in values:
             continue
-        split = label.split()[-1]
-        results.append(EvalResult(
-            task_type="image-classification", task_name="Image Classification", dataset_type=dataset or "imagefolder",
-            dataset_name=label.rsplit(" ", 1)[0], dataset_split=split, metric_type="accuracy",
-            metric_value=float(values["accuracy"]), metric_name="Accuracy",
-        ))
-        total = f" of {values['total']:,}" if "total" in values else ""
-        rows.append(f"| {label} | {100 * float(values['accuracy']):.2f}%{total} |")
+        split, images = _split_of(label, values)
+        if "subset_of" not in values:
+            results.append(EvalResult(
+                task_type="image-classification", task_name="Image Classification",
+                dataset_type=dataset or "imagefolder", dataset_name=label.rsplit(" ", 1)[0], dataset_split=split,
+                metric_type="accuracy", metric_value=float(values["accuracy"]), metric_name="Accuracy",
+            ))
+        rows.append(f"| {label} | {split} | {images} | {100 * float(values['accuracy']):.2f}% |")
     data = ModelCardData(
-        license=str(meta.get("license", "mit")).lower(),
+        license=str(meta.get("license") or UNKNOWN_LICENSE).lower(),
         library_name="pytorch",
         pipeline_tag="image-classification",
-        tags=["image-classification", "cifar10", "tiniest", "safetensors"],
+        tags=["image-classification", *(["cifar10"] if cifar10 else []), "tiniest", "safetensors"],
         datasets=[dataset] if dataset else None,
         metrics=["accuracy"],
         model_name=name if results else None,
         eval_results=results or None,
     )
+    pinned = sha256 == TiniestWeights.DEFAULT.release.sha256
     load = f'Tiniest.from_pretrained("{repo_id}")' if repo_id else 'Tiniest.from_pretrained("path/to/this/folder")'
-    table = "\n".join(["| data | top-1 accuracy |", "|---|---|", *rows]) if rows else "Not measured."
-    parts = [str(meta.get(key, "")).strip().rstrip(".") for key in ("license", "copyright", "credit")]
-    credits = " ".join(f"{part}." for part in parts if part)
+    check = "# verified, eval mode" if pinned else "# eval mode; not the pinned release: an UnverifiedWeightsWarning"
+    header = ["| data | split | images | top-1 accuracy |", "|---|---|---|---|"]
+    table = "\n".join([*header, *rows]) if rows else "Not measured."
+    license_text = str(meta.get("license") or UNKNOWN_LICENSE)
+    if license_text == UNKNOWN_LICENSE:
+        license_text = "Licence not stated by the weights' maker"
+    parts = [license_text, *(str(meta.get(key, "")) for key in ("copyright", "credit"))]
+    credits = " ".join(f"{part.strip().rstrip('.')}." for part in parts if part.strip())
+    task = "CIFAR-10 classifier" if cifar10 else f"{len(categories)}-class image classifier"
     body = f"""
 # {name}
 
-Tiniest: a {meta.get("num_params", 97530):,}-parameter CIFAR-10 classifier
+Tiniest: a {meta.get("num_params", 97530):,}-parameter {task}
 (architecture by [xvel/cifar10-tiniest](https://github.com/xvel/cifar10-tiniest)).
 
 ```python
 from tiniest import Tiniest  # pip install tiniest
 
-model = {load}   # verified, eval mode
+model = {load}   {check}
 logits = model(images - 0.5)  # images: (N, 3, 32, 32) RGB in [0, 1]
 ```
 
-Classes, in output order: {", ".join(meta["categories"])}.
+Classes, in output order (`model.labels`): {", ".join(categories)}.
 
 ## Results
 
@@ -147,24 +168,36 @@ def write_model_folder(folder: Path, artifact: bytes, meta: Mapping[str, Any], *
     return folder
 
 
-def _artifact_of(state_dict: Mapping[str, torch.Tensor], release: Release) -> tuple[bytes, dict[str, Any]]:
-    """The pinned release bytes when these are its weights; otherwise an artifact claiming no metrics."""
+def _artifact_of(model: Tiniest, state_dict: Mapping[str, torch.Tensor]) -> tuple[bytes, dict[str, Any]]:
+    """The bytes the model was loaded from while its weights are unchanged; else new weights' metadata.
+
+    The model's ``meta`` is repeated only if, written back, it gives the very file the weights came
+    from (same tensors, same metadata); the published weights give the published bytes.
+    """
+    release = TiniestWeights.DEFAULT.release
+    kept = dict(model.meta)
+    loaded_sha256 = kept.pop("sha256", None)
+    source_sha256 = kept.pop("source_sha256", "")
+    if kept.get("categories") == list(model.labels) and loaded_sha256:
+        header = artifact_metadata(kept, source_sha256=source_sha256)
+        if not source_sha256:
+            del header["source_sha256"]
+        artifact = to_safetensors(state_dict, header)
+        if sha256_hex(artifact) == loaded_sha256:
+            return artifact, kept
     pinned = to_safetensors(state_dict, artifact_metadata(release.meta, source_sha256=release.source_sha256))
-    if sha256_hex(pinned) == release.sha256:
+    if sha256_hex(pinned) == release.sha256 and model.labels == CLASSES:
         return pinned, dict(release.meta)
-    meta = {key: release.meta[key] for key in ("architecture", "num_params", "preprocessing", "credit")}
-    meta |= {"categories": list(release.meta["categories"]), "metrics": {"note": "not measured"}, "license": "MIT"}
+    meta = weights_meta(state_dict, labels=model.labels)
     metadata = artifact_metadata(meta, source_sha256="")
     del metadata["source_sha256"]  # saved from memory: there is no source file
     return to_safetensors(state_dict, metadata), meta
 
 
 def save_pretrained(model: Tiniest, folder: str | os.PathLike[str], *, repo_id: str | None = None) -> Path:
-    """Write ``model`` as a Hub folder; the published weights give the published bytes."""
+    """Write ``model`` as a Hub folder: the bytes it came from while unchanged, never another maker's credit."""
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    artifact, meta = _artifact_of(state, TiniestWeights.DEFAULT.release)
-    if model.fc.out_features != len(meta["categories"]):
-        meta["categories"] = [str(i) for i in range(model.fc.out_features)]
+    artifact, meta = _artifact_of(model, state)
     return write_model_folder(Path(folder), artifact, meta, repo_id=repo_id)
 
 
@@ -233,12 +266,20 @@ def from_pretrained(
                 f"{spec} served {WEIGHTS_NAME} with sha256 {digest}, expected the pinned "
                 f"{release.sha256}; refusing unverified weights from the pinned repo"
             )
-    num_classes = int(_read_config(folder).get("num_classes", 10))
+    config = _read_config(folder)
     loaded = load_weights(weights=weights, progress=False, offline=True)
-    model = cls(num_classes=num_classes)
-    try:
-        model.load_state_dict(loaded.state_dict, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{weights}: expected Tiniest weights, got a state_dict that does not fit: {error}") from None
-    model.eval()
+    meta = loaded_meta(loaded)
+    outputs = num_outputs(loaded.state_dict, str(weights))
+    if config.get("num_classes", outputs) != outputs:
+        raise ValueError(
+            f"{folder / CONFIG_NAME} says num_classes {config['num_classes']}, but {weights} has {outputs} outputs: "
+            "the state_dict does not fit; fix config.json or the weights"
+        )
+    labels = config.get("id2label")
+    if isinstance(labels, dict):
+        try:
+            meta["categories"] = [str(labels[str(i)]) for i in range(outputs)]
+        except KeyError:
+            raise ValueError(f"{folder / CONFIG_NAME}: expected id2label for 0..{outputs - 1}, got {labels}") from None
+    model = model_from_weights(loaded.state_dict, meta, origin=str(weights), cls=cls)
     return model.to(device) if device is not None else model

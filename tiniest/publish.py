@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ from typing import Any
 
 import torch
 
-from tiniest.artifact import is_safetensors, sha256_hex
-from tiniest.release import CLASSES, Release, TiniestWeights
+from tiniest.artifact import is_safetensors, read_metadata, read_state_dict, sha256_hex
+from tiniest.metadata import dataset_name, decode_metadata, is_cifar10, weights_meta
+from tiniest.pretrained import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, write_model_folder
+from tiniest.release import TiniestWeights
 from tiniest.store import save_atomically
 from tiniest.weights import build_artifact
 
@@ -79,37 +82,6 @@ def read_source(path: Path) -> Source:
     return Source(buffer.getvalue(), f"{path} (averaged weights of epoch {run['epoch']})", run)
 
 
-def _recipe_text(recipe: dict[str, Any]) -> str:
-    settings = ", ".join(f"{key}={value}" for key, value in recipe.items() if value is not None)
-    return f"tiniest train, the recipe of https://github.com/xvel/cifar10-tiniest ({settings})"
-
-
-def run_meta(run: dict[str, Any], pinned: dict[str, Any], license_name: str) -> dict[str, Any]:
-    """Metadata of a trained run: the pinned release's facts, this run's data, recipe and accuracy."""
-    classes = list(run["classes"])
-    last = run["history"][-1] if run["history"] else None
-    label = "CIFAR-10" if tuple(classes) == CLASSES else Path(str(run["data"]).rstrip("/")).name
-    metrics: dict[str, Any] = {"note": "not measured"}
-    if last is not None:
-        metrics = {f"{label} test": {
-            "accuracy": round(last["test_correct"] / last["test_total"], 4),
-            "correct": last["test_correct"],
-            "total": last["test_total"],
-            "epoch": last["epoch"],
-        }}
-    return {
-        "architecture": pinned["architecture"],
-        "categories": classes,
-        "num_params": pinned["num_params"],
-        "dataset": f"train split of {run['data']} ({run.get('train_images', 'all')} images)",
-        "recipe": _recipe_text(run["recipe"]),
-        "preprocessing": pinned["preprocessing"],
-        "metrics": metrics,
-        "license": license_name,
-        "credit": "Architecture and training recipe by github.com/xvel/cifar10-tiniest; trained with `tiniest train`",
-    }
-
-
 def release_record(
     *, name: str, filename: str, artifact: bytes, github: tuple[str, str], huggingface: tuple[str, str],
     source: dict[str, Any], meta: dict[str, Any],
@@ -161,44 +133,76 @@ git push origin main && git push origin main:hub
 """
 
 
-def _defaults(args: argparse.Namespace, release: Release, pinned: bool, sha8: str) -> dict[str, str]:
-    """Names and places: the pinned release's for the pinned checkpoint, fresh ones otherwise."""
-    return {
-        "name": args.name or (release.name if pinned else f"CIFAR10_{sha8.upper()}"),
-        "github_repo": args.github_repo or release.github_repo,
-        "tag": args.tag or (release.github_tag if pinned else f"weights-{sha8}"),
-        "hf_repo_id": args.hf_repo_id or release.hf_repo_id,
-    }
+def _release_name(categories: list[str], run: dict[str, Any] | None, sha8: str) -> str:
+    """``CIFAR10_<SHA8>`` for CIFAR-10's classes, else named after the run's data (a TiniestWeights member name)."""
+    if is_cifar10(categories):
+        prefix = "CIFAR10"
+    else:
+        prefix = re.sub(r"[^A-Z0-9]+", "_", dataset_name(str(run["data"])).upper()).strip("_") if run else ""
+        prefix = prefix if prefix and not prefix[0].isdigit() else f"TINIEST{'_' + prefix if prefix else ''}"
+    return f"{prefix}_{sha8.upper()}"
+
+
+def _repo(value: str | None, flag: str) -> str | None:
+    if value is not None and (value.count("/") != 1 or not all(value.split("/"))):
+        raise ValueError(f"{flag}: expected OWNER/NAME, got {value!r}")
+    return value
+
+
+def _check_output(output: Path, overwrite: bool) -> list[Path]:
+    """Refuse an ``--output`` that cannot take the release; return the files of an earlier release to replace."""
+    from tiniest.trainer import check_output_folder
+
+    check_output_folder(output)
+    present = sorted(output.iterdir()) if output.is_dir() else []
+    if present and not overwrite:
+        names = ", ".join(p.name for p in present[:5]) + (", ..." if len(present) > 5 else "")
+        raise FileExistsError(
+            f"--output {output} already holds {names}: choose an empty or new folder, "
+            "or pass --overwrite to replace the release in it"
+        )
+    hf = output / HF_FOLDER
+    ours = [output / RECORD_NAME, output / INSTRUCTIONS_NAME, *output.glob("tiniest-*.safetensors"),
+            *output.glob("tiniest-*.pt"), *(hf / name for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME))]
+    return [path for path in ours if path.is_file()]
 
 
 def make_release(args: argparse.Namespace) -> dict[str, Any]:
-    """Write every file of the release into ``args.output``; return the record."""
-    from tiniest.pretrained import write_model_folder
+    """Write every file of the release into ``args.output``; return the record.
 
+    New weights need their own destinations (``--github-repo``, ``--hf-repo-id``): only the
+    published checkpoint defaults to the pinned release's names and carries its record.
+    """
     release = TiniestWeights.DEFAULT.release
+    output: Path = args.output
+    replaced = _check_output(output, args.overwrite)
+    github_repo, hf_repo_id = _repo(args.github_repo, "--github-repo"), _repo(args.hf_repo_id, "--hf-repo-id")
     source = read_source(args.source)
     source_sha256 = sha256_hex(source.checkpoint)
     pinned = source_sha256 in {release.source_sha256, release.sha256}
-    if pinned:
-        meta = dict(release.meta)
-        if args.metrics:
-            raise ValueError("--metrics is for new weights; the published ones carry their pinned metrics")
-    elif source.run is not None:
-        meta = run_meta(source.run, release.meta, args.license)
-    else:
-        meta = {**release.meta, "metrics": {"note": "not measured"}, "license": args.license}
-        meta["credit"] = "Architecture and training recipe by github.com/xvel/cifar10-tiniest"
-        for key in ("dataset", "recipe", "copyright"):
-            meta.pop(key, None)
-    if args.metrics and not pinned:
-        meta["metrics"] = json.loads(args.metrics.read_text(encoding="utf-8"))
+    state_dict = read_state_dict(source.checkpoint, origin=source.origin)
+    inherited = decode_metadata(read_metadata(source.checkpoint)) if is_safetensors(source.checkpoint) else {}
+    metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else None
+    meta = weights_meta(state_dict, published=pinned, run=source.run, inherited=inherited, metrics=metrics,
+                        license=args.license)
     if source_sha256 == release.sha256:
         artifact = source.checkpoint  # already the release file
     else:
         artifact = build_artifact(source.checkpoint, meta, origin=source.origin)
+    if not pinned and not (github_repo and hf_repo_id):
+        missing = " and ".join(flag for flag, value in (("--github-repo OWNER/NAME", github_repo),
+                                                         ("--hf-repo-id OWNER/NAME", hf_repo_id)) if not value)
+        raise ValueError(
+            f"new weights are published to your own repositories: pass {missing} "
+            f"(the pinned {release.github_repo} and {release.hf_repo_id} are for the published checkpoint only)"
+        )
     sha8 = sha256_hex(artifact)[:8]
-    names = _defaults(args, release, pinned, sha8)
-    output: Path = args.output
+    github_repo = github_repo or release.github_repo
+    hf_repo_id = hf_repo_id or release.hf_repo_id
+    name = args.name or (release.name if pinned else _release_name(meta["categories"], source.run, sha8))
+    tag = args.tag or (release.github_tag if pinned else f"weights-{sha8}")
+    for old in replaced:
+        old.unlink()
     if pinned:
         filename = release.filename
         origin = {"path": release.source_path, "sha256": release.source_sha256, "size": release.source_size}
@@ -207,16 +211,16 @@ def make_release(args: argparse.Namespace) -> dict[str, Any]:
         filename = f"tiniest-{sha8}.safetensors"
         original = output / f"tiniest-{sha8}.pt"
         save_atomically(original, source.checkpoint)
-        path = f"{names['github_repo']}/releases/download/{names['tag']}/{original.name}"
+        path = f"{github_repo}/releases/download/{tag}/{original.name}"
         origin = {"path": path, "sha256": source_sha256, "size": len(source.checkpoint)}
         files = [output / filename, original]
-    hf_revision = args.hf_revision or (release.hf_revision if pinned else names["tag"])
+    hf_revision = args.hf_revision or (release.hf_revision if pinned else tag)
     record = release_record(
-        name=names["name"], filename=filename, artifact=artifact, github=(names["github_repo"], names["tag"]),
-        huggingface=(names["hf_repo_id"], hf_revision), source=origin, meta=meta,
+        name=name, filename=filename, artifact=artifact, github=(github_repo, tag),
+        huggingface=(hf_repo_id, hf_revision), source=origin, meta=meta,
     )
     save_atomically(output / filename, artifact)
-    write_model_folder(output / HF_FOLDER, artifact, meta, repo_id=names["hf_repo_id"])
+    write_model_folder(output / HF_FOLDER, artifact, meta, repo_id=hf_repo_id)
     save_atomically(output / RECORD_NAME, (json.dumps(record, indent=2) + "\n").encode())
     save_atomically(output / INSTRUCTIONS_NAME, publish_commands(record, output, files).encode())
     return record
@@ -226,12 +230,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, metavar="RUN_DIR_OR_CHECKPOINT",
                         help="a finished `tiniest train` folder, its checkpoint.pt, or a state_dict .pt/.safetensors")
     parser.add_argument("--output", "-o", type=Path, required=True, help="folder to write the release into")
-    parser.add_argument("--name", help="release name, the TiniestWeights member (default: CIFAR10_<sha8>)")
-    parser.add_argument("--github-repo", help="GitHub owner/name hosting the asset (default: the pinned one)")
+    parser.add_argument("--name", help="release name, the TiniestWeights member (default: <DATA>_<SHA8>, "
+                        "CIFAR10_<SHA8> for CIFAR-10's classes)")
+    parser.add_argument("--github-repo", metavar="OWNER/NAME",
+                        help="your GitHub repo hosting the asset (required for new weights)")
     parser.add_argument("--tag", help="GitHub release tag (default: weights-<sha8>)")
-    parser.add_argument("--hf-repo-id", help="Hugging Face model repo (default: the pinned one)")
+    parser.add_argument("--hf-repo-id", metavar="OWNER/NAME",
+                        help="your Hugging Face model repo (required for new weights)")
     parser.add_argument("--hf-revision", help="Hub revision to pin in the record (default: the tag, created on upload)")
-    parser.add_argument("--license", default="MIT", help="licence of new weights (default: MIT)")
+    parser.add_argument("--license", help="licence of new weights, e.g. MIT (default: unknown, unstated)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier release in --output (default: refuse a non-empty folder)")
     parser.add_argument("--metrics", type=Path, help="JSON file of measured metrics for weights without a run")
 
 

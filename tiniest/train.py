@@ -7,6 +7,8 @@ processes with gloo): the batch is split between them, and only rank 0 writes fi
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--limit-train", type=int, metavar="N", help="train on a seeded random N-image subset")
     parser.add_argument("--limit-test", type=int, metavar="N",
                         help="score each epoch on a fixed random N-image subset of test/ (default: all of it)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output from its checkpoint (every flag given must agree with it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --output that holds a run, replacing its files (default: refuse)")
     parser.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this invocation")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; torchrun: the rank's GPU)")
     parser.add_argument("--plot", action="store_true", help="write curves.png (loss, lr, accuracy, speed) at the end")
@@ -44,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tiniest.trainer import RunOptions, train
+    from tiniest.trainer import RunOptions, last_saved, train
 
     if args.limit_test is not None and args.limit_test <= 0:
         raise ValueError(f"--limit-test: expected a positive number of images, got {args.limit_test}")
@@ -53,11 +58,17 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         output=args.output,
         resume=args.resume,
+        overwrite=args.overwrite,
         stop_after=args.stop_after,
         limit_test=args.limit_test,
         device=args.device,
         progress=args.progress,
         plot=args.plot,
     )
-    train(options, overrides)
+    try:
+        train(options, overrides)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process is interrupted: one line in all
+            print(f"\ninterrupted. {last_saved(args.output)}", file=sys.stderr, flush=True)
+        return 130  # the shell's code for a run ended by Ctrl-C
     return 0

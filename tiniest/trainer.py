@@ -14,11 +14,13 @@ import hashlib
 import io
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ from torch.utils.data import DistributedSampler
 
 from tiniest.model import Tiniest
 from tiniest.recipe import Recipe, build_ema, build_optimizer, build_scheduler
+from tiniest.runlog import LOG_NAME, PLOT_NAME
 from tiniest.store import save_atomically
 
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ __all__ = [
     "MODEL_NAME",
     "RunOptions",
     "averaged_state_dict",
+    "check_output_folder",
+    "dist_timeout",
     "load_checkpoint",
     "state_sha256",
     "train",
@@ -49,7 +54,10 @@ __all__ = [
 CHECKPOINT_FORMAT = "tiniest-train-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
+RUN_FILES = (CHECKPOINT_NAME, MODEL_NAME, LOG_NAME, PLOT_NAME)
 EVAL_BATCH = 500
+DIST_TIMEOUT = 600.0  # seconds a process waits for its peers (TINIEST_DIST_TIMEOUT), as NCCL's default
+HF_PREFIX = "hf://"
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class RunOptions:
     data: str
     output: Path
     resume: bool = False
+    overwrite: bool = False  # start afresh in a folder holding a run, replacing its files
     stop_after: int | None = None  # epochs to run in this invocation, then stop (resume later)
     limit_test: int | None = None  # score on a fixed random subset of test/ (resume: the checkpoint's)
     device: str | None = None
@@ -89,12 +98,53 @@ def _process_group(device_name: str | None) -> Iterator[_Process]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        timeout = timedelta(seconds=dist_timeout())
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     try:
         yield _Process(rank, world_size, device)
     finally:
         if world_size > 1:
             dist.destroy_process_group()
+
+
+def dist_timeout() -> float:
+    """How long a process of a multi-process run waits for a peer: ``TINIEST_DIST_TIMEOUT`` seconds (600)."""
+    text = os.environ.get("TINIEST_DIST_TIMEOUT", "").strip()
+    try:
+        seconds = float(text) if text else DIST_TIMEOUT
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ValueError(f"TINIEST_DIST_TIMEOUT: expected a positive number of seconds, got {text!r}")
+    return seconds
+
+
+def check_output_folder(path: Path, flag: str = "--output") -> None:
+    """Refuse, before any work, an output that is a file or lies where this user cannot write."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file; expected a folder (created if absent)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path}: {existing} is not writable by this user")
+
+
+def _prepare_output(path: Path) -> None:
+    """Create the run folder and write a probe file in it: an unwritable place fails now, not after an epoch."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise PermissionError(f"--output {path}: cannot write there ({error.strerror or error})") from None
+
+
+def _data_key(data: str) -> str:
+    """``--data`` as recorded in the checkpoint: an absolute path (or the ``hf://`` id), so resume can compare it."""
+    return data if data.startswith(HF_PREFIX) else str(Path(data).expanduser().resolve())
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -114,10 +164,16 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     """A training checkpoint, read with ``weights_only=True`` and checked to be one."""
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: expected a tiniest training checkpoint, got an empty file (0 bytes)")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # torch raises many types for foreign bytes
-        raise ValueError(f"{path}: expected a tiniest training checkpoint, could not read it ({error})") from None
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else "no details"
+        raise ValueError(
+            f"{path}: expected a tiniest training checkpoint, could not read its "
+            f"{path.stat().st_size} bytes ({type(error).__name__}: {reason})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path}: expected a checkpoint of format {CHECKPOINT_FORMAT!r}, got {found!r}")
@@ -140,17 +196,24 @@ def state_sha256(*modules: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _resolve_recipe(overrides: dict[str, Any], saved: dict[str, Any] | None) -> Recipe:
-    """The recipe of a new run, or of the resumed one (where every flag given must agree)."""
+def _resolve_recipe(overrides: dict[str, Any], saved: dict[str, Any] | None, options: RunOptions) -> Recipe:
+    """The recipe of a new run, or of the resumed one (where every flag given, ``--data`` included, must agree)."""
     if saved is None:
         return Recipe(**overrides)
-    recipe = Recipe.from_dict(saved)
-    conflicts = [f"{k}: checkpoint {getattr(recipe, k)!r}, asked {v!r}" for k, v in overrides.items()
-                 if getattr(recipe, k) != v]
-    if conflicts:
-        raise ValueError("--resume continues the checkpoint's recipe; these flags disagree with it: "
-                         + "; ".join(conflicts))
+    recipe = Recipe.from_dict(saved["recipe"])
+    conflicts = [f"--{k.replace('_', '-')}: checkpoint {getattr(recipe, k)!r}, asked {v!r}"
+                 for k, v in overrides.items() if getattr(recipe, k) != v]
+    if _data_key(str(saved["data"])) != _data_key(options.data):
+        conflicts.append(f"--data: checkpoint {saved['data']!r}, asked {_data_key(options.data)!r}")
+    if options.limit_test is not None and options.limit_test != saved.get("limit_test"):
+        conflicts.append(f"--limit-test: checkpoint {saved.get('limit_test')!r}, asked {options.limit_test!r}")
+    _refuse_disagreement(conflicts)
     return recipe
+
+
+def _refuse_disagreement(conflicts: list[str]) -> None:
+    if conflicts:
+        raise ValueError("--resume continues the checkpoint's run; these disagree with it: " + "; ".join(conflicts))
 
 
 @dataclass
@@ -163,17 +226,16 @@ class _State:
     history: list[dict[str, Any]]
 
 
-def _checkpoint_bytes(
-    state: _State, recipe: Recipe, options: RunOptions, classes: tuple[str, ...], images: int, limit_test: int | None
-) -> bytes:
+def _checkpoint_bytes(state: _State, recipe: Recipe, options: RunOptions, data: _Data, limit_test: int | None) -> bytes:
     buffer = io.BytesIO()
     torch.save(
         {
             "format": CHECKPOINT_FORMAT,
             "recipe": recipe.to_dict(),
-            "data": str(options.data),
-            "classes": list(classes),
-            "train_images": images,
+            "data": _data_key(options.data),
+            "classes": list(data.train.classes),
+            "train_images": len(data.train),
+            "split_sizes": dict(data.sizes),
             "limit_test": limit_test,
             "epoch": state.epoch,
             "model": state.model.state_dict(),
@@ -232,37 +294,104 @@ def _synchronize(device: torch.device) -> None:
 
 
 def train(options: RunOptions, overrides: dict[str, Any] | None = None) -> Path:
-    """Train (or resume) the run in ``options.output``; return the path of its checkpoint."""
+    """Train (or resume) the run in ``options.output``; return the path of its checkpoint.
+
+    Every problem with the arguments is found before the first step: an ``--output`` that is a
+    file or cannot be written, a run already there (continue it with ``resume``, or replace it
+    with ``overwrite``), a checkpoint that disagrees with the flags or the data.
+    """
     overrides = dict(overrides or {})
+    check_output_folder(options.output)
     checkpoint_path = options.output / CHECKPOINT_NAME
+    if options.resume and options.overwrite:
+        raise ValueError("--resume continues the run in --output and --overwrite replaces it: choose one")
     if options.resume and not checkpoint_path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path} (start without --resume)")
-    if not options.resume and checkpoint_path.exists():
-        raise FileExistsError(f"{checkpoint_path} exists: continue it with --resume, or choose another --output")
+    existing = [name for name in RUN_FILES if (options.output / name).exists()]
+    if not options.resume and existing and not options.overwrite:
+        raise FileExistsError(
+            f"{options.output} already holds a run ({', '.join(existing)}): continue it with --resume, "
+            "start it afresh with --overwrite (its files are replaced), or choose another --output"
+        )
     if options.stop_after is not None and options.stop_after <= 0:
         raise ValueError(f"--stop-after: expected a positive number of epochs, got {options.stop_after}")
+    dist_timeout()  # a bad TINIEST_DIST_TIMEOUT is refused now
+    _prepare_output(options.output)
     with _process_group(options.device) as proc:
-        return _train(options, overrides, proc)
+        try:
+            return _train(options, overrides, proc)
+        except dist.DistError as error:
+            raise _peer_error(error, proc, options) from None
 
 
-def _load(
-    data: str, limit_train: int | None, seed: int, limit_test: int | None, progress: bool
-) -> tuple[LabeledImages, LabeledImages]:
+def _peer_error(error: Exception, proc: _Process, options: RunOptions) -> RuntimeError:
+    """A multi-process failure, said plainly: which process, the timeout, and how to continue."""
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    return RuntimeError(
+        f"process {proc.rank} of {proc.world_size}: a peer process stopped answering within "
+        f"{dist_timeout():g} s (the process group's timeout, TINIEST_DIST_TIMEOUT) or failed ({first}). "
+        f"{last_saved(options.output)}"
+    )
+
+
+def last_saved(output: Path) -> str:
+    """Where the run in ``output`` stands, and the command that continues it."""
+    path = output / CHECKPOINT_NAME
+    try:
+        checkpoint = load_checkpoint(path)
+    except (OSError, ValueError):
+        return "No epoch was saved: start the run again."
+    epoch, epochs = int(checkpoint["epoch"]), int(checkpoint["recipe"]["epochs"])
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = f"torchrun --nproc-per-node {world_size} -m tiniest" if world_size > 1 else "tiniest"
+    command = f"{launcher} train --data {checkpoint['data']} --output {output} --resume"
+    return f"Last saved: epoch {epoch} of {epochs} in {path}; continue with: {command}"
+
+
+@dataclass(frozen=True)
+class _Data:
+    train: LabeledImages
+    test: LabeledImages
+    sizes: dict[str, int]  # images in the whole train and test splits, before any --limit
+
+
+def _load(data: str, limit_train: int | None, seed: int, limit_test: int | None, progress: bool) -> _Data:
     """The train subset (seeded by the recipe) and the test subset (always the same one)."""
     from tiniest.data import LabeledImages, load_split
 
     train_split = load_split(data, "train", progress=progress)
     test_split = load_split(data, "test", progress=progress)
     if train_split.classes != test_split.classes:
-        raise ValueError(f"train classes {train_split.classes} differ from test classes {test_split.classes}")
-    if len(train_split.classes) != 10:
-        raise ValueError(f"Tiniest has 10 outputs; {data} has {len(train_split.classes)} classes")
+        only_train = [name for name in train_split.classes if name not in test_split.classes]
+        only_test = [name for name in test_split.classes if name not in train_split.classes]
+        raise ValueError(
+            f"{data}: expected the same class folders in train/ and test/; only in train/: "
+            f"{', '.join(only_train) or 'none'}; only in test/: {', '.join(only_test) or 'none'}"
+        )
+    if len(train_split.classes) < 2:
+        raise ValueError(f"{data}: expected at least 2 classes (one folder each), got {list(train_split.classes)}")
     chosen = _subset(len(train_split), limit_train, seed)
     tested = _subset(len(test_split), limit_test, 0)
-    return (
+    return _Data(
         LabeledImages(train_split.images[chosen], train_split.labels[chosen], train_split.classes),
         LabeledImages(test_split.images[tested], test_split.labels[tested], test_split.classes),
+        {"train": len(train_split), "test": len(test_split)},
     )
+
+
+def _match_grad_strides(model: nn.Module) -> None:
+    """Give each gradient its parameter's strides, as DDP's buckets expect.
+
+    Convolution backward returns a depthwise kernel's gradient ``(C, 1, k, k)`` with another
+    stride on its size-1 axis; autograd accepts that, DDP warns once per process ("Grad strides
+    do not match bucket view strides") and copies it anyway. The copy is made here, contiguous.
+    """
+    def restride(strides: tuple[int, ...]) -> Any:
+        return lambda grad: grad if grad.stride() == strides else grad.clone(memory_format=torch.contiguous_format)
+
+    for param in model.parameters():
+        if param.dim() > 1 and 1 in param.shape:
+            param.register_hook(restride(param.stride()))
 
 
 def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Path:
@@ -273,13 +402,25 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
 
     checkpoint_path = options.output / CHECKPOINT_NAME
     saved = load_checkpoint(checkpoint_path, proc.device) if options.resume else None
-    recipe = _resolve_recipe(overrides, saved["recipe"] if saved else None)
+    recipe = _resolve_recipe(overrides, saved, options)
     if recipe.batch_size % proc.world_size:
         raise ValueError(f"--batch-size {recipe.batch_size} does not split evenly over {proc.world_size} processes")
+    if saved is not None and int(saved["epoch"]) >= recipe.epochs:
+        if proc.main:
+            if not (options.output / MODEL_NAME).is_file():
+                save_atomically(options.output / MODEL_NAME, _model_bytes(averaged_state_dict(saved)))
+            print(f"{options.output}: the run already finished its {recipe.epochs} epochs (averaged weights in "
+                  f"{options.output / MODEL_NAME}); nothing to do")
+        return checkpoint_path
 
     limit_test = options.limit_test if options.limit_test is not None or saved is None else saved.get("limit_test")
     progress = options.progress and proc.main
-    train_split, test_split = _load(options.data, recipe.limit_train, recipe.seed, limit_test, progress)
+    data = _load(options.data, recipe.limit_train, recipe.seed, limit_test, progress)
+    train_split, test_split = data.train, data.test
+    if saved is not None:
+        found = {"classes": list(train_split.classes), "train_images": len(train_split)}
+        _refuse_disagreement([f"the data's {key}: checkpoint {saved[key]!r}, now {value!r}"
+                              for key, value in found.items() if key in saved and saved[key] != value])
     train_images, train_labels = train_split.images.to(proc.device), train_split.labels.to(proc.device)
     test_images, test_labels = test_split.images, test_split.labels
 
@@ -293,7 +434,7 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
         raise ValueError(f"--batch-size {recipe.batch_size} is larger than the {len(train_split)} training images")
 
     torch.manual_seed(recipe.seed)
-    model = Tiniest().to(proc.device)
+    model = Tiniest(len(train_split.classes), labels=train_split.classes).to(proc.device)
     optimizer = build_optimizer(model, recipe)
     state = _State(model, build_ema(model, recipe), optimizer, build_scheduler(optimizer, recipe, steps), 0, [])
     if saved is not None:
@@ -304,15 +445,20 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
         state.epoch, state.history = int(saved["epoch"]), list(saved["history"])
     trained: nn.Module = model
     if proc.world_size > 1:
+        _match_grad_strides(model)
         device_ids = [proc.device.index] if proc.device.type == "cuda" else None
         trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     augmentation = batch_augmentation() if recipe.augment else nn.Identity()
     rng_devices = [proc.device] if proc.device.type == "cuda" else []
+    if options.overwrite and proc.main:
+        for name in RUN_FILES:  # the arguments and data are good: the old run goes now
+            (options.output / name).unlink(missing_ok=True)
 
     last = recipe.epochs if options.stop_after is None else min(recipe.epochs, state.epoch + options.stop_after)
     if proc.main:
         print(
-            f"training {len(train_split)} images of {options.data}: epochs {state.epoch + 1}..{last}/{recipe.epochs} "
+            f"training {len(train_split)} images of {options.data} ({len(train_split.classes)} classes): "
+            f"epochs {state.epoch + 1}..{last}/{recipe.epochs} "
             f"({steps} steps of {recipe.batch_size} per epoch, {proc.world_size} process(es) on {proc.device}); "
             f"run folder {options.output}",
             flush=True,
@@ -362,8 +508,7 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
         if len(set(replicas)) > 1:
             warnings.warn(f"epoch {state.epoch}: the processes hold different weights", RuntimeWarning, stacklevel=2)
         if proc.main:
-            data = _checkpoint_bytes(state, recipe, options, train_split.classes, len(train_split), limit_test)
-            save_atomically(checkpoint_path, data)
+            save_atomically(checkpoint_path, _checkpoint_bytes(state, recipe, options, data, limit_test))
             write_log(options.output, state.history)
             print(console_line(record), flush=True)
     if proc.main:
@@ -379,7 +524,12 @@ def _finish(state: _State, recipe: Recipe, options: RunOptions, plot: Any) -> No
     if state.epoch < recipe.epochs:
         print(f"stopped after epoch {state.epoch} of {recipe.epochs}; continue with --resume")
         return
-    buffer = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in state.ema.module.state_dict().items()}, buffer)
-    save_atomically(options.output / MODEL_NAME, buffer.getvalue())
+    save_atomically(options.output / MODEL_NAME, _model_bytes(state.ema.module.state_dict()))
     print(f"finished: averaged weights in {options.output / MODEL_NAME}")
+
+
+def _model_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    """``model.pt``: the averaged weights as a plain state_dict."""
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in state_dict.items()}, buffer)
+    return buffer.getvalue()

@@ -18,12 +18,20 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from tiniest.artifact import ArtifactError, artifact_metadata, read_state_dict, sha256_hex, to_safetensors
+from tiniest.artifact import (
+    ArtifactError,
+    artifact_metadata,
+    is_safetensors,
+    read_metadata,
+    read_state_dict,
+    sha256_hex,
+    to_safetensors,
+)
 from tiniest.download import DEADLINE_FACTOR, DownloadError, RateLimitError, default_timeout, fetch
 from tiniest.release import Release, TiniestWeights
 from tiniest.store import read_verified, remove_stale_parts, save_atomically, writer_lock
@@ -68,6 +76,7 @@ class LoadedWeights:
     location: str
     sha256: str
     verified: bool
+    metadata: dict[str, str] = field(default_factory=dict)  # the file's safetensors metadata, as stored
 
 
 def is_offline(offline: bool | None = None) -> bool:
@@ -93,7 +102,9 @@ def build_artifact(checkpoint: bytes, meta: dict[str, object], *, origin: str = 
     from tiniest.model import Tiniest
 
     state_dict = read_state_dict(checkpoint, origin=origin)
-    load_strictly(Tiniest(), state_dict, origin)  # refuse anything that is not Tiniest
+    fc = state_dict.get("fc.weight")
+    num_classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else 10
+    load_strictly(Tiniest(num_classes), state_dict, origin)  # refuse anything that is not Tiniest
     return to_safetensors(state_dict, artifact_metadata(meta, source_sha256=sha256_hex(checkpoint)))
 
 
@@ -182,6 +193,13 @@ def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[byt
             raise WeightsNotFoundError(f"weights URL {spec} given, but offline mode forbids downloads")
         return fetch(spec, progress=progress), spec
     path = Path(spec).expanduser()
+    if path.is_dir():
+        inside = [path / name for name in ("model.safetensors", "model.pt") if (path / name).is_file()]
+        hint = f"; pass {inside[0]}" if inside else ""
+        raise WeightsNotFoundError(
+            f"weights {path} is a folder; expected a .safetensors or .pt file{hint} "
+            "(a Hugging Face model folder also loads with Tiniest.from_pretrained)"
+        )
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} does not exist (expected a .safetensors or .pt file)")
     return path.read_bytes(), str(path)
@@ -194,14 +212,15 @@ def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: 
         raise WeightsNotFoundError(f"could not read the weights you named: {error}") from None
     pinned = _pinned_bytes(data, release)
     if pinned is not None:
-        return LoadedWeights(read_state_dict(pinned), "file", location, release.sha256, True)
+        return LoadedWeights(read_state_dict(pinned), "file", location, release.sha256, True, read_metadata(pinned))
     warnings.warn(
         f"{location} is not the pinned release {release.filename} ({describe_mismatch(data, release)}); "
         "loading it unverified because you asked for it",
         UnverifiedWeightsWarning,
         stacklevel=4,
     )
-    return LoadedWeights(read_state_dict(data, origin=location), "file", location, sha256_hex(data), False)
+    metadata = read_metadata(data) if is_safetensors(data) else {}
+    return LoadedWeights(read_state_dict(data, origin=location), "file", location, sha256_hex(data), False, metadata)
 
 
 def _from_local(release: Release, progress: bool) -> tuple[bytes, str]:
@@ -405,7 +424,7 @@ def load_weights(
             if name in NETWORK_SOURCES:  # say why a download was given up, even if a later source succeeds
                 logger.warning("weights source %s failed: %s", name, reason)
             continue
-        return LoadedWeights(read_state_dict(data), name, location, release.sha256, True)
+        return LoadedWeights(read_state_dict(data), name, location, release.sha256, True, read_metadata(data))
     tried = "\n".join(f"  - {line}" for line in failures)
     raise WeightsNotFoundError(
         f"could not find the weights {release.filename} (sha256 {release.sha256}).\n"
