@@ -17,6 +17,7 @@ import tiniest
 from tiniest.cli import main
 from tiniest.predict import Prediction, predict
 from tiniest.release import CLASSES
+from tiniest.transforms import PreprocessError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,3 +134,61 @@ print(first[0].label)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() in CLASSES
+
+
+def test_one_unreadable_file_costs_only_its_own_answer(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(4)
+    good_a, empty, good_b = tmp_path / "a.jpg", tmp_path / "empty.png", tmp_path / "b.png"
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(good_a)
+    empty.write_bytes(b"")
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(good_b)
+    paths = [str(good_a), str(empty), str(good_b)]
+    model = tiniest.tiniest(weights=str(shared_checkpoint))
+    expected = predict([good_a, good_b], model=model)
+
+    # Python: errors="report" keeps every answer in its place; the default raises at the bad file.
+    results = predict(paths, model=model, errors="report")
+    assert [r.error is None for r in results] == [True, False, True]
+    assert [results[0], results[2]] == expected
+    assert "cannot read image file" in str(results[1].error) and "empty.png" in str(results[1].error)
+    assert results[1].top == ()
+    with pytest.raises(ValueError, match="no prediction: cannot read image file"):
+        _ = results[1].label
+    with pytest.raises(PreprocessError, match=r"cannot read image file .*empty\.png"):
+        predict(paths, model=model)
+    with pytest.raises(ValueError, match="errors='raise' or 'report', got 'skip'"):
+        predict(paths, model=model, errors="skip")  # type: ignore[arg-type]
+    batch = np.zeros((2, 32, 32, 3), np.uint8)
+    mixed = predict([batch, np.zeros((32, 32, 2), np.uint8), good_b], model=model, errors="report")
+    assert [r.error is None for r in mixed] == [True, True, False, True], "one answer per image, one error per input"
+
+    # The command line: answers on stdout, one error line per bad file on stderr, exit status 1.
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    assert main(["predict", *paths, "--eager"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        f"{paths[0]}: {expected[0].label} {expected[0].probability:.3f}",
+        f"{paths[2]}: {expected[1].label} {expected[1].probability:.3f}",
+    ]
+    assert captured.err.splitlines() == [f"tiniest predict: error: {results[1].error}"]
+    assert main(["predict", *paths, "--eager", "--json", "--top-k", "2"]) == 1
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert [r["image"] for r in records] == paths
+    assert records[1] == {"image": paths[1], "error": results[1].error}
+    assert [p["label"] for p in records[2]["predictions"]] == [
+        name for name, _ in predict(good_b, model=model, top_k=2)[0].top
+    ]
+    assert len(captured.err.splitlines()) == 1
+
+
+def test_without_pillow_predict_says_which_extra_in_one_line(tmp_path: Path) -> None:
+    script = (
+        "import sys; sys.modules['PIL'] = None\nfrom tiniest.cli import main\nsys.exit(main(['predict', 'cat.jpg']))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "tiniest[images]"' in lines[0], done.stderr
