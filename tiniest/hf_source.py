@@ -35,6 +35,7 @@ __all__ = ["download_from_hub"]
 # depend on which HTTP library huggingface_hub uses. A timeout is not among them: a Hub that stays
 # silent for TINIEST_TIMEOUT is given up at once, as in tiniest.download.
 _NETWORK_ERRORS = frozenset({"NetworkError", "RemoteProtocolError", "ConnectionError", "ChunkedEncodingError"})
+_TIMEOUTS = frozenset({"TimeoutException", "Timeout"})
 # ...of which hf_hub_download's transfer retries none itself (it resumes after the others)
 _UNRETRIED_ERRORS = frozenset({"ReadError", "WriteError", "CloseError"})
 _UNRETRIED_STATUS = TRANSIENT_STATUS - {408, 429}
@@ -79,6 +80,8 @@ def _probe(url: str, timeout: float) -> str | None:
     try:
         metadata = get_hf_file_metadata(url, timeout=timeout)
     except Exception as error:  # huggingface_hub raises many types: report them all the same way
+        if any(kind.__name__ in _TIMEOUTS for kind in type(error).__mro__):
+            raise DownloadError(f"{url} sent nothing for {timeout:g} s (TINIEST_TIMEOUT)") from None
         raise _as_download_error(error, _NETWORK_ERRORS, TRANSIENT_STATUS) from None
     if metadata.commit_hash is None:
         raise DownloadError(
