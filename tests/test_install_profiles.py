@@ -39,7 +39,7 @@ def profile_python(variable: str) -> Path:
     """The interpreter named by ``variable``, or a skip (a failure under TINIEST_REQUIRE_PROFILES=1)."""
     value = os.environ.get(variable)
     if value and Path(value).exists():
-        return Path(value)
+        return Path(value).absolute()  # the tests run it from temporary folders
     reason = f"{variable} names no interpreter; build the profile with: {BUILD_HINT[variable]}"
     if os.environ.get("TINIEST_REQUIRE_PROFILES") == "1":
         pytest.fail(reason + " (TINIEST_REQUIRE_PROFILES=1 makes it mandatory)")
