@@ -28,7 +28,7 @@ from tiniest.release import CLASSES
 __all__ = ["Prediction", "predict"]
 
 HELP = "classify image files: class names with probabilities"
-CHUNK = 256  # inputs read, reduced to the model's size and classified at a time
+CHUNK = 64  # inputs read, reduced to the model's size and classified at a time (bounds activation memory)
 
 
 @dataclass(frozen=True)
