@@ -87,7 +87,7 @@ HUB_LOAD = (
     "import json, sys, torch\n"
     "net = torch.hub.load(sys.argv[1], 'tiniest', source='local', trust_repo=True)\n"
     "from tiniest.weights import load_weights\n"
-    "loaded = load_weights()\n"
+    "loaded = load_weights(offline=True)\n"  # what the first load left in the cache
     "x = torch.linspace(-0.5, 0.5, 3 * 32 * 32).reshape(1, 3, 32, 32)\n"
     "with torch.no_grad():\n"
     "    logits = net(x)\n"
@@ -107,10 +107,11 @@ def reference_logits(release_bytes: bytes) -> list[float]:
         return [float(v) for v in net(INPUT)[0]]
 
 
-def assert_published_model(run: subprocess.CompletedProcess[str], source: str, expected: list[float]) -> None:
+def assert_published_model(run: subprocess.CompletedProcess[str], expected: list[float]) -> None:
+    """The model loaded, gives the reference logits, and its verified file is now cached."""
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert (result["source"], result["sha256"], result["verified"]) == (source, RELEASE.sha256, True)
+    assert (result["source"], result["sha256"], result["verified"]) == ("cache", RELEASE.sha256, True)
     assert result["training"] is False
     assert result["logits"] == pytest.approx(expected, abs=1e-5)
 
@@ -130,10 +131,12 @@ def test_hub_profile_downloads_from_github_with_default_arguments(
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
-    server.serve(f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}", release_bytes)
+    asset = f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}"
+    server.serve(asset, release_bytes)
     expected = reference_logits(release_bytes)
     run = run_in(hub_python, ["-c", HUB_LOAD, str(checkout)], tmp_path)
-    assert_published_model(run, "github", expected)
+    assert_published_model(run, expected)
+    assert server.paths_requested() == [asset]
 
 
 def test_hub_profile_converts_the_original_checkpoint_alone(
@@ -150,7 +153,7 @@ def test_hub_profile_converts_the_original_checkpoint_alone(
     server.serve(f"/{RELEASE.source_path}", shared_checkpoint.read_bytes())
     expected = reference_logits(release_bytes)
     run = run_in(hub_python, ["-c", HUB_LOAD, str(checkout)], tmp_path)
-    assert_published_model(run, "original", expected)
+    assert_published_model(run, expected)
     assert f"/{RELEASE.source_path}" in server.paths_requested()
 
 
