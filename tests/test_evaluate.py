@@ -182,7 +182,7 @@ def test_the_header_says_which_model_actually_ran(
     out = tmp_path / "out.json"
     assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--json", str(out)]) == 0
     header = capsys.readouterr().out.splitlines()[0]
-    assert header.endswith("4 images, tiniest.optimize's module run eagerly (it could not be compiled)")
+    assert header.endswith("4 images, tiniest.optimize's module run eagerly (not compiled)")
     assert "optimized model" not in header and json.loads(out.read_text())["model"] == "optimized-uncompiled"
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -13,7 +15,15 @@ from torch import nn
 import tiniest
 from tiniest import Block, Tiniest, compiled
 from tiniest.compiled import compiled_cache_dir, package_key
-from tiniest.optimize import CHUNK, FastTiniest, OptimizedTiniest, compiler_available, optimize
+from tiniest.optimize import (
+    BUILD_MIN_IMAGES,
+    CHUNK,
+    FastTiniest,
+    OptimizedTiniest,
+    compiler_available,
+    optimize,
+    worth_building,
+)
 
 
 def reference_block(block: Block, x: torch.Tensor) -> torch.Tensor:
@@ -80,13 +90,20 @@ def test_no_compiler_means_the_eager_fallback(monkeypatch: pytest.MonkeyPatch) -
     assert not optimize(random_model()).compiled
 
 
-def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     if not compiler_available():
         pytest.skip("no C++ compiler: optimize() uses the eager fallback, tested above")
     monkeypatch.delenv("TINIEST_COMPILED_CACHE")  # this test's own, empty $TINIEST_CACHE/compiled
     model = random_model(seed=3)
-    optimized = optimize(model)
+    with caplog.at_level(logging.WARNING, logger="tiniest.compiled"):
+        optimized = optimize(model)
     assert optimized.compiled
+    (notice,) = caplog.messages  # the build is announced, in one line, before the wait
+    assert "compiling the fast model" in notice and "once per machine" in notice and "\n" not in notice
+    assert str(compiled_cache_dir()) in notice
+    caplog.clear()
     for batch in (*range(1, CHUNK + 1), 2 * CHUNK + 1, 70):  # every size a package serves, and splits
         x = inputs(batch, seed=batch)
         with torch.no_grad():
@@ -103,10 +120,11 @@ def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(mo
     def no_build(*args: object) -> None:
         raise AssertionError("the cached package should have been loaded, not rebuilt")
 
-    with monkeypatch.context() as patched:
+    with monkeypatch.context() as patched, caplog.at_level(logging.WARNING, logger="tiniest.compiled"):
         patched.setattr(compiled, "_build", no_build)
         again = optimize(model)  # as a new process would: from the cache
-    assert again.compiled
+        assert optimize(model, build=False).compiled, "a package already built is used even for a few images"
+    assert again.compiled and not caplog.messages, "loading is not announced"
     x = inputs(3)
     torch.testing.assert_close(again(x), optimized(x), rtol=0, atol=0)
 
@@ -222,3 +240,87 @@ def test_a_package_that_crashes_or_disagrees_is_neither_used_nor_cached(monkeypa
     assert not list(compiled_cache_dir().glob("*.pt2")), "nothing is cached"
     x = inputs(3)
     torch.testing.assert_close(optimized(x), random_model(seed=5)(x), rtol=0, atol=1e-4)
+
+
+def test_a_few_images_never_wait_for_a_build(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Without a package for these weights, ``build=False`` runs the folded module eagerly at once."""
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("a run over a few images must not build the package")
+
+    monkeypatch.delenv("TINIEST_COMPILED_CACHE")
+    monkeypatch.setattr(compiled, "_build", no_build)
+    model = random_model(seed=6)
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning either: nothing was tried and failed
+        optimized = optimize(model, compile=True, build=False)
+    assert not optimized.compiled and not caplog.messages
+    assert not compiled_cache_dir().exists() or not list(compiled_cache_dir().glob("*.pt2"))
+    x = inputs(3)
+    with torch.no_grad():
+        torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
+
+
+def test_the_work_at_hand_decides_the_build() -> None:
+    assert not worth_building(1) and not worth_building(200), "a picture, or issue 15's 200 images"
+    assert worth_building(BUILD_MIN_IMAGES) and worth_building(10_000), "CIFAR-10's test split"
+
+
+def test_predict_of_one_picture_builds_nothing(monkeypatch: pytest.MonkeyPatch, shared_checkpoint: Path) -> None:
+    """The first ``tiniest predict`` of one picture on an empty cache answers without compiling."""
+    from tiniest.predict import _default_model, predict
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("predict of one picture must not build the package")
+
+    monkeypatch.delenv("TINIEST_COMPILED_CACHE")
+    monkeypatch.setattr(compiled, "_build", no_build)
+    _default_model.cache_clear()
+    picture = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # "no usable AOTInductor package" would be one
+            (fast,) = predict(picture, weights=shared_checkpoint, top_k=3)
+        (plain,) = predict(picture, weights=shared_checkpoint, top_k=3, eager=True)
+    finally:
+        _default_model.cache_clear()
+    assert [name for name, _ in fast.top] == [name for name, _ in plain.top]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(fast.top, plain.top, strict=True)) < 1e-5
+
+
+def test_a_model_on_another_device_stays_there() -> None:
+    """The fast path is CPU code: elsewhere ``optimize`` says so and keeps the model on its device.
+
+    ``meta`` stands in for a GPU here: a device that is not the CPU, whose tensors cannot be copied
+    to the CPU; before, ``optimize`` moved every model to the CPU, so a GPU model's first call
+    failed on mismatched devices.
+    """
+    model = Tiniest().to("meta")
+    with pytest.warns(UserWarning, match="CPU-only; the model stays on meta") as caught:
+        optimized = optimize(model)
+    assert caught[0].filename == __file__, "the warning points at the caller's line"
+    assert not optimized.compiled
+    assert {t.device.type for t in (*optimized.parameters(), *optimized.buffers())} == {"meta"}
+    logits = optimized(torch.empty(20, 3, 32, 32, device="meta"))  # more than one chunk
+    assert logits.shape == (20, 10) and logits.device.type == "meta"
+
+
+def test_evaluate_of_a_small_folder_builds_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: ``evaluate --weights`` over a few images spent ~27 s building the fast model first."""
+    pytest.importorskip("PIL")
+    from tests.test_evaluate import tiny_folder
+    from tiniest.cli import main
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("evaluating 4 images must not build the package")
+
+    monkeypatch.delenv("TINIEST_COMPILED_CACHE")
+    monkeypatch.setattr(compiled, "_build", no_build)
+    tiny_folder(tmp_path, ("cat", "ship"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert main(["evaluate", "--data", str(tmp_path), "--weights", str(shared_checkpoint), "--quiet"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith("4 images, tiniest.optimize's module run eagerly (not compiled)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import platform
 import shutil
@@ -43,12 +44,15 @@ __all__ = [
     "check_in_child",
     "compiled_cache_dir",
     "find_compiler",
+    "load_cached",
     "load_or_build",
     "open_package",
     "package_key",
 ]
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
+
+logger = logging.getLogger(__name__)
 
 # Bump when the build options change (the module's source file is already part of the key).
 PACKAGE_FORMAT = 3
@@ -144,16 +148,33 @@ def _load(path: Path, *, remove_broken: bool = False) -> Runner | None:
         return None
 
 
+def _package_path(module: nn.Module, chunk: int) -> Path:
+    return compiled_cache_dir() / f"tiniest-{package_key(module, chunk)[:32]}.pt2"
+
+
+def load_cached(module: nn.Module, chunk: int) -> Runner | None:
+    """The package for ``module`` if this machine has already built it, else None; never builds."""
+    return _load(_package_path(module, chunk))
+
+
 def load_or_build(module: nn.Module, chunk: int) -> Runner:
     """The cached package for ``module``, building it first if this machine has none.
 
+    A build is announced in one log line (a warning, so that it shows without logging set up):
+    it takes tens of seconds, and the caller would otherwise see a silent pause.
     Raises whatever export or compilation raises; the caller decides on a fallback.
     """
-    folder = compiled_cache_dir()
-    target = folder / f"tiniest-{package_key(module, chunk)[:32]}.pt2"
+    target = _package_path(module, chunk)
+    folder = target.parent
     runner = _load(target)
     if runner is not None:
         return runner
+    # Measured: 26-28 s on 2 idle cores, 60-85 s on 2 busy ones.
+    logger.warning(
+        "tiniest: compiling the fast model for these weights, once per machine (about 30 s on 2 idle cores, "
+        "longer on a busy machine); later runs load it from %s",
+        folder,
+    )
     with writer_lock(folder / ".locks" / f"{target.name}.lock", LOCK_TIMEOUT_S) as access:
         runner = _load(target, remove_broken=access == "locked")  # a peer may have built it meanwhile
         if runner is not None:

@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 _MODEL_KINDS = {
     "eager": "eager model",
     "optimized": "optimized model (compiled)",
-    "optimized-uncompiled": "tiniest.optimize's module run eagerly (it could not be compiled)",
+    "optimized-uncompiled": "tiniest.optimize's module run eagerly (not compiled)",
 }
 
 
@@ -153,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
     align_labels(data, plain.labels)  # refuse a dataset foreign to the weights before building the fast model
     model: nn.Module = plain
     if not args.eager:
-        from tiniest.optimize import optimize
+        from tiniest.optimize import optimize, worth_building
 
-        model = optimize(model)
+        model = optimize(model, build=worth_building(len(data)))  # a few images: no wait for a build
     loaded = time.perf_counter()
     result = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
     total = time.perf_counter() - began
