@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tiniest.transforms import MissingExtraError
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from tiniest.predict import Prediction
 
 __all__ = [
-    "MissingExtraError",
     "confusion_matrix_figure",
     "predictions_figure",
     "require_matplotlib",
@@ -35,10 +36,6 @@ CONFUSION_INCHES = (8.0, 7.0)  # 800 x 700 pixels
 CELL_INCHES = (2.0, 2.4)  # one picture of the grid with its title: 200 x 240 pixels
 MAX_COLUMNS = 5
 MAX_CLASSES_SHOWN = 3  # more lines would not fit under a 200-pixel picture
-
-
-class MissingExtraError(RuntimeError):
-    """An optional dependency is not installed; the message names the extra that brings it."""
 
 
 def require_matplotlib() -> None:
