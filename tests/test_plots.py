@@ -15,7 +15,6 @@ import tiniest
 from tests.test_evaluate import tiny_folder
 from tiniest import plots
 from tiniest.cli import main
-from tiniest.predict import Prediction
 from tiniest.release import CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,12 +97,14 @@ def test_predict_plot_draws_the_images_with_their_classes(
     assert all(path.name in printed for path in paths)
 
 
-def test_predictions_grid_marks_a_file_that_cannot_be_read(tmp_path: Path) -> None:
+def test_predictions_grid_marks_a_file_that_cannot_be_read(tmp_path: Path, random_weights: Path) -> None:
     good, broken = tmp_path / "good.png", tmp_path / "broken.png"
     Image.new("RGB", (32, 32), (255, 0, 0)).save(good)
     broken.write_bytes(b"not a picture")
     out = tmp_path / "grid.png"
-    plots.save_predictions(out, [good, broken], [Prediction((("cat", 0.75),)), Prediction(())])
+    args = ["predict", str(good), str(broken), "--eager", "--weights", str(random_weights), "--plot", str(out)]
+    with pytest.warns(tiniest.UnverifiedWeightsWarning):
+        assert main(args) == 1  # the bad file is reported; the picture is drawn all the same
     pixels = np.asarray(open_png(out).convert("RGB"))
     assert pixels.shape == (240, 400, 3)
     assert (pixels[:, :200] == (255, 0, 0)).all(axis=-1).sum() > 80 * 80  # the readable picture, left
