@@ -49,7 +49,8 @@ def checkpoint_meta(
     inherited = decode_metadata(read_metadata(checkpoint)) if is_safetensors(checkpoint) else {}
     run = run_beside(path, state_dict) if path is not None and not inherited and not published else None
     return weights_meta(
-        state_dict, published=published, run=run, inherited=inherited, metrics=metrics, license=license
+        state_dict, published=published, run=run, inherited=inherited, metrics=metrics, license=license,
+        origin=str(path) if path is not None else "checkpoint",
     )
 
 

@@ -71,8 +71,12 @@ def num_outputs(state_dict: Mapping[str, torch.Tensor], origin: str = "weights")
     """The class count of Tiniest weights: the rows of their ``fc.weight``."""
     fc = state_dict.get("fc.weight")
     if not isinstance(fc, torch.Tensor) or fc.dim() != 2 or fc.shape[0] < 1:
-        found = tuple(fc.shape) if isinstance(fc, torch.Tensor) else "none"
-        raise ValueError(f"{origin}: expected Tiniest weights with an fc.weight of shape (classes, 80), got {found}")
+        found = f"of shape {tuple(fc.shape)}" if isinstance(fc, torch.Tensor) else "absent"
+        names = ", ".join(list(state_dict)[:3]) + (", ..." if len(state_dict) > 3 else "")
+        raise ValueError(
+            f"{origin}: expected Tiniest weights, whose fc.weight has shape (classes, 80); got {len(state_dict)} "
+            f"tensors ({names or 'none'}) and fc.weight {found}"
+        )
     return int(fc.shape[0])
 
 
@@ -189,6 +193,7 @@ def weights_meta(
     labels: Sequence[str] | None = None,
     metrics: Mapping[str, Any] | None = None,
     license: str | None = None,
+    origin: str = "weights",
 ) -> dict[str, Any]:
     """The metadata of weights: the pinned record for the published ones, else only their own facts.
 
@@ -201,6 +206,7 @@ def weights_meta(
         labels: class names, overriding the run's and the inherited ones.
         metrics: measured metrics, as given by the weights' maker (``--metrics``).
         license: their licence, as given by the maker (default: the inherited one, else unknown).
+        origin: where the weights come from, for messages.
     """
     release = TiniestWeights.DEFAULT.release
     if published:
@@ -208,7 +214,7 @@ def weights_meta(
             raise ValueError("--metrics and --license are for new weights; the published ones keep their pinned record")
         return dict(release.meta)
     inherited = inherited or {}
-    num_classes = num_outputs(state_dict)
+    num_classes = num_outputs(state_dict, origin)
     categories = list(labels or (run["classes"] if run else None) or inherited.get("categories") or [])
     if not categories:
         categories = list(Tiniest(num_classes).labels)

@@ -184,7 +184,7 @@ def make_release(args: argparse.Namespace) -> dict[str, Any]:
     inherited = decode_metadata(read_metadata(source.checkpoint)) if is_safetensors(source.checkpoint) else {}
     metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else None
     meta = weights_meta(state_dict, published=pinned, run=source.run, inherited=inherited, metrics=metrics,
-                        license=args.license)
+                        license=args.license, origin=source.origin)
     if source_sha256 == release.sha256:
         artifact = source.checkpoint  # already the release file
     else:

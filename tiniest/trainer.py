@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ RUN_FILES = (CHECKPOINT_NAME, MODEL_NAME, LOG_NAME, PLOT_NAME)
 EVAL_BATCH = 500
 DIST_TIMEOUT = 600.0  # seconds a process waits for its peers (TINIEST_DIST_TIMEOUT), as NCCL's default
 HF_PREFIX = "hf://"
+_PEER_LOST = re.compile(r"Timed out|timeout|Connection (closed|reset)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -320,8 +322,10 @@ def train(options: RunOptions, overrides: dict[str, Any] | None = None) -> Path:
     with _process_group(options.device) as proc:
         try:
             return _train(options, overrides, proc)
-        except dist.DistError as error:
-            raise _peer_error(error, proc, options) from None
+        except RuntimeError as error:  # gloo reports a silent peer as a plain RuntimeError
+            if proc.world_size > 1 and (isinstance(error, dist.DistError) or _PEER_LOST.search(str(error))):
+                raise _peer_error(error, proc, options) from None
+            raise
 
 
 def _peer_error(error: Exception, proc: _Process, options: RunOptions) -> RuntimeError:
