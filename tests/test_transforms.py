@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -288,3 +289,18 @@ except ImportError as error:
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert 'pip install "tiniest[images]"' in done.stdout
+
+
+def test_decoding_images_needs_no_numpy(pixels: np.ndarray, tmp_path: Path) -> None:
+    """Pillow does not bring numpy, and the images extra is not the only way to have Pillow."""
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    script = f"""
+import sys, warnings
+sys.modules["numpy"] = None
+warnings.simplefilter("ignore")  # torch's own "Failed to initialize NumPy"
+import json, tiniest
+print(json.dumps(tiniest.preprocess({str(tmp_path / "a.png")!r}).add(0.5).mul(255).round().int().tolist()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [torch.from_numpy(pixels).permute(2, 0, 1).tolist()]
