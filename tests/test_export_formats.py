@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
+    assert json.loads(session.get_modelmeta().custom_metadata_map["labels.json"]) == list(tiniest.CLASSES)
     return torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
 
 
@@ -102,3 +104,28 @@ def test_metrics_only_apply_to_safetensors(checkpoint: tuple[Path, Tiniest], tmp
     path, _ = checkpoint
     args = ["export", str(path), "--format", "torchscript", "-o", str(tmp_path), "--metrics", str(metrics)]
     assert main(args) == 1
+
+
+def test_only_the_published_checkpoint_carries_the_publishers_credit(
+    checkpoint: tuple[Path, Tiniest], shared_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tiniest.artifact import read_metadata
+
+    path, _ = checkpoint
+    mine = read_metadata(export(path, "safetensors", tmp_path / "mine", capsys).read_bytes())
+    assert "THALES" not in json.dumps(mine) and "ThalesGroup" not in mine["credit"] and "copyright" not in mine
+    assert mine["license"] == "unknown" and json.loads(mine["metrics"]) == {"note": "not measured"}
+    published = read_metadata(export(shared_checkpoint, "safetensors", tmp_path / "published", capsys).read_bytes())
+    assert published["copyright"] == "Copyright 2024-2025 THALES" and "ThalesGroup" in published["credit"]
+
+
+def test_programs_carry_the_class_names(
+    checkpoint: tuple[Path, Tiniest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = checkpoint
+    files = {"labels.json": ""}
+    torch.jit.load(str(export(path, "torchscript", tmp_path, capsys)), _extra_files=files)
+    assert json.loads(files["labels.json"]) == list(tiniest.CLASSES)
+    extra = {"labels.json": ""}
+    torch.export.load(str(export(path, "exported-program", tmp_path, capsys)), extra_files=extra)
+    assert json.loads(extra["labels.json"]) == list(tiniest.CLASSES)

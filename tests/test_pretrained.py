@@ -13,7 +13,7 @@ import torch
 
 import tiniest
 from tiniest import Tiniest, TiniestWeights
-from tiniest.artifact import sha256_hex
+from tiniest.artifact import read_metadata, sha256_hex
 from tiniest.weights import UnverifiedWeightsWarning, WeightsNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,7 @@ def test_published_weights_round_trip_to_the_release_bytes(shared_checkpoint: Pa
     assert sha256_hex((folder / "model.safetensors").read_bytes()) == PINNED.sha256
     assert json.loads((folder / "config.json").read_text())["num_classes"] == 10
     assert (folder / "README.md").read_text().startswith("---\n")
+    assert "THALES" in read_metadata((folder / "model.safetensors").read_bytes())["copyright"]  # the publisher's own
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded = Tiniest.from_pretrained(folder)
@@ -67,6 +68,23 @@ def test_other_weights_load_with_a_warning(tmp_path: Path) -> None:
     with pytest.warns(UnverifiedWeightsWarning):
         loaded = Tiniest.from_pretrained(str(folder), device="cpu")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    # anyone's weights: no publisher credit, licence or metrics; not called verified
+    meta = read_metadata(first)
+    assert "THALES" not in json.dumps(meta) and "ThalesGroup" not in json.dumps(meta) and "copyright" not in meta
+    assert meta["license"] == "unknown" and json.loads(meta["metrics"]) == {"note": "not measured"}
+    card = (folder / "README.md").read_text()
+    assert "# verified" not in card and "UnverifiedWeightsWarning" in card and "THALES" not in card
+
+
+def test_labels_travel_through_the_folder(tmp_path: Path) -> None:
+    model = Tiniest(3, labels=["ant", "bee", "wasp"])
+    folder = model.save_pretrained(tmp_path / "insects")
+    assert json.loads((folder / "config.json").read_text())["id2label"] == {"0": "ant", "1": "bee", "2": "wasp"}
+    with pytest.warns(UnverifiedWeightsWarning):
+        loaded = Tiniest.from_pretrained(folder)
+    assert loaded.labels == ("ant", "bee", "wasp") and loaded.fc.out_features == 3
+    with pytest.raises(ValueError, match="expected 3 labels, one per output, got 2"):
+        Tiniest(3, labels=["ant", "bee"])
 
 
 def test_pinned_repo_id_must_serve_the_pinned_bytes(release_bytes: bytes, tmp_path: Path) -> None:
