@@ -121,7 +121,10 @@ def test_cli_on_cifar_batches_writes_every_number(
     assert eager["model"] == "eager" and eager["seconds"]["inference"] > 0
 
 
-def test_cli_reports_bad_data_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_bad_data_clearly(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))  # the class names come with the weights
     tiny_folder(tmp_path, ("cat", "unicorn"))
     assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--batch-size", "0"]) == 1
     assert "positive batch size, got 0" in capsys.readouterr().err
