@@ -1,0 +1,110 @@
+"""The public surface, listed: a change that drops or renames a name fails here, not in a user's notebook.
+
+Adding a name is fine (add it below too); removing one is a breaking change that needs a new major version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import re
+
+import torch
+
+import tiniest
+from tests.conftest import ROOT
+from tiniest.cli import build_parser
+
+PACKAGE_NAMES = {
+    "Block",
+    "CLASSES",
+    "LayerNorm2d",
+    "Preprocess",
+    "Tiniest",
+    "TiniestWeights",
+    "UnverifiedWeightsWarning",
+    "WeightsNotFoundError",
+    "load_weights",
+    "optimize",
+    "predict",
+    "preprocess",
+    "tiniest",
+}
+
+COMMANDS: dict[str, tuple[list[str], str]] = {
+    "export": (["checkpoint"], "--filename --format --license --metrics --output -o"),
+    "predict": (["images"], "--eager --json --plot --top-k --weights"),
+    "evaluate": ([], "--batch-size --data --eager --json --plot --quiet --skip-unreadable --split --weights"),
+    "train": (
+        [],
+        "--batch-size --data --device --ema-decay --epochs --final-div-factor --limit-test --limit-train --lr"
+        " --mixup --no-augment --no-progress --output -o --overwrite --plot --resume --seed --stop-after --warmup",
+    ),
+    "release": (
+        ["source"],
+        "--github-repo --hf-repo-id --hf-revision --license --metrics --name --output -o --overwrite --tag",
+    ),
+}
+
+ENVIRONMENT = {
+    "TINIEST_BACKOFF",
+    "TINIEST_CACHE",
+    "TINIEST_COMPILED_CACHE",
+    "TINIEST_DIST_TIMEOUT",
+    "TINIEST_GITHUB_TOKEN",
+    "TINIEST_GITHUB_URL",
+    "TINIEST_NO_COMPILE",
+    "TINIEST_OFFLINE",
+    "TINIEST_RETRIES",
+    "TINIEST_TIMEOUT",
+    "TINIEST_WEIGHTS",
+    "TINIEST_WEIGHTS_DIR",
+}
+
+ENTRYPOINT_ARGUMENTS = ["pretrained", "weights", "sources", "progress", "device", "offline"]
+
+
+def test_package_names() -> None:
+    assert set(tiniest.__all__) >= PACKAGE_NAMES
+    for name in tiniest.__all__:
+        assert getattr(tiniest, name) is not None, name
+    assert callable(tiniest.predict) and callable(tiniest.optimize) and callable(tiniest.preprocess)
+
+
+def test_hubconf_exposes_one_entrypoint_with_its_arguments() -> None:
+    tree = ast.parse((ROOT / "hubconf.py").read_text(encoding="utf-8"))
+    public = [
+        node.names[0].asname or node.names[0].name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and not node.names[0].name.startswith("_")
+    ]
+    assert public == ["tiniest"]
+    parameters = inspect.signature(tiniest.tiniest).parameters
+    assert list(parameters)[: len(ENTRYPOINT_ARGUMENTS)] == ENTRYPOINT_ARGUMENTS
+    assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in ENTRYPOINT_ARGUMENTS[1:])
+
+
+def test_cli_commands_and_flags() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) >= set(COMMANDS)
+    for name, (positionals, flags) in COMMANDS.items():
+        actions = subparsers.choices[name]._actions
+        assert [a.dest for a in actions if not a.option_strings] == positionals, name
+        assert {o for a in actions for o in a.option_strings} >= set(flags.split()), name
+
+
+def test_environment_variables_are_read_and_documented() -> None:
+    source = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "tiniest").rglob("*.py"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    read = set(re.findall(r"TINIEST_[A-Z_]+", source))
+    assert read >= ENVIRONMENT
+    undocumented = sorted(name for name in read if name not in readme)
+    assert not undocumented, f"environment variables read but not in the README: {undocumented}"
+
+
+def test_hub_folder_methods() -> None:
+    assert inspect.ismethod(tiniest.Tiniest.from_pretrained)  # a classmethod
+    assert callable(tiniest.Tiniest.save_pretrained)
+    assert isinstance(tiniest.Tiniest(), torch.nn.Module)
