@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tiniest  # noqa: E402
-from tiniest.export import export_onnx  # noqa: E402
-from tiniest.optimize import optimize  # noqa: E402
+from tiniest.commands.export import export_onnx  # noqa: E402
+from tiniest.fast import optimize  # noqa: E402
 
 Engine = Callable[[torch.Tensor], torch.Tensor]
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout wo
 
 from tiniest.data import load_split
 from tiniest.model import Tiniest
-from tiniest.runlog import read_log
-from tiniest.trainer import RunOptions, train
+from tiniest.training import RunOptions, train
+from tiniest.training.runlog import read_log
 
 
 def recipe_speed(data: str, images: int, batch_size: int, epochs: int) -> float:

@@ -80,8 +80,7 @@ def model_card() -> str:
 @pytest.fixture(scope="session")
 def release_bytes() -> bytes:
     """The release artifact exported from ../shared/weights/tiniest.pt (built, never committed)."""
-    from tiniest.release import TiniestWeights
-    from tiniest.weights import build_artifact
+    from tiniest.weights import TiniestWeights, build_artifact
 
     checkpoint = shared_path(SHARED_CHECKPOINT)
     return build_artifact(checkpoint.read_bytes(), TiniestWeights.DEFAULT.meta)

@@ -152,7 +152,8 @@ def timed_load(sources: str) -> dict[str, Any]:
 
     import huggingface_hub.file_download  # noqa: F401
 
-    from tiniest.weights import WeightsNotFoundError, load_weights
+    from tiniest.errors import WeightsNotFoundError
+    from tiniest.weights import load_weights
 
     started = time.monotonic()
     try:

@@ -18,8 +18,8 @@ from PIL import Image
 
 from tests.loopback import LoopbackServer
 from tiniest import data as data_module
-from tiniest.data import DatasetError, load_split
-from tiniest.transforms import PreprocessError
+from tiniest.data import load_split
+from tiniest.errors import DatasetError, PreprocessError
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("cat", "dog", "ship")

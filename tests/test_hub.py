@@ -13,8 +13,7 @@ import torch
 
 import tiniest
 from tests.conftest import ROOT
-from tiniest.release import TiniestWeights
-from tiniest.weights import torch_cache_path
+from tiniest.weights import TiniestWeights, torch_cache_path
 
 RELEASE = TiniestWeights.DEFAULT.release
 

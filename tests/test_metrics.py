@@ -9,7 +9,7 @@ import torch
 from sklearn import metrics as sk
 
 from tiniest.metrics import classification_report, confusion_matrix, format_report, report_dict
-from tiniest.release import CLASSES
+from tiniest.weights import CLASSES
 
 
 def random_labels(seed: int, n: int, absent: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import DEAD_ENDPOINT, ROOT
 from tests.loopback import LoopbackServer
-from tiniest.release import TiniestWeights
+from tiniest.weights import TiniestWeights
 
 RELEASE = TiniestWeights.DEFAULT.release
 BARE = "import sys\nfor name in ('numpy', 'tqdm', 'PIL'):\n    sys.modules[name] = None\n"
@@ -58,8 +58,9 @@ def test_every_weights_path_works_without_numpy_tqdm_or_pillow(
     code = f"""
 import hashlib, json, os
 import tiniest
-from tiniest.cli import main
-from tiniest.weights import WeightsNotFoundError, load_weights
+from tiniest.commands import main
+from tiniest.errors import WeightsNotFoundError
+from tiniest.weights import load_weights
 out = {{"package": tiniest.__file__}}
 first = load_weights()
 out["first"] = [first.source, first.verified]

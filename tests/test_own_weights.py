@@ -16,9 +16,9 @@ import torch
 import tiniest
 from tests.tiny_runs import make_dataset, train
 from tiniest import Tiniest
-from tiniest.artifact import read_metadata
-from tiniest.cli import main
-from tiniest.weights import UnverifiedWeightsWarning, WeightsNotFoundError
+from tiniest.commands import main
+from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
+from tiniest.weights.artifact import read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ("circle", "square", "triangle")

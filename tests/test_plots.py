@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import tiniest
-from tests.test_evaluate import tiny_folder
+from tests.test_evaluation import tiny_folder
 from tiniest import plots
-from tiniest.cli import main
-from tiniest.release import CLASSES
+from tiniest.commands import main
+from tiniest.weights import CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,7 +117,9 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, command: str) -
     picture = tmp_path / "picture.png"
     Image.new("RGB", (32, 32), (10, 20, 30)).save(picture)
     argv = ["evaluate", "--data", str(tmp_path)] if command == "evaluate" else ["predict", str(picture)]
-    prelude = "import sys; sys.modules['matplotlib'] = None; from tiniest.cli import main; sys.exit(main(sys.argv[1:]))"
+    prelude = (
+        "import sys; sys.modules['matplotlib'] = None; from tiniest.commands import main; sys.exit(main(sys.argv[1:]))"
+    )
     run = subprocess.run(
         [sys.executable, "-c", prelude, *argv, "--plot", str(out)],
         capture_output=True,

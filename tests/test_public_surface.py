@@ -14,7 +14,7 @@ import torch
 
 import tiniest
 from tests.conftest import ROOT
-from tiniest.cli import build_parser
+from tiniest.commands import build_parser
 
 PACKAGE_NAMES = {
     "Block",

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import ROOT
 from tiniest.data import load_split
-from tiniest.release import TiniestWeights
+from tiniest.weights import TiniestWeights
 
 REPORT_ROW = re.compile(r"^\s*(\w+)\s+(\d\.\d{3})\s+(\d\.\d{3})\s+(\d\.\d{3})\s+(\d+)\s*$")
 

@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 import tiniest
-from tiniest.release import TiniestWeights
-from tiniest.transforms import Preprocess, PreprocessError, decode_image, preprocess, to_uint8_images
+from tiniest.errors import PreprocessError
+from tiniest.transforms import Preprocess, decode_image, preprocess, to_uint8_images
+from tiniest.weights import TiniestWeights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,7 +157,7 @@ def test_unreadable_and_missing_files_are_named(tmp_path: Path) -> None:
 
 
 def test_importing_tiniest_stays_light() -> None:
-    heavy = "{'PIL', 'huggingface_hub', 'tiniest.transforms', 'tiniest.data', 'tiniest.predict', 'tiniest.evaluate'}"
+    heavy = {"PIL", "huggingface_hub", "tiniest.transforms", "tiniest.data", "tiniest.inference", "tiniest.evaluation"}
     code = f"import sys, tiniest; print(sorted({heavy} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -279,7 +280,7 @@ def test_without_pillow_the_message_names_the_extra() -> None:
 import sys
 sys.modules["PIL"] = None
 import tiniest
-from tiniest.transforms import MissingExtraError
+from tiniest.errors import MissingExtraError
 try:
     tiniest.preprocess("photo.jpg")
 except ImportError as error:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tiniest.cli import main
-from tiniest.release import CLASSES
+from tiniest.commands import main
+from tiniest.weights import CLASSES
 
 
 def make_dataset(

@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
 from tiniest.hub import tiniest
 from tiniest.model import Block, LayerNorm2d, Tiniest
-from tiniest.release import CLASSES, TiniestWeights
-from tiniest.weights import UnverifiedWeightsWarning, WeightsNotFoundError, load_weights
+from tiniest.weights import CLASSES, TiniestWeights, load_weights
 
 __version__ = "1.0.0"
 
@@ -21,8 +21,8 @@ __version__ = "1.0.0"
 _LAZY = {
     "Preprocess": "tiniest.transforms",
     "preprocess": "tiniest.transforms",
-    "predict": "tiniest.predict",
-    "optimize": "tiniest.optimize",
+    "predict": "tiniest.inference",
+    "optimize": "tiniest.fast",
 }
 
 __all__ = [

@@ -1,5 +1,5 @@
 """``python -m tiniest <command>``."""
 
-from tiniest.cli import main
+from tiniest.commands import main
 
 raise SystemExit(main())

@@ -36,25 +36,20 @@ from typing import Any
 
 import torch
 
-from tiniest.store import save_atomically
+from tiniest.classes import CIFAR10_CLASSES
+from tiniest.errors import DatasetError, PreprocessError
+from tiniest.storage import HF_PREFIX, cache_dir, save_atomically
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "DataOnlyUnpickler",
-    "DatasetError",
     "LabeledImages",
-    "cache_dir",
     "load_split",
 ]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 CACHE_FORMAT = 2  # 2: EXIF orientation and reduced-scale JPEG decoding; skipped files recorded
-HF_PREFIX = "hf://"
-
-
-class DatasetError(ValueError):
-    """A dataset that is missing or not in a known layout; the message says which was expected."""
 
 
 @dataclass(frozen=True)
@@ -73,20 +68,12 @@ class LabeledImages:
         return int(self.labels.shape[0])
 
 
-def cache_dir() -> Path:
-    """``$TINIEST_CACHE``, else ``$XDG_CACHE_HOME/tiniest``, else ``~/.cache/tiniest``."""
-    if os.environ.get("TINIEST_CACHE"):
-        return Path(os.environ["TINIEST_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tiniest"
-
-
 def load_split(
     root: str | os.PathLike[str], split: str = "test", *, progress: bool = False, skip_unreadable: bool = False
 ) -> LabeledImages:
     """Split ``split`` of the dataset at ``root`` (see the module docs for what ``root`` may be).
 
-    An image file that cannot be read raises :class:`tiniest.transforms.PreprocessError` naming it;
+    An image file that cannot be read raises :class:`tiniest.errors.PreprocessError` naming it;
     with ``skip_unreadable`` it is left out instead and listed in the result's ``skipped``.
     """
     text = os.fspath(root)
@@ -144,7 +131,7 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
     fingerprint = {"kind": "imagefolder", "root": str(folder.resolve()), "files": stats}
 
     def decode() -> LabeledImages:
-        from tiniest.transforms import PreprocessError, decode_image
+        from tiniest.transforms import decode_image
 
         images, labels, skipped = [], [], []
         for path, label in _progress(files, progress, f"decoding {folder.name}"):
@@ -162,8 +149,6 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
 
     result = _cached(fingerprint, decode)
     if result.skipped and not skip_unreadable:  # decoded earlier with skip_unreadable: still strict now
-        from tiniest.transforms import PreprocessError
-
         raise PreprocessError(result.skipped[0][1])
     return result
 
@@ -284,9 +269,7 @@ def _unpickle(path: Path) -> dict[str, Any]:
 def _cifar_classes(folder: Path) -> tuple[str, ...]:
     meta = folder / "batches.meta"
     if not meta.is_file():
-        from tiniest.release import CLASSES
-
-        return CLASSES
+        return CIFAR10_CLASSES
     names = _unpickle(meta).get("label_names")
     if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
         raise DatasetError(f"{os.fspath(meta)!r}: expected 'label_names', a list of strings")

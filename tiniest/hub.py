@@ -1,4 +1,8 @@
-"""The ``tiniest`` entry point shared by torch.hub (``hubconf.py``) and pip users."""
+"""The ``tiniest`` entry point shared by torch.hub (``hubconf.py``) and pip users: the model built with its weights.
+
+The weights code (:mod:`tiniest.weights`) checks bytes and keys; the architecture is checked here,
+where the model and the weights meet.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ from collections.abc import Iterable
 
 import torch
 
-from tiniest.metadata import loaded_meta, model_from_weights
+from tiniest.errors import UsageError
 from tiniest.model import Tiniest
-from tiniest.release import TiniestWeights
-from tiniest.weights import load_weights
+from tiniest.weights import TiniestWeights, load_strictly, load_weights
+from tiniest.weights.metadata import loaded_meta, model_from_weights
 
-__all__ = ["tiniest"]
+__all__ = ["check_architecture", "tiniest"]
 
 
 def tiniest(
@@ -55,8 +59,15 @@ def tiniest(
     model = Tiniest()
     if pretrained:
         loaded = load_weights(weights, sources=sources, progress=progress, offline=offline)
-        model = model_from_weights(loaded.state_dict, loaded_meta(loaded), origin=loaded.location)
+        model = model_from_weights(Tiniest, loaded.state_dict, loaded_meta(loaded), origin=loaded.location)
     elif weights is not None:
-        raise ValueError("weights= was given with pretrained=False; drop one of them")
+        raise UsageError("weights= was given with pretrained=False; drop one of them")
     model.eval()
     return model.to(device) if device is not None else model
+
+
+def check_architecture(state_dict: dict[str, torch.Tensor], origin: str = "weights") -> None:
+    """Refuse a state_dict that is not Tiniest's (of any class count) before it becomes a release file."""
+    fc = state_dict.get("fc.weight")
+    num_classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else 10
+    load_strictly(Tiniest(num_classes), state_dict, origin)

@@ -7,15 +7,14 @@ layer indices like ``(2, 4)`` mean the same module as in scio's tutorials.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from tiniest.release import CLASSES
+from tiniest.classes import default_labels
+from tiniest.weights.hub_mixin import HubFolderMixin
 
 __all__ = ["Block", "LayerNorm2d", "Tiniest", "tanh_exp"]
 
@@ -67,13 +66,14 @@ class Block(nn.Module):
         return torch.addcmul(self.fc2(tanh_exp(value) * gate), x, self.rs)
 
 
-class Tiniest(nn.Module):
+class Tiniest(HubFolderMixin):
     """CIFAR-10 classifier with 97,530 parameters.
 
     Input: ``(N, 3, 32, 32)`` RGB in [0, 1] minus 0.5. Output: ``(N, num_classes)`` logits in the
     order of ``labels`` (the weights' class names; :data:`tiniest.CLASSES` for the published ones).
     ``meta`` is what the weights' file says of them (empty for a random model): the model built
     from weights keeps it so that ``save_pretrained`` repeats it while the weights are unchanged.
+    ``from_pretrained`` / ``save_pretrained`` come from :class:`tiniest.weights.hub_mixin.HubFolderMixin`.
     """
 
     def __init__(
@@ -81,7 +81,7 @@ class Tiniest(nn.Module):
     ) -> None:
         super().__init__()
         if labels is None:
-            labels = CLASSES if num_classes == len(CLASSES) else [f"class_{i}" for i in range(num_classes)]
+            labels = default_labels(num_classes)
         if len(labels) != num_classes:
             raise ValueError(f"expected {num_classes} labels, one per output, got {len(labels)}: {list(labels)}")
         self.labels = tuple(str(name) for name in labels)
@@ -105,16 +105,3 @@ class Tiniest(nn.Module):
         x = self.ln2(self.dsconv(x))
         x = self.l6(self.l5(self.l4(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    @classmethod
-    def from_pretrained(cls, repo_id_or_folder: str | os.PathLike[str], **options: Any) -> Tiniest:
-        """Verified weights from a Hub repo id or a local folder (see :mod:`tiniest.pretrained`)."""
-        from tiniest.pretrained import from_pretrained
-
-        return from_pretrained(cls, repo_id_or_folder, **options)
-
-    def save_pretrained(self, folder: str | os.PathLike[str], **options: Any) -> Path:
-        """Write a Hub model folder: model.safetensors, config.json, README.md."""
-        from tiniest.pretrained import save_pretrained
-
-        return save_pretrained(self, folder, **options)

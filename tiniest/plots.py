@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tiniest.transforms import MissingExtraError
+from tiniest.errors import MissingExtraError, PreprocessError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from tiniest.predict import Prediction
+    from tiniest.inference import Prediction
 
 __all__ = [
     "confusion_matrix_figure",
@@ -112,14 +112,14 @@ def save_predictions(
 
     A file that cannot be read (a prediction without classes) gets a blank panel that says so.
     """
-    from tiniest.transforms import PreprocessError, preprocess
+    from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE, preprocess
 
     pixels, titles = [], []
     for image, prediction in zip(images, predictions, strict=True):
         try:
-            pixels.append(preprocess(image)[0] + 0.5)  # back to [0, 1]: the model's input, shift undone
+            pixels.append(preprocess(image)[0] - INPUT_SHIFT)  # back to [0, 1]: the model's input, shift undone
         except PreprocessError:
-            pixels.append(torch.ones(3, 32, 32))
+            pixels.append(torch.ones(3, *INPUT_SIZE))
         lines = [f"{name} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN]] or ["cannot be read"]
         titles.append("\n".join([Path(image).name[:28], *lines]))
     predictions_figure(torch.stack(pixels), titles).savefig(path, dpi=DPI)

@@ -1,7 +1,8 @@
 """From the pictures people have to the tensor Tiniest expects: ``(N, 3, 32, 32)`` float, RGB in [0, 1] minus 0.5.
 
-The policy is written in the release metadata (``meta["preprocessing"]``) so that it travels with the
-weights; :meth:`Preprocess.from_meta` reads it back. Accepted inputs:
+The policy, the input contract, is defined here once (:data:`PREPROCESSING`); release metadata carries
+it (``meta["preprocessing"]``) so that it travels with the weights, and :meth:`Preprocess.from_meta`
+reads it back. This module imports nothing of tiniest but :mod:`tiniest.errors`. Accepted inputs:
 
 * a path (``str`` or ``os.PathLike``) to an image file, or a ``PIL.Image.Image``: the EXIF orientation
   is applied first (phone photos are often stored sideways with a tag saying so); 1-bit, grayscale and
@@ -30,33 +31,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tiniest.errors import MissingExtraError, PreprocessError
+
 __all__ = [
     "IMAGES_EXTRA",
-    "MissingExtraError",
+    "INPUT_SHIFT",
+    "INPUT_SIZE",
+    "PREPROCESSING",
     "Preprocess",
-    "PreprocessError",
     "decode_image",
     "preprocess",
     "require_images_extra",
     "to_uint8_images",
 ]
 
+# The model's input contract: RGB, resized straight to 32x32, in [0, 1] minus 0.5 (release.json states
+# the same: tests/weights/test_record.py checks it).
+INPUT_SIZE = (32, 32)
+INPUT_SHIFT = -0.5
+PREPROCESSING: dict[str, Any] = {
+    "color": "RGB",
+    "size": list(INPUT_SIZE),
+    "resize": "bilinear with antialiasing, straight to 32x32 (aspect ratio not kept)",
+    "scale": "uint8 / 255 to [0, 1]",
+    "shift": INPUT_SHIFT,
+}
+_RESIZE = "bilinear with antialiasing"  # what this code implements, whatever size the policy names
+
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _COLOR_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _16_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 IMAGES_EXTRA = 'pip install "tiniest[images]"'
-
-
-class PreprocessError(ValueError):
-    """An input that cannot be turned into the model's input; the message says what was expected."""
-
-
-class MissingExtraError(ImportError, RuntimeError):
-    """An optional dependency is missing; the message names the extra that brings it.
-
-    An ``ImportError`` for Python code, and a ``RuntimeError`` so that the command line prints its
-    one line instead of a traceback.
-    """
 
 
 def require_images_extra(*modules: str) -> None:
@@ -132,9 +137,9 @@ def _open(path: str | os.PathLike[str], size: tuple[int, int]) -> Any:
 
 def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """One image file as ``(3, 32, 32)`` uint8 RGB: the form datasets are cached in."""
-    image = _pil_to_tensor(_open(path, (32, 32)), origin=os.fspath(path))
-    if tuple(image.shape[1:]) != (32, 32):
-        image = _quantize(_resize(image.unsqueeze(0).float().div_(255), (32, 32)))[0]
+    image = _pil_to_tensor(_open(path, INPUT_SIZE), origin=os.fspath(path))
+    if tuple(image.shape[1:]) != INPUT_SIZE:
+        image = _quantize(_resize(image.unsqueeze(0).float().div_(255), INPUT_SIZE))[0]
     return image
 
 
@@ -248,7 +253,7 @@ def _to_unit_batches(x: Any, size: tuple[int, int]) -> Iterator[torch.Tensor]:
 
 def to_uint8_images(x: Any) -> torch.Tensor:
     """Any accepted input as ``(N, 3, 32, 32)`` uint8 RGB (for storing, not for the model)."""
-    return _quantize(torch.cat([_resize(batch, (32, 32)) for batch in _to_unit_batches(x, (32, 32))]))
+    return _quantize(torch.cat([_resize(batch, INPUT_SIZE) for batch in _to_unit_batches(x, INPUT_SIZE)]))
 
 
 class Preprocess(nn.Module):
@@ -258,7 +263,7 @@ class Preprocess(nn.Module):
     when the input is already a tensor.
     """
 
-    def __init__(self, size: tuple[int, int] = (32, 32), shift: float = -0.5) -> None:
+    def __init__(self, size: tuple[int, int] = INPUT_SIZE, shift: float = INPUT_SHIFT) -> None:
         super().__init__()
         self.size = (int(size[0]), int(size[1]))
         self.shift = float(shift)
@@ -266,20 +271,18 @@ class Preprocess(nn.Module):
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Preprocess:
         """Build from a release's ``meta["preprocessing"]``; refuse a policy this code does not implement."""
-        expected = {"color": "RGB", "scale": "uint8 / 255 to [0, 1]"}
-        for key, value in expected.items():
-            if meta.get(key) != value:
-                raise ValueError(
-                    f"preprocessing {key!r}: this version implements {value!r}, the weights ask {meta.get(key)!r}"
+        for key in ("color", "scale"):
+            if meta.get(key) != PREPROCESSING[key]:
+                raise PreprocessError(
+                    f"preprocessing {key!r}: this version implements {PREPROCESSING[key]!r}, "
+                    f"the weights ask {meta.get(key)!r}"
                 )
         resize = str(meta.get("resize", ""))
-        if not resize.startswith("bilinear with antialiasing"):
-            raise ValueError(
-                f"preprocessing 'resize': this version implements bilinear with antialiasing, got {resize!r}"
-            )
+        if not resize.startswith(_RESIZE):
+            raise PreprocessError(f"preprocessing 'resize': this version implements {_RESIZE}, got {resize!r}")
         size = meta.get("size")
         if not (isinstance(size, Sequence) and len(size) == 2):
-            raise ValueError(f"preprocessing 'size': expected [height, width], got {size!r}")
+            raise PreprocessError(f"preprocessing 'size': expected [height, width], got {size!r}")
         return cls(size=(int(size[0]), int(size[1])), shift=float(meta.get("shift", 0.0)))
 
     def forward(self, x: Any) -> torch.Tensor:
@@ -290,17 +293,12 @@ class Preprocess(nn.Module):
         return f"size={self.size}, shift={self.shift}, resize=bilinear+antialias, color=RGB"
 
 
-_DEFAULT: Preprocess | None = None
+_DEFAULT = Preprocess()
 
 
 def preprocess(x: Any) -> torch.Tensor:
     """``x`` (path, PIL image, numpy array, tensor, or a list of them) as the model's input.
 
-    Uses the preprocessing of the default release (``TiniestWeights.DEFAULT.transforms()``).
+    Uses the input contract (:data:`PREPROCESSING`), that of the published weights.
     """
-    global _DEFAULT
-    if _DEFAULT is None:
-        from tiniest.release import TiniestWeights
-
-        _DEFAULT = TiniestWeights.DEFAULT.transforms()
     return _DEFAULT(x)

@@ -1,0 +1,41 @@
+"""The command line's error policy: one line for tiniest's own errors and for files, a traceback for bugs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiniest.commands import main
+
+
+def test_a_tiniest_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "cat.png", "--top-k", "0"]) == 1  # refused before any image is read
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["tiniest predict: error: expected top_k between 1 and 10, got 0"]
+
+
+def test_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.pt"
+    assert main(["export", str(missing), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("tiniest export: error: ") and str(missing) in err
+
+
+def test_bad_metrics_json_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("{accuracy: 0.9", encoding="utf-8")
+    assert main(["export", str(tmp_path / "any.pt"), "-o", str(tmp_path), "--metrics", str(metrics)]) == 1
+    assert f"tiniest export: error: --metrics {metrics}: expected a JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bug", [ValueError, RuntimeError, KeyError])
+def test_a_bug_keeps_its_traceback(bug: type[Exception], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception that is not a TiniestError or an OSError is a bug: it propagates, not a one-line message."""
+
+    def broken(*args: object, **kwargs: object) -> Path:
+        raise bug("a bug inside the export")
+
+    monkeypatch.setattr("tiniest.commands.export.export_safetensors", broken)
+    with pytest.raises(bug, match="a bug inside the export"):
+        main(["export", str(tmp_path / "any.pt"), "--output", str(tmp_path / "out")])

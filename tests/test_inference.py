@@ -1,0 +1,195 @@
+"""``tiniest.predict`` and ``tiniest predict`` on real CIFAR-10 test pictures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiniest
+from tiniest.commands import main
+from tiniest.errors import PreprocessError
+from tiniest.inference import Prediction, predict
+from tiniest.weights import CLASSES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pictures(shared_cifar10: Path) -> list[tuple[Path, str]]:
+    """The first two test pictures of every class, with their true class."""
+    return [(path, name) for name in CLASSES for path in sorted((shared_cifar10 / "test" / name).glob("*.png"))[:2]]
+
+
+@pytest.fixture
+def model(shared_checkpoint: Path) -> tiniest.Tiniest:
+    return tiniest.tiniest(weights=str(shared_checkpoint))
+
+
+def test_predict_takes_every_input_kind_and_matches_the_model(
+    pictures: list[tuple[Path, str]], model: tiniest.Tiniest
+) -> None:
+    paths = [path for path, _ in pictures]
+    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    by_path = predict(paths, model=model, top_k=3)
+    assert len(by_path) == 20 and all(isinstance(p, Prediction) for p in by_path)
+    correct = sum(p.label == truth for p, (_, truth) in zip(by_path, pictures, strict=True))
+    assert correct >= 16, f"{correct}/20 right; the model is 94.6% accurate"
+
+    with torch.no_grad():
+        expected = torch.softmax(model(tiniest.preprocess(paths)), dim=1)
+    for prediction, row in zip(by_path, expected, strict=True):
+        top = row.topk(3)
+        assert [name for name, _ in prediction.top] == [CLASSES[i] for i in top.indices.tolist()]
+        assert np.allclose([p for _, p in prediction.top], top.values.tolist(), atol=1e-6)
+        assert prediction.top[0][1] >= prediction.top[1][1] >= prediction.top[2][1]
+
+    others = {
+        "PIL": [Image.open(path) for path in paths],
+        "numpy batch": np.stack(arrays),
+        "tensor batch": torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2),
+        "float tensor": torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255,
+    }
+    for name, value in others.items():
+        result = predict(value, model=model, top_k=3)
+        for a, b in zip(result, by_path, strict=True):
+            assert [n for n, _ in a.top] == [n for n, _ in b.top], name
+            assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-6), name
+
+    single = predict(arrays[0], model=model, top_k=10)
+    assert len(single) == 1 and abs(sum(p for _, p in single[0].top) - 1) < 1e-5
+    with pytest.raises(ValueError, match=r"top_k between 1 and 10 .*got 11"):
+        predict(arrays[0], model=model, top_k=11)
+
+
+def test_default_model_is_the_optimized_one_with_the_same_answers(
+    pictures: list[tuple[Path, str]], model: tiniest.Tiniest, shared_checkpoint: Path
+) -> None:
+    paths = [path for path, _ in pictures]
+    fast = predict(paths, weights=shared_checkpoint, top_k=2)
+    eager = predict(paths, weights=shared_checkpoint, top_k=2, eager=True)
+    plain = predict(paths, model=model, top_k=2)
+    for a, b, c in zip(fast, eager, plain, strict=True):
+        assert a.label == b.label == c.label
+        assert abs(a.probability - c.probability) < 1e-4 and b.top == c.top
+
+
+def test_cli_prints_text_and_json(pictures: list[tuple[Path, str]], shared_checkpoint: Path) -> None:
+    paths = [str(path) for path, _ in pictures[:3]]
+    env = {**os.environ, "TINIEST_WEIGHTS": str(shared_checkpoint)}
+    command = [sys.executable, "-m", "tiniest", "predict", *paths, "--eager"]  # the optimized default: see above
+    done = subprocess.run([*command, "--top-k", "3", "--json"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    records = json.loads(done.stdout)
+    expected = predict(paths, weights=shared_checkpoint, top_k=3, eager=True)
+    assert [r["image"] for r in records] == paths
+    for record, prediction in zip(records, expected, strict=True):
+        assert [(p["label"], round(p["probability"], 5)) for p in record["predictions"]] == [
+            (name, round(p, 5)) for name, p in prediction.top
+        ]
+
+    text = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines() == [
+        f"{path}: {p.label} {p.probability:.3f}" for path, p in zip(paths, expected, strict=True)
+    ]
+
+
+def test_cli_rejects_what_is_not_an_image(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    notes = tmp_path / "notes.png"
+    notes.write_text("hello")
+    assert main(["predict", str(notes)]) == 1
+    assert "tiniest predict: error: cannot read image file" in capsys.readouterr().err
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    assert main(["predict", str(tmp_path / "ok.png"), "--top-k", "0"]) == 1
+    assert "expected top_k between 1 and 10, got 0" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "ok.png"), "--top-k", "10"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 11
+
+
+def test_tiniest_predict_stays_callable_however_it_was_imported() -> None:
+    """A fresh process: the lazy attribute first, then the submodule import that replaces it."""
+    script = """
+import numpy as np, tiniest
+model, image = tiniest.Tiniest().eval(), np.zeros((32, 32, 3), dtype=np.uint8)
+first = tiniest.predict(image, model=model, top_k=2)
+again = tiniest.predict(image, model=model, top_k=2)  # the package attribute is the module by now
+import tiniest.inference
+assert tiniest.predict(image, model=model, top_k=2) == again == first
+assert tiniest.optimize(model, compile=False) is not None
+import tiniest.fast.optimized
+assert tiniest.optimize(model, compile=False) is not None
+print(first[0].label)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in CLASSES
+
+
+def test_one_unreadable_file_costs_only_its_own_answer(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(4)
+    good_a, empty, good_b = tmp_path / "a.jpg", tmp_path / "empty.png", tmp_path / "b.png"
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(good_a)
+    empty.write_bytes(b"")
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(good_b)
+    paths = [str(good_a), str(empty), str(good_b)]
+    model = tiniest.tiniest(weights=str(shared_checkpoint))
+    expected = predict([good_a, good_b], model=model)
+
+    # Python: errors="report" keeps every answer in its place; the default raises at the bad file.
+    results = predict(paths, model=model, errors="report")
+    assert [r.error is None for r in results] == [True, False, True]
+    assert [results[0], results[2]] == expected
+    assert "cannot read image file" in str(results[1].error) and "empty.png" in str(results[1].error)
+    assert results[1].top == ()
+    with pytest.raises(ValueError, match="no prediction: cannot read image file"):
+        _ = results[1].label
+    with pytest.raises(PreprocessError, match=r"cannot read image file .*empty\.png"):
+        predict(paths, model=model)
+    with pytest.raises(ValueError, match="errors='raise' or 'report', got 'skip'"):
+        predict(paths, model=model, errors="skip")  # type: ignore[arg-type]
+    batch = np.zeros((2, 32, 32, 3), np.uint8)
+    mixed = predict([batch, np.zeros((32, 32, 2), np.uint8), good_b], model=model, errors="report")
+    assert [r.error is None for r in mixed] == [True, True, False, True], "one answer per image, one error per input"
+
+    # The command line: answers on stdout, one error line per bad file on stderr, exit status 1.
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    assert main(["predict", *paths, "--eager"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        f"{paths[0]}: {expected[0].label} {expected[0].probability:.3f}",
+        f"{paths[2]}: {expected[1].label} {expected[1].probability:.3f}",
+    ]
+    assert captured.err.splitlines() == [f"tiniest predict: error: {results[1].error}"]
+    assert main(["predict", *paths, "--eager", "--json", "--top-k", "2"]) == 1
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert [r["image"] for r in records] == paths
+    assert records[1] == {"image": paths[1], "error": results[1].error}
+    assert [p["label"] for p in records[2]["predictions"]] == [
+        name for name, _ in predict(good_b, model=model, top_k=2)[0].top
+    ]
+    assert len(captured.err.splitlines()) == 1
+
+
+def test_without_pillow_predict_says_which_extra_in_one_line(tmp_path: Path) -> None:
+    script = (
+        "import sys; sys.modules['PIL'] = None\n"
+        "from tiniest.commands import main\nsys.exit(main(['predict', 'cat.jpg']))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "tiniest[images]"' in lines[0], done.stderr

@@ -1,0 +1,296 @@
+"""``tiniest train``: exact resumption, logs and plot, refusals, two processes, and that the recipe learns."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny_runs import make_dataset, train
+from tiniest.training import Recipe
+from tiniest.weights.run_files import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+def assert_same_state(left: object, right: object, where: str = "checkpoint") -> None:
+    """Recursive bit-for-bit equality of checkpoint contents (tensors with torch.equal)."""
+    if isinstance(left, torch.Tensor):
+        assert isinstance(right, torch.Tensor) and left.dtype == right.dtype and torch.equal(left, right), where
+    elif isinstance(left, dict):
+        assert isinstance(right, dict) and left.keys() == right.keys(), where
+        for key in left:
+            assert_same_state(left[key], right[key], f"{where}.{key}")
+    elif isinstance(left, (list, tuple)):
+        assert isinstance(right, (list, tuple)) and len(left) == len(right), where
+        for index, (a, b) in enumerate(zip(left, right, strict=True)):
+            assert_same_state(a, b, f"{where}[{index}]")
+    else:
+        assert left == right, where
+
+
+def test_resume_gives_bit_identical_weights(tiny_data: Path, tmp_path: Path) -> None:
+    flags = ["--epochs", "2", "--batch-size", "16", "--limit-train", "64", "--limit-test", "10", "--seed", "3"]
+    assert train(tiny_data, tmp_path / "straight", *flags, "--plot") == 0
+    assert train(tiny_data, tmp_path / "resumed", *flags, "--stop-after", "1") == 0
+    halfway = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert halfway["epoch"] == 1 and not (tmp_path / "resumed" / "model.pt").exists()
+    assert train(tiny_data, tmp_path / "resumed", "--resume") == 0
+
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert straight["epoch"] == resumed["epoch"] == 2
+    for part in ("model", "ema", "optimizer", "scheduler", "recipe"):
+        assert_same_state(straight[part], resumed[part], part)
+    assert (tmp_path / "straight" / "model.pt").read_bytes() == (tmp_path / "resumed" / "model.pt").read_bytes()
+    hashes = [[r["replica_sha256"] for r in run["history"]] for run in (straight, resumed)]
+    assert hashes[0] == hashes[1]
+    # a different seed gives different weights: the equality above is not vacuous
+    assert train(tiny_data, tmp_path / "other", *flags[:-1], "4", "--stop-after", "1") == 0
+    other = load_checkpoint(tmp_path / "other" / "checkpoint.pt")
+    assert not torch.equal(other["ema"]["module.fc.weight"], halfway["ema"]["module.fc.weight"])
+
+    # the log and the plot
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    for record in log:
+        assert record["test_total"] == 10 and 0 <= record["test_accuracy"] <= 1
+        assert record["images_per_second"] > 0 and record["loss"] > 0 and record["lr"] > 0
+    assert log[0]["mixup"] == 0.0 and log[1]["mixup"] == 0.5
+    assert (tmp_path / "straight" / "curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_refuses_to_overwrite_or_to_resume_with_another_recipe(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert train(tiny_data, tmp_path / "nothing", "--resume") == 1
+    assert "no checkpoint" in capsys.readouterr().err
+    assert train(tiny_data, run, "--epochs", "2", "--batch-size", "80", "--limit-test", "4", "--stop-after", "1") == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    assert train(tiny_data, run, "--epochs", "2") == 1
+    assert "--resume" in capsys.readouterr().err
+    assert train(tiny_data, run, "--resume", "--epochs", "3") == 1
+    assert "--epochs: checkpoint 2, asked 3" in capsys.readouterr().err
+    other = make_dataset(tmp_path / "other-data", train_per_class=4)
+    assert train(other, run, "--resume") == 1
+    assert f"--data: checkpoint {str(tiny_data)!r}, asked {str(other)!r}" in capsys.readouterr().err
+    assert train(tiny_data, run, "--resume", "--limit-test", "6") == 1
+    assert "--limit-test: checkpoint 4, asked 6" in capsys.readouterr().err
+    assert train(tiny_data, tmp_path / "big", "--batch-size", "512") == 1
+    assert "larger than the 160 training images" in capsys.readouterr().err
+    assert train(tiny_data, tmp_path / "bad", "--lr", "-1") == 1
+    assert "lr=-1.0" in capsys.readouterr().err
+    make_dataset(tiny_data, train_per_class=1, test_per_class=1, classes=("unicorn",))  # the data changed
+    assert train(tiny_data, run, "--resume") == 1
+    assert "the data's classes: checkpoint [" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == before
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert train(tiny_data, run, "--resume") == 1
+    assert "expected a tiniest training checkpoint, could not read its 16 bytes (" in capsys.readouterr().err
+    (run / "checkpoint.pt").write_bytes(b"")
+    assert train(tiny_data, run, "--resume") == 1
+    assert "got an empty file (0 bytes)" in capsys.readouterr().err
+
+
+def test_two_processes_with_gloo_end_with_identical_weights(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tiniest",
+        "train",
+        "--data",
+        str(tiny_data),
+        "--output",
+        str(run),
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "10",
+        "--no-progress",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    assert checkpoint["epoch"] == 2 and (run / "model.pt").is_file()
+    for record in checkpoint["history"]:
+        assert record["world_size"] == 2
+        first, second = record["replica_sha256"]
+        assert first == second  # both ranks hold bit-identical model and averaged weights
+    assert result.stdout.count("epoch 2/2") == 1  # only rank 0 reports
+    assert "Grad strides do not match" not in result.stderr  # DDP gets gradients in its buckets' layout
+
+
+def test_the_recipe_learns_on_a_few_thousand_cifar10_images(shared_cifar10: Path, tmp_path: Path) -> None:
+    """The recipe (augmentation, mix-up, one-cycle, averaged weights) beats chance threefold within minutes."""
+    flags = [
+        "--limit-train",
+        "2560",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.005",
+        "--ema-decay",
+        "0.9",
+        "--limit-test",
+        "2000",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on two cores shared with other work can run several times slower
+    started = time.perf_counter()
+    try:
+        assert train(shared_cifar10, tmp_path / "run", *flags) == 0
+    finally:
+        torch.set_num_threads(threads)
+    elapsed = time.perf_counter() - started
+    last = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["history"][-1]
+    print(f"short run: {100 * last['test_accuracy']:.2f}% of {last['test_total']} test images in {elapsed:.0f} s")
+    assert last["test_total"] == 2000
+    assert last["test_accuracy"] >= 0.30
+
+
+def test_recipe_defaults_are_the_published_ones() -> None:
+    recipe = Recipe()
+    assert (recipe.epochs, recipe.batch_size, recipe.lr, recipe.warmup) == (300, 256, 0.02, 0.01)
+    assert (recipe.final_div_factor, recipe.ema_decay, recipe.mixup, recipe.shift) == (0.4, 0.999, 0.5, -0.5)
+    assert [recipe.mixup_strength(e) for e in (0, 75, 150, 299)] == [0.0, 0.25, 0.5, 0.5]
+
+
+def test_no_silent_overwrite_and_arguments_checked_before_the_first_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_dataset(tmp_path / "data", train_per_class=4, test_per_class=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"older weights")
+    (run / "log.jsonl").write_text("{}\n")
+    flags = ["--epochs", "1", "--batch-size", "20", "--limit-test", "4"]
+    assert train(data, run, *flags) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run (model.pt, log.jsonl)" in err and "--overwrite" in err
+    assert (run / "model.pt").read_bytes() == b"older weights"
+    assert train(data, run, *flags, "--resume", "--overwrite") == 1
+    assert "choose one" in capsys.readouterr().err
+    assert train(data, run, *flags, "--overwrite") == 0
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1 and (run / "model.pt").read_bytes() != b"older weights"
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1
+
+    # a finished run resumed: one line, nothing trained
+    capsys.readouterr()
+    assert train(data, run, "--resume") == 0
+    out = capsys.readouterr().out
+    assert "already finished its 1 epochs" in out and "epochs 2..1" not in out
+
+    # --output naming a file, or a place nobody can write: refused at once, nothing read or trained
+    started = time.perf_counter()
+    assert train(data, run / "model.pt", *flags) == 1
+    assert "--output" in (err := capsys.readouterr().err) and "is a file; expected a folder" in err
+    assert train(data, Path("/proc/tiniest-run"), *flags) == 1
+    assert "--output /proc/tiniest-run" in capsys.readouterr().err
+    assert time.perf_counter() - started < 5  # before any data is decoded
+
+    # one class only, or train/ and test/ with different classes: the odd folder is named
+    make_dataset(tmp_path / "odd", train_per_class=2, test_per_class=1, classes=("cat", "dog"))
+    make_dataset(tmp_path / "odd", train_per_class=2, test_per_class=0, classes=("emu",))
+    assert train(tmp_path / "odd", tmp_path / "odd-run", *flags) == 1
+    assert "only in train/: emu; only in test/: none" in capsys.readouterr().err
+    make_dataset(tmp_path / "one", train_per_class=2, test_per_class=1, classes=("cat",))
+    assert train(tmp_path / "one", tmp_path / "one-run", *flags) == 1
+    assert "expected at least 2 classes" in capsys.readouterr().err
+
+
+def _stream_until(process: subprocess.Popen[str], text: str, seconds: float) -> str:
+    """Read ``process``'s stdout until a line holds ``text`` (or fail after ``seconds``)."""
+    assert process.stdout is not None
+    deadline, seen = time.monotonic() + seconds, ""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        seen += line
+        if text in line:
+            return seen
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError(f"no {text!r} within {seconds} s; stdout so far:\n{seen}")
+
+
+def test_ctrl_c_says_the_last_saved_epoch_and_the_resume_command(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "tiniest", "train", "--data", str(tiny_data), "--output", str(run),
+               "--epochs", "40", "--batch-size", "16", "--limit-train", "32", "--limit-test", "4", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _stream_until(process, "epoch 1/40", 240)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    saved = load_checkpoint(run / "checkpoint.pt")["epoch"]
+    lines = err.strip().splitlines()
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert lines[-1] == (
+        f"interrupted. Last saved: epoch {saved} of 40 in {run / 'checkpoint.pt'}; continue with: "
+        f"tiniest train --data {tiny_data} --output {run} --resume"
+    )
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="finds the torchrun workers through /proc/<pid>/task/<pid>/children (Linux)")
+def test_a_stopped_peer_ends_the_run_within_the_process_group_timeout(tiny_data: Path, tmp_path: Path) -> None:
+    """A peer that stops answering (SIGSTOP, not killed): the others give up after TINIEST_DIST_TIMEOUT."""
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "tiniest", "train", "--data", str(tiny_data), "--output", str(run), "--device", "cpu",
+               "--epochs", "40", "--batch-size", "16", "--limit-train", "32", "--limit-test", "4", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TINIEST_DIST_TIMEOUT": "5"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped: list[int] = []
+    try:
+        _stream_until(process, "epoch 1/40", 240)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        for pid in map(int, children):
+            if b"RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes().replace(b"LOCAL_RANK", b"L"):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        assert len(stopped) == 1, children
+        began = time.monotonic()
+        _, err = process.communicate(timeout=120)
+        elapsed = time.monotonic() - began
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):  # torchrun kills it once the others have failed
+                os.kill(pid, signal.SIGKILL)
+        process.kill()
+    assert process.returncode != 0
+    assert "a peer process stopped answering within 5 s (the process group's timeout, TINIEST_DIST_TIMEOUT)" in err
+    assert "continue with: torchrun --nproc-per-node 2 -m tiniest train" in err
+    print(f"the run ended {elapsed:.0f} s after its peer stopped")

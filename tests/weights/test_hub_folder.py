@@ -1,0 +1,121 @@
+"""``Tiniest.from_pretrained`` / ``save_pretrained``: Hub-style folders, verified like the hub entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiniest
+from tiniest import Tiniest, TiniestWeights
+from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
+from tiniest.weights.artifact import read_metadata, sha256_hex
+
+ROOT = Path(__file__).resolve().parents[2]
+PINNED = TiniestWeights.DEFAULT.release
+
+
+def hub_cache_snapshot(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
+    """Lay ``files`` out in a Hugging Face cache folder as the ``main`` snapshot of ``repo_id``."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    return cache
+
+
+def test_import_stays_light_and_the_methods_are_there() -> None:
+    code = (
+        "import sys, tiniest\n"
+        "assert callable(tiniest.Tiniest.from_pretrained) and callable(tiniest.Tiniest.save_pretrained)\n"
+        "heavy = ('huggingface_hub', 'kornia', 'PIL', 'matplotlib',\n"
+        "         'tiniest.weights.hub_folder', 'tiniest.training.loop')\n"
+        "print([name for name in heavy if name in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_published_weights_round_trip_to_the_release_bytes(shared_checkpoint: Path, tmp_path: Path) -> None:
+    model = tiniest.tiniest(weights=shared_checkpoint)
+    folder = model.save_pretrained(tmp_path / "published")
+    assert sha256_hex((folder / "model.safetensors").read_bytes()) == PINNED.sha256
+    assert json.loads((folder / "config.json").read_text())["num_classes"] == 10
+    assert (folder / "README.md").read_text().startswith("---\n")
+    assert "THALES" in read_metadata((folder / "model.safetensors").read_bytes())["copyright"]  # the publisher's own
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = Tiniest.from_pretrained(folder)
+    assert not loaded.training
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_other_weights_load_with_a_warning(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = Tiniest()
+    folder = model.save_pretrained(tmp_path / "mine")
+    first = (folder / "model.safetensors").read_bytes()
+    assert Tiniest().save_pretrained(tmp_path / "other") and model.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == first  # deterministic bytes
+    with pytest.warns(UnverifiedWeightsWarning):
+        loaded = Tiniest.from_pretrained(str(folder), device="cpu")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    # anyone's weights: no publisher credit, licence or metrics; not called verified
+    meta = read_metadata(first)
+    assert "THALES" not in json.dumps(meta) and "ThalesGroup" not in json.dumps(meta) and "copyright" not in meta
+    assert meta["license"] == "unknown" and json.loads(meta["metrics"]) == {"note": "not measured"}
+    card = (folder / "README.md").read_text()
+    assert "# verified" not in card and "UnverifiedWeightsWarning" in card and "THALES" not in card
+
+
+def test_labels_travel_through_the_folder(tmp_path: Path) -> None:
+    model = Tiniest(3, labels=["ant", "bee", "wasp"])
+    folder = model.save_pretrained(tmp_path / "insects")
+    assert json.loads((folder / "config.json").read_text())["id2label"] == {"0": "ant", "1": "bee", "2": "wasp"}
+    with pytest.warns(UnverifiedWeightsWarning):
+        loaded = Tiniest.from_pretrained(folder)
+    assert loaded.labels == ("ant", "bee", "wasp") and loaded.fc.out_features == 3
+    with pytest.raises(ValueError, match="expected 3 labels, one per output, got 2"):
+        Tiniest(3, labels=["ant", "bee"])
+
+
+def test_pinned_repo_id_must_serve_the_pinned_bytes(release_bytes: bytes, tmp_path: Path) -> None:
+    cache = hub_cache_snapshot(tmp_path, PINNED.hf_repo_id, {"model.safetensors": release_bytes[:-4] + b"\0" * 4})
+    with pytest.raises(WeightsNotFoundError, match="refusing unverified weights from the pinned repo"):
+        Tiniest.from_pretrained(PINNED.hf_repo_id, local_files_only=True, cache_dir=cache)
+
+
+def test_pinned_repo_id_loads_from_the_hub_cache(release_bytes: bytes, tmp_path: Path) -> None:
+    config = json.dumps({"num_classes": 10}).encode()
+    files = {"model.safetensors": release_bytes, "config.json": config}
+    cache = hub_cache_snapshot(tmp_path, PINNED.hf_repo_id, files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = Tiniest.from_pretrained(PINNED.hf_repo_id, local_files_only=True, cache_dir=cache)
+    assert model.fc.out_features == 10
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="someone/absent"):
+        Tiniest.from_pretrained("someone/absent", local_files_only=True, cache_dir=tmp_path / "hf")
+    with pytest.raises(FileNotFoundError, match="expected a folder"):
+        Tiniest.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"expected model\.safetensors"):
+        Tiniest.from_pretrained(tmp_path / "empty")
+    folder = Tiniest().save_pretrained(tmp_path / "five")
+    (folder / "config.json").write_text(json.dumps({"num_classes": 5}))
+    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(ValueError, match="does not fit"):
+        Tiniest.from_pretrained(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="expected JSON"):
+        Tiniest.from_pretrained(folder)

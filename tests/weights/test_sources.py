@@ -1,0 +1,368 @@
+"""Where weights come from: each source on its real code path, against loopback servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+import tiniest
+from tests.conftest import ROOT
+from tests.loopback import LoopbackServer, serve_like_the_hub
+from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
+from tiniest.weights import TiniestWeights, load_weights, torch_cache_path
+from tiniest.weights.artifact import read_metadata, sha256_hex, to_safetensors
+
+RELEASE = TiniestWeights.DEFAULT.release
+
+
+def release_route() -> str:
+    return f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}"
+
+
+def serve_github_release(server: LoopbackServer, body: bytes) -> None:
+    """Like GitHub: the release URL redirects to a storage host that serves the bytes."""
+    server.redirect(release_route(), f"{server.url}/storage/release-asset?sig=x")
+    server.serve("/storage/release-asset", body, headers={"Content-Type": "application/octet-stream"})
+
+
+@pytest.fixture
+def github(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> LoopbackServer:
+    monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
+    return server
+
+
+def test_export_reproduces_the_pinned_release(release_bytes: bytes) -> None:
+    assert sha256_hex(release_bytes) == RELEASE.sha256
+    assert len(release_bytes) == RELEASE.size
+    meta = read_metadata(release_bytes)
+    assert meta["source_sha256"] == RELEASE.source_sha256
+    assert json.loads(meta["categories"]) == list(tiniest.CLASSES)
+    assert json.loads(meta["num_params"]) == 97_530
+    assert meta["license"] == "MIT"
+    assert "xvel/cifar10-tiniest" in meta["credit"] and "ThalesGroup" in meta["credit"]
+
+
+def test_export_command_is_byte_reproducible(shared_checkpoint: Path, tmp_path: Path) -> None:
+    outputs = []
+    for name in ("a", "b"):
+        run = subprocess.run(
+            [sys.executable, "-m", "tiniest", "export", str(shared_checkpoint), "--output", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert RELEASE.sha256 in run.stdout
+        outputs.append((tmp_path / name / RELEASE.filename).read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_github_release_follows_redirect_verifies_and_caches(github: LoopbackServer, release_bytes: bytes) -> None:
+    serve_github_release(github, release_bytes)
+    loaded = load_weights(progress=False)
+    assert (loaded.source, loaded.verified) == ("github", True)
+    assert github.paths_requested() == [release_route(), "/storage/release-asset"]
+    assert torch_cache_path(RELEASE).read_bytes() == release_bytes
+
+    again = load_weights(progress=False)
+    assert again.source == "cache"
+    assert len(github.requests) == 2, "a cached load must not make any request"
+
+
+def test_github_hash_mismatch_is_not_kept_and_error_lists_every_source(
+    github: LoopbackServer, release_bytes: bytes
+) -> None:
+    serve_github_release(github, release_bytes[:-1] + b"x")
+    with pytest.raises(WeightsNotFoundError) as caught:
+        load_weights(sources=["local", "cache", "github", "original"], progress=False)
+    message = str(caught.value)
+    for source in ("local:", "cache:", "github:", "original:"):
+        assert source in message
+    assert "wrong bytes" in message and "HTTP 404" in message
+    assert "TINIEST_WEIGHTS" in message and RELEASE.sha256 in message
+    checkpoints = torch_cache_path(RELEASE).parent
+    assert not checkpoints.exists() or list(checkpoints.iterdir()) == [], "nothing may be cached"
+
+
+def test_404_falls_through_to_the_original_checkpoint(
+    github: LoopbackServer, shared_checkpoint: Path, release_bytes: bytes
+) -> None:
+    github.serve(f"/{RELEASE.source_path}", shared_checkpoint.read_bytes())
+    loaded = load_weights(sources="github,original", progress=False)
+    assert (loaded.source, loaded.verified) == ("original", True)
+    assert github.paths_requested() == [release_route(), f"/{RELEASE.source_path}"]
+    assert torch_cache_path(RELEASE).read_bytes() == release_bytes, "the conversion is cached as the release file"
+
+
+def test_weights_folder_drop_in_needs_no_network(
+    isolated_caches: Path, github: LoopbackServer, shared_checkpoint: Path, release_bytes: bytes
+) -> None:
+    folder = isolated_caches / "weights"
+    folder.mkdir()
+    (folder / "not-it.safetensors").write_bytes(b"junk")
+    (folder / "tiniest.pt").write_bytes(shared_checkpoint.read_bytes())
+    loaded = load_weights(progress=False)
+    assert (loaded.source, loaded.location) == ("local", str(folder / "tiniest.pt"))
+    assert github.requests == []
+
+
+def test_corrupt_cache_file_is_replaced(github: LoopbackServer, release_bytes: bytes) -> None:
+    cached = torch_cache_path(RELEASE)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(release_bytes[: len(release_bytes) // 2])
+    serve_github_release(github, release_bytes)
+    assert load_weights(progress=False).source == "github"
+    assert cached.read_bytes() == release_bytes
+
+
+@pytest.mark.parametrize("switch", ["TINIEST_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_switch_makes_no_network_call(
+    switch: str, github: LoopbackServer, release_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serve_github_release(github, release_bytes)
+    monkeypatch.setenv(switch, "1")
+    with pytest.raises(WeightsNotFoundError, match="offline mode"):
+        load_weights(progress=False)
+    assert github.requests == []
+
+
+def test_caller_file_that_is_not_the_release_loads_with_a_warning(tmp_path: Path) -> None:
+    other = tiniest.Tiniest()
+    path = tmp_path / "mine.pt"
+    torch.save(other.state_dict(), path)
+    with pytest.warns(UnverifiedWeightsWarning, match="not the pinned release"):
+        model = tiniest.tiniest(weights=str(path))
+    torch.testing.assert_close(model.fc.weight, other.fc.weight)
+
+
+def test_environment_variable_names_the_weights(shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    loaded = load_weights(progress=False)
+    assert (loaded.source, loaded.verified, loaded.sha256) == ("file", True, RELEASE.sha256)
+
+
+def test_caller_url_is_downloaded(server: LoopbackServer, release_bytes: bytes) -> None:
+    server.serve("/mirror/weights.safetensors", release_bytes)
+    loaded = load_weights(f"{server.url}/mirror/weights.safetensors", progress=False)
+    assert (loaded.source, loaded.verified) == ("file", True)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"<html>not weights</html>", "neither"),
+        (b"", "neither"),
+    ],
+)
+def test_unreadable_caller_file_is_a_clear_error(content: bytes, expected: str, tmp_path: Path) -> None:
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(content)
+    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(ValueError, match=expected):
+        load_weights(str(path), progress=False)
+
+
+def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"payload": os.system}, path)
+    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(ValueError) as caught:
+        load_weights(str(path), progress=False)
+    message = str(caught.value)
+    assert "refused: this .pt file holds more than tensors" in message and "weights_only=True" in message
+    assert re.search(r"torch says: .*GLOBAL posix\.system.*blocked\..*https://\S+\.$", message), message
+    assert "will likely succeed" not in message, "never the advice to load it with weights_only=False"
+
+
+def test_wrong_architecture_is_summarised_not_listed(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"fc.weight": torch.zeros(10, 80), "weight": torch.zeros(3)}, path)
+    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(RuntimeError) as caught:
+        tiniest.tiniest(weights=str(path))
+    message = str(caught.value)
+    assert re.search(
+        r"does not fit Tiniest: expected its 88 tensors, got 2; 87 missing \(\S+, \S+, \S+ and 84 more\)"
+        r", 1 unexpected \(weight\)$",
+        message,
+    ), message
+
+
+def test_tensor_of_another_shape_is_named(tmp_path: Path) -> None:
+    state = tiniest.Tiniest().state_dict()
+    expected = tuple(state["conv1.weight"].shape)
+    state["conv1.weight"] = torch.zeros(5, 3)
+    path = tmp_path / "reshaped.safetensors"
+    path.write_bytes(to_safetensors(state, {}))
+    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(RuntimeError) as caught:
+        tiniest.tiniest(weights=path)
+    assert str(caught.value).endswith(f"1 of another shape (conv1.weight (5, 3) instead of {expected})"), caught.value
+
+
+def test_own_safetensors_writer_matches_the_library_byte_for_byte() -> None:
+    """Written without numpy, laid out as safetensors lays it out (dtypes largest first, then names)."""
+    generator = torch.Generator().manual_seed(0)
+    dtypes = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32]
+    dtypes += [torch.float32, torch.float64, torch.int64, torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2]
+    state = {
+        f"{name}.{i}": torch.randn(3, 2, generator=generator).to(dtype)
+        for i, dtype in enumerate(dtypes)
+        for name in ("b", "a")
+    }
+    state |= {"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4), "strided": torch.randn(4, 3).t()}
+    metadata = {"format": "pt", "note": "x"}
+    library = safetensors.torch.save({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
+    (length,) = struct.unpack("<Q", library[:8])
+    header = json.dumps(json.loads(library[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    assert to_safetensors(state, metadata) == struct.pack("<Q", len(header)) + header + library[8 + length :]
+    assert read_metadata(to_safetensors(state, metadata)) == metadata
+
+
+@pytest.mark.parametrize("name", ["DEFAULT", "CIFAR10_V1", "TiniestWeights.CIFAR10_V1", TiniestWeights.CIFAR10_V1])
+def test_weights_by_name_like_torchvision(name: str | TiniestWeights, release_bytes: bytes) -> None:
+    cached = torch_cache_path(RELEASE)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(release_bytes)
+    model = tiniest.tiniest(weights=name)
+    reference = tiniest.Tiniest()
+    reference.load_state_dict(safetensors.torch.load(release_bytes))
+    torch.testing.assert_close(model.state_dict(), reference.state_dict(), rtol=0, atol=0)
+    assert load_weights(name, progress=False).source == "cache"
+
+
+def test_weights_name_from_the_environment(release_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch_cache_path(RELEASE).parent.mkdir(parents=True)
+    torch_cache_path(RELEASE).write_bytes(release_bytes)
+    monkeypatch.setenv("TINIEST_WEIGHTS", "DEFAULT")
+    assert (load_weights(progress=False).source, load_weights(progress=False).verified) == ("cache", True)
+
+
+@pytest.mark.parametrize("name", ["default", "CIFAR10_V2", "TiniestWeights.IMAGENET"])
+def test_unknown_weights_name_lists_the_valid_ones(name: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as caught:
+        tiniest.tiniest(weights=name)
+    message = str(caught.value)
+    assert message.startswith(f"unknown weights {name!r}: expected one of 'CIFAR10_V1', 'DEFAULT'"), message
+    assert "path" in message and "URL" in message
+
+
+def test_a_file_whose_name_looks_like_a_weights_name_is_still_a_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.save(tiniest.Tiniest().state_dict(), tmp_path / "my_weights")
+    with pytest.warns(UnverifiedWeightsWarning):
+        assert load_weights("my_weights", progress=False).location == "my_weights"
+
+
+def test_an_error_inside_one_source_never_stops_the_chain(
+    isolated_caches: Path, github: LoopbackServer, release_bytes: bytes
+) -> None:
+    """A directory named like a weights file makes the local source fail with an OSError: the next source runs."""
+    (isolated_caches / "weights" / "broken.pt").mkdir(parents=True)
+    serve_github_release(github, release_bytes)
+    loaded = load_weights(sources="local,github", progress=False)
+    assert (loaded.source, loaded.verified) == ("github", True)
+
+
+def test_no_weights_folder_points_to_the_variable_not_into_site_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a wheel there is no weights/ folder beside the package: the message names TINIEST_WEIGHTS_DIR."""
+    monkeypatch.delenv("TINIEST_WEIGHTS_DIR")
+    monkeypatch.setattr("tiniest.weights.sources._CHECKOUT_WEIGHTS", tmp_path / "site-packages" / "weights")
+    with pytest.raises(WeightsNotFoundError) as caught:
+        load_weights(sources="local,cache", progress=False)
+    message = str(caught.value)
+    assert "a folder named by TINIEST_WEIGHTS_DIR" in message and "put it in /" not in message, message
+    assert "a pip install has none" in message
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_respect_the_umask(
+    umask: int, server: LoopbackServer, release_bytes: bytes, shared_checkpoint: Path, tmp_path: Path
+) -> None:
+    """torch.hub's cache after a download and after a copy from the Hugging Face cache, and exported files.
+
+    In a child process: the umask is process-wide, and huggingface_hub reads HF_ENDPOINT at import.
+    """
+    serve_github_release(server, release_bytes)
+    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, release_bytes)
+    env = {"HF_ENDPOINT": server.url, "TINIEST_GITHUB_URL": server.url, "HF_HOME": str(tmp_path / "hf")}
+    code = (
+        "import json, os\n"
+        f"os.umask({umask})\n"
+        "from pathlib import Path\n"
+        "from tiniest.commands import main\n"
+        "from tiniest.weights import TiniestWeights\n"
+        "from tiniest.weights import load_weights, torch_cache_path\n"
+        "cached, modes = torch_cache_path(TiniestWeights.DEFAULT.release), {}\n"
+        "for source in ('github', 'huggingface', 'cache'):  # 'cache': copied from the Hugging Face cache\n"
+        "    cached.unlink(missing_ok=True)\n"
+        "    loaded = load_weights(sources=source, progress=False)\n"
+        "    modes[f'{source} from {loaded.location}'] = oct(cached.stat().st_mode & 0o777)\n"
+        f"assert main(['export', {str(shared_checkpoint)!r}, '--output', {str(tmp_path / 'out')!r}]) == 0\n"
+        f"modes |= {{p.name: oct(p.stat().st_mode & 0o777) for p in Path({str(tmp_path / 'out')!r}).iterdir()}}\n"
+        "print(json.dumps(modes))\n"
+    )
+    run = run_python(code, env)
+    assert run.returncode == 0, run.stderr
+    modes = json.loads(run.stdout.strip().splitlines()[-1])
+    assert any(key.startswith(f"cache from {tmp_path / 'hf'}") for key in modes), "a copy from the Hub's cache"
+    assert len(modes) >= 4 and set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def test_missing_caller_file_is_named() -> None:
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        load_weights("/nonexistent/tiniest.safetensors", progress=False)
+
+
+def test_unknown_source_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown weights source"):
+        load_weights(sources=["gitlab"], progress=False)
+
+
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter: huggingface_hub reads its settings at import."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env}, timeout=120
+    )
+
+
+def test_hugging_face_hub_download_through_huggingface_hub(
+    server: LoopbackServer, release_bytes: bytes, tmp_path: Path
+) -> None:
+    path = serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, release_bytes)
+    env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    code = (
+        "from tiniest.weights import load_weights\n"
+        "w = load_weights(sources='huggingface', progress=False)\n"
+        "print(w.source, w.verified, w.location)\n"
+    )
+    first = run_python(code, env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split()[:2] == ["huggingface", "True"]
+    assert ("GET", path) in server.requests
+    blobs = list((tmp_path / "hf").rglob("blobs/*"))
+    assert [blob.read_bytes() for blob in blobs] == [release_bytes]
+
+    count = len(server.requests)
+    cached = run_python(code.replace("'huggingface'", "'cache'"), env)
+    assert cached.returncode == 0, cached.stderr
+    assert cached.stdout.split()[:2] == ["cache", "True"]
+    assert len(server.requests) == count
+
+
+def test_hub_bytes_that_fail_the_hash_leave_no_trace(server: LoopbackServer, tmp_path: Path) -> None:
+    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, b"not the weights")
+    env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
+    assert run.returncode != 0
+    assert "wrong bytes" in run.stderr
+    assert [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and "blobs" in p.parts] == []
+    assert not (tmp_path / "torch").exists() or not any((tmp_path / "torch").rglob("*.safetensors"))

@@ -1,0 +1,61 @@
+"""``tiniest predict``: class names and probabilities for image files (:func:`tiniest.inference.predict`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tiniest import plots
+from tiniest.inference import predict
+from tiniest.transforms import require_images_extra
+
+HELP = "classify image files: class names with probabilities"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (any size; see the README's input policy)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=1, metavar="K", help="show the K most probable classes (default: 1)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--weights", help="weights file or URL (default: the pinned release, or $TINIEST_WEIGHTS)")
+    parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
+    parser.add_argument(
+        "--plot", metavar="FILE", help="also draw the images, as the model sees them, with their top classes to FILE"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        plots.require_matplotlib()  # before any work
+    require_images_extra()  # one line naming the extra, not a traceback
+    results = predict(list(args.images), top_k=args.top_k, weights=args.weights, eager=args.eager, errors="report")
+    failed = [result.error for result in results if result.error is not None]
+    for error in failed:  # every readable file still gets its answer on stdout
+        print(f"tiniest predict: error: {error}", file=sys.stderr)
+    if args.plot is not None:
+        plots.save_predictions(args.plot, args.images, results)
+    if args.json:
+        records = [
+            {"image": image, "error": result.error}
+            if result.error is not None
+            else {"image": image, "predictions": [{"label": name, "probability": p} for name, p in result.top]}
+            for image, result in zip(args.images, results, strict=True)
+        ]
+        print(json.dumps(records, indent=2))
+        return 1 if failed else 0
+    width = max((len(name) for result in results for name, _ in result.top), default=0)
+    for image, result in zip(args.images, results, strict=True):
+        if result.error is not None:
+            continue
+        if args.top_k == 1:
+            print(f"{image}: {result.label} {result.probability:.3f}")
+        else:
+            print(f"{image}:")
+            for name, p in result.top:
+                print(f"  {name:<{width}} {p:.3f}")
+    return 1 if failed else 0
+

@@ -1,0 +1,89 @@
+"""Every error and warning tiniest raises on purpose, in one place.
+
+Each error derives from :class:`TiniestError` and keeps the standard exception a caller would
+catch without knowing tiniest (``ValueError`` for bad input, ``OSError`` for a failed download...).
+The command line prints a :class:`TiniestError` as one line; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArtifactError",
+    "DatasetError",
+    "DownloadError",
+    "IncompatibleWeightsError",
+    "MissingExtraError",
+    "PeerLostError",
+    "PreprocessError",
+    "RateLimitError",
+    "TiniestError",
+    "TiniestWarning",
+    "UnverifiedWeightsWarning",
+    "UsageError",
+    "WeightsNotFoundError",
+]
+
+
+class TiniestError(Exception):
+    """The base of every error tiniest raises on purpose; its message says what was expected and what came."""
+
+
+class TiniestWarning(UserWarning):
+    """The base of tiniest's own warnings."""
+
+
+class UsageError(TiniestError, ValueError):
+    """An argument, option or environment variable tiniest cannot use as given."""
+
+
+class ArtifactError(TiniestError, ValueError):
+    """Bytes that are neither a safetensors file nor a plain torch state_dict (nor, where one is
+    expected, a training checkpoint), or a weights folder's config that is not JSON."""
+
+
+class IncompatibleWeightsError(TiniestError, ValueError, RuntimeError):
+    """Weights that do not fit: tensors that are not the model's, or class names and config that disagree with them.
+
+    A ``RuntimeError`` as ``load_state_dict`` raises, and a ``ValueError`` as for any bad input.
+    """
+
+
+class DatasetError(TiniestError, ValueError):
+    """A dataset that is missing or not in a known layout; the message says which was expected."""
+
+
+class PreprocessError(TiniestError, ValueError):
+    """An input that cannot be turned into the model's input; the message says what was expected."""
+
+
+class MissingExtraError(TiniestError, ImportError, RuntimeError):
+    """An optional dependency is missing; the message names the extra that brings it."""
+
+
+class DownloadError(TiniestError, OSError):
+    """A URL that did not yield a complete body; ``status`` is the HTTP status if any.
+
+    ``transient`` says whether the same request may succeed if simply tried again.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+class RateLimitError(DownloadError):
+    """The server refused because of a rate limit (GitHub answers 403 or 429 with a message)."""
+
+
+class WeightsNotFoundError(TiniestError, RuntimeError):
+    """Every source was tried and none gave the pinned weights."""
+
+
+class PeerLostError(TiniestError, RuntimeError):
+    """A process of a multi-process training run stopped answering or failed."""
+
+
+class UnverifiedWeightsWarning(TiniestWarning):
+    """Weights the caller chose that are not the pinned release."""

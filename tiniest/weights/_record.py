@@ -1,0 +1,133 @@
+"""The pinned weights release, read from ``release.json``: the one place its hash lives.
+
+Both a torch.hub checkout and a pip install read the same file (it ships as package
+data), so the sha256 of the published artifact is written exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from tiniest.errors import UsageError
+from tiniest.weights.artifact import sha256_hex
+
+__all__ = ["CLASSES", "RECORD_PATH", "Release", "TiniestWeights", "describe_mismatch", "github_base_url"]
+
+RECORD_PATH = Path(__file__).with_name("release.json")
+DEFAULT_GITHUB_URL = "https://github.com"
+
+
+def github_base_url() -> str:
+    """``https://github.com``, or the mirror named by ``TINIEST_GITHUB_URL``."""
+    return os.environ.get("TINIEST_GITHUB_URL", DEFAULT_GITHUB_URL).rstrip("/")
+
+
+@dataclass(frozen=True)
+class Release:
+    """One published weights file and everything needed to find and verify it."""
+
+    name: str
+    filename: str
+    sha256: str
+    size: int
+    github_repo: str
+    github_tag: str
+    hf_repo_id: str
+    hf_revision: str
+    hf_filename: str
+    source_path: str
+    source_sha256: str
+    source_size: int
+    meta: dict[str, Any] = field(hash=False, compare=False)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Release:
+        github, hf, source = record["github"], record["huggingface"], record["source"]
+        return cls(
+            name=record["name"],
+            filename=record["filename"],
+            sha256=record["sha256"],
+            size=int(record["size"]),
+            github_repo=github["repo"],
+            github_tag=github["tag"],
+            hf_repo_id=hf["repo_id"],
+            hf_revision=hf["revision"],
+            hf_filename=hf["filename"],
+            source_path=source["path"],
+            source_sha256=source["sha256"],
+            source_size=int(source["size"]),
+            meta=record["meta"],
+        )
+
+    @property
+    def url(self) -> str:
+        """The GitHub release asset (honours ``TINIEST_GITHUB_URL``)."""
+        return f"{github_base_url()}/{self.github_repo}/releases/download/{self.github_tag}/{self.filename}"
+
+    @property
+    def source_url(self) -> str:
+        """The original torch checkpoint at its immutable, commit-pinned address."""
+        return f"{github_base_url()}/{self.source_path}"
+
+    def transforms(self) -> Any:
+        """The preprocessing these weights expect, as a module (see :mod:`tiniest.transforms`)."""
+        from tiniest.transforms import Preprocess
+
+        return Preprocess.from_meta(self.meta["preprocessing"])
+
+
+def describe_mismatch(data: bytes, release: Release, expected: str | None = None) -> str:
+    """What came instead of the pinned bytes: hash and size against the expected ones, and whether it is HTML."""
+    expected_size = "" if expected else f" ({release.size} bytes)"
+    text = f"sha256 {sha256_hex(data)} ({len(data)} bytes), expected {expected or release.sha256}{expected_size}"
+    if data[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        text += "; it is an HTML page (a proxy, captive portal or error page answered instead of the file)"
+    return text
+
+
+def _load_record() -> Release:
+    with RECORD_PATH.open(encoding="utf-8") as handle:
+        return Release.from_record(json.load(handle))
+
+
+class TiniestWeights(Enum):
+    """Published weights, in the style of torchvision's weights enums."""
+
+    CIFAR10_V1 = _load_record()
+    DEFAULT = CIFAR10_V1
+
+    @classmethod
+    def from_name(cls, name: str) -> TiniestWeights:
+        """The member called ``name`` (``"DEFAULT"``, ``"CIFAR10_V1"``, ``"TiniestWeights.CIFAR10_V1"``), as
+        torchvision's weights enums accept them; a ValueError listing the valid names otherwise."""
+        member = cls.__members__.get(name.removeprefix(f"{cls.__name__}."))
+        if member is None:
+            valid = ", ".join(repr(known) for known in cls.__members__)
+            raise UsageError(
+                f"unknown weights {name!r}: expected one of {valid} (or {cls.__name__}.<name>), "
+                "a path to a .safetensors or .pt file, or an http(s) URL"
+            )
+        return member
+
+    @property
+    def release(self) -> Release:
+        return self.value
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.release.meta
+
+    @property
+    def url(self) -> str:
+        return self.release.url
+
+    def transforms(self) -> Any:
+        return self.release.transforms()
+
+
+CLASSES: tuple[str, ...] = tuple(TiniestWeights.DEFAULT.meta["categories"])

@@ -1,0 +1,160 @@
+"""The release artifact: a state_dict as safetensors with descriptive, reproducible metadata.
+
+:func:`to_safetensors` writes the format itself (an 8-byte header length, a JSON header, the raw
+little-endian tensors), because ``safetensors.torch.save`` needs numpy, which neither torch nor
+tiniest installs. It lays the tensors out as safetensors does (by dtype, largest first, then by
+name; a test compares the two byte for byte) and writes the header with sorted keys, so that the
+same checkpoint always gives the same bytes and the same sha256. Reading stays with safetensors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import io
+import json
+import pickle
+import struct
+import sys
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from tiniest.errors import ArtifactError
+
+__all__ = [
+    "artifact_metadata",
+    "is_safetensors",
+    "read_metadata",
+    "read_state_dict",
+    "sha256_hex",
+    "to_safetensors",
+]
+
+_SAFETENSORS_ALIGN = 8
+# safetensors' dtype names, in the order it lays tensors out (largest alignment first)
+_DTYPES = {
+    torch.uint64: "U64",
+    torch.int64: "I64",
+    torch.float64: "F64",
+    torch.complex64: "C64",
+    torch.float32: "F32",
+    torch.uint32: "U32",
+    torch.int32: "I32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.uint16: "U16",
+    torch.int16: "I16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_LAYOUT_RANK = {dtype: rank for rank, dtype in enumerate(_DTYPES)}
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def artifact_metadata(meta: Mapping[str, Any], *, source_sha256: str) -> dict[str, str]:
+    """Flatten release metadata into the string-to-string header safetensors allows."""
+    header = {"format": "pt", "source_sha256": source_sha256}
+    for key, value in meta.items():
+        header[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return header
+
+
+def to_safetensors(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """Serialize ``state_dict`` with ``metadata``; byte-identical for identical input (no numpy needed)."""
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    unsupported = sorted({str(t.dtype) for t in tensors.values() if t.dtype not in _DTYPES})
+    if unsupported:
+        raise ArtifactError(f"expected tensors of the dtypes safetensors stores, got {', '.join(unsupported)}")
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    chunks, offset = [], 0
+    for name in sorted(tensors, key=lambda n: (_LAYOUT_RANK[tensors[n].dtype], n)):
+        data = _raw_bytes(tensors[name])
+        header[name] = {"dtype": _DTYPES[tensors[name].dtype], "shape": list(tensors[name].shape)}
+        header[name]["data_offsets"] = [offset, offset + len(data)]
+        chunks.append(data)
+        offset += len(data)
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    canonical += b" " * (-len(canonical) % _SAFETENSORS_ALIGN)
+    return struct.pack("<Q", len(canonical)) + canonical + b"".join(chunks)
+
+
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    """The little-endian bytes of a contiguous CPU tensor, copied straight from its memory."""
+    if sys.byteorder == "big" and tensor.element_size() > 1:
+        tensor = tensor.view(torch.uint8).reshape(-1, tensor.element_size()).flip(1).contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.nbytes) if tensor.nbytes else b""
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` block of a safetensors file, without reading the tensors."""
+    if len(data) < 8:
+        raise ArtifactError(f"expected a safetensors file, got {len(data)} bytes")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise ArtifactError("expected a safetensors header, got a length past the end of the data")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except ValueError as error:
+        raise ArtifactError(f"expected a JSON safetensors header: {error}") from None
+    return dict(header.get("__metadata__") or {})
+
+
+def is_safetensors(data: bytes) -> bool:
+    if len(data) < 10:
+        return False
+    (header_len,) = struct.unpack("<Q", data[:8])
+    return header_len <= len(data) - 8 and data[8:9] == b"{"
+
+
+def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.Tensor]:
+    """Tensors from safetensors bytes or a torch state_dict (never unpickling code)."""
+    if is_safetensors(data):
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        try:
+            return load(data)
+        except SafetensorError as error:
+            raise ArtifactError(f"{origin}: not a valid safetensors file ({error})") from None
+    try:
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for foreign bytes
+        raise ArtifactError(_unreadable(data, origin, error)) from None
+    if isinstance(loaded, Mapping) and str(loaded.get("format", "")).startswith("tiniest-train-checkpoint"):
+        raise ArtifactError(
+            f"{origin}: this is a `tiniest train` checkpoint (weights, optimizer, history), not a state_dict: "
+            "pass the run's model.pt (written when the run finishes), or `tiniest release` the run or this file"
+        )
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ArtifactError(f"{origin}: expected a state_dict of tensors, got {type(loaded).__name__}")
+    return dict(loaded)
+
+
+def _unreadable(data: bytes, origin: str, error: Exception) -> str:
+    """Why torch.load refused ``data``: code or objects in a torch archive, or bytes of another kind."""
+    reason = _torch_reason(error)
+    if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(io.BytesIO(data)):
+        return (
+            f"{origin}: refused: this .pt file holds more than tensors (pickled objects or code), and tiniest "
+            f"reads .pt files only with torch.load(weights_only=True). torch says: {reason}"
+        )
+    return (
+        f"{origin}: expected a .safetensors file or a torch state_dict, "
+        f"got {len(data)} bytes that are neither ({type(error).__name__}: {reason})"
+    )
+
+
+def _torch_reason(error: BaseException) -> str:
+    """torch's explanation, whole, on one line; without its advice to load with weights_only=False."""
+    paragraphs = [" ".join(p.split()) for p in str(error).split("\n\n") if p.strip()]
+    kept = [p for p in paragraphs if "weights_only` set to `False`" not in p]
+    return " ".join(kept or paragraphs)

@@ -1,0 +1,307 @@
+"""Hugging Face model folders: what ``from_pretrained`` / ``save_pretrained`` read and write; the release's.
+
+A folder holds ``model.safetensors`` (the deterministic release artifact), ``config.json`` and a
+model card ``README.md`` whose front matter the Hub reads (licence, dataset, metrics). These
+functions know no model class: :func:`from_pretrained` takes it, :func:`save_pretrained` takes
+the weights, their labels and metadata (:class:`tiniest.weights.hub_mixin.HubFolderMixin` passes
+them). huggingface_hub is imported only inside them: ``PyTorchModelHubMixin`` would load it with
+``tiniest.model``, about four times the ~50 ms that loading the model may cost beyond torch.
+
+Loading verifies exactly as ``tiniest.tiniest()`` does: the bytes of ``model.safetensors`` are
+checked against the pinned release (the pinned Hub repo must serve exactly those bytes; any other
+folder or repo loads with an ``UnverifiedWeightsWarning``), and the state_dict loads strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tiniest.errors import ArtifactError, IncompatibleWeightsError, WeightsNotFoundError
+from tiniest.storage import HF_PREFIX, save_atomically
+from tiniest.weights._record import CLASSES, TiniestWeights
+from tiniest.weights.artifact import artifact_metadata, sha256_hex, to_safetensors
+from tiniest.weights.metadata import (
+    UNKNOWN_LICENSE,
+    M,
+    is_cifar10,
+    loaded_meta,
+    model_from_weights,
+    num_outputs,
+    weights_meta,
+)
+from tiniest.weights.sources import load_weights
+
+__all__ = [
+    "CARD_NAME",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "from_pretrained",
+    "model_card",
+    "model_config",
+    "save_pretrained",
+    "write_model_folder",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+
+
+def model_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``config.json``: the constructor's argument plus what a reader needs to use the outputs."""
+    categories = list(meta["categories"])
+    return {
+        "architecture": "Tiniest",
+        "num_classes": len(categories),
+        "num_params": meta.get("num_params"),
+        "id2label": {str(i): name for i, name in enumerate(categories)},
+        "label2id": {name: i for i, name in enumerate(categories)},
+        "preprocessing": meta.get("preprocessing"),
+    }
+
+
+def _hub_dataset(meta: Mapping[str, Any]) -> str | None:
+    """The Hub dataset id the metadata names (``huggingface.co/datasets/<id>``, ``hf://<id>``), else None."""
+    text = str(meta.get("dataset", ""))
+    for marker in ("huggingface.co/datasets/", HF_PREFIX):
+        if marker in text:
+            return text.split(marker, 1)[1].split()[0].split("@")[0].rstrip(",;)")
+    return None
+
+
+def _split_of(label: str, values: Mapping[str, Any]) -> tuple[str, str]:
+    """``(split, images)`` of a metrics entry: a subset says how many images of how many."""
+    split = str(values.get("split") or label.split()[-1])
+    total = f"{values['total']:,}" if "total" in values else "?"
+    if values.get("subset_of"):
+        return split, f"{total} (random subset of {values['subset_of']:,})"
+    return split, f"{total}{' (a subset)' if 'subset_of' in values else ''}"
+
+
+def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = None) -> str:
+    """A model card whose YAML front matter carries licence, dataset and metrics for the Hub.
+
+    It says "verified" only for the pinned release; whole-split scores go to the Hub's
+    ``model-index``, subset scores only to the card's table, with their image count.
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = _hub_dataset(meta)
+    categories = list(meta["categories"])
+    cifar10 = is_cifar10(categories)
+    name = repo_id.split("/")[-1] if repo_id else "tiniest"
+    results = []
+    rows = []
+    for label, values in (meta.get("metrics") or {}).items():
+        if not isinstance(values, Mapping) or "accuracy" not in values:
+            continue
+        split, images = _split_of(label, values)
+        if "subset_of" not in values:
+            results.append(EvalResult(
+                task_type="image-classification", task_name="Image Classification",
+                dataset_type=dataset or "imagefolder", dataset_name=label.rsplit(" ", 1)[0], dataset_split=split,
+                metric_type="accuracy", metric_value=float(values["accuracy"]), metric_name="Accuracy",
+            ))
+        rows.append(f"| {label} | {split} | {images} | {100 * float(values['accuracy']):.2f}% |")
+    data = ModelCardData(
+        license=str(meta.get("license") or UNKNOWN_LICENSE).lower(),
+        library_name="pytorch",
+        pipeline_tag="image-classification",
+        tags=["image-classification", *(["cifar10"] if cifar10 else []), "tiniest", "safetensors"],
+        datasets=[dataset] if dataset else None,
+        metrics=["accuracy"],
+        model_name=name if results else None,
+        eval_results=results or None,
+    )
+    pinned = sha256 == TiniestWeights.DEFAULT.release.sha256
+    load = f'Tiniest.from_pretrained("{repo_id}")' if repo_id else 'Tiniest.from_pretrained("path/to/this/folder")'
+    check = "# verified, eval mode" if pinned else "# eval mode; not the pinned release: an UnverifiedWeightsWarning"
+    header = ["| data | split | images | top-1 accuracy |", "|---|---|---|---|"]
+    table = "\n".join([*header, *rows]) if rows else "Not measured."
+    license_text = str(meta.get("license") or UNKNOWN_LICENSE)
+    if license_text == UNKNOWN_LICENSE:
+        license_text = "Licence not stated by the weights' maker"
+    parts = [license_text, *(str(meta.get(key, "")) for key in ("copyright", "credit"))]
+    credits = " ".join(f"{part.strip().rstrip('.')}." for part in parts if part.strip())
+    task = "CIFAR-10 classifier" if cifar10 else f"{len(categories)}-class image classifier"
+    body = f"""
+# {name}
+
+Tiniest: a {meta.get("num_params", 97530):,}-parameter {task}
+(architecture by [xvel/cifar10-tiniest](https://github.com/xvel/cifar10-tiniest)).
+
+```python
+from tiniest import Tiniest  # pip install tiniest
+
+model = {load}   {check}
+logits = model(images - 0.5)  # images: (N, 3, 32, 32) RGB in [0, 1]
+```
+
+Classes, in output order (`model.labels`): {", ".join(categories)}.
+
+## Results
+
+{table}
+
+## Training
+
+- Data: {meta.get("dataset", "not recorded")}
+- Recipe: {meta.get("recipe", "not recorded")}
+
+## Files
+
+- `model.safetensors`: sha256 `{sha256}`; its metadata repeats this card's facts.
+- `config.json`: `num_classes`, labels and the expected preprocessing.
+
+## Licence and credit
+
+{credits}
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def write_model_folder(folder: Path, artifact: bytes, meta: Mapping[str, Any], *, repo_id: str | None = None) -> Path:
+    """The Hub folder: ``model.safetensors`` (``artifact`` as is), ``config.json``, ``README.md``."""
+    config = json.dumps(model_config(meta), indent=2, sort_keys=True) + "\n"
+    card = model_card(meta, sha256=sha256_hex(artifact), repo_id=repo_id)
+    save_atomically(folder / WEIGHTS_NAME, artifact)
+    save_atomically(folder / CONFIG_NAME, config.encode())
+    save_atomically(folder / CARD_NAME, card.encode())
+    return folder
+
+
+def _artifact_of(
+    state_dict: Mapping[str, torch.Tensor], labels: Sequence[str], meta: Mapping[str, Any]
+) -> tuple[bytes, dict[str, Any]]:
+    """The bytes the model was loaded from while its weights are unchanged; else new weights' metadata.
+
+    The model's ``meta`` is repeated only if, written back, it gives the very file the weights came
+    from (same tensors, same metadata); the published weights give the published bytes.
+    """
+    release = TiniestWeights.DEFAULT.release
+    kept = dict(meta)
+    loaded_sha256 = kept.pop("sha256", None)
+    source_sha256 = kept.pop("source_sha256", "")
+    if kept.get("categories") == list(labels) and loaded_sha256:
+        header = artifact_metadata(kept, source_sha256=source_sha256)
+        if not source_sha256:
+            del header["source_sha256"]
+        artifact = to_safetensors(state_dict, header)
+        if sha256_hex(artifact) == loaded_sha256:
+            return artifact, kept
+    pinned = to_safetensors(state_dict, artifact_metadata(release.meta, source_sha256=release.source_sha256))
+    if sha256_hex(pinned) == release.sha256 and tuple(labels) == CLASSES:
+        return pinned, dict(release.meta)
+    new_meta = weights_meta(state_dict, labels=labels)
+    metadata = artifact_metadata(new_meta, source_sha256="")
+    del metadata["source_sha256"]  # saved from memory: there is no source file
+    return to_safetensors(state_dict, metadata), new_meta
+
+
+def save_pretrained(
+    state_dict: Mapping[str, torch.Tensor],
+    folder: str | os.PathLike[str],
+    *,
+    labels: Sequence[str],
+    meta: Mapping[str, Any],
+    repo_id: str | None = None,
+) -> Path:
+    """Write weights as a Hub folder: the bytes they came from while unchanged, never another maker's credit.
+
+    ``labels`` name the outputs; ``meta`` is what the file the weights were loaded from says (empty if none).
+    """
+    state = {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
+    artifact, kept = _artifact_of(state, labels, meta)
+    return write_model_folder(Path(folder), artifact, kept, repo_id=repo_id)
+
+
+def _download(repo_id: str, revision: str | None, **hub_options: Any) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise WeightsNotFoundError(f"{repo_id}: Hub repos need huggingface_hub (pip install huggingface_hub)") from None
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME], **hub_options)
+    except Exception as error:  # huggingface_hub raises many types: report them the same way
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise WeightsNotFoundError(
+            f"could not get {WEIGHTS_NAME} of the Hugging Face repo {repo_id!r} "
+            f"(revision {revision or 'main'}): {type(error).__name__}: {first}"
+        ) from None
+    return Path(path)
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ArtifactError(f"{path}: expected JSON ({error})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("num_classes", 10), int):
+        raise ArtifactError(f"{path}: expected an object with an integer num_classes, got {str(config)[:200]}")
+    return config
+
+
+def from_pretrained(
+    cls: Callable[..., M],
+    repo_id_or_folder: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    device: str | torch.device | None = None,
+) -> M:
+    """A verified ``cls`` from a local folder or a Hub repo id (``owner/name``), in eval mode."""
+    release = TiniestWeights.DEFAULT.release
+    spec = os.fspath(repo_id_or_folder)
+    local = Path(spec).expanduser()
+    pinned_repo = False
+    if local.is_dir():
+        folder = local
+    elif local.exists() or spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"{spec!r}: expected a folder holding {WEIGHTS_NAME} (and {CONFIG_NAME}) or a Hub repo id owner/name"
+        )
+    else:
+        folder = _download(spec, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                           force_download=force_download)
+        pinned_repo = spec == release.hf_repo_id and revision in (None, release.hf_revision)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder}: expected {WEIGHTS_NAME} (written by save_pretrained or tiniest release)")
+    if pinned_repo:
+        digest = sha256_hex(weights.read_bytes())
+        if digest != release.sha256:
+            raise WeightsNotFoundError(
+                f"{spec} served {WEIGHTS_NAME} with sha256 {digest}, expected the pinned "
+                f"{release.sha256}; refusing unverified weights from the pinned repo"
+            )
+    config = _read_config(folder)
+    loaded = load_weights(weights=weights, progress=False, offline=True)
+    meta = loaded_meta(loaded)
+    outputs = num_outputs(loaded.state_dict, str(weights))
+    if config.get("num_classes", outputs) != outputs:
+        raise IncompatibleWeightsError(
+            f"{folder / CONFIG_NAME} says num_classes {config['num_classes']}, but {weights} has {outputs} outputs: "
+            "the state_dict does not fit; fix config.json or the weights"
+        )
+    labels = config.get("id2label")
+    if isinstance(labels, dict):
+        try:
+            meta["categories"] = [str(labels[str(i)]) for i in range(outputs)]
+        except KeyError:
+            raise IncompatibleWeightsError(
+                f"{folder / CONFIG_NAME}: expected id2label for 0..{outputs - 1}, got {labels}"
+            ) from None
+    model = model_from_weights(cls, loaded.state_dict, meta, origin=str(weights))
+    return model.to(device) if device is not None else model

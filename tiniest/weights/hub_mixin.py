@@ -1,0 +1,40 @@
+"""``from_pretrained`` / ``save_pretrained`` for a model class, in the manner of huggingface_hub's ``ModelHubMixin``.
+
+The mixin knows no model class: ``from_pretrained`` builds whichever class it is called on
+(``cls(num_classes, labels=..., meta=...)``) and ``save_pretrained`` writes the instance's
+weights, ``labels`` and ``meta``. The folder code (:mod:`tiniest.weights.hub_folder`) is imported
+only when called, so that a model class costs nothing more to import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from torch import nn
+
+__all__ = ["HubFolderMixin"]
+
+Model = TypeVar("Model", bound="HubFolderMixin")
+
+
+class HubFolderMixin(nn.Module):
+    """A torch module with class names (``labels``) and file metadata (``meta``), kept in Hub folders."""
+
+    if TYPE_CHECKING:  # set by the model's __init__; hidden from torch.jit.script, which cannot type them
+        labels: tuple[str, ...]
+        meta: dict[str, Any]
+
+    @classmethod
+    def from_pretrained(cls: type[Model], repo_id_or_folder: str | os.PathLike[str], **options: Any) -> Model:
+        """Verified weights from a Hub repo id or a local folder, in eval mode (:mod:`tiniest.weights.hub_folder`)."""
+        from tiniest.weights.hub_folder import from_pretrained
+
+        return from_pretrained(cls, repo_id_or_folder, **options)
+
+    def save_pretrained(self, folder: str | os.PathLike[str], **options: Any) -> Path:
+        """Write a Hub model folder: model.safetensors, config.json, README.md."""
+        from tiniest.weights.hub_folder import save_pretrained
+
+        return save_pretrained(self.state_dict(), folder, labels=self.labels, meta=self.meta, **options)
