@@ -129,6 +129,7 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, command: str) -
     )
     assert run.returncode != 0
     assert run.stderr.strip().splitlines() == [
-        f'tiniest {command}: error: --plot needs matplotlib, which is not installed: pip install "tiniest[plot]"'
+        f'tiniest {command}: error: --plot needs the plot extra: pip install "tiniest[plot]" '
+        "(import of matplotlib halted; None in sys.modules)"
     ]
     assert not out.exists()

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tiniest.errors import MissingExtraError, PreprocessError
+from tiniest.errors import PreprocessError
+from tiniest.extras import require_extra
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,7 +31,6 @@ __all__ = [
     "save_predictions",
 ]
 
-INSTALL = 'pip install "tiniest[plot]"'
 DPI = 100
 CONFUSION_INCHES = (8.0, 7.0)  # 800 x 700 pixels
 CELL_INCHES = (2.0, 2.4)  # one picture of the grid with its title: 200 x 240 pixels
@@ -40,10 +40,7 @@ MAX_CLASSES_SHOWN = 3  # more lines would not fit under a 200-pixel picture
 
 def require_matplotlib() -> None:
     """Refuse ``--plot`` before any long computation when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise MissingExtraError(f"--plot needs matplotlib, which is not installed: {INSTALL}") from None
+    require_extra("plot", "matplotlib", purpose="--plot")
 
 
 def _figure(inches: tuple[float, float]) -> Figure:

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tiniest.errors import MissingExtraError, PreprocessError
+from tiniest.errors import PreprocessError
+from tiniest.extras import require_extra
 
 __all__ = [
-    "IMAGES_EXTRA",
     "INPUT_SHIFT",
     "INPUT_SIZE",
     "PREPROCESSING",
@@ -61,20 +61,11 @@ _RESIZE = "bilinear with antialiasing"  # what this code implements, whatever si
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _COLOR_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _16_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
-IMAGES_EXTRA = 'pip install "tiniest[images]"'
 
 
 def require_images_extra(*modules: str) -> None:
     """Import Pillow (and ``modules``), or raise :class:`MissingExtraError` naming the extra that brings them."""
-    import importlib
-
-    for name in ("PIL", *modules):
-        try:
-            importlib.import_module(name)
-        except ImportError as error:
-            raise MissingExtraError(
-                f"reading images needs the images extra: {IMAGES_EXTRA} ({error})", name=error.name
-            ) from None
+    require_extra("images", "PIL", *modules, purpose="reading images")
 
 
 def _describe(x: Any) -> str:

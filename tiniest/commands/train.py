@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tiniest.errors import UsageError
+from tiniest.extras import require_extra
 
 HELP = "train Tiniest with the published recipe (resumable; multi-process through torchrun)"
 
@@ -51,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # before any work: a minimal install ends in one line naming the extra
+    require_extra("train", "PIL", "kornia", "tqdm", *(("matplotlib",) if args.plot else ()), purpose="training")
     from tiniest.training.loop import RunOptions, last_saved, train  # torch.distributed, kornia: only when training
 
     if args.limit_test is not None and args.limit_test <= 0:
