@@ -56,12 +56,13 @@ def tiniest(
     Returns:
         A :class:`tiniest.Tiniest` in eval mode, on ``device``.
     """
-    model = Tiniest()
     if pretrained:
         loaded = load_weights(weights, sources=sources, progress=progress, offline=offline)
         model = model_from_weights(Tiniest, loaded.state_dict, loaded_meta(loaded), origin=loaded.location)
     elif weights is not None:
         raise UsageError("weights= was given with pretrained=False; drop one of them")
+    else:
+        model = Tiniest()
     model.eval()
     return model.to(device) if device is not None else model
 
