@@ -294,3 +294,18 @@ def test_a_stopped_peer_ends_the_run_within_the_process_group_timeout(tiny_data:
     assert "a peer process stopped answering within 5 s (the process group's timeout, TINIEST_DIST_TIMEOUT)" in err
     assert "continue with: torchrun --nproc-per-node 2 -m tiniest train" in err
     print(f"the run ended {elapsed:.0f} s after its peer stopped")
+
+
+def test_a_one_step_warm_up_is_refused_with_the_flags_to_change() -> None:
+    """torch's OneCycleLR divides by zero when its warm-up lasts exactly one step: say so before the run."""
+    from tiniest.errors import UsageError
+    from tiniest.training.recipe import build_optimizer, build_scheduler
+
+    model = torch.nn.Linear(2, 2)
+    recipe = Recipe(epochs=50, warmup=0.01)
+    with pytest.raises(UsageError, match=r"--warmup 0.01 of 100 steps .* exactly one step"):
+        build_scheduler(build_optimizer(model, recipe), recipe, steps_per_epoch=2)
+    scheduler = build_scheduler(build_optimizer(model, recipe), recipe, steps_per_epoch=4)  # two steps: fine
+    for _ in range(199):
+        scheduler.optimizer.step()
+        scheduler.step()

@@ -74,6 +74,14 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> Optimizer:
 
 
 def build_scheduler(optimizer: Optimizer, recipe: Recipe, steps_per_epoch: int) -> OneCycleLR:
+    """The one-cycle schedule; refused up front where torch's OneCycleLR would divide by zero mid-run."""
+    total = recipe.epochs * steps_per_epoch
+    if float(recipe.warmup * total) == 1.0:  # OneCycleLR's warm-up phase would last zero steps
+        raise UsageError(
+            f"--warmup {recipe.warmup} of {total} steps ({recipe.epochs} epochs of {steps_per_epoch}) is a warm-up "
+            "of exactly one step, which torch's OneCycleLR cannot schedule: choose a --warmup of 0 or of 2 steps or"
+            " more"
+        )
     return OneCycleLR(
         optimizer,
         max_lr=recipe.lr,
