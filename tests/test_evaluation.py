@@ -167,7 +167,7 @@ def test_unreadable_files_stop_evaluate_unless_skipped(
     out = tmp_path / "out.json"
     assert main([*args, "--skip-unreadable", "--json", str(out)]) == 0
     printed, record = capsys.readouterr().out, json.loads(out.read_text())
-    assert "4 images" in printed and "skipped 1 unreadable image files:" in printed
+    assert "4 images" in printed and "skipped 1 unreadable image file:" in printed
     assert re.search(r"^  cannot read image file '.*broken\.png'", printed, re.M)
     assert record["images"] == 4 and sum(map(sum, record["confusion_matrix"])) == 4
     assert [Path(entry["file"]).name for entry in record["skipped"]] == ["broken.png"]

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     kind = _model_kind(model)
     print(f"{args.data} ({args.split}): {n} images, {_MODEL_KINDS[kind]}")
     if data.skipped:
-        print(f"skipped {len(data.skipped)} unreadable image files:")
+        print(f"skipped {len(data.skipped)} unreadable image file{'' if len(data.skipped) == 1 else 's'}:")
         for _, reason in data.skipped:
             print(f"  {reason}")
     print(f"accuracy {result.accuracy:.4f} ({result.correct}/{n})\n")
