@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,32 @@ def test_a_bug_keeps_its_traceback(bug: type[Exception], tmp_path: Path, monkeyp
     monkeypatch.setattr("tiniest.commands.export.export_safetensors", broken)
     with pytest.raises(bug, match="a bug inside the export"):
         main(["export", str(tmp_path / "any.pt"), "--output", str(tmp_path / "out")])
+
+
+def test_tiniest_warnings_are_one_line(tmp_path: Path) -> None:
+    """An unverified weights file warns in one line, named after the command, without Python's source line."""
+    from safetensors.torch import save_file
+
+    import tiniest
+
+    weights = tmp_path / "mine.safetensors"
+    save_file(tiniest.Tiniest().state_dict(), str(weights))
+    picture = tmp_path / "gray.png"
+    picture.write_bytes(_gray_png())
+    run = subprocess.run(
+        [sys.executable, "-m", "tiniest", "predict", "--weights", str(weights), str(picture)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tiniest predict: warning: {weights} is not the pinned release")
+
+
+def _gray_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()

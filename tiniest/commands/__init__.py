@@ -6,7 +6,7 @@ of library functions. A module is imported only when its command is chosen or he
 
 A :class:`tiniest.errors.TiniestError` or an ``OSError`` (a missing file, a folder that cannot be
 written) is printed as one line, ``tiniest CMD: error: ...``; anything else is a bug and keeps its
-traceback.
+traceback. tiniest's own warnings are printed the same way, ``tiniest CMD: warning: ...``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from tiniest import __version__
-from tiniest.errors import TiniestError
+from tiniest.errors import TiniestError, TiniestWarning
 from tiniest.fast.allocator import keep_freed_memory
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -37,11 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Print tiniest's warnings as ``tiniest CMD: warning: ...``, without the source line Python adds."""
+    default = warnings.formatwarning
+
+    def formatwarning(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+    ) -> str:
+        if issubclass(category, TiniestWarning):
+            return f"tiniest {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # the command owns its process: let batches reuse freed activation memory
     try:
-        return int(args.run(args))
+        with _one_line_warnings(args.command):
+            return int(args.run(args))
     except (TiniestError, OSError) as error:
         print(f"tiniest {args.command}: error: {error}", file=sys.stderr)
         return 1
