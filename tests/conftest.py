@@ -29,6 +29,13 @@ SHARED_CIFAR10 = SHARED / "cifar10"
 MODEL_CARD = SHARED / "reference" / "000_b37fd2edca8d687b.txt"
 
 
+def copy_checkout(target: Path) -> Path:
+    """This repository as torch.hub unpacks it: no tests, git, virtual environments or build outputs."""
+    ignored = shutil.ignore_patterns(".git", ".venv*", "build", "*cache*", "tests", "runs", "*.egg-info")
+    shutil.copytree(ROOT, target, ignore=ignored)
+    return target
+
+
 def shared_path(path: Path) -> Path:
     """``path`` under ../shared, or a skip (a failure when TINIEST_REQUIRE_SHARED=1, as in CI)."""
     if not path.exists():

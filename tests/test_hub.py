@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 import tiniest
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_checkout
 from tiniest.weights import TiniestWeights, torch_cache_path
 
 RELEASE = TiniestWeights.DEFAULT.release
@@ -34,8 +33,7 @@ def prefill_hub_dir(hub_dir: Path) -> Path:
     """Put a copy of this checkout where torch.hub keeps ``OWNER/REPO:hub`` after a download."""
     owner, name = RELEASE.github_repo.split("/")
     checkout = hub_dir / f"{owner}_{name}_hub"
-    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*cache*", "tests"))
-    return checkout
+    return copy_checkout(checkout)
 
 
 @pytest.fixture

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_checkout
 from tests.loopback import LoopbackServer
 from tiniest.model import Tiniest
 from tiniest.weights import TiniestWeights
@@ -76,11 +75,7 @@ def missing_modules(python: Path, cwd: Path) -> list[str]:
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
     """A copy of the repository as torch.hub would unpack it (no tests, no venv, no git)."""
-    target = tmp_path / "checkout"
-    shutil.copytree(
-        ROOT, target, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*cache*", "tests", "runs", "*.egg-info")
-    )
-    return target
+    return copy_checkout(tmp_path / "checkout")
 
 
 HUB_LOAD = (
