@@ -61,8 +61,12 @@ def sha256_hex(data: bytes) -> str:
 
 
 def artifact_metadata(meta: Mapping[str, Any], *, source_sha256: str) -> dict[str, str]:
-    """Flatten release metadata into the string-to-string header safetensors allows."""
-    header = {"format": "pt", "source_sha256": source_sha256}
+    """Flatten release metadata into the string-to-string header safetensors allows.
+
+    ``source_sha256`` is the hash of the checkpoint the weights were converted from; an empty one
+    (weights saved from memory, with no source file) is left out of the header.
+    """
+    header = {"format": "pt", "source_sha256": source_sha256} if source_sha256 else {"format": "pt"}
     for key, value in meta.items():
         header[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return header

@@ -13,10 +13,10 @@ Limits (environment variables, read at each call):
 - ``TINIEST_RETRIES`` (default 2): extra attempts after a transient failure (a refused or reset
   connection, one that went silent mid-body, an incomplete body, HTTP 408, 429, 500, 502, 503,
   504). A 404, a 403, a rate limit or wrong bytes are answers, not accidents: never retried.
+- ``TINIEST_BACKOFF`` (default 0.5 s): the wait before the first retry, doubled before each next one.
 
 With ``progress``, each download announces its URL on stderr (as torch.hub does) and shows a
 ``tqdm`` bar when tqdm is installed; tqdm is optional (torch.hub users do not have it).
-- ``TINIEST_BACKOFF`` (default 0.5 s): the wait before the first retry, doubled before each next one.
 """
 
 from __future__ import annotations

@@ -189,19 +189,16 @@ def _artifact_of(
     loaded_sha256 = kept.pop("sha256", None)
     source_sha256 = kept.pop("source_sha256", "")
     if kept.get("categories") == list(labels) and loaded_sha256:
-        header = artifact_metadata(kept, source_sha256=source_sha256)
-        if not source_sha256:
-            del header["source_sha256"]
-        artifact = to_safetensors(state_dict, header)
+        artifact = to_safetensors(state_dict, artifact_metadata(kept, source_sha256=source_sha256))
         if sha256_hex(artifact) == loaded_sha256:
             return artifact, kept
-    pinned = to_safetensors(state_dict, artifact_metadata(release.meta, source_sha256=release.source_sha256))
-    if sha256_hex(pinned) == release.sha256 and tuple(labels) == CLASSES:
-        return pinned, dict(release.meta)
+    if tuple(labels) == CLASSES:  # only CIFAR-10's names can be the published weights: serialize only then
+        pinned = to_safetensors(state_dict, artifact_metadata(release.meta, source_sha256=release.source_sha256))
+        if sha256_hex(pinned) == release.sha256:
+            return pinned, dict(release.meta)
     new_meta = weights_meta(state_dict, labels=labels)
-    metadata = artifact_metadata(new_meta, source_sha256="")
-    del metadata["source_sha256"]  # saved from memory: there is no source file
-    return to_safetensors(state_dict, metadata), new_meta
+    # saved from memory: there is no source file, so no source_sha256
+    return to_safetensors(state_dict, artifact_metadata(new_meta, source_sha256="")), new_meta
 
 
 def save_pretrained(
