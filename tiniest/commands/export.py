@@ -166,15 +166,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.format != "safetensors":
-        if args.metrics or args.license:
-            raise UsageError("--metrics and --license only apply to --format safetensors")
+    if args.format == "safetensors":
+        target = export_safetensors(
+            args.checkpoint, args.output, metrics=read_metrics(args.metrics), license=args.license,
+            filename=args.filename,
+        )
+    elif args.metrics or args.license:
+        raise UsageError("--metrics and --license only apply to --format safetensors")
+    else:
         target = export_format(args.checkpoint, args.output, args.format, filename=args.filename)
-        print(f"{target}\nsha256 {sha256_hex(target.read_bytes())}\nsize {target.stat().st_size} bytes")
-        return 0
-    target = export_safetensors(
-        args.checkpoint, args.output, metrics=read_metrics(args.metrics), license=args.license, filename=args.filename
-    )
     data = target.read_bytes()
     print(f"{target}\nsha256 {sha256_hex(data)}\nsize {len(data)} bytes")
     return 0

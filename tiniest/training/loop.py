@@ -35,8 +35,9 @@ from tiniest.data import LabeledImages, load_split
 from tiniest.errors import DatasetError, PeerLostError, UsageError
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically
+from tiniest.training.augment import batch_augmentation, mix_up, mixup_loss
 from tiniest.training.recipe import Recipe, build_ema, build_optimizer, build_scheduler
-from tiniest.training.runlog import LOG_NAME, PLOT_NAME
+from tiniest.training.runlog import LOG_NAME, PLOT_NAME, console_line, plot_curves, write_log
 from tiniest.weights.run_files import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -230,8 +231,6 @@ def _step(
     trained: nn.Module, state: _State, inputs: torch.Tensor, labels: torch.Tensor, mixup: float, shift: float
 ) -> torch.Tensor:
     """One optimisation step on an augmented batch: mix-up, loss, update, schedule, average."""
-    from tiniest.training.augment import mix_up, mixup_loss
-
     inputs, targets = mix_up(inputs, labels, mixup)
     loss = mixup_loss(trained(inputs + shift), targets)
     state.optimizer.zero_grad(set_to_none=True)
@@ -351,9 +350,6 @@ def _match_grad_strides(model: nn.Module) -> None:
 def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Path:
     from tqdm import tqdm
 
-    from tiniest.training.augment import batch_augmentation
-    from tiniest.training.runlog import console_line, plot_curves, write_log
-
     checkpoint_path = options.output / CHECKPOINT_NAME
     saved = load_checkpoint(checkpoint_path, proc.device) if options.resume else None
     recipe = _resolve_recipe(overrides, saved, options)
@@ -425,7 +421,7 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
         trained.train()
         loss_sum = torch.zeros((), device=proc.device)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
-                   disable=not (options.progress and proc.main), file=sys.stderr)
+                   disable=not progress, file=sys.stderr)
         _synchronize(proc.device)
         started = time.perf_counter()
         with torch.random.fork_rng(devices=rng_devices):
@@ -466,15 +462,15 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
             write_log(options.output, state.history)
             print(console_line(record), flush=True)
     if proc.main:
-        _finish(state, recipe, options, plot_curves if options.plot else None)
+        _finish(state, recipe, options)
     if proc.world_size > 1:
         dist.barrier()
     return checkpoint_path
 
 
-def _finish(state: _State, recipe: Recipe, options: RunOptions, plot: Any) -> None:
-    if plot is not None and state.history:
-        print(f"plot: {plot(options.output, state.history)}")
+def _finish(state: _State, recipe: Recipe, options: RunOptions) -> None:
+    if options.plot and state.history:
+        print(f"plot: {plot_curves(options.output, state.history)}")
     if state.epoch < recipe.epochs:
         print(f"stopped after epoch {state.epoch} of {recipe.epochs}; continue with --resume")
         return

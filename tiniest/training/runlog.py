@@ -37,11 +37,11 @@ def console_line(record: dict[str, Any]) -> str:
 
 
 def plot_curves(run_dir: Path, history: Sequence[dict[str, Any]]) -> Path:
-    """``curves.png``: loss, learning rate, test accuracy and speed against the epoch."""
-    import matplotlib
+    """``curves.png``: loss, learning rate, test accuracy and speed against the epoch.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a figure of its own, without pyplot, so that the caller's backend is left alone.
+    """
+    from matplotlib.figure import Figure
 
     epochs = [record["epoch"] for record in history]
     panels = [
@@ -50,7 +50,8 @@ def plot_curves(run_dir: Path, history: Sequence[dict[str, Any]]) -> Path:
         ("test_accuracy", "test accuracy of the averaged weights (%)", 100.0),
         ("images_per_second", "training images per second", 1.0),
     ]
-    figure, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    figure = Figure(figsize=(10, 7), layout="constrained")
+    axes = figure.subplots(2, 2)
     for axis, (key, title, scale) in zip(axes.flat, panels, strict=True):
         axis.plot(epochs, [record[key] * scale for record in history], marker="." if len(epochs) < 50 else None)
         axis.set_title(title)
@@ -58,7 +59,6 @@ def plot_curves(run_dir: Path, history: Sequence[dict[str, Any]]) -> Path:
         axis.grid(alpha=0.3)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     target = run_dir / PLOT_NAME
     save_atomically(target, buffer.getvalue())
     return target
