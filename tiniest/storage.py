@@ -11,6 +11,7 @@ as ``filelock`` intends.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import uuid
 import warnings
@@ -38,6 +39,8 @@ CACHE_ERRNOS = frozenset(
 )
 # The scheme of a Hugging Face Hub dataset given as a location: hf://owner/name[@revision]
 HF_PREFIX = "hf://"
+
+logger = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -99,7 +102,8 @@ def writer_lock(lock_file: Path, timeout: float) -> Iterator[Access]:
     impossible folder); a warning names the problem and the caller keeps its bytes in memory.
     ``"unlocked"``: a peer held the lock for ``timeout`` seconds (stuck on a slow server); the
     block runs anyway, with a warning: atomic writes keep the cache sound, at the cost of a
-    second download, but the peer's temporary files must be left alone.
+    second download, but the peer's temporary files must be left alone. A wait is announced in
+    one log line as it begins, so that a process queued behind a peer does not look hung.
     """
     from filelock import FileLock, Timeout
 
@@ -107,7 +111,13 @@ def writer_lock(lock_file: Path, timeout: float) -> Iterator[Access]:
     access: Access = "locked"
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.warning(
+                "another process is writing the file locked by %s; waiting up to %g s for it", lock_file, timeout
+            )
+            lock.acquire()
     except Timeout:
         warnings.warn(f"waited {timeout:g} s for {lock_file}; going on without it", RuntimeWarning, stacklevel=3)
         access = "unlocked"
