@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.tiny_runs import make_dataset, train
+from tiniest.commands import main
 from tiniest.training import Recipe
 from tiniest.weights.run_files import load_checkpoint
 
@@ -49,11 +50,12 @@ def test_resume_gives_bit_identical_weights(tiny_data: Path, tmp_path: Path) -> 
     assert train(tiny_data, tmp_path / "resumed", *flags, "--stop-after", "1") == 0
     halfway = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert halfway["epoch"] == 1 and not (tmp_path / "resumed" / "model.pt").exists()
-    assert train(tiny_data, tmp_path / "resumed", "--resume") == 0
+    # --data is the checkpoint's when not given
+    assert main(["train", "--output", str(tmp_path / "resumed"), "--resume", "--no-progress"]) == 0
 
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
-    assert straight["epoch"] == resumed["epoch"] == 2
+    assert straight["epoch"] == resumed["epoch"] == 2 and straight["data"] == resumed["data"] == str(tiny_data)
     for part in ("model", "ema", "optimizer", "scheduler", "recipe"):
         assert_same_state(straight[part], resumed[part], part)
     assert (tmp_path / "straight" / "model.pt").read_bytes() == (tmp_path / "resumed" / "model.pt").read_bytes()
@@ -80,6 +82,8 @@ def test_refuses_to_overwrite_or_to_resume_with_another_recipe(
     run = tmp_path / "run"
     assert train(tiny_data, tmp_path / "nothing", "--resume") == 1
     assert "no checkpoint" in capsys.readouterr().err
+    assert main(["train", "--output", str(run)]) == 1
+    assert "--data is required to start a run (--resume reads it from the checkpoint)" in capsys.readouterr().err
     assert train(tiny_data, run, "--epochs", "2", "--batch-size", "80", "--limit-test", "4", "--stop-after", "1") == 0
     before = (run / "checkpoint.pt").read_bytes()
     assert train(tiny_data, run, "--epochs", "2") == 1
@@ -259,7 +263,7 @@ def test_ctrl_c_says_the_last_saved_epoch_and_the_resume_command(tiny_data: Path
     assert process.returncode == 130 and "Traceback" not in err, err
     assert lines[-1] == (
         f"interrupted. Last saved: epoch {saved} of 40 in {run / 'checkpoint.pt'}; continue with: "
-        f"tiniest train --data {tiny_data} --output {run} --resume"
+        f"tiniest train --output {run} --resume"
     )
 
 

@@ -23,8 +23,9 @@ _RECIPE_FLAGS = ("epochs", "batch_size", "lr", "warmup", "final_div_factor", "em
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True,
-                        help="dataset root holding train/ and test/ (image folders, cifar-10-batches-py, hf://...)")
+    parser.add_argument("--data",
+                        help="dataset root holding train/ and test/ (image folders, cifar-10-batches-py, hf://...); "
+                        "required to start a run, read from the checkpoint with --resume")
     parser.add_argument("--output", "-o", type=Path, required=True,
                         help="run folder: checkpoint.pt, log.jsonl, model.pt (averaged weights) and curves.png")
     recipe = parser.add_argument_group("recipe (defaults: the published one; with --resume: the checkpoint's)")
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     require_extra("train", "PIL", "kornia", "tqdm", *(("matplotlib",) if args.plot else ()), purpose="training")
     from tiniest.training.loop import RunOptions, last_saved, train  # torch.distributed, kornia: only when training
 
+    if args.data is None and not args.resume:
+        raise UsageError("--data is required to start a run (--resume reads it from the checkpoint)")
     if args.limit_test is not None and args.limit_test <= 0:
         raise UsageError(f"--limit-test: expected a positive number of images, got {args.limit_test}")
     overrides: dict[str, Any] = {name: getattr(args, name) for name in _RECIPE_FLAGS if getattr(args, name) is not None}

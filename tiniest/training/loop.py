@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ _PEER_LOST = re.compile(r"Timed out|timeout|Connection (closed|reset)", re.IGNOR
 class RunOptions:
     """How to run (none of it changes the weights)."""
 
-    data: str
+    data: str | None  # None: the checkpoint's (with resume only)
     output: Path
     resume: bool = False
     overwrite: bool = False  # start afresh in a folder holding a run, replacing its files
@@ -158,7 +158,7 @@ def _resolve_recipe(overrides: dict[str, Any], saved: dict[str, Any] | None, opt
     recipe = Recipe.from_dict(saved["recipe"])
     conflicts = [f"--{k.replace('_', '-')}: checkpoint {getattr(recipe, k)!r}, asked {v!r}"
                  for k, v in overrides.items() if getattr(recipe, k) != v]
-    if _data_key(str(saved["data"])) != _data_key(options.data):
+    if options.data is not None and _data_key(str(saved["data"])) != _data_key(options.data):
         conflicts.append(f"--data: checkpoint {saved['data']!r}, asked {_data_key(options.data)!r}")
     if options.limit_test is not None and options.limit_test != saved.get("limit_test"):
         conflicts.append(f"--limit-test: checkpoint {saved.get('limit_test')!r}, asked {options.limit_test!r}")
@@ -181,13 +181,13 @@ class _State:
     history: list[dict[str, Any]]
 
 
-def _checkpoint_bytes(state: _State, recipe: Recipe, options: RunOptions, data: _Data, limit_test: int | None) -> bytes:
+def _checkpoint_bytes(state: _State, recipe: Recipe, data: _Data, limit_test: int | None) -> bytes:
     buffer = io.BytesIO()
     torch.save(
         {
             "format": CHECKPOINT_FORMAT,
             "recipe": recipe.to_dict(),
-            "data": _data_key(options.data),
+            "data": data.location,
             "classes": list(data.train.classes),
             "train_images": len(data.train),
             "split_sizes": dict(data.sizes),
@@ -299,12 +299,13 @@ def last_saved(output: Path) -> str:
     epoch, epochs = int(checkpoint["epoch"]), int(checkpoint["recipe"]["epochs"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     launcher = f"torchrun --nproc-per-node {world_size} -m tiniest" if world_size > 1 else "tiniest"
-    command = f"{launcher} train --data {checkpoint['data']} --output {output} --resume"
+    command = f"{launcher} train --output {output} --resume"
     return f"Last saved: epoch {epoch} of {epochs} in {path}; continue with: {command}"
 
 
 @dataclass(frozen=True)
 class _Data:
+    location: str  # --data as recorded in the checkpoint (see _data_key)
     train: LabeledImages
     test: LabeledImages
     sizes: dict[str, int]  # images in the whole train and test splits, before any --limit
@@ -326,6 +327,7 @@ def _load(data: str, limit_train: int | None, seed: int, limit_test: int | None,
     chosen = _subset(len(train_split), limit_train, seed)
     tested = _subset(len(test_split), limit_test, 0)
     return _Data(
+        _data_key(data),
         LabeledImages(train_split.images[chosen], train_split.labels[chosen], train_split.classes),
         LabeledImages(test_split.images[tested], test_split.labels[tested], test_split.classes),
         {"train": len(train_split), "test": len(test_split)},
@@ -353,6 +355,10 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
     checkpoint_path = options.output / CHECKPOINT_NAME
     saved = load_checkpoint(checkpoint_path, proc.device) if options.resume else None
     recipe = _resolve_recipe(overrides, saved, options)
+    if saved is not None:
+        options = replace(options, data=str(saved["data"]))
+    if options.data is None:
+        raise UsageError("--data is required to start a run (--resume reads it from the checkpoint)")
     if recipe.batch_size % proc.world_size:
         raise UsageError(f"--batch-size {recipe.batch_size} does not split evenly over {proc.world_size} processes")
     if saved is not None and int(saved["epoch"]) >= recipe.epochs:
@@ -458,7 +464,7 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
         if len(set(replicas)) > 1:
             warnings.warn(f"epoch {state.epoch}: the processes hold different weights", RuntimeWarning, stacklevel=2)
         if proc.main:
-            save_atomically(checkpoint_path, _checkpoint_bytes(state, recipe, options, data, limit_test))
+            save_atomically(checkpoint_path, _checkpoint_bytes(state, recipe, data, limit_test))
             write_log(options.output, state.history)
             print(console_line(record), flush=True)
     if proc.main:
