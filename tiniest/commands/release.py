@@ -11,15 +11,12 @@ and ``PUBLISH.md`` with one command per destination. Nothing here touches the ne
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from tiniest.commands._common import artifact_bytes, read_metrics
 from tiniest.errors import UsageError
@@ -33,6 +30,7 @@ from tiniest.weights.run_files import (
     MODEL_NAME,
     averaged_state_dict,
     load_checkpoint,
+    state_dict_bytes,
     training_checkpoint,
 )
 
@@ -72,9 +70,7 @@ def read_source(path: Path) -> Source:
     run = training_checkpoint(data)
     if run is None:
         return Source(data, str(path), None)
-    buffer = io.BytesIO()
-    torch.save(averaged_state_dict(run), buffer)
-    return Source(buffer.getvalue(), f"{path} (averaged weights of epoch {run['epoch']})", run)
+    return Source(state_dict_bytes(averaged_state_dict(run)), f"{path} (averaged weights of epoch {run['epoch']})", run)
 
 
 def release_record(

@@ -44,6 +44,7 @@ from tiniest.weights.run_files import (
     MODEL_NAME,
     averaged_state_dict,
     load_checkpoint,
+    state_dict_bytes,
 )
 
 __all__ = ["RunOptions", "dist_timeout", "last_saved", "state_sha256", "train"]
@@ -364,7 +365,7 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
     if saved is not None and int(saved["epoch"]) >= recipe.epochs:
         if proc.main:
             if not (options.output / MODEL_NAME).is_file():
-                save_atomically(options.output / MODEL_NAME, _model_bytes(averaged_state_dict(saved)))
+                save_atomically(options.output / MODEL_NAME, state_dict_bytes(averaged_state_dict(saved)))
             print(f"{options.output}: the run already finished its {recipe.epochs} epochs (averaged weights in "
                   f"{options.output / MODEL_NAME}); nothing to do")
         return checkpoint_path
@@ -480,12 +481,6 @@ def _finish(state: _State, recipe: Recipe, options: RunOptions) -> None:
     if state.epoch < recipe.epochs:
         print(f"stopped after epoch {state.epoch} of {recipe.epochs}; continue with --resume")
         return
-    save_atomically(options.output / MODEL_NAME, _model_bytes(state.ema.module.state_dict()))
+    save_atomically(options.output / MODEL_NAME, state_dict_bytes(state.ema.module.state_dict()))
     print(f"finished: averaged weights in {options.output / MODEL_NAME}")
 
-
-def _model_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
-    """``model.pt``: the averaged weights as a plain state_dict."""
-    buffer = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in state_dict.items()}, buffer)
-    return buffer.getvalue()

@@ -23,6 +23,7 @@ __all__ = [
     "averaged_state_dict",
     "load_checkpoint",
     "run_beside",
+    "state_dict_bytes",
     "training_checkpoint",
 ]
 
@@ -66,6 +67,13 @@ def averaged_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The averaged weights (the final model) of a training checkpoint, as a plain Tiniest state_dict."""
     prefix = "module."
     return {k[len(prefix) :]: v.cpu() for k, v in checkpoint["ema"].items() if k.startswith(prefix)}
+
+
+def state_dict_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    """A plain state_dict of CPU tensors as ``torch.save`` bytes: a run's ``model.pt``, or what a release reads."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+    return buffer.getvalue()
 
 
 def run_beside(path: Path, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
