@@ -57,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
     require_extra("train", "PIL", "kornia", "tqdm", *(("matplotlib",) if args.plot else ()), purpose="training")
     from tiniest.training.loop import RunOptions, last_saved, train  # torch.distributed, kornia: only when training
 
-    if args.data is None and not args.resume:
-        raise UsageError("--data is required to start a run (--resume reads it from the checkpoint)")
     if args.limit_test is not None and args.limit_test <= 0:
         raise UsageError(f"--limit-test: expected a positive number of images, got {args.limit_test}")
     overrides: dict[str, Any] = {name: getattr(args, name) for name in _RECIPE_FLAGS if getattr(args, name) is not None}

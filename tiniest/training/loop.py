@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,10 @@ class RunOptions:
     device: str | None = None
     progress: bool = True
     plot: bool = False
+
+    def __post_init__(self) -> None:
+        if self.data is None and not self.resume:  # refused here, before the run folder is made
+            raise UsageError("--data is required to start a run (--resume reads it from the checkpoint)")
 
 
 @dataclass(frozen=True)
@@ -356,10 +360,8 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
     checkpoint_path = options.output / CHECKPOINT_NAME
     saved = load_checkpoint(checkpoint_path, proc.device) if options.resume else None
     recipe = _resolve_recipe(overrides, saved, options)
-    if saved is not None:
-        options = replace(options, data=str(saved["data"]))
-    if options.data is None:
-        raise UsageError("--data is required to start a run (--resume reads it from the checkpoint)")
+    location = options.data if saved is None else str(saved["data"])
+    assert location is not None  # RunOptions refuses a new run without data
     if recipe.batch_size % proc.world_size:
         raise UsageError(f"--batch-size {recipe.batch_size} does not split evenly over {proc.world_size} processes")
     if saved is not None and int(saved["epoch"]) >= recipe.epochs:
@@ -372,7 +374,7 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
 
     limit_test = options.limit_test if options.limit_test is not None or saved is None else saved.get("limit_test")
     progress = options.progress and proc.main
-    data = _load(options.data, recipe.limit_train, recipe.seed, limit_test, progress)
+    data = _load(location, recipe.limit_train, recipe.seed, limit_test, progress)
     train_split, test_split = data.train, data.test
     if saved is not None:
         found = {"classes": list(train_split.classes), "train_images": len(train_split)}
@@ -414,7 +416,7 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
     last = recipe.epochs if options.stop_after is None else min(recipe.epochs, state.epoch + options.stop_after)
     if proc.main:
         print(
-            f"training {len(train_split)} images of {options.data} ({len(train_split.classes)} classes): "
+            f"training {len(train_split)} images of {location} ({len(train_split.classes)} classes): "
             f"epochs {state.epoch + 1}..{last}/{recipe.epochs} "
             f"({steps} steps of {recipe.batch_size} per epoch, {proc.world_size} process(es) on {proc.device}); "
             f"run folder {options.output}",
