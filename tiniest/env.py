@@ -1,0 +1,74 @@
+"""tiniest's environment variables, read one way: a bad value is one :class:`UsageError` naming the variable.
+
+Every knob is read at the moment it is used (not at import), so a test or a long-lived process can
+change it. An empty or blank value counts as unset.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from tiniest.errors import UsageError
+
+__all__ = ["env_flag", "env_int", "env_number", "env_path", "env_text"]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def env_text(name: str) -> str | None:
+    """The variable's value without surrounding blanks, or ``None`` when it is unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """A yes/no variable: ``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    value = env_text(name)
+    if value is None:
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise UsageError(f"{name}: expected 1/true/yes/on or 0/false/no/off, got {value!r}")
+
+
+def env_number(name: str, default: float, *, low: float, high: float = math.inf, inclusive_low: bool = True) -> float:
+    """A finite number in ``[low, high]`` (``(low, high]`` when not ``inclusive_low``)."""
+    value = env_text(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    in_range = (number >= low if inclusive_low else number > low) and number <= high
+    if not (math.isfinite(number) and in_range):
+        bracket = "[" if inclusive_low else "("
+        upper = "" if math.isinf(high) else f"{high:g}"
+        raise UsageError(f"{name}: expected a number in {bracket}{low:g}, {upper or 'inf'}], got {value!r}")
+    return number
+
+
+def env_int(name: str, default: int, *, low: int, high: int | None = None) -> int:
+    """A whole number in ``[low, high]``."""
+    value = env_text(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if number < low or (high is not None and number > high):
+        upper = "" if high is None else str(high)
+        raise UsageError(f"{name}: expected a whole number in [{low}, {upper or 'inf'}], got {value!r}")
+    return number
+
+
+def env_path(name: str) -> Path | None:
+    """A path variable (``~`` expanded), or ``None`` when unset."""
+    value = env_text(name)
+    return Path(value).expanduser() if value is not None else None
