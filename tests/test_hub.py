@@ -38,9 +38,15 @@ def prefill_hub_dir(hub_dir: Path) -> Path:
 
 @pytest.fixture
 def hub_dir() -> Path:
-    """torch.hub's folder (``$TORCH_HOME/hub``, a fresh one per test) holding this checkout."""
+    """torch.hub's folder (``$TORCH_HOME/hub``, a fresh one per test) holding a link to this checkout.
+
+    A link, not a copy: this process already imported ``tiniest`` from ROOT, and hubconf refuses to
+    run a different folder's code under it (tests of copies run in fresh interpreters).
+    """
     hub = Path(torch.hub.get_dir())
-    prefill_hub_dir(hub)
+    owner, name = RELEASE.github_repo.split("/")
+    hub.mkdir(parents=True, exist_ok=True)
+    (hub / f"{owner}_{name}_hub").symlink_to(ROOT, target_is_directory=True)
     return hub
 
 
@@ -107,3 +113,37 @@ def test_loading_does_not_import_heavy_modules(cached_release: Path, tmp_path: P
     run = hub_subprocess(code, tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+SHADOWED = (
+    "import sys, torch\n"
+    "{first}\n"
+    "net = torch.hub.load(sys.argv[1], 'tiniest', source='local', trust_repo=True, sources='local')\n"
+    "{then}\n"
+    "from tiniest.weights import load_weights\n"
+    "print(sys.modules['tiniest'].__file__, load_weights(sources='local').location)\n"
+)
+
+
+@pytest.mark.parametrize("imported_first", [True, False], ids=["import-then-hub", "hub-then-import"])
+def test_hub_load_runs_the_folders_own_code_or_refuses_naming_both(
+    imported_first: bool, release_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another tiniest (here: this checkout, as the dev install imports it) never runs in a checkout's place."""
+    checkout = copy_checkout(tmp_path / "checkout")
+    (checkout / "weights" / RELEASE.filename).write_bytes(release_bytes)
+    monkeypatch.delenv("TINIEST_WEIGHTS_DIR")  # each checkout's own weights/ folder
+    first, then = ("import tiniest", "") if imported_first else ("", "import tiniest")
+    code = SHADOWED.format(first=first, then=then)
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(checkout)], capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ)
+    )
+    if imported_first:
+        assert run.returncode == 1
+        last = run.stderr.strip().splitlines()[-1]
+        assert last.startswith("ImportError: torch.hub.load(") and "Traceback" in run.stderr
+        assert str(ROOT / "tiniest") in last and str(checkout / "tiniest") in last, last
+    else:
+        assert run.returncode == 0, run.stderr
+        package, weights = run.stdout.split()
+        assert Path(package).is_relative_to(checkout) and Path(weights).is_relative_to(checkout / "weights")
