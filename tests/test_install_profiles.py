@@ -1,18 +1,26 @@
-"""The environments users actually have, not the dev one.
+"""The environments users actually have, not the dev one; each is a real venv, named by a variable.
 
-- ``TINIEST_HUB_PYTHON``: the interpreter of a venv holding exactly ``hubconf.dependencies``
-  (what a torch.hub user has: torch and safetensors, no numpy, tqdm, PIL or huggingface_hub).
-- ``TINIEST_CORE_PYTHON``: the interpreter of a venv where ``pip install .`` ran without extras.
+- ``TINIEST_FLOOR_PYTHON``: torch alone, at the oldest Python and torch that pyproject.toml declares
+  (what a notebook with a year-or-two-old torch has, loading through torch.hub).
+- ``TINIEST_HUB_PYTHON``: torch alone, Python 3.13 and the newest torch the package index serves.
+- ``TINIEST_CORE_PYTHON``: the same Python and torch, then ``pip install .`` without extras.
+- ``TINIEST_SCIO_PYTHON``: the real client's environment: Python >= 3.12 with ``scio-pypi`` (and so
+  torch), no safetensors.
 
-``.ci/run`` builds both and sets ``TINIEST_REQUIRE_PROFILES=1``, which turns a missing profile
-into a failure; elsewhere these tests skip with the command that builds the venv.
+``.ci/run`` builds them all and sets ``TINIEST_REQUIRE_PROFILES=1``, which turns a missing profile
+into a failure; elsewhere these tests skip with the command that builds the venv. Each torch-alone
+and core profile runs a user's whole session: the published weights, 9,463/10,000 on the CIFAR-10
+test split, ``predict``, ``optimize`` and an export.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,16 +30,23 @@ from tests.conftest import ROOT, copy_checkout
 from tests.loopback import LoopbackServer
 from tiniest.model import Tiniest
 from tiniest.weights import TiniestWeights
+from tiniest.weights.artifact import read_state_dict
 
 RELEASE = TiniestWeights.DEFAULT.release
 INPUT = torch.linspace(-0.5, 0.5, 3 * 32 * 32).reshape(1, 3, 32, 32)
-# Anything beyond hubconf.dependencies that the core load path must do without.
-EXTRAS_MODULES = ("numpy", "tqdm", "PIL", "huggingface_hub", "matplotlib", "kornia", "onnx")
+# Anything beyond torch that the torch.hub load path must do without.
+EXTRAS_MODULES = ("safetensors", "numpy", "tqdm", "PIL", "huggingface_hub", "matplotlib", "kornia", "onnx")
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+FLOOR_PYTHON = re.fullmatch(r">=\s*(\d+\.\d+)", PYPROJECT["requires-python"])[1]  # type: ignore[index]
+FLOOR_TORCH = next(re.fullmatch(r"torch>=(\d+\.\d+)", dep)[1] for dep in PYPROJECT["dependencies"] if dep.startswith("torch"))  # type: ignore[index]
 
 BUILD_HINT = {
-    "TINIEST_HUB_PYTHON": "python -m venv /tmp/hub && /tmp/hub/bin/pip install torch==2.13.0 safetensors",
-    "TINIEST_CORE_PYTHON": "python -m venv /tmp/core && /tmp/core/bin/pip install torch==2.13.0 .",
+    "TINIEST_FLOOR_PYTHON": f"python{FLOOR_PYTHON} -m venv /tmp/floor && /tmp/floor/bin/pip install 'torch=={FLOOR_TORCH}.*'",
+    "TINIEST_HUB_PYTHON": "python3.13 -m venv /tmp/hub && /tmp/hub/bin/pip install torch",
+    "TINIEST_CORE_PYTHON": "python3.13 -m venv /tmp/core && /tmp/core/bin/pip install torch .",
+    "TINIEST_SCIO_PYTHON": "python3.13 -m venv /tmp/scio && /tmp/scio/bin/pip install scio-pypi",
 }
+TORCH_ALONE = ("TINIEST_FLOOR_PYTHON", "TINIEST_HUB_PYTHON")
 
 
 def profile_python(variable: str) -> Path:
@@ -45,9 +60,9 @@ def profile_python(variable: str) -> Path:
     pytest.skip(reason)
 
 
-@pytest.fixture
-def hub_python() -> Path:
-    return profile_python("TINIEST_HUB_PYTHON")
+@pytest.fixture(params=TORCH_ALONE, ids=["floor", "newest"])
+def hub_python(request: pytest.FixtureRequest) -> Path:
+    return profile_python(request.param)
 
 
 @pytest.fixture
@@ -55,11 +70,21 @@ def core_python() -> Path:
     return profile_python("TINIEST_CORE_PYTHON")
 
 
-def run_in(python: Path, args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def scio_python() -> Path:
+    return profile_python("TINIEST_SCIO_PYTHON")
+
+
+def run_in(python: Path, args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run ``python args`` in ``cwd`` with the test's environment (isolated caches, loopback only)."""
     return subprocess.run(
         [str(python), *args], capture_output=True, text=True, cwd=cwd, env=dict(os.environ), timeout=timeout
     )
+
+
+def last_json(run: subprocess.CompletedProcess[str]) -> dict:
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def missing_modules(python: Path, cwd: Path) -> list[str]:
@@ -67,15 +92,33 @@ def missing_modules(python: Path, cwd: Path) -> list[str]:
         "import importlib.util, json\n"
         f"print(json.dumps([m for m in {list(EXTRAS_MODULES)!r} if importlib.util.find_spec(m) is None]))\n"
     )
-    run = run_in(python, ["-c", code], cwd)
-    assert run.returncode == 0, run.stderr
-    return list(json.loads(run.stdout))
+    return list(last_json(run_in(python, ["-c", code], cwd)))  # type: ignore[arg-type]
+
+
+def versions(python: Path, cwd: Path) -> dict:
+    code = "import json, sys, torch\nprint(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'torch': torch.__version__}))"
+    return last_json(run_in(python, ["-c", code], cwd))
 
 
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
     """A copy of the repository as torch.hub would unpack it (no tests, no venv, no git)."""
     return copy_checkout(tmp_path / "checkout")
+
+
+@pytest.fixture(scope="session")
+def cifar10_test_tensors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CIFAR-10 test split as uint8 tensors, decoded once by this (dev) interpreter.
+
+    torch alone cannot read PNG; what a bare profile checks is the model under its torch.
+    """
+    from tests.conftest import SHARED_CIFAR10, shared_path
+    from tiniest.data import load_split
+
+    test = load_split(shared_path(SHARED_CIFAR10), "test")
+    path = tmp_path_factory.mktemp("cifar10") / "test.pt"
+    torch.save({"images": test.images.contiguous(), "labels": test.labels.contiguous()}, path)
+    return path
 
 
 HUB_LOAD = (
@@ -90,31 +133,93 @@ HUB_LOAD = (
     "                  'training': net.training, 'logits': logits[0].tolist()}))\n"
 )
 
+# A user's whole session, in a profile: load (torch.hub, or the pip package), the published
+# accuracy, predict, optimize and a TorchScript export read back.
+USER_SESSION = """
+import json, logging, sys, warnings
+import torch
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+how, checkout, data_path, out_dir = sys.argv[1:5]
+if how == "hub":
+    net = torch.hub.load(checkout, "tiniest", source="local", trust_repo=True)
+import tiniest
+from tiniest.commands import main
+from tiniest.weights import load_weights
+if how == "pip":
+    net = tiniest.tiniest()
+loaded = load_weights()
+data = torch.load(data_path, weights_only=True)
+with torch.no_grad():
+    logits = torch.cat([net(batch.float() / 255 - 0.5) for batch in data["images"].split(1000)])
+batch = data["images"][:64]
+labels = [p.label for p in tiniest.predict(list(batch))]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    fast = tiniest.optimize(net)
+    fast_top1 = fast(batch.float() / 255 - 0.5).argmax(1)
+assert main(["export", loaded.location, "--format", "torchscript", "--output", out_dir]) == 0
+exported = torch.jit.load(next(__import__("pathlib").Path(out_dir).glob("*.torchscript.pt")))
+print(json.dumps({
+    "package": tiniest.__file__,
+    "sha256": loaded.sha256, "verified": loaded.verified,
+    "correct": int((logits.argmax(1) == data["labels"]).sum()), "total": len(data["labels"]),
+    "predict_agrees": labels == [net.labels[i] for i in logits[:64].argmax(1)],
+    "optimize_agrees": bool((fast_top1 == logits[:64].argmax(1)).all()),
+    "optimize_warnings": [str(w.message) for w in caught],
+    "export_max_diff": float((exported(batch.float() / 255 - 0.5) - logits[:64]).abs().max()),
+}))
+"""
+
+
+def run_user_session(python: Path, how: str, checkout: Path, data: Path, release_bytes: bytes, tmp_path: Path) -> dict:
+    weights_dir = Path(os.environ["TINIEST_WEIGHTS_DIR"])  # conftest's empty folder for this test
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    (weights_dir / RELEASE.filename).write_bytes(release_bytes)
+    run = run_in(python, ["-c", USER_SESSION, how, str(checkout), str(data), str(tmp_path / "exported")], tmp_path)
+    result = last_json(run)
+    assert (result["sha256"], result["verified"]) == (RELEASE.sha256, True)
+    assert (result["correct"], result["total"]) == (9463, 10000)
+    assert result["predict_agrees"] and result["optimize_agrees"]
+    assert result["export_max_diff"] < 1e-4
+    assert "Traceback" not in run.stderr, run.stderr
+    result["stderr"] = run.stderr
+    return result
+
 
 def reference_logits(release_bytes: bytes) -> list[float]:
     """The same input through the release weights in this (dev) interpreter."""
-    import torch
-    from safetensors.torch import load
-
     net = Tiniest().eval()
-    net.load_state_dict(load(release_bytes))
+    net.load_state_dict(read_state_dict(release_bytes))
     with torch.no_grad():
         return [float(v) for v in net(INPUT)[0]]
 
 
 def assert_published_model(run: subprocess.CompletedProcess[str], expected: list[float]) -> None:
     """The model loaded, gives the reference logits, and its verified file is now cached."""
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = last_json(run)
     assert (result["source"], result["sha256"], result["verified"]) == ("cache", RELEASE.sha256, True)
     assert result["training"] is False
     assert result["logits"] == pytest.approx(expected, abs=1e-5)
 
 
-def test_hub_profile_holds_exactly_the_hubconf_dependencies(hub_python: Path, tmp_path: Path) -> None:
+def test_the_declared_floors_are_the_floor_profile(tmp_path: Path) -> None:
+    """requires-python and the torch lower bound are exactly what the floor profile runs."""
+    found = versions(profile_python("TINIEST_FLOOR_PYTHON"), tmp_path)
+    assert found["python"] == FLOOR_PYTHON
+    assert found["torch"].startswith(FLOOR_TORCH + "."), found
+
+
+def test_hub_profile_holds_torch_alone_as_hubconf_declares(hub_python: Path, tmp_path: Path) -> None:
     assert sorted(missing_modules(hub_python, tmp_path)) == sorted(EXTRAS_MODULES)
-    hubconf = (ROOT / "hubconf.py").read_text(encoding="utf-8")
-    assert 'dependencies = ["torch", "safetensors"]' in hubconf
+    code = (
+        "import importlib.util, json, sys\n"
+        "spec = importlib.util.spec_from_file_location('hubconf', sys.argv[1])\n"
+        "hubconf = importlib.util.module_from_spec(spec)\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "spec.loader.exec_module(hubconf)\n"
+        "print(json.dumps(hubconf.dependencies))\n"
+    )
+    assert last_json(run_in(hub_python, ["-c", code, str(ROOT / "hubconf.py"), str(ROOT)], tmp_path)) == ["torch"]
 
 
 def test_hub_profile_downloads_from_github_with_default_arguments(
@@ -128,9 +233,8 @@ def test_hub_profile_downloads_from_github_with_default_arguments(
     monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
     asset = f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}"
     server.serve(asset, release_bytes)
-    expected = reference_logits(release_bytes)
     run = run_in(hub_python, ["-c", HUB_LOAD, str(checkout)], tmp_path)
-    assert_published_model(run, expected)
+    assert_published_model(run, reference_logits(release_bytes))
     assert server.paths_requested() == [asset]
 
 
@@ -143,17 +247,16 @@ def test_hub_profile_converts_the_original_checkpoint_alone(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """Only the publisher's .pt exists online (no release asset, no Hub repo): no numpy needed."""
+    """Only the publisher's .pt exists online (no release asset, no Hub repo): torch alone converts it."""
     monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
     server.serve(f"/{RELEASE.source_path}", shared_checkpoint.read_bytes())
-    expected = reference_logits(release_bytes)
     run = run_in(hub_python, ["-c", HUB_LOAD, str(checkout)], tmp_path)
-    assert_published_model(run, expected)
+    assert_published_model(run, reference_logits(release_bytes))
     assert f"/{RELEASE.source_path}" in server.paths_requested()
 
 
 def test_hub_profile_reads_the_original_pt_given_as_weights(
-    hub_python: Path, checkout: Path, shared_checkpoint: Path, release_bytes: bytes, tmp_path: Path
+    hub_python: Path, checkout: Path, shared_checkpoint: Path, tmp_path: Path
 ) -> None:
     code = (
         "import json, sys, torch\n"
@@ -161,29 +264,71 @@ def test_hub_profile_reads_the_original_pt_given_as_weights(
         "print(json.dumps(sum(p.numel() for p in net.parameters())))\n"
     )
     run = run_in(hub_python, ["-c", code, str(checkout), str(shared_checkpoint)], tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == 97_530
+    assert last_json(run) == 97_530
+
+
+def test_hub_profile_runs_a_users_session(
+    hub_python: Path, checkout: Path, cifar10_test_tensors: Path, release_bytes: bytes, tmp_path: Path
+) -> None:
+    result = run_user_session(hub_python, "hub", checkout, cifar10_test_tensors, release_bytes, tmp_path)
+    assert Path(result["package"]).is_relative_to(checkout)
+    if not torch_version_at_least(hub_python, tmp_path, "2.6"):  # no AOTInductor packages before 2.6
+        notes = [line for line in result["stderr"].splitlines() if "uncompiled" in line or "compiled" in line]
+        assert len(notes) == 1, result["stderr"]
+
+
+def torch_version_at_least(python: Path, cwd: Path, floor: str) -> bool:
+    found = tuple(int(part) for part in versions(python, cwd)["torch"].split("+")[0].split(".")[:2])
+    return found >= tuple(int(part) for part in floor.split("."))
 
 
 def test_core_profile_has_no_extras_and_a_real_install(core_python: Path, tmp_path: Path) -> None:
-    # huggingface_hub is a core dependency, and it brings tqdm
-    assert sorted(missing_modules(core_python, tmp_path)) == sorted(set(EXTRAS_MODULES) - {"huggingface_hub", "tqdm"})
+    # huggingface_hub and safetensors are core dependencies, and huggingface_hub brings tqdm
+    core = {"huggingface_hub", "tqdm", "safetensors"}
+    assert sorted(missing_modules(core_python, tmp_path)) == sorted(set(EXTRAS_MODULES) - core)
     run = run_in(core_python, ["-c", "import tiniest; print(tiniest.__file__)"], tmp_path)
     assert run.returncode == 0, run.stderr
     assert "site-packages" in run.stdout and Path(run.stdout.strip()).parent != ROOT / "tiniest"
 
 
-def test_core_profile_loads_and_classifies(core_python: Path, shared_checkpoint: Path, tmp_path: Path) -> None:
-    code = (
-        "import json, sys, torch, tiniest\n"
-        "net = tiniest.tiniest(weights=sys.argv[1])\n"
-        "x = torch.zeros(2, 3, 32, 32)\n"
-        "with torch.no_grad():\n"
-        "    print(json.dumps(list(net(x).shape)))\n"
-    )
-    run = run_in(core_python, ["-c", code, str(shared_checkpoint)], tmp_path)
+def test_core_profile_runs_a_users_session(
+    core_python: Path, checkout: Path, cifar10_test_tensors: Path, release_bytes: bytes, tmp_path: Path
+) -> None:
+    result = run_user_session(core_python, "pip", checkout, cifar10_test_tensors, release_bytes, tmp_path)
+    assert "site-packages" in result["package"]
+
+
+SHADOWED = """
+import sys, torch
+if sys.argv[2] == "import-first":
+    import tiniest
+net = torch.hub.load(sys.argv[1], "tiniest", source="local", trust_repo=True, sources="local")
+import tiniest
+from tiniest.weights import load_weights
+print(tiniest.__file__, load_weights(sources="local").location)
+"""
+
+
+@pytest.mark.parametrize("order", ["import-first", "hub-first"])
+def test_a_pip_installed_copy_never_runs_in_a_checkouts_place(
+    order: str, core_python: Path, checkout: Path, release_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.hub.load(DIR) runs DIR's code with DIR's weights/, or refuses in one line naming both packages."""
+    (checkout / "weights" / RELEASE.filename).write_bytes(release_bytes)
+    monkeypatch.delenv("TINIEST_WEIGHTS_DIR")
+    run = run_in(core_python, ["-c", SHADOWED, str(checkout), order], tmp_path)
+    if order == "import-first":
+        last = run.stderr.strip().splitlines()[-1]
+        assert run.returncode == 1 and last.startswith("ImportError: torch.hub.load("), run.stderr
+        assert "site-packages" in last and str(checkout / "tiniest") in last, last
+    else:
+        package, weights = last_line(run).split()
+        assert Path(package).is_relative_to(checkout) and Path(weights).is_relative_to(checkout / "weights")
+
+
+def last_line(run: subprocess.CompletedProcess[str]) -> str:
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == [2, 10]
+    return run.stdout.strip().splitlines()[-1]
 
 
 def own_lines(stderr: str) -> list[str]:
@@ -216,3 +361,70 @@ def test_core_profile_commands_name_the_missing_extra(
     lines = own_lines(run.stderr)
     assert len(lines) == 1, run.stderr
     assert f'pip install "tiniest[{extra}]"' in lines[0]
+
+
+# scio's tutorials record layers by torchinfo's depth-index: (1, 5) the third Block, (1, 11) the
+# global pooling, (1, 12) the classifier (the model card's layer table).
+SCIO_SESSION = """
+import json, sys, torch
+from scio.eval import compute_confidence, fit_scores
+from scio.recorder import Recorder
+from scio.scores import KNN, GradNorm, Gram
+
+net = torch.hub.load("ThalesGroup/scio:hub", "tiniest", trust_repo=True)
+from tiniest.model import Tiniest  # the hub checkout's package, imported by the load above
+reference = Tiniest().eval()  # the publisher's checkpoint, read by torch alone
+reference.load_state_dict(torch.load(sys.argv[2], map_location="cpu", weights_only=True))
+data = torch.load(sys.argv[1], weights_only=True)
+images = data["images"][:400].float() / 255 - 0.5
+noise = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0)) - 0.5
+layers = {"KNN": [(1, 11)], "GradNorm": [(1, 12)], "Gram": [(1, 5)]}
+rnet = Recorder(net, input_size=(1, 3, 32, 32))
+rnet.record((1, 5), (1, 11), (1, 12))
+rows = {idx: type(module).__name__ for idx, module in rnet.recorded_modules.items()}
+
+def confidences(model):
+    scores = [(KNN(k=5), layers["KNN"]), (GradNorm(), layers["GradNorm"]), (Gram(), layers["Gram"])]
+    fitted = fit_scores(scores, model, images[:300], data["labels"][:300], show_progress=False)
+    ind, (ood,) = compute_confidence(fitted, ind=images[300:], oods=(noise,), show_progress=False)
+    return ind, ood
+
+ind, ood = confidences(net)
+ref_ind, ref_ood = confidences(reference)
+print(json.dumps({
+    "rows": {str(k): v for k, v in rows.items()},
+    "shapes": [list(ind.shape), list(ood.shape)],
+    "finite": bool(torch.isfinite(torch.as_tensor(ind)).all() and torch.isfinite(torch.as_tensor(ood)).all()),
+    "max_diff": float(max(abs(ind - ref_ind).max(), abs(ood - ref_ood).max())),
+    "safetensors": "safetensors" in sys.modules,
+}))
+"""
+
+
+def test_scio_runs_its_scores_on_the_hub_model_without_safetensors(
+    scio_python: Path,
+    cifar10_test_tensors: Path,
+    release_bytes: bytes,
+    shared_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    """As scio's documentation build does: the checkout in torch.hub's cache as ThalesGroup_scio_hub."""
+    assert "safetensors" in missing_modules(scio_python, tmp_path)
+    copy_checkout(Path(os.environ["TORCH_HOME"]) / "hub" / "ThalesGroup_scio_hub")
+    weights_dir = Path(os.environ["TINIEST_WEIGHTS_DIR"])
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    (weights_dir / RELEASE.filename).write_bytes(release_bytes)
+    run = run_in(scio_python, ["-c", SCIO_SESSION, str(cifar10_test_tensors), str(shared_checkpoint)], tmp_path)
+    result = last_json(run)
+    assert result["rows"] == {"(1, 5)": "Block", "(1, 11)": "AdaptiveAvgPool2d", "(1, 12)": "Linear"}
+    assert result["shapes"] == [[3, 100], [3, 40]] and result["finite"]
+    assert result["max_diff"] < 1e-3, "the hub model scores as the publisher's checkpoint does"
+    assert result["safetensors"] is False
+
+
+def test_profiles_never_use_the_dev_interpreter() -> None:
+    """A profile pointing at the dev venv would test nothing: each must be its own interpreter."""
+    for variable in (*TORCH_ALONE, "TINIEST_CORE_PYTHON", "TINIEST_SCIO_PYTHON"):
+        value = os.environ.get(variable)
+        if value:
+            assert Path(value).resolve() != Path(sys.executable).resolve(), variable
