@@ -157,7 +157,7 @@ def _fetch_once(
             f"incomplete download from {url}: expected {total} bytes, got {len(body)} (connection closed early)",
             transient=True,
         )
-    return body
+    return bytes(body)  # (copied only once whole)
 
 
 def _http_error(url: str, error: urllib.error.HTTPError) -> DownloadError:
@@ -193,26 +193,26 @@ def _rate_limit_note(status: int, headers: Any, detail: str) -> str | None:
 
 def _read_body(
     response: Any, total: int | None, progress: bool, label: str, limit: tuple[float, float], max_bytes: int
-) -> bytes:
+) -> bytearray:
     """The body, or its first ``max_bytes + 1`` bytes: enough to tell that it is too long."""
     deadline, budget = limit
-    chunks: list[bytes] = []
+    body = bytearray()  # grows in place: a body cut at the bound costs the bound, not twice it
     left = max_bytes + 1
     bar = _progress_bar(total, label) if progress else None
     try:
         # read1: returns what arrived, so the deadline is checked often
         while left and (chunk := response.read1(min(_CHUNK, left))):
-            chunks.append(chunk)
+            body += chunk
             left -= len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
             if time.monotonic() > deadline:
-                got = sum(map(len, chunks))
-                raise DownloadError(f"download of {label} too slow: {got} of {total or '?'} bytes in {budget:g} s")
+                got = f"{len(body)} of {total or '?'} bytes"
+                raise DownloadError(f"download of {label} too slow: {got} in {budget:g} s")
     finally:
         if bar is not None:
             bar.close()
-    return b"".join(chunks)
+    return body
 
 
 def _progress_bar(total: int | None, label: str) -> Any:
