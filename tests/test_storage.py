@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tiniest.storage import writer_lock
+from tiniest.storage import save_atomically, writer_lock
 
 # Holds the lock for the number of seconds given, after saying on stdout that it holds it.
 PEER = """
@@ -68,3 +70,90 @@ def test_a_stuck_peer_is_given_up_on_after_the_timeout(tmp_path: Path) -> None:
     finally:
         peer.kill()
         peer.wait()
+
+
+def test_a_symlink_in_place_of_the_lock_file_is_replaced_not_followed(tmp_path: Path) -> None:
+    """A link planted as the lock file (to a file of the user's, or to nowhere) must not turn the cache off."""
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    locks = tmp_path / ".locks"
+    locks.mkdir()
+    (locks / "a.lock").symlink_to(target)
+    (locks / "b.lock").symlink_to(tmp_path / "nowhere" / "x")
+    for name in ("a.lock", "b.lock"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with writer_lock(locks / name, timeout=5) as access:
+                assert access == "locked"
+        assert not (locks / name).is_symlink()
+    assert target.read_text() == "keep me"
+
+
+# Writes a large file with save_atomically; the test SIGKILLs it while its temporary file exists.
+WRITER = """
+import sys
+from pathlib import Path
+from tiniest.storage import save_atomically
+data = bytes(256 * 1024 * 1024)
+print("ready", flush=True)
+save_atomically(Path(sys.argv[1]), data)
+"""
+
+
+def parts_of(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f".{path.name}.*.part"))
+
+
+def test_the_part_file_of_a_sigkilled_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "cache" / "file.bin"
+    target.parent.mkdir()
+    for _ in range(5):  # the kill must land while the 256 MiB are being written: try again if it came too late
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 60
+        while not parts_of(target) and writer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(30)
+        writer.stdout.close()
+        if parts_of(target):
+            break
+        target.unlink(missing_ok=True)
+    [stale] = parts_of(target)
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))  # as it is when the next write comes, much later
+
+    save_atomically(target, b"fresh")
+    assert target.read_bytes() == b"fresh"
+    assert parts_of(target) == [], "the dead writer's temporary file is gone"
+
+
+# Holds an flock on an existing file, as save_atomically does on its temporary file while it writes.
+HOLDER = """
+import fcntl, os, sys, time
+handle = os.open(sys.argv[1], os.O_WRONLY)
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_the_part_file_of_a_live_writer_is_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "file.bin"
+    live = tmp_path / f".{target.name}.0123abcd.part"
+    live.write_bytes(b"half")
+    hour_ago = time.time() - 3600
+    os.utime(live, (hour_ago, hour_ago))  # a slow writer: old, but still at work
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(live)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        save_atomically(target, b"mine")
+        assert live.exists(), "a temporary file a live process holds is not stale"
+    finally:
+        holder.kill()
+        holder.wait(30)
+        if holder.stdout:
+            holder.stdout.close()
+    save_atomically(target, b"again")
+    assert not live.exists(), "once its writer is gone, it is"

@@ -5,7 +5,16 @@ Readers never lock: a file is only ever put in place whole (write a temporary fi
 lock per target file (with ``filelock``, in a ``.locks`` folder beside the cache), held from "is it cached yet?" to
 the atomic rename, so that processes starting together download the file once. The kernel
 releases the lock of a process that dies, even by SIGKILL; empty lock files are left behind,
-as ``filelock`` intends.
+as ``filelock`` intends. A lock file is never followed through a symlink: one found in its place
+is replaced by a plain file (else a planted link would turn the cache off for good).
+
+A writer holds an ``flock`` on its temporary file while it writes. So the temporary file of a
+writer that was killed (even by SIGKILL) is known to be stale: no process holds it. Every write
+removes those of its target (:func:`remove_stale_parts`); on a system without ``flock`` (Windows)
+only those older than a day are.
+
+Files read from a cache or a folder are opened only if they are regular files
+(:func:`read_regular`): a FIFO would hang the reader, a device would never end.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -20,19 +31,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from tiniest.env import env_path
 from tiniest.errors import UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "CACHE_ERRNOS",
     "HF_PREFIX",
     "cache_dir",
     "check_output_folder",
+    "read_regular",
     "remove_stale_parts",
     "save_atomically",
     "writer_lock",
 ]
 
 PART_SUFFIX = ".part"
+# A temporary file no process holds is stale once this old (it is locked microseconds after its creation)...
+STALE_SECONDS = 60.0
+# ...and where flock does not exist, once this old.
+STALE_SECONDS_UNLOCKED = 24 * 3600.0
 # errnos that say "this directory cannot hold the file" rather than "the download failed"
 CACHE_ERRNOS = frozenset(
     {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST, errno.EFBIG}
@@ -45,10 +67,27 @@ logger = logging.getLogger(__name__)
 
 def cache_dir() -> Path:
     """``$TINIEST_CACHE``, else ``$XDG_CACHE_HOME/tiniest``, else ``~/.cache/tiniest``."""
-    if os.environ.get("TINIEST_CACHE"):
-        return Path(os.environ["TINIEST_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tiniest"
+    configured = env_path("TINIEST_CACHE")
+    if configured is not None:
+        return configured
+    return (env_path("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiniest"
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path`` if it is a regular file (symlinks followed) of at most ``limit`` bytes, else OSError.
+
+    Opened without blocking, so a FIFO in its place is refused at once instead of hanging the reader.
+    """
+    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(handle, "rb") as file:
+        mode = os.fstat(handle).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a file"
+            raise OSError(errno.EINVAL, f"expected a regular file, found {kind}", str(path))
+        data = file.read() if limit is None else file.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise OSError(errno.EFBIG, f"expected at most {limit} bytes, the file holds more", str(path))
+    return data
 
 
 def check_output_folder(path: Path, flag: str = "--output") -> None:
@@ -76,6 +115,9 @@ def save_atomically(path: Path, data: bytes) -> None:
     handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as out:
+            if fcntl is not None:  # held until closed (or the process dies): says "this file is being written"
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            remove_stale_parts(path)
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
@@ -86,12 +128,50 @@ def save_atomically(path: Path, data: bytes) -> None:
 
 
 def remove_stale_parts(path: Path) -> None:
-    """Delete temporary files a killed writer left beside ``path``; call only while holding its lock."""
-    for stale in path.parent.glob(f".{path.name}.*{PART_SUFFIX}"):
-        stale.unlink(missing_ok=True)
+    """Delete the temporary files that killed writers left beside ``path`` (those no live process holds)."""
+    for part in path.parent.glob(f".{path.name}.*{PART_SUFFIX}"):
+        if _is_stale(part):
+            logger.info("removing %s, left by a writer that was stopped", part)
+            part.unlink(missing_ok=True)
+
+
+def _is_stale(part: Path) -> bool:
+    try:
+        handle = os.open(part, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:  # gone already, or a link: not ours
+        return False
+    try:
+        age = time.time() - os.fstat(handle).st_mtime
+        if fcntl is None:
+            return age > STALE_SECONDS_UNLOCKED
+        if age < STALE_SECONDS:  # (a writer locks its file right after creating it)
+            return False
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return False  # a live writer holds it
+        return True
+    finally:
+        os.close(handle)
 
 
 Access = Literal["locked", "unlocked", "unusable"]
+
+
+def _replace_odd_lock_file(lock_file: Path) -> None:
+    """Remove a symlink (or FIFO, socket...) found where a lock file belongs; ``filelock`` then makes a plain one.
+
+    ``filelock`` never follows a link (it fails with ELOOP), so left there it would disable the cache for good.
+    A folder is left alone (the lock then fails and the cache goes unused, with a warning).
+    """
+    try:
+        mode = os.lstat(lock_file).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    logger.warning("%s is not a plain file (a symlink?); replacing it with one", lock_file)
+    lock_file.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -111,6 +191,7 @@ def writer_lock(lock_file: Path, timeout: float) -> Iterator[Access]:
     access: Access = "locked"
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
+        _replace_odd_lock_file(lock_file)
         try:
             lock.acquire(timeout=0)
         except Timeout:

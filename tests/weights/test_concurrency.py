@@ -147,12 +147,17 @@ def test_sigkill_mid_hub_download_then_next_load_cleans_up_and_succeeds(
 def test_a_killed_writers_temporary_file_is_removed(
     server: LoopbackServer, release_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a SIGKILL during the atomic write leaves (a ``.part`` beside no file) is cleaned by the next writer."""
+    """What a SIGKILL during the atomic write leaves (a ``.part`` no process holds) is cleaned by the next writer.
+
+    (A real SIGKILL mid-write: ``tests/test_storage.py``.)
+    """
     monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
     cached = torch_cache_path(RELEASE)
     cached.parent.mkdir(parents=True)
     stale = cached.parent / f".{cached.name}.k1ll3d.part"
     stale.write_bytes(release_bytes[:1000])
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
     server.redirect(GITHUB_ROUTE, server.url + STORAGE_ROUTE)
     server.serve(STORAGE_ROUTE, release_bytes)
     assert load_weights(sources="cache,github", progress=False).source == "github"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -181,28 +183,50 @@ def test_redirect_chain_of_a_github_download(
     assert torch_cache_path(RELEASE).read_bytes() == release_bytes
 
 
-def test_token_goes_to_github_only_never_to_the_redirect_target(
-    server: LoopbackServer, release_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and its key), made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate for an https loopback server")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_token_goes_over_https_to_github_only_never_to_the_redirect_target(
+    server: LoopbackServer, release_bytes: bytes, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
+    """github.com (an https loopback server here) gets the token; the storage host it redirects to does not."""
+    cert, key = certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # urllib's default context trusts our certificate
     monkeypatch.setenv("TINIEST_GITHUB_TOKEN", "ghp_secret")
     seen: dict[str, str | None] = {}
+    storage = server.url.replace("127.0.0.1", "localhost") + STORAGE_ROUTE  # another host
 
     def record(path: str, reply: bytes | None):  # type: ignore[no-untyped-def]
         def route(handler) -> None:  # type: ignore[no-untyped-def]
             seen[path] = handler.headers.get("Authorization")
             handler.send_response(302 if reply is None else 200)
             if reply is None:
-                handler.send_header("Location", server.url + STORAGE_ROUTE)
+                handler.send_header("Location", storage)
             handler.send_header("Content-Length", str(len(reply or b"")))
             handler.end_headers()
             handler.wfile.write(reply or b"")
 
         return route
 
-    server.routes[GITHUB_ROUTE] = record(GITHUB_ROUTE, None)
+    github = LoopbackServer()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    github._httpd.socket = context.wrap_socket(github._httpd.socket, server_side=True)
+    github.routes[GITHUB_ROUTE] = record(GITHUB_ROUTE, None)
     server.routes[STORAGE_ROUTE] = record(STORAGE_ROUTE, release_bytes)
-    assert load_weights(sources="github", progress=False).source == "github"
+    with github:
+        monkeypatch.setenv("TINIEST_GITHUB_URL", github.url.replace("http://", "https://"))
+        assert load_weights(sources="github", progress=False).source == "github"
     assert seen == {GITHUB_ROUTE: "Bearer ghp_secret", STORAGE_ROUTE: None}
 
 

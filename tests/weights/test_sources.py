@@ -16,8 +16,14 @@ import torch
 
 import tiniest
 from tests.conftest import ROOT
-from tests.loopback import LoopbackServer, serve_like_the_hub
-from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
+from tests.loopback import LoopbackServer, hf_resolve_path, serve_like_the_hub
+from tiniest.errors import (
+    IncompatibleWeightsError,
+    TiniestWarning,
+    UnverifiedWeightsWarning,
+    UsageError,
+    WeightsNotFoundError,
+)
 from tiniest.weights import TiniestWeights, load_weights, torch_cache_path
 from tiniest.weights.artifact import read_metadata, sha256_hex, to_safetensors
 
@@ -263,10 +269,11 @@ def test_a_file_whose_name_looks_like_a_weights_name_is_still_a_file(tmp_path: P
 def test_an_error_inside_one_source_never_stops_the_chain(
     isolated_caches: Path, github: LoopbackServer, release_bytes: bytes
 ) -> None:
-    """A directory named like a weights file makes the local source fail with an OSError: the next source runs."""
+    """A folder named like a weights file is skipped, the local source fails: the next source runs."""
     (isolated_caches / "weights" / "broken.pt").mkdir(parents=True)
     serve_github_release(github, release_bytes)
-    loaded = load_weights(sources="local,github", progress=False)
+    with pytest.warns(TiniestWarning, match="skipped broken.pt in .*: not regular files"):
+        loaded = load_weights(sources="local,github", progress=False)
     assert (loaded.source, loaded.verified) == ("github", True)
 
 
@@ -358,11 +365,298 @@ def test_hugging_face_hub_download_through_huggingface_hub(
     assert len(server.requests) == count
 
 
-def test_hub_bytes_that_fail_the_hash_leave_no_trace(server: LoopbackServer, tmp_path: Path) -> None:
-    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, b"not the weights")
+def test_hub_bytes_that_fail_the_hash_leave_no_trace(
+    server: LoopbackServer, release_bytes: bytes, tmp_path: Path
+) -> None:
+    wrong = release_bytes[:-16] + bytes(16)  # of the pinned size: fetched, then refused by the hash
+    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, wrong)
     env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
     assert run.returncode != 0
     assert "wrong bytes" in run.stderr
     assert [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and "blobs" in p.parts] == []
     assert not (tmp_path / "torch").exists() or not any((tmp_path / "torch").rglob("*.safetensors"))
+
+
+# --- hostile servers, files and settings ----------------------------------------------------------------
+
+ENDLESS_BYTES = 256 * 1024 * 1024  # 650 times the pinned size: endless, as far as any bound is concerned
+MB = 1024 * 1024
+
+
+def endless(headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """A route answering 200 then zeros until the client hangs up (or 256 MiB: a safety net for the test machine).
+
+    HEAD gets the headers only; without a Content-Length in ``headers``, the body ends when the connection does.
+    """
+
+    def route(handler) -> None:  # type: ignore[no-untyped-def]
+        handler.close_connection = True
+        handler.send_response(200)
+        for name, value in {"Connection": "close", **(headers or {})}.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        if handler.command != "GET":
+            return
+        chunk = bytes(MB)
+        try:
+            for _ in range(ENDLESS_BYTES // MB):
+                handler.wfile.write(chunk)
+        except OSError:  # the client hung up: what a bounded client does
+            pass
+
+    return route
+
+
+# Runs one load in a fresh interpreter and reports its outcome, how much its peak memory grew
+# (ru_maxrss, after every import) and how many bytes it wrote (wchar of /proc/self/io: files,
+# sockets, pipes alike).
+MEASURE = """
+import json, resource, sys
+import huggingface_hub.file_download, safetensors.torch
+from tiniest.weights import load_weights
+
+def written():
+    return int(dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())["wchar"])
+
+weights, sources = json.loads(sys.argv[1])
+rss, wrote = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, written()
+try:
+    outcome = load_weights(weights, sources=sources, progress=False).source
+except Exception as error:
+    outcome = f"{type(error).__name__}: {error}"
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) * 1024
+print(json.dumps({"outcome": outcome, "memory": grown, "written": written() - wrote}))
+"""
+
+
+def measured_load(weights: str | None, sources: str | None, env: dict[str, str]) -> dict:  # type: ignore[type-arg]
+    run = subprocess.run(
+        [sys.executable, "-c", MEASURE, json.dumps([weights, sources])],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+needs_proc_io = pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="measures with /proc/self/io (Linux)")
+
+
+@needs_proc_io
+def test_an_endless_body_from_a_callers_url_is_cut_at_the_cap(server: LoopbackServer) -> None:
+    """No Content-Length, no end: the download stops at TINIEST_MAX_DOWNLOAD_MB plus one byte."""
+    server.routes["/x.safetensors"] = endless()
+    result = measured_load(f"{server.url}/x.safetensors", None, {"TINIEST_MAX_DOWNLOAD_MB": "1"})
+    assert re.search(r"sent more than the 1048576 bytes expected; stopped reading there$", result["outcome"]), result
+    assert result["memory"] < 32 * MB, result
+
+
+@needs_proc_io
+@pytest.mark.parametrize("source", ["github", "original"])
+def test_an_endless_body_from_github_is_cut_at_the_pinned_size(source: str, server: LoopbackServer) -> None:
+    route = release_route() if source == "github" else f"/{RELEASE.source_path}"
+    server.routes[route] = endless()
+    result = measured_load(None, source, {"TINIEST_GITHUB_URL": server.url})
+    size = RELEASE.size if source == "github" else RELEASE.source_size
+    assert f"sent more than the {size} bytes expected; stopped reading there" in result["outcome"], result
+    assert result["memory"] < 32 * MB, result
+
+
+@needs_proc_io
+def test_a_content_length_over_the_bound_is_refused_before_the_body_is_read(server: LoopbackServer) -> None:
+    server.routes[release_route()] = endless({"Content-Length": str(10**12)})
+    result = measured_load(None, "github", {"TINIEST_GITHUB_URL": server.url})
+    assert f"announces {10**12} bytes (Content-Length); at most {RELEASE.size} are expected" in result["outcome"]
+    assert result["memory"] < 32 * MB, result
+
+
+@needs_proc_io
+def test_an_endless_hub_body_is_stopped_at_the_pinned_size(server: LoopbackServer, tmp_path: Path) -> None:
+    """The Hub's HEAD announces the pinned size, its GET never ends: nothing past the pinned size reaches the disk."""
+    from tests.faults import hub_headers
+
+    path = hf_resolve_path(RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename)
+    headers = {**hub_headers(b"x"), "X-Linked-Size": str(RELEASE.size), "X-Linked-Etag": hub_headers(b"x")["ETag"]}
+    server.routes[path] = endless(headers)
+    env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TINIEST_RETRIES": "0"}
+    result = measured_load(None, "huggingface", env)
+    assert f"the Hub sent more than the {RELEASE.size} bytes of the pinned file" in result["outcome"], result
+    assert result["written"] <= RELEASE.size + 64 * 1024, result  # (the requests and log lines it wrote)
+    # huggingface_hub reads in chunks of 10 MiB: one is held, at most, before the bound stops it
+    assert result["memory"] < 48 * MB, result
+    assert [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and "blobs" in p.parts] == []
+
+
+def test_a_hub_file_announced_at_another_size_is_not_fetched(server: LoopbackServer, tmp_path: Path) -> None:
+    from tests.faults import hub_headers
+
+    path = hf_resolve_path(RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename)
+    server.routes[path] = endless({**hub_headers(b"x"), "Content-Length": str(10**12)})
+    env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
+    assert f"announces {10**12} bytes; the pinned file has {RELEASE.size}: not fetched" in run.stderr, run.stderr
+    assert ("GET", path) not in server.requests
+
+
+def test_a_bad_entry_of_the_hugging_face_cache_is_removed_and_fetched_anew(
+    server: LoopbackServer, release_bytes: bytes, tmp_path: Path
+) -> None:
+    """Wrong bytes planted where hf_hub_download would find them: a bad cache entry, not a bad Hub."""
+    import hashlib
+
+    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, release_bytes)
+    repo = tmp_path / "hf" / "hub" / f"models--{RELEASE.hf_repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(RELEASE.hf_repo_id.encode()).hexdigest()  # what the loopback Hub names its commit
+    planted = repo / "snapshots" / commit / RELEASE.hf_filename
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(release_bytes[:-16] + bytes(16))
+    (repo / "refs").mkdir()
+    (repo / "refs" / RELEASE.hf_revision).write_text(commit)
+    env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    code = "from tiniest.weights import load_weights\n"
+    code += "print(load_weights(sources='huggingface', progress=False).source)\n"
+    run = run_python(code, env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["huggingface"]
+    assert f"removed a bad entry of the Hugging Face cache, {planted}" in run.stderr, run.stderr
+    assert "the Hub served the wrong bytes" not in run.stderr
+    assert hashlib.sha256(planted.read_bytes()).hexdigest() == RELEASE.sha256
+
+
+def test_a_bad_hugging_face_cache_entry_met_by_the_cache_source_is_removed(
+    release_bytes: bytes, tmp_path: Path
+) -> None:
+    repo = tmp_path / "hf" / "hub" / f"models--{RELEASE.hf_repo_id.replace('/', '--')}"
+    planted = repo / "snapshots" / ("0" * 40) / RELEASE.hf_filename
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"planted")
+    (repo / "refs").mkdir()
+    (repo / "refs" / RELEASE.hf_revision).write_text("0" * 40)
+    env = {"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    run = run_python("from tiniest.weights import load_weights\nload_weights(sources='cache')", env)
+    assert f"removed a bad entry of the Hugging Face cache, {planted}" in run.stderr, run.stderr
+    assert not planted.exists()
+
+
+def test_a_fifo_or_folder_named_like_weights_is_skipped_with_one_warning(
+    isolated_caches: Path, shared_checkpoint: Path
+) -> None:
+    """Sorted first, ``aaa.pt`` (a FIFO) and ``aab.pt`` (a folder) would hang or break the local source."""
+    folder = isolated_caches / "weights"
+    folder.mkdir()
+    os.mkfifo(folder / "aaa.pt")
+    (folder / "aab.pt").mkdir()
+    (folder / "tiniest.pt").write_bytes(shared_checkpoint.read_bytes())
+    code = (
+        "import warnings\n"
+        "from tiniest.weights import load_weights\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    loaded = load_weights(sources='local', progress=False)\n"
+        "print(loaded.source, loaded.location)\n"
+        "print([f'{w.category.__name__}: {w.message}' for w in caught])\n"
+    )
+    run = run_python(code, {"TINIEST_WEIGHTS_DIR": str(folder)})  # a hang ends in the 120 s timeout
+    assert run.returncode == 0, run.stderr
+    first, warned = run.stdout.strip().splitlines()[-2:]
+    assert first == f"local {folder / 'tiniest.pt'}"
+    assert warned == f"['TiniestWarning: skipped aaa.pt, aab.pt in {folder}: not regular files']"
+
+
+def test_a_caller_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "w.safetensors")
+    fifo = str(tmp_path / "w.safetensors")
+    code = f"from tiniest.weights import load_weights\nload_weights({fifo!r}, progress=False)\n"
+    run = run_python(code, {})
+    assert "WeightsNotFoundError: could not read the weights you named: " in run.stderr, run.stderr
+    assert "expected a regular file, found a FIFO" in run.stderr
+
+
+def test_the_github_token_never_goes_over_plain_http(server: LoopbackServer, release_bytes: bytes, monkeypatch) -> None:
+    monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
+    monkeypatch.setenv("TINIEST_GITHUB_TOKEN", "ghp_secret")
+    seen = []
+
+    def route(handler) -> None:  # type: ignore[no-untyped-def]
+        seen.append(handler.headers.get("Authorization"))
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(release_bytes)))
+        handler.end_headers()
+        handler.wfile.write(release_bytes)
+
+    server.routes[release_route()] = route
+    with pytest.warns(TiniestWarning, match=r"TINIEST_GITHUB_TOKEN is not sent to http://\S+: a token goes over https"):
+        assert load_weights(sources="github", progress=False).source == "github"
+    assert seen == [None]
+
+
+def test_the_hugging_face_token_never_goes_over_plain_http(
+    server: LoopbackServer, release_bytes: bytes, tmp_path: Path
+) -> None:
+    from tests.faults import hub_headers
+
+    seen = []
+    path = hf_resolve_path(RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename)
+
+    def route(handler) -> None:  # type: ignore[no-untyped-def]
+        seen.append((handler.command, handler.headers.get("Authorization")))
+        handler.send_response(200)
+        for name, value in {"Content-Length": str(len(release_bytes)), **hub_headers(release_bytes)}.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        if handler.command == "GET":
+            handler.wfile.write(release_bytes)
+
+    server.routes[path] = route
+    env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_secret"}
+    run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
+    assert run.returncode == 0, run.stderr
+    assert seen and all(auth is None for _, auth in seen), seen
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("TINIEST_TIMEOUT", "inf", r"a number in \(0, 86400\]"),
+        ("TINIEST_TIMEOUT", "0", r"a number in \(0, 86400\]"),
+        ("TINIEST_TIMEOUT", "-1", r"a number in \(0, 86400\]"),
+        ("TINIEST_TIMEOUT", "nan", r"a number in \(0, 86400\]"),
+        ("TINIEST_RETRIES", "-1", r"a whole number in \[0, 100\]"),
+        ("TINIEST_RETRIES", "two", r"a whole number in \[0, 100\]"),
+        ("TINIEST_BACKOFF", "-0.5", r"a number in \[0, 3600\]"),
+        ("TINIEST_MAX_DOWNLOAD_MB", "0", r"a number in \(0, 65536\]"),
+        ("TINIEST_OFFLINE", "maybe", r"1/true/yes/on or 0/false/no/off"),
+        ("TINIEST_GITHUB_URL", "ftp://mirror", r"an http\(s\) URL such as https://github.com"),
+        ("TINIEST_GITHUB_URL", "github.com", r"an http\(s\) URL such as https://github.com"),
+    ],
+)
+def test_a_bad_setting_is_one_usage_error_naming_it(
+    name: str, value: str, accepted: str, server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.routes["/x.safetensors"] = endless({"Content-Length": "1"})
+    monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
+    monkeypatch.setenv(name, value)
+    weights = f"{server.url}/x.safetensors" if name == "TINIEST_MAX_DOWNLOAD_MB" else None
+    with pytest.raises(UsageError, match=rf"^{name}: expected {accepted}, got '{re.escape(value)}'$"):
+        load_weights(weights, sources="cache,github,original", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda t: t.to(torch.int64), r"tensor conv1\.weight is int64; expected floating point weights$"),
+        (lambda t: t.fill_(float("nan")), r"tensor conv1\.weight holds \d+ NaN or infinite value\(s\) out of \d+"),
+        (lambda t: t.index_fill_(0, torch.tensor([0]), float("inf")), r"tensor conv1\.weight holds \d+ NaN or inf"),
+    ],
+)
+def test_integer_or_non_finite_weights_are_refused_naming_the_tensor(change, expected: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    state = tiniest.Tiniest().state_dict()
+    state["conv1.weight"] = change(state["conv1.weight"].clone())
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(to_safetensors(state, {}))
+    with pytest.warns(UnverifiedWeightsWarning), pytest.raises(IncompatibleWeightsError, match=expected):
+        tiniest.tiniest(weights=path)

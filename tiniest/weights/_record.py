@@ -7,12 +7,13 @@ data), so the sha256 of the published artifact is written exactly once.
 from __future__ import annotations
 
 import json
-import os
+import urllib.parse
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from tiniest.env import env_text
 from tiniest.errors import UsageError
 from tiniest.weights.artifact import sha256_hex
 
@@ -23,8 +24,18 @@ DEFAULT_GITHUB_URL = "https://github.com"
 
 
 def github_base_url() -> str:
-    """``https://github.com``, or the mirror named by ``TINIEST_GITHUB_URL``."""
-    return os.environ.get("TINIEST_GITHUB_URL", DEFAULT_GITHUB_URL).rstrip("/")
+    """``https://github.com``, or the mirror named by ``TINIEST_GITHUB_URL`` (an http(s) URL with a host)."""
+    value = env_text("TINIEST_GITHUB_URL")
+    if value is None:
+        return DEFAULT_GITHUB_URL
+    try:
+        parts = urllib.parse.urlsplit(value)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        valid = False
+    if not valid or parts.query or parts.fragment:
+        raise UsageError(f"TINIEST_GITHUB_URL: expected an http(s) URL such as {DEFAULT_GITHUB_URL}, got {value!r}")
+    return value.rstrip("/")
 
 
 @dataclass(frozen=True)

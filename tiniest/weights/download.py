@@ -14,6 +14,15 @@ Limits (environment variables, read at each call):
   connection, one that went silent mid-body, an incomplete body, HTTP 408, 429, 500, 502, 503,
   504). A 404, a 403, a rate limit or wrong bytes are answers, not accidents: never retried.
 - ``TINIEST_BACKOFF`` (default 0.5 s): the wait before the first retry, doubled before each next one.
+- ``TINIEST_MAX_DOWNLOAD_MB`` (default 64): the most a URL the caller names (``weights="https://..."``)
+  may send. Tiniest's weights are 0.4 MB, and 64 MB holds the weights of a Tiniest with 200,000
+  classes, while holding that much in memory is harmless anywhere tiniest runs. The pinned
+  release and its original checkpoint are bounded by their pinned sizes instead.
+
+Every download is bounded in size: an announced ``Content-Length`` above the bound is refused
+before the body is read, and a body without one (or longer than it said) is cut at the bound plus
+one byte. So an endless or lying server costs at most the bound in memory, never more.
+Each knob is read with :mod:`tiniest.env`: a bad value is one ``UsageError`` naming it.
 
 With ``progress``, each download announces its URL on stderr (as torch.hub does) and shows a
 ``tqdm`` bar when tqdm is installed; tqdm is optional (torch.hub users do not have it).
@@ -32,7 +41,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tiniest.errors import DownloadError, RateLimitError, UsageError
+from tiniest.env import env_int, env_number
+from tiniest.errors import DownloadError, RateLimitError
 
 __all__ = [
     "DEADLINE_FACTOR",
@@ -40,6 +50,7 @@ __all__ = [
     "RetryPolicy",
     "default_timeout",
     "fetch",
+    "max_download_bytes",
     "with_retries",
 ]
 
@@ -49,17 +60,17 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 T = TypeVar("T")
 
 
-def _env_number(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    try:
-        return float(value) if value else default
-    except ValueError:
-        raise UsageError(f"{name} must be a number, not {value!r}") from None
+MB = 1024 * 1024
 
 
 def default_timeout() -> float:
-    """Seconds without data before a connection counts as stalled (``TINIEST_TIMEOUT``)."""
-    return _env_number("TINIEST_TIMEOUT", 10.0)
+    """Seconds without data before a connection counts as stalled (``TINIEST_TIMEOUT``, at most a day)."""
+    return env_number("TINIEST_TIMEOUT", 10.0, low=0.0, high=86400.0, inclusive_low=False)
+
+
+def max_download_bytes() -> int:
+    """The most a caller's URL may send (``TINIEST_MAX_DOWNLOAD_MB``, in MiB; see the module docstring)."""
+    return int(env_number("TINIEST_MAX_DOWNLOAD_MB", 64.0, low=0.0, high=65536.0, inclusive_low=False) * MB)
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,8 @@ class RetryPolicy:
     @classmethod
     def from_env(cls) -> RetryPolicy:
         """``TINIEST_RETRIES`` (retries after the first attempt) and ``TINIEST_BACKOFF`` (first wait, seconds)."""
-        retries = int(_env_number("TINIEST_RETRIES", 2))
-        return cls(attempts=max(1, retries + 1), backoff=max(0.0, _env_number("TINIEST_BACKOFF", 0.5)))
+        retries = env_int("TINIEST_RETRIES", 2, low=0, high=100)
+        return cls(attempts=retries + 1, backoff=env_number("TINIEST_BACKOFF", 0.5, low=0.0, high=3600.0))
 
 
 def with_retries(call: Callable[[], T]) -> T:
@@ -95,21 +106,26 @@ def with_retries(call: Callable[[], T]) -> T:
 def fetch(
     url: str,
     *,
+    max_bytes: int,
     progress: bool = False,
     timeout: float | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> bytes:
     """GET ``url`` following redirects, with retries; raise :class:`DownloadError` unless the body is whole.
 
-    ``headers`` go to ``url`` only, never to the hosts it redirects to (they may hold a token).
+    A body larger than ``max_bytes`` is refused (from its ``Content-Length`` before it is read, else
+    once ``max_bytes + 1`` bytes have come), not retried. ``headers`` go to ``url`` only, never to
+    the hosts it redirects to (they may hold a token).
     """
     limit = default_timeout() if timeout is None else timeout
     if progress:
         sys.stderr.write(f'Downloading: "{url}"\n')
-    return with_retries(lambda: _fetch_once(url, progress, limit, headers))
+    return with_retries(lambda: _fetch_once(url, progress, limit, headers, max_bytes))
 
 
-def _fetch_once(url: str, progress: bool, timeout: float, headers: Mapping[str, str] | None) -> bytes:
+def _fetch_once(
+    url: str, progress: bool, timeout: float, headers: Mapping[str, str] | None, max_bytes: int
+) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "tiniest"})
     for name, value in (headers or {}).items():
         request.add_unredirected_header(name, value)
@@ -121,8 +137,12 @@ def _fetch_once(url: str, progress: bool, timeout: float, headers: Mapping[str, 
             answered = True
             expected = response.headers.get("Content-Length")
             total = int(expected) if expected and expected.isdigit() else None
+            if total is not None and total > max_bytes:
+                raise DownloadError(f"{url} announces {total} bytes (Content-Length); at most {max_bytes} are expected")
             label = os.path.basename(url.split("?", 1)[0])
-            body = _read_body(response, total, progress, label, (deadline, budget))
+            body = _read_body(response, total, progress, label, (deadline, budget), max_bytes)
+            if len(body) > max_bytes:
+                raise DownloadError(f"{url} sent more than the {max_bytes} bytes expected; stopped reading there")
     except urllib.error.HTTPError as error:
         raise _http_error(url, error) from None
     except DownloadError:
@@ -137,7 +157,7 @@ def _fetch_once(url: str, progress: bool, timeout: float, headers: Mapping[str, 
             f"incomplete download from {url}: expected {total} bytes, got {len(body)} (connection closed early)",
             transient=True,
         )
-    return body
+    return bytes(body)  # (copied only once whole)
 
 
 def _http_error(url: str, error: urllib.error.HTTPError) -> DownloadError:
@@ -171,22 +191,28 @@ def _rate_limit_note(status: int, headers: Any, detail: str) -> str | None:
     return f"rate limit exceeded ({message or 'no message'}){when}"
 
 
-def _read_body(response: Any, total: int | None, progress: bool, label: str, limit: tuple[float, float]) -> bytes:
+def _read_body(
+    response: Any, total: int | None, progress: bool, label: str, limit: tuple[float, float], max_bytes: int
+) -> bytearray:
+    """The body, or its first ``max_bytes + 1`` bytes: enough to tell that it is too long."""
     deadline, budget = limit
-    chunks: list[bytes] = []
+    body = bytearray()  # grows in place: a body cut at the bound costs the bound, not twice it
+    left = max_bytes + 1
     bar = _progress_bar(total, label) if progress else None
     try:
-        while chunk := response.read1(_CHUNK):  # read1: returns what arrived, so the deadline is checked often
-            chunks.append(chunk)
+        # read1: returns what arrived, so the deadline is checked often
+        while left and (chunk := response.read1(min(_CHUNK, left))):
+            body += chunk
+            left -= len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
             if time.monotonic() > deadline:
-                got = sum(map(len, chunks))
-                raise DownloadError(f"download of {label} too slow: {got} of {total or '?'} bytes in {budget:g} s")
+                got = f"{len(body)} of {total or '?'} bytes"
+                raise DownloadError(f"download of {label} too slow: {got} in {budget:g} s")
     finally:
         if bar is not None:
             bar.close()
-    return b"".join(chunks)
+    return body
 
 
 def _progress_bar(total: int | None, label: str) -> Any:

@@ -9,27 +9,42 @@ read (default 10) and up to five resumed attempts after a timeout or a cut conne
 we do not multiply; we retry (``TINIEST_RETRIES``) only what it does not: a reset connection
 and HTTP 5xx. It has no limit on the whole transfer: a slow but steady one completes.
 
+The transfer is bounded by the pinned size: a file the Hub announces at another size is refused
+before any byte of it is fetched, and a body that goes past it (a server that lies, or never ends)
+is stopped as it does, by the progress bar ``hf_hub_download`` counts each chunk on before writing
+it (:class:`_BoundedBar`). So nothing beyond the pinned size is written, and memory holds at most
+one of huggingface_hub's chunks (10 MiB) on top of it.
+
 Nothing unverified stays in the Hugging Face cache: bytes that fail the hash are removed, and
 so are the temporary ``.incomplete`` files, lock file and empty folders of a failed download.
+An entry already in the cache that fails the hash (planted, or damaged on disk) is removed and
+reported as a bad cache entry, then fetched anew: the Hub is blamed only for bytes it just sent.
 A cache that cannot be written (read-only, full) is replaced by a temporary one, deleted after.
+
+The Hugging Face token (``HF_TOKEN``, ``hf auth login``) is sent only to an https endpoint: with
+``HF_ENDPOINT`` set to plain http, huggingface_hub is told to send none.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
 
 from tiniest.errors import DownloadError
-from tiniest.storage import CACHE_ERRNOS
+from tiniest.storage import CACHE_ERRNOS, read_regular
 from tiniest.weights._record import Release, describe_mismatch
 from tiniest.weights.artifact import sha256_hex
 from tiniest.weights.download import TRANSIENT_STATUS, default_timeout, with_retries
 
-__all__ = ["download_from_hub"]
+__all__ = ["check_cache_entry", "download_from_hub"]
+
+logger = logging.getLogger(__name__)
 
 # network errors of httpx / httpx2 (and of requests, in huggingface_hub < 1.0), by name: not to
 # depend on which HTTP library huggingface_hub uses. A timeout is not among them: a Hub that stays
@@ -51,15 +66,18 @@ def download_from_hub(release: Release, progress: bool) -> tuple[bytes, str]:
     timeout = default_timeout()
     if progress:
         sys.stderr.write(f'Downloading: "{url}"\n')
-    etag = with_retries(lambda: _probe(url, timeout))
+    etag, commit = with_retries(lambda: _probe(url, timeout, release))
     _remove_leftovers(release, etag, only_stale=True)
+    _remove_bad_entries(release, etag, commit)
     try:
         path, temp_cache = with_retries(lambda: _download(release, progress, timeout))
     except DownloadError:
         _remove_leftovers(release, etag)
         raise
     try:
-        data = path.read_bytes()
+        data = read_regular(path, release.size)
+    except OSError as error:  # (it was just written, by hf_hub_download: only a peer's meddling gets here)
+        raise LookupError(f"cannot read what hf_hub_download wrote: {error}") from None
     finally:
         if temp_cache is not None:
             shutil.rmtree(temp_cache, ignore_errors=True)
@@ -73,12 +91,22 @@ def download_from_hub(release: Release, progress: bool) -> tuple[bytes, str]:
     return data, f"hf://{release.hf_repo_id}@{release.hf_revision}/{release.hf_filename}"
 
 
-def _probe(url: str, timeout: float) -> str | None:
-    """The file's etag from one metadata request, or a :class:`DownloadError` that says if a retry may help."""
+def _token() -> bool | None:
+    """``False`` (send no token) unless the endpoint is https; ``None``: huggingface_hub's own choice."""
+    from huggingface_hub import constants
+
+    return None if urllib.parse.urlsplit(constants.ENDPOINT).scheme == "https" else False
+
+
+def _probe(url: str, timeout: float, release: Release) -> tuple[str | None, str]:
+    """The file's etag and commit from one metadata request, or a :class:`DownloadError` that says if a retry may help.
+
+    A file announced at another size than the pinned one is refused here, before it is fetched.
+    """
     from huggingface_hub import get_hf_file_metadata
 
     try:
-        metadata = get_hf_file_metadata(url, timeout=timeout)
+        metadata = get_hf_file_metadata(url, timeout=timeout, token=_token())
     except Exception as error:  # huggingface_hub raises many types: report them all the same way
         if any(kind.__name__ in _TIMEOUTS for kind in type(error).__mro__):
             raise DownloadError(f"{url} sent nothing for {timeout:g} s (TINIEST_TIMEOUT)") from None
@@ -88,7 +116,10 @@ def _probe(url: str, timeout: float) -> str | None:
             f"{url} did not answer like the Hugging Face Hub (no X-Repo-Commit header): "
             "a proxy, captive portal or wrong HF_ENDPOINT?"
         )
-    return metadata.etag
+    if metadata.size != release.size:
+        announced = "no size" if metadata.size is None else f"{metadata.size} bytes"
+        raise DownloadError(f"{url} announces {announced}; the pinned file has {release.size}: not fetched")
+    return metadata.etag, metadata.commit_hash
 
 
 def _as_download_error(error: Exception, transient_errors: frozenset[str], statuses: frozenset[int]) -> DownloadError:
@@ -113,6 +144,8 @@ def _download(release: Release, progress: bool, timeout: float) -> tuple[Path, s
     """
     try:
         return _hf_hub_download(release, progress, timeout, None), None
+    except DownloadError:  # stopped by _BoundedBar
+        raise
     except OSError as error:
         if error.errno not in CACHE_ERRNOS:  # (the Hub's HTTP errors have no errno)
             raise _as_download_error(error, _UNRETRIED_ERRORS, _UNRETRIED_STATUS) from None
@@ -129,6 +162,8 @@ def _download(release: Release, progress: bool, timeout: float) -> tuple[Path, s
         return _hf_hub_download(release, progress, timeout, temp_cache), temp_cache
     except Exception as error:
         shutil.rmtree(temp_cache, ignore_errors=True)
+        if isinstance(error, DownloadError):
+            raise
         raise _as_download_error(error, _UNRETRIED_ERRORS, _UNRETRIED_STATUS) from None
     except BaseException:
         shutil.rmtree(temp_cache, ignore_errors=True)
@@ -150,6 +185,8 @@ def _hf_hub_download(release: Release, progress: bool, timeout: float, cache_dir
                 revision=release.hf_revision,
                 cache_dir=cache_dir,
                 etag_timeout=timeout,
+                token=_token(),
+                tqdm_class=_bounded_bar(release.size),
             )
         )
     finally:
@@ -157,11 +194,69 @@ def _hf_hub_download(release: Release, progress: bool, timeout: float, cache_dir
             enable_progress_bars()
 
 
+def _bounded_bar(limit: int) -> Any:
+    """huggingface_hub's progress bar class, made to stop a transfer once it passes ``limit`` bytes.
+
+    ``http_get`` counts every chunk on its bar before it writes the chunk, so raising there writes
+    nothing past ``limit``; its temporary file is then removed by huggingface_hub itself.
+    """
+    from huggingface_hub.utils import tqdm
+
+    class _BoundedBar(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.received = int(kwargs.get("initial") or 0)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.received += int(n or 0)
+            if self.received > limit:
+                raise DownloadError(f"the Hub sent more than the {limit} bytes of the pinned file; stopped there")
+            return super().update(n)
+
+    return _BoundedBar
+
+
+def check_cache_entry(path: Path, release: Release) -> tuple[bytes | None, str]:
+    """The release bytes if the Hugging Face cache entry ``path`` holds them; else ``None`` and what was wrong.
+
+    A bad entry (other bytes, a larger file, not a regular file) is removed, so that the next
+    download replaces it instead of being blamed for it.
+    """
+    try:
+        data = read_regular(path, release.size)
+        what = describe_mismatch(data, release)
+    except FileNotFoundError:
+        return None, f"{path} is gone (a dangling link of the Hugging Face cache)"
+    except OSError as error:
+        data, what = None, str(error)
+    if data is not None and sha256_hex(data) == release.sha256:
+        return data, ""
+    try:
+        _forget_hf_file(path)
+    except OSError as error:
+        problem = f"bad entry in the Hugging Face cache, {path} ({what}), could not be removed: {error}"
+    else:
+        problem = f"removed a bad entry of the Hugging Face cache, {path} ({what})"
+    logger.warning("%s", problem)
+    return None, problem
+
+
+def _remove_bad_entries(release: Release, etag: str | None, commit: str) -> None:
+    """Check what ``hf_hub_download`` would return without downloading: the snapshot entry and the blob."""
+    storage, _ = _cache_folders(release)
+    entries = [storage / "snapshots" / commit / release.hf_filename]
+    if etag is not None:
+        entries.append(storage / "blobs" / etag)
+    for entry in entries:
+        if entry.is_symlink() or entry.exists():
+            check_cache_entry(entry, release)
+
+
 def _forget_hf_file(path: Path) -> None:
-    """Remove a snapshot entry and the blob it points to from the Hugging Face cache."""
+    """Remove a snapshot entry and the blob it points to from the Hugging Face cache (a folder: left alone)."""
     blob = path.resolve()
     path.unlink(missing_ok=True)
-    if blob != path:
+    if blob != path and not blob.is_dir():
         blob.unlink(missing_ok=True)
 
 

@@ -8,7 +8,14 @@ warning, because the caller chose it.
 
 Network sources run under the cache's writer lock (:mod:`tiniest.storage`): a process that waited
 for a peer finds the file cached and downloads nothing. Bytes that fail the hash are never
-kept; a cache folder that cannot be written costs a warning, never a load.
+kept; a cache folder that cannot be written costs a warning, never a load. Only regular files
+are read (a FIFO or folder named like a weights file is skipped, with a warning), and no more
+bytes than the pinned sizes.
+
+``TINIEST_GITHUB_TOKEN`` goes with the GitHub downloads only when their URL is https (never over
+plain http, e.g. to a mirror named by ``TINIEST_GITHUB_URL``), and never to the hosts they redirect to.
+Weights are refused unless every tensor the model holds as floating point is floating point and
+finite: ``load_state_dict`` would cast integers silently and NaN would spread through every answer.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
+import urllib.parse
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,16 +32,17 @@ from pathlib import Path
 
 import torch
 
+from tiniest.env import env_flag, env_path, env_text
 from tiniest.errors import (
-    DownloadError,
     IncompatibleWeightsError,
     RateLimitError,
     TiniestError,
+    TiniestWarning,
     UnverifiedWeightsWarning,
     UsageError,
     WeightsNotFoundError,
 )
-from tiniest.storage import remove_stale_parts, save_atomically, writer_lock
+from tiniest.storage import read_regular, save_atomically, writer_lock
 from tiniest.weights._record import Release, TiniestWeights, describe_mismatch
 from tiniest.weights.artifact import (
     artifact_metadata,
@@ -42,7 +52,7 @@ from tiniest.weights.artifact import (
     sha256_hex,
     to_safetensors,
 )
-from tiniest.weights.download import DEADLINE_FACTOR, default_timeout, fetch
+from tiniest.weights.download import DEADLINE_FACTOR, default_timeout, fetch, max_download_bytes
 
 __all__ = [
     "SOURCES",
@@ -80,13 +90,13 @@ def is_offline(offline: bool | None = None) -> bool:
     """``offline`` if given, else ``TINIEST_OFFLINE`` or ``HF_HUB_OFFLINE`` from the environment."""
     if offline is not None:
         return offline
-    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("TINIEST_OFFLINE", "HF_HUB_OFFLINE"))
+    # HF_HUB_OFFLINE is huggingface_hub's: read as it reads it (anything but a yes means no)
+    return env_flag("TINIEST_OFFLINE") or (env_text("HF_HUB_OFFLINE") or "").lower() in _TRUE
 
 
 def checkout_weights_dir() -> Path:
     """``TINIEST_WEIGHTS_DIR``, else the ``weights/`` folder of the checkout (absent from a wheel)."""
-    configured = os.environ.get("TINIEST_WEIGHTS_DIR")
-    return Path(configured) if configured else _CHECKOUT_WEIGHTS
+    return env_path("TINIEST_WEIGHTS_DIR") or _CHECKOUT_WEIGHTS
 
 
 def torch_cache_path(release: Release) -> Path:
@@ -128,7 +138,26 @@ def load_strictly(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], o
             f"{origin} does not fit {type(model).__name__}: expected its {len(expected)} tensors, got "
             f"{len(state_dict)}; {', '.join(problems)}"
         )
+    _check_values(expected, state_dict, origin)
     model.load_state_dict(state_dict, strict=True)
+
+
+def _check_values(expected: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor], origin: str) -> None:
+    """Refuse, naming the tensor, integers where the model holds floats, and NaN or infinite values."""
+    for name, tensor in expected.items():
+        given = state_dict[name]
+        if not tensor.is_floating_point():
+            continue
+        if not given.is_floating_point():
+            raise IncompatibleWeightsError(
+                f"{origin}: tensor {name} is {str(given.dtype).removeprefix('torch.')}; expected floating point weights"
+            )
+        bad = int((~torch.isfinite(given)).sum())
+        if bad:
+            raise IncompatibleWeightsError(
+                f"{origin}: tensor {name} holds {bad} NaN or infinite value(s) out of {given.numel()}; "
+                "expected finite weights"
+            )
 
 
 def _examples(names: list[str], shown: int = 3) -> str:
@@ -136,13 +165,13 @@ def _examples(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
-def read_verified(path: Path, sha256: str) -> bytes | None:
-    """The bytes of ``path`` if it exists and matches ``sha256``, else None."""
+def read_verified(path: Path, release: Release) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file holding the release, else None."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, release.size)
     except OSError:
         return None
-    return data if sha256_hex(data) == sha256 else None
+    return data if sha256_hex(data) == release.sha256 else None
 
 
 def _pinned_bytes(data: bytes, release: Release) -> bytes | None:
@@ -187,7 +216,7 @@ def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[byt
     if "://" in spec:
         if offline:
             raise WeightsNotFoundError(f"weights URL {spec} given, but offline mode forbids downloads")
-        return fetch(spec, progress=progress), spec
+        return fetch(spec, progress=progress, max_bytes=max_download_bytes()), spec
     path = Path(spec).expanduser()
     if path.is_dir():
         inside = [path / name for name in ("model.safetensors", "model.pt") if (path / name).is_file()]
@@ -196,15 +225,15 @@ def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[byt
             f"weights {path} is a folder; expected a .safetensors or .pt file{hint} "
             "(a Hugging Face model folder also loads with Tiniest.from_pretrained)"
         )
-    if not path.is_file():
+    if not path.exists():
         raise WeightsNotFoundError(f"weights file {path} does not exist (expected a .safetensors or .pt file)")
-    return path.read_bytes(), str(path)
+    return read_regular(path), str(path)
 
 
 def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: bool) -> LoadedWeights:
     try:
         data, location = _read_user_weights(spec, progress=progress, offline=offline)
-    except DownloadError as error:
+    except OSError as error:  # a failed download (DownloadError), or a file that cannot be read
         raise WeightsNotFoundError(f"could not read the weights you named: {error}") from None
     pinned = _pinned_bytes(data, release)
     if pinned is not None:
@@ -223,20 +252,36 @@ def _from_local(release: Release, progress: bool) -> tuple[bytes, str]:
     folder = checkout_weights_dir()
     if not folder.is_dir():
         raise LookupError(f"no folder {folder} (a pip install has none: TINIEST_WEIGHTS_DIR names one)")
-    candidates = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".pt", ".pth"})
+    named = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".pt", ".pth"})
+    candidates = [path for path in named if _is_regular(path)]
+    if len(candidates) < len(named):
+        odd = ", ".join(path.name for path in named if path not in candidates)
+        warnings.warn(f"skipped {odd} in {folder}: not regular files", TiniestWarning, stacklevel=4)
+    sizes = {release.size, release.source_size}  # a file of another size cannot be either: it is not read
     for path in candidates:
-        pinned = _pinned_bytes(path.read_bytes(), release)
+        try:
+            data = read_regular(path, max(sizes)) if path.stat().st_size in sizes else None
+        except OSError:  # replaced or removed meanwhile
+            data = None
+        pinned = _pinned_bytes(data, release) if data is not None else None
         if pinned is not None:
             return pinned, str(path)
     names = ", ".join(p.name for p in candidates) or "no .safetensors or .pt file"
     raise LookupError(f"{folder} holds {names}; none matches the pinned sha256")
 
 
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:  # a dangling link, a file gone meanwhile
+        return False
+
+
 def _from_cache(release: Release, progress: bool) -> tuple[bytes, str]:
     path = torch_cache_path(release)
     reasons = []
     if path.is_file():
-        data = read_verified(path, release.sha256)  # no lock: files are only ever replaced whole
+        data = read_verified(path, release)  # no lock: files are only ever replaced whole
         if data is not None:
             return data, str(path)
         reasons.append(_remove_corrupt(path, release))
@@ -244,13 +289,15 @@ def _from_cache(release: Release, progress: bool) -> tuple[bytes, str]:
         reasons.append(f"{path} absent")
     hf_path = _hf_cached_file(release)
     if hf_path is not None:
-        data = Path(hf_path).read_bytes()
-        if sha256_hex(data) == release.sha256:
+        from tiniest.weights.huggingface import check_cache_entry
+
+        data, problem = check_cache_entry(Path(hf_path), release)
+        if data is not None:
             with writer_lock(_lock_file(release), _lock_timeout()) as access:  # copy it where torch.hub looks
                 if access != "unusable":
                     _remember(data, release)
             return data, hf_path
-        reasons.append(f"Hugging Face cache file {hf_path} does not match ({describe_mismatch(data, release)})")
+        reasons.append(problem)
     else:
         reasons.append("not in the Hugging Face cache")
     raise LookupError("; ".join(reasons))
@@ -269,22 +316,35 @@ def _remove_corrupt(path: Path, release: Release) -> str:
     """Delete a cached file that fails the hash (under the lock, so a fresh good copy is not hit)."""
     try:
         with writer_lock(_lock_file(release), _lock_timeout()) as access:
-            data = path.read_bytes() if path.is_file() else None
-            if data is None or sha256_hex(data) == release.sha256:
+            try:
+                data = read_regular(path, release.size)
+                what = describe_mismatch(data, release)
+            except FileNotFoundError:
+                return f"{path} was being replaced by another process"
+            except OSError as error:  # larger than the release, or no longer a regular file
+                data, what = None, str(error)
+            if data is not None and sha256_hex(data) == release.sha256:
                 return f"{path} was being replaced by another process"
             if access != "unusable":
                 path.unlink(missing_ok=True)
-                return f"removed a corrupt {path} ({describe_mismatch(data, release)})"
-            return f"{path} is corrupt ({describe_mismatch(data, release)}) and could not be removed"
+                return f"removed a corrupt {path} ({what})"
+            return f"{path} is corrupt ({what}) and could not be removed"
     except OSError as error:
-        return f"{path} is corrupt and could not be read or removed: {error}"
+        return f"{path} is corrupt and could not be removed: {error}"
 
 
-def _github_fetch(url: str, progress: bool) -> bytes:
-    """GET a github.com URL, with ``TINIEST_GITHUB_TOKEN`` if set; explain GitHub's rate limit."""
-    token = os.environ.get("TINIEST_GITHUB_TOKEN", "").strip()
+def _github_fetch(url: str, progress: bool, max_bytes: int) -> bytes:
+    """GET a github.com URL, with ``TINIEST_GITHUB_TOKEN`` if set and the URL is https; explain GitHub's rate limit."""
+    token = env_text("TINIEST_GITHUB_TOKEN")
+    headers = None
+    if token is not None and urllib.parse.urlsplit(url).scheme == "https":
+        headers = {"Authorization": f"Bearer {token}"}
+    elif token is not None:
+        warnings.warn(
+            f"TINIEST_GITHUB_TOKEN is not sent to {url}: a token goes over https only", TiniestWarning, stacklevel=5
+        )
     try:
-        return fetch(url, progress=progress, headers={"Authorization": f"Bearer {token}"} if token else None)
+        return fetch(url, progress=progress, headers=headers, max_bytes=max_bytes)
     except RateLimitError as error:
         raise LookupError(
             f"GitHub's rate limit refused the download: {error}. To avoid it, set TINIEST_GITHUB_TOKEN to a GitHub "
@@ -293,7 +353,7 @@ def _github_fetch(url: str, progress: bool) -> bytes:
 
 
 def _from_github(release: Release, progress: bool) -> tuple[bytes, str]:
-    data = _github_fetch(release.url, progress)
+    data = _github_fetch(release.url, progress, release.size)
     if sha256_hex(data) != release.sha256:
         raise LookupError(f"{release.url} served the wrong bytes: {describe_mismatch(data, release)}")
     return data, release.url
@@ -306,7 +366,7 @@ def _from_huggingface(release: Release, progress: bool) -> tuple[bytes, str]:
 
 
 def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
-    data = _github_fetch(release.source_url, progress)
+    data = _github_fetch(release.source_url, progress, release.source_size)
     if sha256_hex(data) != release.source_sha256:
         raise LookupError(
             f"{release.source_url} served the wrong bytes: {describe_mismatch(data, release, release.source_sha256)}"
@@ -335,11 +395,9 @@ def _from_network(name: str, release: Release, progress: bool) -> tuple[bytes, s
     target = torch_cache_path(release)
     with writer_lock(_lock_file(release), _lock_timeout()) as access:
         if access != "unusable":
-            cached = read_verified(target, release.sha256)
+            cached = read_verified(target, release)
             if cached is not None:
                 return cached, str(target), "cache"
-        if access == "locked":
-            remove_stale_parts(target)
         data, location = _FINDERS[name](release, progress)
         if access != "unusable":
             _remember(data, release)
@@ -375,7 +433,7 @@ def _choose(weights: str | os.PathLike[str] | TiniestWeights | None) -> TiniestW
     """
     if isinstance(weights, TiniestWeights):
         return weights
-    spec = os.fspath(weights) if weights is not None else os.environ.get("TINIEST_WEIGHTS") or None
+    spec = os.fspath(weights) if weights is not None else env_text("TINIEST_WEIGHTS")
     if not isinstance(weights, (str, type(None))) or spec is None or not _WEIGHTS_NAME.fullmatch(spec):
         return spec
     stripped = spec.removeprefix(f"{TiniestWeights.__name__}.")
@@ -395,7 +453,8 @@ def load_weights(
 
     ``weights``: a :class:`TiniestWeights`, its name as a string (``"DEFAULT"``), a path or a URL.
     A failure inside one source (a network error, a missing optional module, unreadable bytes)
-    never stops the chain: it is reported and the next source is tried.
+    never stops the chain: it is reported and the next source is tried. A bad environment
+    variable is one :class:`UsageError` naming it.
     """
     choice = _choose(weights)
     release = choice.release if isinstance(choice, TiniestWeights) else TiniestWeights.DEFAULT.release
@@ -413,6 +472,8 @@ def load_weights(
                 data, location, name = _from_network(name, release, progress)
             else:
                 data, location = _FINDERS[name](release, progress)
+        except UsageError:  # a bad setting (TINIEST_TIMEOUT=inf...) is the caller's to fix: said once, not per source
+            raise
         except (LookupError, OSError, ValueError, RuntimeError, ImportError) as error:  # not programming errors
             ours = type(error) is LookupError or isinstance(error, TiniestError)
             reason = str(error) if ours else f"{type(error).__name__}: {error}"
