@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tiniest  # noqa: E402
-from tiniest.commands.export import export_onnx  # noqa: E402
+from tiniest.export import write_onnx  # noqa: E402
 from tiniest.fast import optimize  # noqa: E402
 
 Engine = Callable[[torch.Tensor], torch.Tensor]
@@ -46,7 +46,8 @@ def cpu_name() -> str:
 def onnx_engine(model: torch.nn.Module, folder: Path, threads: int) -> Engine:
     import onnxruntime as ort
 
-    path = export_onnx(model, folder / "tiniest.onnx")  # type: ignore[arg-type]
+    path = folder / "tiniest.onnx"
+    write_onnx(model, path, {})  # type: ignore[arg-type]
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -12,6 +12,7 @@ from typing import Any
 
 from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
 from tiniest.hub import tiniest
+from tiniest.layers import layer
 from tiniest.model import Block, LayerNorm2d, Tiniest
 from tiniest.weights import CLASSES, TiniestWeights, load_weights
 
@@ -33,6 +34,7 @@ __all__ = [
     "TiniestWeights",
     "UnverifiedWeightsWarning",
     "WeightsNotFoundError",
+    "layer",
     "load_weights",
     "tiniest",
     *_LAZY,

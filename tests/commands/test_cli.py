@@ -38,7 +38,7 @@ def test_a_bug_keeps_its_traceback(bug: type[Exception], tmp_path: Path, monkeyp
     def broken(*args: object, **kwargs: object) -> Path:
         raise bug("a bug inside the export")
 
-    monkeypatch.setattr("tiniest.commands.export.export_safetensors", broken)
+    monkeypatch.setattr("tiniest.commands.export.export", broken)
     with pytest.raises(bug, match="a bug inside the export"):
         main(["export", str(tmp_path / "any.pt"), "--output", str(tmp_path / "out")])
 

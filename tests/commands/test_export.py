@@ -1,19 +1,26 @@
-"""``tiniest export --format``: ONNX, TorchScript and torch.export programs run and agree with PyTorch."""
+"""``tiniest export``: ONNX, TorchScript and torch.export programs run, agree with PyTorch, describe themselves."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 import tiniest
 from tiniest.commands import main
+from tiniest.export import FORMATS, export
 from tiniest.model import Tiniest
+from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE
 from tiniest.weights import TiniestWeights
 
 ATOL = 1e-4
+PROGRAMS = [name for name, spec in FORMATS.items() if spec.write is not None]
 
 
 @pytest.fixture(scope="module")
@@ -30,34 +37,59 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tiniest]
     return path, model
 
 
-def inputs(batch: int) -> torch.Tensor:
-    return torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)) - 0.5
+@pytest.fixture(scope="module")
+def programs(checkpoint: tuple[Path, Tiniest], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The random checkpoint in every program format, exported once for the module."""
+    pytest.importorskip("onnxscript")
+    folder = tmp_path_factory.mktemp("programs")
+    return {fmt: export(checkpoint[0], folder, fmt) for fmt in PROGRAMS}
 
 
-def export(checkpoint: Path, fmt: str, output: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+def inputs(batch: int, size: tuple[int, int] = INPUT_SIZE) -> torch.Tensor:
+    return torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(batch)) + INPUT_SHIFT
+
+
+def export_cli(checkpoint: Path, fmt: str, output: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     assert main(["export", str(checkpoint), "--format", fmt, "--output", str(output)]) == 0
     target = Path(capsys.readouterr().out.splitlines()[0])
     assert target.parent == output and target.is_file()
     return target
 
 
-def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+def onnx_session(path: Path) -> Any:
     ort = pytest.importorskip("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    session = onnx_session(path)
     assert [i.name for i in session.get_inputs()] == ["image"]
     assert json.loads(session.get_modelmeta().custom_metadata_map["labels.json"]) == list(tiniest.CLASSES)
     return torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
 
 
+def documents(fmt: str, path: Path) -> dict[str, Any]:
+    """The JSON documents a program carries in its format's own metadata, decoded."""
+    keys = ("tiniest.json", "labels.json")
+    if fmt == "onnx":
+        found: dict[str, Any] = dict(onnx_session(path).get_modelmeta().custom_metadata_map)
+    elif fmt == "torchscript":
+        found = dict.fromkeys(keys, "")
+        torch.jit.load(str(path), _extra_files=found)
+    else:
+        found = dict.fromkeys(keys, "")
+        torch.export.load(str(path), extra_files=found)
+    return {key: json.loads(found[key]) for key in keys}
+
+
 def test_onnx_runs_in_onnxruntime_at_batch_1_and_256(
-    checkpoint: tuple[Path, Tiniest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    checkpoint: tuple[Path, Tiniest], programs: dict[str, Path]
 ) -> None:
-    pytest.importorskip("onnxscript")
-    path, model = checkpoint
-    onnx_file = export(path, "onnx", tmp_path, capsys)
-    assert onnx_file.suffix == ".onnx" and not list(tmp_path.glob("*.data")), "weights must be inside the file"
+    _, model = checkpoint
+    onnx_file = programs["onnx"]
+    assert onnx_file.suffix == ".onnx" and not list(onnx_file.parent.glob("*.data")), "weights must be in the file"
     for batch in (1, 256):
         x = inputs(batch)
         with torch.no_grad():
@@ -65,11 +97,11 @@ def test_onnx_runs_in_onnxruntime_at_batch_1_and_256(
 
 
 def test_torchscript_and_exported_program_have_a_dynamic_batch(
-    checkpoint: tuple[Path, Tiniest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    checkpoint: tuple[Path, Tiniest], programs: dict[str, Path]
 ) -> None:
-    path, model = checkpoint
-    scripted = torch.jit.load(str(export(path, "torchscript", tmp_path, capsys)))
-    program = torch.export.load(str(export(path, "exported-program", tmp_path, capsys))).module()
+    _, model = checkpoint
+    scripted = torch.jit.load(str(programs["torchscript"]))
+    program = torch.export.load(str(programs["exported-program"])).module()
     for batch in (1, 7):
         x = inputs(batch)
         with torch.no_grad():
@@ -78,17 +110,126 @@ def test_torchscript_and_exported_program_have_a_dynamic_batch(
             torch.testing.assert_close(program(x), want, rtol=0, atol=ATOL)
 
 
+def test_every_program_takes_any_batch_and_only_32x32(programs: dict[str, Path]) -> None:
+    """The same input shape everywhere: batch unbounded (it was capped at 65,536 in .pt2), 32x32 only."""
+    import onnx
+
+    graph_input = onnx.load(str(programs["onnx"])).graph.input[0].type.tensor_type.shape.dim
+    assert graph_input[0].dim_param and [d.dim_value for d in graph_input[1:]] == [3, *INPUT_SIZE]
+    exported = torch.export.load(str(programs["exported-program"]))
+    (batch_range,) = exported.range_constraints.values()
+    assert batch_range.lower == 1 and batch_range.upper > sys.maxsize - 2, batch_range
+
+    large = inputs(1, (64, 64))
+    with pytest.raises(Exception, match=r"(?is)invalid dimensions.*index: 2 Got: 64 Expected: 32"):
+        onnx_session(programs["onnx"]).run(["logits"], {"image": large.numpy()})
+    refusal = r"expected an input of shape \[batch, 3, 32, 32\] \(NCHW\), got \[1, 3, 64, 64\]"
+    with pytest.raises(torch.jit.Error, match=refusal):
+        torch.jit.load(str(programs["torchscript"]))(large)
+    with pytest.raises(Exception, match="32"):
+        exported.module()(large)
+
+
+def test_every_program_carries_the_same_contract_and_provenance(
+    checkpoint: tuple[Path, Tiniest], programs: dict[str, Path]
+) -> None:
+    found = {fmt: documents(fmt, path) for fmt, path in programs.items()}
+    assert found["onnx"] == found["torchscript"] == found["exported-program"]
+    info, labels = found["onnx"]["tiniest.json"], found["onnx"]["labels.json"]
+    assert labels == info["output"]["classes"] == list(tiniest.CLASSES)
+    assert info["input"]["name"] == "image" and info["output"]["name"] == "logits"
+    assert info["input"]["shape"] == ["batch", 3, *INPUT_SIZE] and info["output"]["shape"] == ["batch", 10]
+    assert info["input"]["layout"] == "NCHW" and info["input"]["dtype"] == "float32"
+    policy = info["input"]["preprocessing"]
+    assert policy["color"] == "RGB" and policy["size"] == list(INPUT_SIZE) and policy["shift"] == INPUT_SHIFT
+    assert policy["mean"] == [-INPUT_SHIFT] * 3 and policy["std"] == [1.0] * 3
+    path = checkpoint[0]
+    assert info["weights"] == {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert info["tiniest_version"] == tiniest.__version__
+    assert info["license"] == "unknown" and "copyright" not in info and "xvel/cifar10-tiniest" in info["credit"]
+
+
+CONSUMER = r"""
+import sys
+
+for name in ("torch", "tiniest"):
+    sys.modules[name] = None  # any import of them fails: this reader has neither
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+model_path, *pictures = sys.argv[1:]
+session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+info = json.loads(session.get_modelmeta().custom_metadata_map["tiniest.json"])
+given, wanted = info["input"], info["output"]
+policy = given["preprocessing"]
+assert given["layout"] == "NCHW" and policy["scale"].startswith("uint8 / 255"), info
+height, width = policy["size"]
+mean, std = (np.array(policy[key], dtype=given["dtype"])[:, None, None] for key in ("mean", "std"))
+batch = []
+for path in pictures:
+    with Image.open(path) as image:
+        rgb = image.convert(policy["color"]).resize((width, height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(rgb, dtype=given["dtype"]).transpose(2, 0, 1)  # HWC -> CHW
+    batch.append((pixels / 255 - mean) / std)
+logits = session.run([wanted["name"]], {given["name"]: np.stack(batch).astype(given["dtype"])})[0]
+labels = [wanted["classes"][i] for i in logits.argmax(axis=1)]
+print(json.dumps({"labels": labels, "logits": logits.tolist(), "info": info}))
+"""
+
+
+def test_onnx_alone_reads_its_contract_and_classifies_pictures_as_predict_does(
+    shared_checkpoint: Path, shared_cifar10: Path, tmp_path: Path
+) -> None:
+    """A reader with onnxruntime, numpy and Pillow only preprocesses PNGs from the metadata; same top-1 as predict."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("PIL")
+    pictures = []
+    for name in tiniest.CLASSES:  # a PNG per class, written now from a test picture (none committed)
+        from PIL import Image
+
+        source = sorted((shared_cifar10 / "test" / name).glob("*.png"))[0]
+        with Image.open(source) as image:
+            image.save(tmp_path / f"{name}.png")
+        pictures.append(tmp_path / f"{name}.png")
+    onnx_file = export(shared_checkpoint, tmp_path / "exports", "onnx")
+    run = subprocess.run(
+        [sys.executable, "-c", CONSUMER, str(onnx_file), *map(str, pictures)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+
+    model = tiniest.tiniest(weights=str(shared_checkpoint))
+    assert result["labels"] == [prediction.label for prediction in tiniest.predict(pictures, model=model)]
+    with torch.no_grad():
+        want = model(tiniest.preprocess(pictures))
+    torch.testing.assert_close(torch.tensor(result["logits"]), want, rtol=0, atol=ATOL)
+    assert sum(label == name for label, name in zip(result["labels"], tiniest.CLASSES, strict=True)) >= 8
+
+    info, release = result["info"], TiniestWeights.DEFAULT.release
+    assert info["weights"] == {"file": shared_checkpoint.name, "sha256": release.source_sha256}
+    for key in ("license", "copyright", "credit"):
+        assert info[key] == release.meta[key]
+    assert {k: v for k, v in info["input"]["preprocessing"].items() if k not in ("mean", "std")} == release.meta[
+        "preprocessing"
+    ]
+
+
 def test_published_checkpoint_exports_keep_the_pinned_bytes_and_names(
     shared_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("onnxscript")
     release = TiniestWeights.DEFAULT.release
-    safetensors = export(shared_checkpoint, "safetensors", tmp_path, capsys)
+    safetensors = export_cli(shared_checkpoint, "safetensors", tmp_path, capsys)
     assert safetensors.name == release.filename
     from tiniest.weights.artifact import sha256_hex
 
     assert sha256_hex(safetensors.read_bytes()) == release.sha256
-    onnx_file = export(shared_checkpoint, "onnx", tmp_path, capsys)
+    onnx_file = export_cli(shared_checkpoint, "onnx", tmp_path, capsys)
     assert onnx_file.name == "tiniest-cifar10-v1.onnx"
     model = tiniest.tiniest(weights=str(shared_checkpoint))
     x = inputs(256)
@@ -96,14 +237,22 @@ def test_published_checkpoint_exports_keep_the_pinned_bytes_and_names(
         got, want = run_onnx(onnx_file, x), model(x)
     torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
     assert torch.equal(got.argmax(1), want.argmax(1))
+    exported = documents("onnx", onnx_file)["tiniest.json"]["weights"]
+    assert exported == {"file": shared_checkpoint.name, "sha256": release.source_sha256}
+    from_release = export(safetensors, tmp_path / "from-release", "torchscript")
+    assert documents("torchscript", from_release)["tiniest.json"]["weights"]["sha256"] == release.sha256
 
 
-def test_metrics_only_apply_to_safetensors(checkpoint: tuple[Path, Tiniest], tmp_path: Path) -> None:
+def test_metrics_only_apply_to_safetensors(
+    checkpoint: tuple[Path, Tiniest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     metrics = tmp_path / "metrics.json"
     metrics.write_text("{}")
     path, _ = checkpoint
     args = ["export", str(path), "--format", "torchscript", "-o", str(tmp_path), "--metrics", str(metrics)]
     assert main(args) == 1
+    assert "metrics and license: expected only with the safetensors format" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.pt"))
 
 
 def test_only_the_published_checkpoint_carries_the_publishers_credit(
@@ -112,20 +261,28 @@ def test_only_the_published_checkpoint_carries_the_publishers_credit(
     from tiniest.weights.artifact import read_metadata
 
     path, _ = checkpoint
-    mine = read_metadata(export(path, "safetensors", tmp_path / "mine", capsys).read_bytes())
+    mine = read_metadata(export_cli(path, "safetensors", tmp_path / "mine", capsys).read_bytes())
     assert "THALES" not in json.dumps(mine) and "ThalesGroup" not in mine["credit"] and "copyright" not in mine
     assert mine["license"] == "unknown" and json.loads(mine["metrics"]) == {"note": "not measured"}
-    published = read_metadata(export(shared_checkpoint, "safetensors", tmp_path / "published", capsys).read_bytes())
+    published = read_metadata(export_cli(shared_checkpoint, "safetensors", tmp_path / "published", capsys).read_bytes())
     assert published["copyright"] == "Copyright 2024-2025 THALES" and "ThalesGroup" in published["credit"]
 
 
-def test_programs_carry_the_class_names(
-    checkpoint: tuple[Path, Tiniest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_program_takes_the_licence_of_the_release_file_it_is_made_from(
+    checkpoint: tuple[Path, Tiniest], tmp_path: Path
 ) -> None:
-    path, _ = checkpoint
-    files = {"labels.json": ""}
-    torch.jit.load(str(export(path, "torchscript", tmp_path, capsys)), _extra_files=files)
-    assert json.loads(files["labels.json"]) == list(tiniest.CLASSES)
-    extra = {"labels.json": ""}
-    torch.export.load(str(export(path, "exported-program", tmp_path, capsys)), extra_files=extra)
-    assert json.loads(extra["labels.json"]) == list(tiniest.CLASSES)
+    release_file = export(checkpoint[0], tmp_path, license="CC-BY-4.0")
+    program = export(release_file, tmp_path, "exported-program")
+    info = documents("exported-program", program)["tiniest.json"]
+    assert info["license"] == "CC-BY-4.0"
+    sha256 = hashlib.sha256(release_file.read_bytes()).hexdigest()
+    assert info["weights"] == {"file": release_file.name, "sha256": sha256}
+
+
+def test_the_command_line_offers_the_registrys_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{" + ",".join(FORMATS) + "}" in text
+    for spec in FORMATS.values():
+        assert spec.suffix in text

@@ -1,4 +1,4 @@
-"""What the ``export`` and ``release`` commands share: reading ``--metrics`` and making the release file."""
+"""What the ``export`` and ``release`` commands share: reading ``--metrics``."""
 
 from __future__ import annotations
 
@@ -6,12 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tiniest.errors import UsageError
-from tiniest.hub import check_architecture
-from tiniest.weights import TiniestWeights, build_artifact
-from tiniest.weights.artifact import sha256_hex
 
 
 def read_metrics(path: Path | None) -> dict[str, Any] | None:
@@ -26,15 +21,3 @@ def read_metrics(path: Path | None) -> dict[str, Any] | None:
         raise UsageError(f"--metrics {path}: expected a JSON object, got {type(metrics).__name__}")
     return metrics
 
-
-def artifact_bytes(
-    checkpoint: bytes, state_dict: dict[str, torch.Tensor], meta: dict[str, Any], *, origin: str
-) -> bytes:
-    """The release file of ``checkpoint``: as is if it is the pinned release already, else built with ``meta``.
-
-    Weights that are not Tiniest's are refused first (:func:`tiniest.hub.check_architecture`).
-    """
-    if sha256_hex(checkpoint) == TiniestWeights.DEFAULT.release.sha256:
-        return checkpoint
-    check_architecture(state_dict, origin)
-    return build_artifact(checkpoint, meta, origin=origin)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tiniest.commands._common import artifact_bytes, read_metrics
+from tiniest.commands._common import read_metrics
 from tiniest.errors import UsageError
+from tiniest.export import artifact_bytes
 from tiniest.storage import check_output_folder, save_atomically
 from tiniest.weights import TiniestWeights
 from tiniest.weights.artifact import read_state_dict, sha256_hex

@@ -1,0 +1,286 @@
+"""Tiniest weights as files for other programs: the safetensors release file, ONNX, TorchScript, torch.export.
+
+:data:`FORMATS` is the one registry of formats: the command line's choices, the file suffixes and
+the writers all come from it. The safetensors release file is the default and its bytes are pinned
+in ``release.json``. The other formats are programs that run without this package.
+
+Shapes, the same in every program: input ``image``, ``[batch, 3, 32, 32]`` float32 (NCHW), any
+batch of 1 or more (no upper bound); output ``logits``, ``[batch, classes]``. Other image sizes are
+refused (by ONNX Runtime's and torch.export's own shape checks, and by a check scripted into the
+TorchScript module): the weights were trained on 32x32 pictures and answer other sizes wrongly
+without an error, so the resize belongs to the preprocessing.
+
+Each program describes itself in its format's own metadata (ONNX ``metadata_props``, the
+TorchScript and ``.pt2`` extra files), with the same two JSON documents: ``tiniest.json``
+(:func:`export_info`: the input contract, the class names, the weights' sha256 and file name,
+tiniest's version, the licence and credit) and ``labels.json`` (the class names alone, as
+before). The input contract reads: RGB pixels, resized to the input size, ``x = (pixel / 255 -
+mean) / std``, channels first. Programs take the licence of the weights they are made from: export
+a new ``.pt`` checkpoint as safetensors with a licence first, then the program from that file.
+
+ONNX goes through the torch.export-based exporter: the older TorchScript-based one turns the
+dilated 'same' padding into an ``auto_pad`` that ONNX Runtime refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tiniest import __version__
+from tiniest.errors import UsageError
+from tiniest.extras import require_extra
+from tiniest.hub import check_architecture
+from tiniest.model import Tiniest
+from tiniest.storage import save_atomically
+from tiniest.transforms import PREPROCESSING, Preprocess
+from tiniest.weights import TiniestWeights, build_artifact
+from tiniest.weights.artifact import read_state_dict, sha256_hex
+from tiniest.weights.metadata import (
+    ARCHITECTURE_CREDIT,
+    UNKNOWN_LICENSE,
+    checkpoint_meta,
+    is_published,
+    model_from_weights,
+)
+
+__all__ = [
+    "FORMATS",
+    "INFO_KEY",
+    "LABELS_KEY",
+    "Format",
+    "artifact_bytes",
+    "export",
+    "export_info",
+    "export_program",
+    "export_safetensors",
+    "load_model",
+]
+
+ONNX_OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+INFO_KEY = "tiniest.json"  # the input contract and provenance (export_info), in every program's metadata
+LABELS_KEY = "labels.json"  # the class names in output order, kept for readers of earlier exports
+
+Writer = Callable[[Tiniest, Path, Mapping[str, str]], None]  # model, target, metadata documents by key
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format: its file suffix, its writer, what it needs installed and what loads it."""
+
+    suffix: str
+    write: Writer | None  # None: the release file, made from the checkpoint's bytes, not from a model
+    loaded_by: str
+    extra: str | None = None  # the pip extra that brings ``modules``
+    modules: tuple[str, ...] = ()
+
+
+def artifact_bytes(
+    checkpoint: bytes, state_dict: dict[str, torch.Tensor], meta: dict[str, Any], *, origin: str
+) -> bytes:
+    """The release file of ``checkpoint``: as is if it is the pinned release already, else built with ``meta``.
+
+    Weights that are not Tiniest's are refused first (:func:`tiniest.hub.check_architecture`).
+    """
+    if sha256_hex(checkpoint) == TiniestWeights.DEFAULT.release.sha256:
+        return checkpoint
+    check_architecture(state_dict, origin)
+    return build_artifact(checkpoint, meta, origin=origin)
+
+
+def export_safetensors(
+    checkpoint_path: Path,
+    output_dir: Path,
+    *,
+    metrics: dict[str, Any] | None = None,
+    license: str | None = None,
+    filename: str | None = None,
+) -> Path:
+    """Write the release artifact for ``checkpoint_path`` into ``output_dir``; return its path."""
+    release = TiniestWeights.DEFAULT.release
+    checkpoint = checkpoint_path.read_bytes()
+    state_dict = read_state_dict(checkpoint, origin=str(checkpoint_path))
+    meta = checkpoint_meta(checkpoint, state_dict, path=checkpoint_path, metrics=metrics, license=license)
+    artifact = artifact_bytes(checkpoint, state_dict, meta, origin=str(checkpoint_path))
+    if filename is None:
+        suffix = FORMATS["safetensors"].suffix
+        filename = release.filename if is_published(checkpoint) else f"tiniest-{sha256_hex(artifact)[:8]}{suffix}"
+    target = output_dir / filename
+    save_atomically(target, artifact)
+    return target
+
+
+def load_model(checkpoint: bytes, origin: str) -> Tiniest:
+    """The eval-mode model, with its class count, labels and metadata, of ``.pt`` or ``.safetensors`` bytes."""
+    state_dict = read_state_dict(checkpoint, origin=origin)
+    meta = checkpoint_meta(checkpoint, state_dict, path=Path(origin))
+    return model_from_weights(Tiniest, state_dict, meta, origin=origin)
+
+
+def program_stem(checkpoint: bytes) -> str:
+    """``tiniest-cifar10-v1`` for the published checkpoint or release file, else ``tiniest-<sha8 of the file>``."""
+    release = TiniestWeights.DEFAULT.release
+    return Path(release.filename).stem if is_published(checkpoint) else f"tiniest-{sha256_hex(checkpoint)[:8]}"
+
+
+def _input_policy(model: Tiniest) -> tuple[dict[str, Any], Preprocess]:
+    """The weights' preprocessing (the input contract's if they state none), and the transform it describes."""
+    policy = dict(model.meta.get("preprocessing") or PREPROCESSING)
+    return policy, Preprocess.from_meta(policy)  # refuses a policy this version cannot describe
+
+
+def export_info(model: Tiniest, *, weights_file: str, sha256: str) -> dict[str, Any]:
+    """What a program says of itself (``tiniest.json``): input contract, classes and provenance.
+
+    ``weights_file`` is the name (no folder) of the file the program was made from, ``sha256`` its hash.
+    """
+    policy, preprocess = _input_policy(model)
+    meta = model.meta
+    return {
+        "model": meta.get("architecture", "Tiniest"),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, *preprocess.size],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "preprocessing": {**policy, "mean": [-preprocess.shift] * 3, "std": [1.0] * 3},
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.labels)], "classes": list(model.labels)},
+        "weights": {"file": weights_file, "sha256": sha256},
+        "license": meta.get("license", UNKNOWN_LICENSE),
+        **{key: meta[key] for key in ("copyright",) if key in meta},
+        "credit": meta.get("credit", ARCHITECTURE_CREDIT),
+        "tiniest_version": __version__,
+    }
+
+
+def _example_input(model: Tiniest, batch: int = 2) -> torch.Tensor:
+    """A batch in the model's input range; batch 2 keeps the exporters from specializing the batch to 1."""
+    _, preprocess = _input_policy(model)
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(batch, 3, *preprocess.size, generator=generator) + preprocess.shift
+
+
+def _dynamic_batch() -> dict[str, dict[int, Any]]:
+    """Dimension 0 of ``forward``'s ``x`` is the batch, 1 or more; every other dimension is fixed."""
+    return {"x": {0: torch.export.Dim("batch", min=1)}}
+
+
+def write_onnx(model: Tiniest, target: Path, documents: Mapping[str, str]) -> None:
+    """ONNX (opset 18, weights inside the file), ``documents`` in its ``metadata_props``."""
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
+            program = torch.onnx.export(
+                model,
+                (_example_input(model),),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=_dynamic_batch(),
+                opset_version=ONNX_OPSET,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        registry_log.setLevel(level)
+    if program is None:  # pragma: no cover - torch < 2.5 returns nothing for dynamo=True
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program; torch>=2.5 is needed")
+    program.model.metadata_props.update(documents)
+    program.save(str(target), external_data=False)
+
+
+class _SizeChecked(nn.Module):
+    """The model behind a check of the input's shape, so that TorchScript refuses other sizes as the others do."""
+
+    def __init__(self, model: Tiniest, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.height, self.width = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != self.height or x.shape[3] != self.width:
+            raise RuntimeError(
+                f"expected an input of shape [batch, 3, {self.height}, {self.width}] (NCHW), got {list(x.shape)}"
+            )
+        return self.model(x)
+
+
+def write_torchscript(model: Tiniest, target: Path, documents: Mapping[str, str]) -> None:
+    """TorchScript via ``torch.jit.script``, ``documents`` as extra files."""
+    _, preprocess = _input_policy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+        scripted = torch.jit.script(_SizeChecked(model, preprocess.size))
+        torch.jit.save(scripted, str(target), _extra_files=dict(documents))
+
+
+def write_exported_program(model: Tiniest, target: Path, documents: Mapping[str, str]) -> None:
+    """A ``torch.export`` program (``.pt2``), ``documents`` as extra files."""
+    with torch.no_grad():
+        program = torch.export.export(model, (_example_input(model),), dynamic_shapes=_dynamic_batch())
+    torch.export.save(program, str(target), extra_files=dict(documents))
+
+
+FORMATS: dict[str, Format] = {
+    "safetensors": Format(".safetensors", None, "tiniest.tiniest(weights=PATH)"),
+    "onnx": Format(".onnx", write_onnx, "ONNX Runtime", extra="onnx", modules=("onnx", "onnxscript")),
+    "torchscript": Format(".torchscript.pt", write_torchscript, "torch.jit.load"),
+    "exported-program": Format(".pt2", write_exported_program, "torch.export.load"),
+}
+
+
+def export_program(checkpoint_path: Path, output_dir: Path, fmt: str, *, filename: str | None = None) -> Path:
+    """Write ``checkpoint_path`` as the program format ``fmt`` into ``output_dir``; return the program's path."""
+    spec = FORMATS.get(fmt)
+    if spec is None or spec.write is None:
+        programs = ", ".join(name for name, each in FORMATS.items() if each.write is not None)
+        raise UsageError(f"program format: expected one of {programs}, got {fmt!r}")
+    if spec.extra is not None:
+        require_extra(spec.extra, *spec.modules, purpose=f"exporting to {fmt}")
+    checkpoint = checkpoint_path.read_bytes()
+    model = load_model(checkpoint, str(checkpoint_path))
+    info = export_info(model, weights_file=checkpoint_path.name, sha256=sha256_hex(checkpoint))
+    documents = {INFO_KEY: json.dumps(info, sort_keys=True), LABELS_KEY: json.dumps(list(model.labels))}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / (filename or program_stem(checkpoint) + spec.suffix)
+    partial = target.with_name(target.name + ".partial" + spec.suffix)
+    try:
+        spec.write(model, partial, documents)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def export(
+    checkpoint_path: Path,
+    output_dir: Path,
+    fmt: str = "safetensors",
+    *,
+    filename: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    license: str | None = None,
+) -> Path:
+    """Write the weights of ``checkpoint_path`` (a state_dict ``.pt`` or ``.safetensors``) as ``fmt``; return the path.
+
+    ``metrics`` and ``license`` describe new weights in their release file, so they apply only to
+    ``safetensors``; programs take them from the file they are made from.
+    """
+    if fmt == "safetensors":
+        return export_safetensors(checkpoint_path, output_dir, metrics=metrics, license=license, filename=filename)
+    if metrics is not None or license is not None:
+        raise UsageError(f"metrics and license: expected only with the safetensors format, got them with {fmt!r}")
+    return export_program(checkpoint_path, output_dir, fmt, filename=filename)
