@@ -20,10 +20,10 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from tests.conftest import ROOT, copy_checkout
@@ -37,11 +37,17 @@ INPUT = torch.linspace(-0.5, 0.5, 3 * 32 * 32).reshape(1, 3, 32, 32)
 # Anything beyond torch that the torch.hub load path must do without.
 EXTRAS_MODULES = ("safetensors", "numpy", "tqdm", "PIL", "huggingface_hub", "matplotlib", "kornia", "onnx")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-FLOOR_PYTHON = re.fullmatch(r">=\s*(\d+\.\d+)", PYPROJECT["requires-python"])[1]  # type: ignore[index]
-FLOOR_TORCH = next(re.fullmatch(r"torch>=(\d+\.\d+)", dep)[1] for dep in PYPROJECT["dependencies"] if dep.startswith("torch"))  # type: ignore[index]
+
+def declared_floor(pattern: str, requirements: list[str]) -> str:
+    """The X.Y of the first of ``requirements`` that ``pattern`` matches (pyproject.toml's own floors)."""
+    return next(match[1] for requirement in requirements if (match := re.fullmatch(pattern, requirement)))
+
+
+FLOOR_PYTHON = declared_floor(r">=\s*(\d+\.\d+)", [PYPROJECT["requires-python"]])
+FLOOR_TORCH = declared_floor(r"torch>=(\d+\.\d+)", PYPROJECT["dependencies"])
 
 BUILD_HINT = {
-    "TINIEST_FLOOR_PYTHON": f"python{FLOOR_PYTHON} -m venv /tmp/floor && /tmp/floor/bin/pip install 'torch=={FLOOR_TORCH}.*'",
+    "TINIEST_FLOOR_PYTHON": f"python{FLOOR_PYTHON} -m venv /tmp/floor && /tmp/floor/bin/pip install torch=={FLOOR_TORCH}.*",
     "TINIEST_HUB_PYTHON": "python3.13 -m venv /tmp/hub && /tmp/hub/bin/pip install torch",
     "TINIEST_CORE_PYTHON": "python3.13 -m venv /tmp/core && /tmp/core/bin/pip install torch .",
     "TINIEST_SCIO_PYTHON": "python3.13 -m venv /tmp/scio && /tmp/scio/bin/pip install scio-pypi",
@@ -96,7 +102,10 @@ def missing_modules(python: Path, cwd: Path) -> list[str]:
 
 
 def versions(python: Path, cwd: Path) -> dict:
-    code = "import json, sys, torch\nprint(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'torch': torch.__version__}))"
+    code = (
+        "import json, sys, torch\n"
+        "print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'torch': torch.__version__}))"
+    )
     return last_json(run_in(python, ["-c", code], cwd))
 
 
@@ -149,24 +158,25 @@ if how == "pip":
     net = tiniest.tiniest()
 loaded = load_weights()
 data = torch.load(data_path, weights_only=True)
-with torch.no_grad():
-    logits = torch.cat([net(batch.float() / 255 - 0.5) for batch in data["images"].split(1000)])
-batch = data["images"][:64]
-labels = [p.label for p in tiniest.predict(list(batch))]
+inputs = data["images"].float() / 255 - 0.5
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    fast = tiniest.optimize(net)
-    fast_top1 = fast(batch.float() / 255 - 0.5).argmax(1)
+    fast = tiniest.optimize(net)  # the fast path, as evaluate and predict use it for a whole split
+    with torch.no_grad():
+        fast_logits = torch.cat([fast(batch) for batch in inputs.split(1000)])
+with torch.no_grad():
+    logits = net(inputs[:256])
+labels = [p.label for p in tiniest.predict(list(data["images"][:64]), model=net)]
 assert main(["export", loaded.location, "--format", "torchscript", "--output", out_dir]) == 0
 exported = torch.jit.load(next(__import__("pathlib").Path(out_dir).glob("*.torchscript.pt")))
 print(json.dumps({
     "package": tiniest.__file__,
     "sha256": loaded.sha256, "verified": loaded.verified,
-    "correct": int((logits.argmax(1) == data["labels"]).sum()), "total": len(data["labels"]),
+    "correct": int((fast_logits.argmax(1) == data["labels"]).sum()), "total": len(data["labels"]),
     "predict_agrees": labels == [net.labels[i] for i in logits[:64].argmax(1)],
-    "optimize_agrees": bool((fast_top1 == logits[:64].argmax(1)).all()),
+    "optimize_max_diff": float((fast_logits[:256] - logits).abs().max()),
     "optimize_warnings": [str(w.message) for w in caught],
-    "export_max_diff": float((exported(batch.float() / 255 - 0.5) - logits[:64]).abs().max()),
+    "export_max_diff": float((exported(inputs[:256]) - logits).abs().max()),
 }))
 """
 
@@ -179,8 +189,8 @@ def run_user_session(python: Path, how: str, checkout: Path, data: Path, release
     result = last_json(run)
     assert (result["sha256"], result["verified"]) == (RELEASE.sha256, True)
     assert (result["correct"], result["total"]) == (9463, 10000)
-    assert result["predict_agrees"] and result["optimize_agrees"]
-    assert result["export_max_diff"] < 1e-4
+    assert result["predict_agrees"]
+    assert result["optimize_max_diff"] < 1e-4 and result["export_max_diff"] < 1e-4
     assert "Traceback" not in run.stderr, run.stderr
     result["stderr"] = run.stderr
     return result
