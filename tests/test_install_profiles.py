@@ -47,7 +47,7 @@ FLOOR_PYTHON = declared_floor(r">=\s*(\d+\.\d+)", [PYPROJECT["requires-python"]]
 FLOOR_TORCH = declared_floor(r"torch>=(\d+\.\d+)", PYPROJECT["dependencies"])
 
 BUILD_HINT = {
-    "TINIEST_FLOOR_PYTHON": f"python{FLOOR_PYTHON} -m venv /tmp/floor && /tmp/floor/bin/pip install torch=={FLOOR_TORCH}.*",
+    "TINIEST_FLOOR_PYTHON": f"python{FLOOR_PYTHON} -m venv /tmp/fl && /tmp/fl/bin/pip install torch=={FLOOR_TORCH}.*",
     "TINIEST_HUB_PYTHON": "python3.13 -m venv /tmp/hub && /tmp/hub/bin/pip install torch",
     "TINIEST_CORE_PYTHON": "python3.13 -m venv /tmp/core && /tmp/core/bin/pip install torch .",
     "TINIEST_SCIO_PYTHON": "python3.13 -m venv /tmp/scio && /tmp/scio/bin/pip install scio-pypi",
