@@ -149,6 +149,11 @@ def test_gradients_flow_through_the_plain_forward(compiled_model: OptimizedTinie
     got, x.grad = x.grad, None
     plain(x).logsumexp(1).sum().backward()
     torch.testing.assert_close(got, x.grad, rtol=0, atol=1e-6)
+    tuned = pickle.loads(pickle.dumps(compiled_model)).requires_grad_()  # fine-tuning the optimized model
+    tuned(inputs(3)).logsumexp(1).sum().backward()
+    plain(inputs(3)).logsumexp(1).sum().backward()
+    assert tuned.l2.fc1.weight.grad is not None and plain.l2.fc1.weight.grad is not None
+    torch.testing.assert_close(tuned.l2.fc1.weight.grad, plain.l2.fc1.weight.grad, rtol=0, atol=1e-6)
 
 
 def test_outputs_are_ordinary_tensors(compiled_model: OptimizedTiniest) -> None:

@@ -203,12 +203,13 @@ def _version(tensor: torch.Tensor) -> int:
     return -1 if tensor.is_inference() else tensor._version
 
 
-def _serves(x: object, device: torch.device) -> bool:
+def _serves(x: object) -> bool:
     """Whether ``x`` is an input the folded module (and its package) was made for: anything else runs the plain forward.
 
     The package is native code built for ``(1..CHUNK, 3, 32, 32)`` float32 CPU tensors and trusts
-    its input: another size corrupts memory. Other dtypes, layouts, tensor subclasses and inputs
-    that need gradients go to the plain model, which computes or refuses them as it always does.
+    its input: another size corrupts memory. Other dtypes, layouts, tensor subclasses (tracing's
+    fake tensors among them) and inputs that need gradients go to the plain model, which computes
+    or refuses them as it always does. The device is checked against the weights' by the caller.
     """
     return (
         type(x) in (torch.Tensor, nn.Parameter)
@@ -218,7 +219,6 @@ def _serves(x: object, device: torch.device) -> bool:
         and x.dim() == 4
         and x.shape[0] > 0
         and tuple(x.shape[1:]) == (3, *INPUT_SIZE)
-        and x.device == device
         and not (torch.is_grad_enabled() and x.requires_grad)
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)
     )
@@ -252,8 +252,8 @@ class OptimizedTiniest(Tiniest):
         return path is not None and path.runner is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        path = self._fast_path()
-        if path is None or not _serves(x, path.device) or self._hooked():
+        path = self._fast_path() if _serves(x) and not self._needs_layers() else None
+        if path is None or x.device != path.device:
             return super().forward(x)
         run = path.runner or path.fast
         with torch.no_grad():
@@ -262,11 +262,14 @@ class OptimizedTiniest(Tiniest):
                 return run(x)
             return torch.cat([run(chunk) for chunk in x.split(CHUNK)])  # each chunk stays channels-last
 
-    def _hooked(self) -> bool:
-        """Whether forward hooks watch the layers (as a recorder of activations does): they need the plain forward."""
+    def _needs_layers(self) -> bool:
+        """Whether the layers themselves must run: forward hooks watch them (as a recorder of activations
+        does), or gradients are wanted for parameters that ask for them (fine-tuning this model)."""
         from torch.nn.modules import module as hooks
 
         if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return True
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return True
         return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules() if m is not self)
 
