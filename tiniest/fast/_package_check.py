@@ -24,17 +24,18 @@ TOLERANCE = 1e-4
 
 def main(argv: Sequence[str]) -> int:
     tiniest_root, torch_root, package, cases, threads = argv
-    import tiniest
-    from tiniest.fast.compiled import open_package
+    from tiniest.fast import compiled
 
-    for name, module, root in (("tiniest", tiniest, tiniest_root), ("torch", torch, torch_root)):
-        found = Path(module.__file__ or "").resolve().parents[1]
+    for name, found, root in (
+        ("tiniest", Path(compiled.__file__).resolve().parents[2], tiniest_root),
+        ("torch", Path(torch.__file__).resolve().parents[1], torch_root),
+    ):
         if found != Path(root):
             print(f"the check imported {name} from {found}, expected the parent's, in {root}")
             return 1
     torch.set_num_threads(int(threads))  # as the caller runs it
 
-    run = open_package(Path(package))
+    run = compiled.open_package(Path(package))
     data = torch.load(cases, weights_only=True)
     with torch.inference_mode():
         for x, expected in zip(data["inputs"], data["expected"], strict=True):
