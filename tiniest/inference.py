@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,6 +52,10 @@ class Prediction:
         if self.error is not None:
             raise ValueError(f"no prediction: {self.error}")
         return self.top[0]
+
+
+# Threads that ask for the default model at once wait for one load (lru_cache alone would load it in each).
+_DEFAULT_MODEL_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
@@ -113,7 +118,8 @@ def predict(
             chosen = os.fspath(weights) if weights is not None else os.environ.get("TINIEST_WEIGHTS") or None
             from tiniest.fast import worth_building
 
-            model = _default_model(chosen, eager, worth_building(len(items)))
+            with _DEFAULT_MODEL_LOCK:
+                model = _default_model(chosen, eager, worth_building(len(items)))
         names = classes if classes is not None else getattr(model, "labels", CLASSES)
         if top_k > len(names):
             raise UsageError(f"expected top_k between 1 and {len(names)} (the model's classes), got {top_k}")

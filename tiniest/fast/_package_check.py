@@ -1,11 +1,13 @@
-"""``python -m tiniest.fast._package_check PACKAGE CASES THREADS``: try a freshly built package in a child process.
+"""``main([TINIEST_ROOT, TORCH_ROOT, PACKAGE, CASES, THREADS])``: try a freshly built package in a child process.
 
 A compiled package is native code, and a bad one does not raise: it crashes the process that loads
 or runs it. Seen here: torch 2.11 segfaulting while loading a frozen package, and packages whose
 batch range the compiler narrowed corrupting memory on other batch sizes. :mod:`tiniest.fast.compiled`
 therefore runs every new package here first, on each batch size it will serve, against the eager
 module's outputs (``CASES``, written with ``torch.save``); only a package that passes is cached and
-loaded into the user's process.
+loaded into the user's process. The child runs isolated (``python -I``) with the parent's
+``tiniest`` and torch put on its path by :func:`tiniest.fast.compiled.check_in_child`; it refuses
+to judge with any other.
 """
 
 from __future__ import annotations
@@ -21,11 +23,19 @@ TOLERANCE = 1e-4
 
 
 def main(argv: Sequence[str]) -> int:
-    package, cases, threads = argv
-    torch.set_num_threads(int(threads))  # the generated loops were built for this many
-    from tiniest.fast.compiled import open_package
+    tiniest_root, torch_root, package, cases, threads = argv
+    from tiniest.fast import compiled
 
-    run = open_package(Path(package))
+    for name, found, root in (
+        ("tiniest", Path(compiled.__file__).resolve().parents[2], tiniest_root),
+        ("torch", Path(torch.__file__).resolve().parents[1], torch_root),
+    ):
+        if found != Path(root):
+            print(f"the check imported {name} from {found}, expected the parent's, in {root}")
+            return 1
+    torch.set_num_threads(int(threads))  # as the caller runs it
+
+    run = compiled.open_package(Path(package))
     data = torch.load(cases, weights_only=True)
     with torch.inference_mode():
         for x, expected in zip(data["inputs"], data["expected"], strict=True):

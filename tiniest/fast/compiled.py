@@ -5,11 +5,12 @@ graphs whose weights are frozen into constants, so every ``tiniest evaluate`` wo
 20-40 s again. Instead the inference graph is exported with a symbolic batch (1 to ``chunk``
 images) and compiled by AOTInductor into a ``.pt2`` package: a shared library plus the frozen,
 prepacked weights. It is stored in :func:`compiled_cache_dir` under a key of everything the
-build depends on (weights, module source, torch version, CPU, compiler, thread count); later
-processes load it in milliseconds. Builds run under a file lock and land by atomic rename, so
-concurrent processes build once and no reader sees half a package. A new package is first run in a
-child process on every batch size it serves (:func:`check_in_child`): a bad one crashes that child,
-not the caller, and is never cached.
+build depends on (weights, module source, torch version, CPU, compiler); later processes load it
+in milliseconds. Its parallel loops ask OpenMP for the caller's thread count at run time, so one
+package serves ``torch.set_num_threads(1)`` as well as the default. Builds run under a file lock
+and land by atomic rename, so concurrent processes build once and no reader sees half a package.
+A new package is first run in a child process on every batch size it serves
+(:func:`check_in_child`): a bad one crashes that child, not the caller, and is never cached.
 
 Loading a package runs native code this library compiled on this machine: trust the cache folder
 as you trust the Python environment.
@@ -17,6 +18,7 @@ as you trust the Python environment.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import inspect
 import json
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tiniest.env import env_path
 from tiniest.storage import cache_dir, writer_lock
 from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE
 
@@ -47,6 +50,7 @@ __all__ = [
     "load_or_build",
     "open_package",
     "package_key",
+    "why_no_build",
 ]
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -54,7 +58,7 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 logger = logging.getLogger(__name__)
 
 # Bump when the build options change (the module's source file is already part of the key).
-PACKAGE_FORMAT = 3
+PACKAGE_FORMAT = 4
 # A peer's build takes tens of seconds; wait this long before building alongside it.
 LOCK_TIMEOUT_S = 600.0
 # The child process that tries a new package: interpreter start, torch import, load and 15 calls.
@@ -63,15 +67,40 @@ CHECK_TIMEOUT_S = 300.0
 
 def compiled_cache_dir() -> Path:
     """``$TINIEST_COMPILED_CACHE``, else ``$TINIEST_CACHE/compiled`` (see :func:`tiniest.storage.cache_dir`)."""
-    configured = os.environ.get("TINIEST_COMPILED_CACHE")
-    return Path(configured).expanduser() if configured else cache_dir() / "compiled"
+    return env_path("TINIEST_COMPILED_CACHE") or cache_dir() / "compiled"
 
 
 def find_compiler() -> str:
-    """The C++ compiler Inductor will use (``$CXX`` first), or ``""`` if there is none."""
-    configured = os.environ.get("CXX")
-    candidates = ([configured] if configured else []) + ["g++", "c++", "clang++"]
-    return next((found for name in candidates if (found := shutil.which(name))), "")
+    """The C++ compiler Inductor will use, or ``""`` if it is not there.
+
+    Inductor takes ``$CXX`` if set (read when ``torch._inductor.config`` is imported), else ``g++``
+    (``clang++`` on macOS), and no other: a ``c++`` on the PATH does not count.
+    """
+    configured = sys.modules.get("torch._inductor.config")
+    if configured is not None:
+        names = [name for name in getattr(configured.cpp, "cxx", ()) if name]
+    else:
+        names = [os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")]
+    return next((found for name in names if (found := shutil.which(name))), "")
+
+
+def why_no_build() -> str | None:
+    """Why this torch cannot build a package (one clause), or None if it can.
+
+    Imports Inductor (about 2 s), so it is asked only when a build is about to happen.
+    """
+    import torch._inductor
+
+    if not hasattr(torch._inductor, "aoti_compile_and_package"):
+        return f"torch {torch.__version__} cannot build AOTInductor packages (torch >= 2.6 can)"
+    return None
+
+
+def _dynamic_threads() -> bool:
+    """Whether Inductor can leave the thread count of its loops to run time (else it is baked in)."""
+    import torch._inductor.config
+
+    return hasattr(torch._inductor.config.cpp, "dynamic_threads")
 
 
 def _source_digest(module: nn.Module) -> str:
@@ -90,16 +119,23 @@ def package_key(module: nn.Module, chunk: int) -> str:
         "machine": platform.machine(),
         "system": platform.system(),
         "compiler": find_compiler(),
-        "threads": torch.get_num_threads(),  # baked into the generated OpenMP loops
         "chunk": chunk,
         "module": type(module).__qualname__,
         "source": _source_digest(module),  # a changed forward must never load an old package
     }
+    if not _dynamic_threads():  # an older Inductor bakes the thread count into the generated loops
+        build["threads"] = torch.get_num_threads()
     digest.update(json.dumps(build, sort_keys=True).encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(_tensor_bytes(tensor))
     return digest.hexdigest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The bytes of a tensor's values, copied from its CPU memory (no numpy: torch alone must do)."""
+    tensor = tensor.detach().cpu().contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.nbytes) if tensor.nbytes else b""
 
 
 def _build(module: nn.Module, chunk: int, target: Path) -> None:
@@ -110,7 +146,11 @@ def _build(module: nn.Module, chunk: int, target: Path) -> None:
     example = torch.zeros(chunk, 3, *INPUT_SIZE).contiguous(memory_format=torch.channels_last)
     # Freezing makes the weights constants, prepacked for oneDNN's convolutions and matmuls; Inductor
     # applies it only where autograd is off, so the compile call needs no_grad as much as the export.
-    with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+    # Dynamic threads: the loops follow torch.get_num_threads() of the process that runs them.
+    options: dict[str, object] = {"freezing": True}
+    if _dynamic_threads():
+        options["cpp.dynamic_threads"] = True
+    with torch.no_grad(), torch._inductor.config.patch(options):
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
         torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(target))
 
@@ -159,25 +199,27 @@ def load_cached(module: nn.Module, chunk: int) -> Runner | None:
 def load_or_build(module: nn.Module, chunk: int) -> Runner:
     """The cached package for ``module``, building it first if this machine has none.
 
-    A build is announced in one log line (a warning, so that it shows without logging set up):
-    it takes tens of seconds, and the caller would otherwise see a silent pause.
-    Raises whatever export or compilation raises; the caller decides on a fallback.
+    A build is announced in one log line (a warning, so that it shows without logging set up) once
+    this process holds the lock and knows it builds: it takes tens of seconds, and the caller would
+    otherwise see a silent pause. A process that waits for a peer's build is told so by the lock.
+    Raises whatever export or compilation raises; the caller decides on a fallback (and asks
+    :func:`why_no_build` first where a build cannot even start).
     """
     target = _package_path(module, chunk)
     folder = target.parent
     runner = _load(target)
     if runner is not None:
         return runner
-    # Measured: 26-28 s on 2 idle cores, 60-85 s on 2 busy ones.
-    logger.warning(
-        "tiniest: compiling the fast model for these weights, once per machine (about 30 s on 2 idle cores, "
-        "longer on a busy machine); later runs load it from %s",
-        folder,
-    )
     with writer_lock(folder / ".locks" / f"{target.name}.lock", LOCK_TIMEOUT_S) as access:
         runner = _load(target, remove_broken=access == "locked")  # a peer may have built it meanwhile
         if runner is not None:
             return runner
+        # Measured: 26-28 s on 2 idle cores, 60-85 s on 2 busy ones.
+        logger.warning(
+            "tiniest: compiling the fast model for these weights, once per machine (about 30 s on 2 idle cores, "
+            "longer on a busy machine); later runs load it from %s",
+            folder,
+        )
         if access == "unusable":  # build where we can, load, and keep nothing
             with tempfile.TemporaryDirectory(prefix="tiniest-compiled-") as scratch:
                 _build_checked(module, chunk, Path(scratch) / target.name)
@@ -207,15 +249,12 @@ def check_in_child(path: Path, module: nn.Module, chunk: int) -> None:
     inputs = [torch.rand(batch, 3, *INPUT_SIZE, generator=generator) + INPUT_SHIFT for batch in range(1, chunk + 1)]
     with torch.no_grad():
         expected = [module(x) for x in inputs]
-    package_root = Path(__file__).resolve().parents[2]  # also works from a checkout that is not installed
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(package_root), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory(prefix="tiniest-check-") as scratch:
         cases = Path(scratch) / "cases.pt"
         torch.save({"inputs": inputs, "expected": expected}, cases)
-        command = [sys.executable, "-m", "tiniest.fast._package_check", os.fspath(path), os.fspath(cases)]
-        command.append(str(torch.get_num_threads()))
+        command = [*_isolated_python(), os.fspath(path), os.fspath(cases), str(torch.get_num_threads())]
         try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"the compiled package failed its check: no answer in {CHECK_TIMEOUT_S:.0f} s") from None
     if done.returncode != 0:
@@ -224,6 +263,24 @@ def check_in_child(path: Path, module: nn.Module, chunk: int) -> None:
         else:
             reason = (done.stdout.strip() or done.stderr.strip() or f"exit status {done.returncode}").splitlines()[-1]
         raise RuntimeError(f"the compiled package failed its check in a child process: {reason}")
+
+
+def _isolated_python() -> list[str]:
+    """The child's command line, up to its arguments: this interpreter, this ``tiniest``, this torch, nothing else.
+
+    ``-I`` keeps the working directory, ``PYTHONPATH`` and the user's site packages off ``sys.path``
+    (a ``tiniest/`` folder where the caller stands must not run, let alone fake the check); the
+    parent's ``tiniest`` goes first on the path, and its torch's folder is added should it lie in a
+    place ``-I`` leaves out. The child verifies that it imported exactly these two.
+    """
+    package_root = Path(__file__).resolve().parents[2]  # also works from a checkout that is not installed
+    torch_root = Path(torch.__file__).resolve().parents[1]
+    bootstrap = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "sys.path.append(sys.argv[2]) if sys.argv[2] not in sys.path else None; "
+        "from tiniest.fast._package_check import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return [sys.executable, "-I", "-c", bootstrap, os.fspath(package_root), os.fspath(torch_root)]
 
 
 def _loaded(path: Path) -> Runner:

@@ -16,15 +16,21 @@ Two layers, each exact up to float rounding:
 from __future__ import annotations
 
 import copy
-import os
+import threading
 import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tiniest.fast.compiled import Runner, find_compiler, load_cached, load_or_build
+from tiniest.env import env_flag
+from tiniest.errors import TiniestWarning
+from tiniest.fast.compiled import Runner, find_compiler, load_cached, load_or_build, why_no_build
 from tiniest.model import Block, Tiniest
+from tiniest.transforms import INPUT_SIZE
 
 # Large batches run in chunks of this many images: a chunk's activations (about 6 MB at the
 # widest layer) stay close to the cores between layers. Measured at batch 2,000 on 2 cores, chunks
@@ -170,47 +176,174 @@ class FastTiniest(nn.Module):
 
 def compiler_available() -> bool:
     """Whether TorchInductor's CPU backend can build code here (it needs a C++ compiler)."""
-    if os.environ.get("TINIEST_NO_COMPILE") == "1":
-        return False
-    return bool(find_compiler())
+    return not env_flag("TINIEST_NO_COMPILE") and bool(find_compiler())
 
 
-class OptimizedTiniest(nn.Module):
-    """What :func:`optimize` returns: ``forward`` runs the compiled package, or the eager fallback.
+@dataclass(frozen=True)
+class _FastPath:
+    """What runs for the inputs the fast path serves, and the weights it was made from.
 
-    Inputs are copied once into a channels-last float32 tensor and cut into chunks of at most
-    :data:`CHUNK` images, the batch range the package was built for. Outputs are inference
-    tensors (no autograd).
+    ``weights``: each parameter and buffer with its version counter when the path was made; an
+    in-place change (``load_state_dict``, an optimizer step) or a replaced tensor makes it stale.
     """
 
-    def __init__(self, fast: FastTiniest, compile: bool, *, build: bool = True) -> None:
-        super().__init__()
-        self.fast = fast
-        self.labels = fast.labels
-        self._compiled: Runner | None = None
-        if compile:
-            try:
-                self._compiled = load_or_build(fast, CHUNK) if build else load_cached(fast, CHUNK)
-            except Exception as error:  # a failed build must not cost the user their predictions
-                warnings.warn(
-                    f"tiniest.optimize: no usable AOTInductor package ({type(error).__name__}: {error}); "
-                    "using the eager optimized model",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+    weights: tuple[tuple[torch.Tensor, int], ...]
+    fast: FastTiniest
+    device: torch.device
+    runner: Runner | None
+
+    def is_current(self, tensors: list[torch.Tensor]) -> bool:
+        return len(tensors) == len(self.weights) and all(
+            t is seen and _version(t) == version for t, (seen, version) in zip(tensors, self.weights, strict=True)
+        )
+
+
+def _version(tensor: torch.Tensor) -> int:
+    # Inference tensors keep no version counter (they change only inside inference_mode).
+    return -1 if tensor.is_inference() else tensor._version
+
+
+def _serves(x: object) -> bool:
+    """Whether ``x`` is an input the folded module (and its package) was made for: anything else runs the plain forward.
+
+    The package is native code built for ``(1..CHUNK, 3, 32, 32)`` float32 CPU tensors and trusts
+    its input: another size corrupts memory. Other dtypes, layouts, tensor subclasses (tracing's
+    fake tensors among them) and inputs that need gradients go to the plain model, which computes
+    or refuses them as it always does. The device is checked against the weights' by the caller.
+    """
+    return (
+        type(x) in (torch.Tensor, nn.Parameter)
+        and isinstance(x, torch.Tensor)
+        and x.layout == torch.strided
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[0] > 0
+        and tuple(x.shape[1:]) == (3, *INPUT_SIZE)
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    )
+
+
+class OptimizedTiniest(Tiniest):
+    """What :func:`optimize` returns: a :class:`tiniest.Tiniest` whose forward runs the compiled package where it can.
+
+    It is the model (same parameters, ``state_dict``, ``labels``), with a faster path for the
+    inputs the package was built for: ``(N, 3, 32, 32)`` float32 tensors on the weights' device
+    (CPU for the package; the eager :class:`FastTiniest` elsewhere), without gradients and without
+    forward hooks on its layers. Every other input runs :meth:`Tiniest.forward`, so the answer,
+    or the error, is the plain model's. The fast path follows the weights: after
+    ``load_state_dict``, an in-place change or ``.to(...)``, it is remade from them at the next
+    call (with the package already built for the new weights, if any; else eagerly). Pickling
+    keeps the weights and remakes the fast path on the other side. Outputs are ordinary tensors.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, *, labels: Sequence[str] | None = None, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(num_classes, labels=labels, meta=meta)
+        self._use_package = False  # whether the fast path on the CPU loads the compiled package
+        self._path: _FastPath | None = None
+        self._lock = threading.Lock()
 
     @property
     def compiled(self) -> bool:
-        """Whether calls run the AOTInductor package (``False``: eager :class:`FastTiniest`)."""
-        return self._compiled is not None
+        """Whether the fast path runs the AOTInductor package (``False``: the eager :class:`FastTiniest`)."""
+        path = self._fast_path()
+        return path is not None and path.runner is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        run = self._compiled or self.fast
-        with torch.inference_mode():
-            x = x.to(torch.float32).clone(memory_format=torch.channels_last)
+        path = self._fast_path() if _serves(x) and not self._needs_layers() else None
+        if path is None or x.device != path.device:
+            return super().forward(x)
+        run = path.runner or path.fast
+        with torch.no_grad():
+            x = x.clone(memory_format=torch.channels_last)  # the package's layout; never the caller's tensor
             if x.shape[0] <= CHUNK:
                 return run(x)
             return torch.cat([run(chunk) for chunk in x.split(CHUNK)])  # each chunk stays channels-last
+
+    def _needs_layers(self) -> bool:
+        """Whether the layers themselves must run: forward hooks watch them (as a recorder of activations
+        does), or gradients are wanted for parameters that ask for them (fine-tuning this model)."""
+        from torch.nn.modules import module as hooks
+
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return True
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules() if m is not self)
+
+    def _fast_path(self) -> _FastPath | None:
+        """The fast path for the current weights, remade if they changed; None if they are not float32."""
+        tensors = [*self.parameters(), *self.buffers()]
+        path = self._path
+        if path is not None and path.is_current(tensors):
+            return path
+        with self._lock:  # one remake, however many threads call at once
+            path = self._path
+            if path is None or not path.is_current(tensors):
+                path = self._path = self._make_path(tensors)
+            return path
+
+    def _attach_package(self, build: bool) -> None:
+        """Run the CPU fast path from the compiled package: the one already built, else (``build``) a new one.
+
+        Where none can be had, the eager :class:`FastTiniest` runs, and one line says why if a
+        build was wanted and could not happen (or failed).
+        """
+        self._use_package = True
+        path = self._fast_path()
+        if path is None or path.runner is not None or not build or path.device.type != "cpu":
+            return
+        reason = why_no_build()
+        if reason is not None:
+            warnings.warn(f"tiniest.optimize: running uncompiled: {reason}", TiniestWarning, stacklevel=3)
+            return
+        try:
+            runner = load_or_build(path.fast, CHUNK)
+        except Exception as error:  # a failed build must not cost the user their predictions
+            warnings.warn(
+                f"tiniest.optimize: no usable AOTInductor package ({type(error).__name__}: {error}); "
+                "using the eager optimized model",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        with self._lock:
+            if self._path is path:
+                self._path = replace(path, runner=runner)
+
+    def _make_path(self, tensors: list[torch.Tensor]) -> _FastPath | None:
+        devices = {t.device for t in tensors}
+        if len(devices) != 1 or any(t.dtype != torch.float32 or t.layout != torch.strided for t in tensors):
+            return None  # a half, double or scattered model: the plain forward, as it is
+        (device,) = devices
+        with torch.no_grad(), torch.inference_mode(False):
+            with torch.device("meta"):  # the weights come next (and the caller's random numbers stay untouched)
+                plain = Tiniest(len(self.labels), labels=self.labels)
+            plain.load_state_dict(self.state_dict(), assign=True)
+            fast = FastTiniest(plain)
+        runner = _cached_package(fast) if self._use_package and device.type == "cpu" else None
+        return _FastPath(tuple((t, _version(t)) for t in tensors), fast, device, runner)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> OptimizedTiniest:
+        self._path = None  # new device or dtype: remade at the next call
+        super()._apply(fn, recurse)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_path": None, "_lock": None}  # native code and locks stay here; the weights travel
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({**state, "_lock": threading.Lock()})
+
+
+def _cached_package(fast: FastTiniest) -> Runner | None:
+    """The package already built for these weights, if any; never builds."""
+    try:
+        return load_cached(fast, CHUNK)
+    except Exception:  # the eager fast path is the answer where no package can be read
+        return None
 
 
 def worth_building(expected_images: int) -> bool:
@@ -218,37 +351,45 @@ def worth_building(expected_images: int) -> bool:
     return expected_images >= BUILD_MIN_IMAGES
 
 
-@torch.no_grad()
 def optimize(model: nn.Module, *, compile: bool | None = None, build: bool = True) -> OptimizedTiniest:
-    """An inference-only copy of ``model`` (a :class:`tiniest.Tiniest`) with the same predictions, faster.
+    """A copy of ``model`` (a :class:`tiniest.Tiniest`) with the same answers, faster for inference.
 
     Args:
         model: the model to speed up; it is copied, not modified.
         compile: use the AOTInductor package. Default: when a C++ compiler is found,
-            ``TINIEST_NO_COMPILE`` is not ``1`` and the model is on the CPU (the package is
-            CPU code; on another device the eager :class:`FastTiniest` stays there, with a warning).
-            Its parallel loops keep the thread count of the build (``torch.get_num_threads()``,
-            part of the cache key).
+            ``TINIEST_NO_COMPILE`` is not set and the model is on the CPU (the package is CPU
+            code; on another device the eager :class:`FastTiniest` runs there). When compiling is
+            wanted and cannot happen (another device, no C++ compiler, a torch that cannot build
+            packages), one warning line says why.
         build: whether to build the package if this machine has none (announced in one log line:
-            about 30 s on 2 cores). Later ``optimize`` calls, in any process, load it from
-            :func:`tiniest.fast.compiled.compiled_cache_dir` in milliseconds. ``False``: use a
-            package already built, else run eagerly; pass ``worth_building(number_of_images)``.
+            about 30 s on 2 cores). Later ``optimize`` calls, in any process and under any thread
+            count, load it from :func:`tiniest.fast.compiled.compiled_cache_dir` in milliseconds.
+            ``False``: use a package already built, else run eagerly; pass
+            ``worth_building(number_of_images)``.
 
     Returns:
-        An eval-mode float32 module on ``model``'s device, mapping ``(N, 3, 32, 32)`` to
-        ``(N, num_classes)`` logits.
+        An :class:`OptimizedTiniest` in eval mode, on ``model``'s device and dtype, without
+        gradients on its parameters: ``(N, 3, 32, 32)`` float32 inputs take the fast path, any
+        other input the plain forward (see :class:`OptimizedTiniest`).
     """
     if not isinstance(model, Tiniest):
         raise TypeError(f"optimize() expects a tiniest.Tiniest, got {type(model).__name__}")
     device = model.conv1.weight.device
-    if device.type != "cpu" and compile is not False:
-        warnings.warn(
-            f"tiniest.optimize: the compiled fast path is CPU-only; the model stays on {device} "
-            "and runs the folded module uncompiled",
-            stacklevel=3,  # the caller of the no_grad wrapper
-        )
-        compile = False
     if compile is None:
-        compile = compiler_available()
-    fast = FastTiniest(model)
-    return OptimizedTiniest(fast, compile=compile, build=build).eval()
+        compile = not env_flag("TINIEST_NO_COMPILE")
+    reason = None
+    if compile and device.type != "cpu":
+        reason = f"the compiled fast path is CPU-only; the model stays on {device} and runs the folded module"
+    elif compile and not find_compiler():
+        reason = "no C++ compiler (Inductor uses $CXX, else g++); the folded module runs uncompiled"
+    if reason is not None:
+        warnings.warn(f"tiniest.optimize: {reason}", TiniestWarning, stacklevel=2)
+        compile = False
+    with torch.no_grad(), torch.inference_mode(False):  # ordinary tensors, even for a caller in inference mode
+        with torch.device("meta"):  # no random initialization: the weights come next
+            optimized = OptimizedTiniest(len(model.labels), labels=model.labels, meta=model.meta)
+        optimized.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()}, assign=True)
+    optimized.requires_grad_(False).eval()
+    if compile:
+        optimized._attach_package(build)
+    return optimized
