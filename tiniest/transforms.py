@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tiniest.env import env_int
-from tiniest.errors import PreprocessError
+from tiniest.errors import PreprocessError, TiniestError
 from tiniest.extras import require_extra
 from tiniest.files import open_regular
 
@@ -152,7 +152,7 @@ def _pil_to_unit(image: Any, *, origin: str, size: tuple[int, int]) -> torch.Ten
             _resize(_rgb(image.crop((0, top, full_width, min(full_height, top + rows)))), (-1, width))
             for top in range(0, full_height, rows)
         ]
-    except PreprocessError:
+    except TiniestError:  # ours, already saying what went wrong
         raise
     except _decoder_errors() as error:
         raise PreprocessError(f"{origin}: expected a readable image ({type(error).__name__}: {error})") from None
@@ -213,7 +213,7 @@ def _read_file(path: str | os.PathLike[str], size: tuple[int, int]) -> torch.Ten
             side = 2 * max(size)  # as Image.thumbnail's reducing_gap=2: scaled in the decoder, then resampled
             image.draft(None, (side, side))
             return _pil_to_unit(image, origin=origin, size=size)
-    except PreprocessError:
+    except TiniestError:  # ours, already saying what went wrong
         raise
     except _decoder_errors() as error:  # opening and identifying the file
         raise PreprocessError(f"{origin}: expected a readable image ({error})") from None
