@@ -49,7 +49,7 @@ import torch
 
 from tiniest.classes import CIFAR10_CLASSES
 from tiniest.errors import DatasetError, PreprocessError
-from tiniest.files import open_regular
+from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, PART_SUFFIX, cache_dir, save_atomically
 
 __all__ = [
@@ -289,12 +289,9 @@ def _check_pickle(data: bytes) -> None:
 def _unpickle(path: Path) -> dict[str, Any]:
     name = os.fspath(path)
     try:
-        with open_regular(path) as handle:
-            data = handle.read(MAX_PICKLE_BYTES + 1)
+        data = read_regular(path, MAX_PICKLE_BYTES)
     except OSError as error:
-        raise DatasetError(f"cannot read {name!r}: {error}") from None
-    if len(data) > MAX_PICKLE_BYTES:
-        raise DatasetError(f"{name!r}: expected a CIFAR-10 python batch of at most {MAX_PICKLE_BYTES:,} bytes")
+        raise DatasetError(f"cannot read {name!r}, expected a CIFAR-10 python batch: {error}") from None
     try:
         _check_pickle(data)
         obj = DataOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
@@ -319,7 +316,7 @@ def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
     if split not in CIFAR_BATCHES:
         raise DatasetError(f"cifar-10-batches-py has splits {sorted(CIFAR_BATCHES)}, got {split!r}")
     paths = [folder / name for name in CIFAR_BATCHES[split]]
-    missing = [p.name for p in paths if not p.is_file()]
+    missing = [p.name for p in paths if not p.exists()]  # a FIFO or folder in their place: refused when read
     if missing:
         raise DatasetError(f"{os.fspath(folder)!r}: split {split!r} needs {', '.join(missing)}, which is missing")
     sources = [*paths, folder / "batches.meta"] if (folder / "batches.meta").is_file() else paths
@@ -444,10 +441,7 @@ def _read_cache(target: Path, key: str, most_images: int) -> LabeledImages | Non
 
     limit = most_images * (3 * 32 * 32 + 8 + 4096) + 2**20  # pixels, a label and a skipped file's reason each
     try:
-        with open_regular(target) as handle:
-            data = handle.read(limit + 1)
-        if len(data) > limit:
-            raise ValueError(f"{len(data)} bytes where at most {limit} are expected")
+        data = read_regular(target, limit)
         _, header, payload = _split(data)
         meta = header.get("__metadata__") or {}
         if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(payload).hexdigest():

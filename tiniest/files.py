@@ -13,7 +13,7 @@ import os
 import stat
 from typing import BinaryIO
 
-__all__ = ["open_regular"]
+__all__ = ["open_regular", "read_regular"]
 
 _KINDS = {
     stat.S_IFDIR: "a folder",
@@ -43,3 +43,16 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     except BaseException:
         os.close(descriptor)
         raise
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of the regular file ``path``; an :class:`OSError` when it holds more than ``limit``.
+
+    The buffer is sized by the file, not by ``limit`` (``read(n)`` allocates ``n`` bytes first).
+    """
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(min(size, limit) + 1)
+    if len(data) > limit:
+        raise OSError(f"{os.fspath(path)!r} holds more than {limit:,} bytes")
+    return data
