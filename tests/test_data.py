@@ -334,3 +334,146 @@ def test_hugging_face_dataset_repo_through_a_loopback_hub(tmp_path: Path, server
 def test_bad_hugging_face_spec_is_rejected() -> None:
     with pytest.raises(DatasetError, match=r"expected hf://owner/name\[@revision\]"):
         load_split("hf://just-a-name", "test")
+
+
+# --------------------------------------------------------------------------- hostile pickles and caches
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        # BINBYTES declaring 2 GB in a file of a few bytes: the C unpickler allocated it before reading
+        (b"\x80\x04}C\x04dataB" + struct.pack("<I", 0x7FFFFFFF) + b"abc" * 30 + b"s.", "expected 2147483647 bytes"),
+        # BINBYTES8 declaring 32 TB: a MemoryError traceback
+        (b"\x80\x04\x8e" + struct.pack("<Q", 2**45) + b"abc.", "but only 4 remain"),
+        # a memo index of 2**31: the C unpickler grew its memo to it
+        (b"\x80\x04Nr" + struct.pack("<I", 2**31) + b".", "memo index 2147483648"),
+    ],
+)
+def test_pickles_declaring_more_than_they_hold_are_refused_before_allocating(
+    tmp_path: Path, payload: bytes, message: str
+) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    make_cifar_batches(folder)
+    (folder / "test_batch").write_bytes(payload)
+    script = f"""
+import tracemalloc
+from tiniest.data import load_split
+from tiniest.errors import DatasetError
+tracemalloc.start()
+try:
+    load_split({str(folder)!r}, "test")
+except DatasetError as error:
+    print(error)
+print(tracemalloc.get_traced_memory()[1] // 2**20)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    error, peak_mb = done.stdout.strip().splitlines()
+    assert "test_batch': expected a CIFAR-10 python batch" in error and message in error
+    assert int(peak_mb) < 50, f"{peak_mb} MB allocated for a {len(payload)}-byte file"
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        ({b"data": np.zeros((10_001, 3072), np.uint8), b"labels": [0] * 10_001}, "at most 10000 rows, got 10001"),
+        ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 2**70]}, r"list of ints \(0 to 2\*\*31 - 1\)"),
+        ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]}, r"labels outside 0\.\.9"),
+        ({b"data": np.zeros((4, 3000), np.uint8), b"labels": [0] * 4}, "expected uint8 rows of 3072 values"),
+    ],
+)
+def test_cifar_batches_outside_cifars_layout_are_refused(tmp_path: Path, batch: dict, message: str) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    make_cifar_batches(folder)
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=4))
+    with pytest.raises(DatasetError, match=message):
+        load_split(folder, "test")
+
+
+def test_a_pickle_declaring_a_wrong_array_size_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    make_cifar_batches(folder)
+    payload = pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 4}, protocol=2)
+    (folder / "test_batch").write_bytes(payload.replace(b"K\x04M\x00\x0c", b"J\xff\xff\xff\x7fM\x00\x0c", 1))
+    with pytest.raises(DatasetError, match=r"12288 bytes do not fill the shape \(2147483647, 3072\)"):
+        load_split(folder, "test")
+    (folder / "data_batch_1").unlink()
+    os.mkfifo(folder / "data_batch_1")  # a FIFO named like a batch: refused, not waited on
+    with pytest.raises(DatasetError, match=r"data_batch_1' is a FIFO \(named pipe\), not a regular file"):
+        load_split(folder, "train")
+
+
+def labels_offset(cache: Path) -> int:
+    """Where the labels' bytes start in a cache file (from its safetensors header)."""
+    data = cache.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    return 8 + length + json.loads(data[8 : 8 + length])["labels"]["data_offsets"][0]
+
+
+def test_a_cache_file_with_altered_labels_is_rebuilt_not_trusted(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "test")
+    expected = load_split(tmp_path, "test")
+    (cache,) = cache_files()
+    data = bytearray(cache.read_bytes())
+    data[labels_offset(cache)] = 2  # the first image, a cat (0), now says ship (2): same size, valid file
+    cache.write_bytes(bytes(data))
+    again = load_split(tmp_path, "test")
+    assert again.labels.tolist() == expected.labels.tolist()
+    assert cache.read_bytes()[labels_offset(cache)] == 0, "the altered file was replaced"
+
+
+def test_a_cache_file_truncated_under_a_reader_never_kills_it(tmp_path: Path) -> None:
+    """The file is cut to 100 bytes right after the reader opens it (however it opens it: safetensors'
+    mmap or tiniest.files): a reader of a mapped file dies with SIGBUS or reads zeros (both seen); it must
+    notice and decode again instead."""
+    make_image_folder(tmp_path / "test")
+    expected = load_split(tmp_path, "test")
+    (cache,) = cache_files()
+    script = f"""
+import importlib, json, os, sys, safetensors, tiniest.data as data
+cache = {str(cache)!r}
+def truncating(opener):
+    def wrapped(path, *args, **kwargs):
+        handle = opener(path, *args, **kwargs)
+        if os.fspath(path) == cache:
+            os.truncate(cache, 100)
+        return handle
+    return wrapped
+safetensors.safe_open = truncating(safetensors.safe_open)
+try:
+    files = importlib.import_module("tiniest.files")
+    files.open_regular = truncating(files.open_regular)
+except ImportError:
+    pass  # before tiniest.files: the cache was read through safe_open alone
+split = data.load_split({str(tmp_path)!r}, "test")
+json.dump(split.labels.tolist(), sys.stdout)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"the reader died (exit {done.returncode}): {done.stderr[-2000:]}"
+    assert json.loads(done.stdout) == expected.labels.tolist()
+    assert cache.stat().st_size > 100, "the truncated file was replaced"
+
+
+def test_temporary_files_of_a_killed_cache_writer_are_removed(tmp_path: Path) -> None:
+    """A writer SIGKILLed between writing and renaming leaves its .part file; a later load removes it
+    once it is old enough that no live writer can own it, and leaves a fresh one (a peer's) alone."""
+    make_image_folder(tmp_path / "test")
+    script = f"""
+import os, signal
+from tiniest.data import load_split
+os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # killed as the cache file is flushed
+load_split({str(tmp_path)!r}, "test")
+"""
+    killed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    folder = Path(os.environ["TINIEST_CACHE"]) / "datasets"
+    (left,) = folder.glob(".*.part")
+    assert left.stat().st_size > 9 * 3072, "the killed writer had written its data"
+    hour_ago = left.stat().st_mtime - 3700
+    os.utime(left, (hour_ago, hour_ago))
+    fresh = folder / ".other.safetensors.0123.part"
+    fresh.write_bytes(b"a peer writing now")
+    load_split(tmp_path, "test")
+    assert not left.exists() and fresh.exists()
+    assert [p.name for p in cache_files() if p.suffix == ".safetensors"] != []

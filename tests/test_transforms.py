@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import tiniest
-from tiniest.errors import PreprocessError
+from tiniest.errors import PreprocessError, UsageError
 from tiniest.transforms import Preprocess, decode_image, preprocess, to_uint8_images
 from tiniest.weights import TiniestWeights
 
@@ -305,3 +305,186 @@ print(json.dumps(tiniest.preprocess({str(tmp_path / "a.png")!r}).add(0.5).mul(25
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [torch.from_numpy(pixels).permute(2, 0, 1).tolist()]
+
+
+# --------------------------------------------------------------------------- hostile and unusual files
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def broken_png() -> bytes:
+    """72 bytes: a 4x4 PNG whose pixel data stops after 10 bytes, followed by a chunk with a garbage name.
+
+    Pillow identifies it, then its decoder raises ``SyntaxError: broken PNG file`` while loading.
+    """
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+    data = png_chunk(b"IDAT", zlib.compress(bytes(range(52)))[:10])
+    return b"\x89PNG\r\n\x1a\n" + header + data + b"\0\0\0\x05\x01\x02\x03\x04" + b"\0" * 9
+
+
+def test_a_broken_png_is_a_preprocess_error_naming_the_file_everywhere(tmp_path: Path) -> None:
+    path = tmp_path / "broken.png"
+    path.write_bytes(broken_png())
+    # The file is what the test says: Pillow's decoder raises SyntaxError.
+    with Image.open(path) as image, pytest.raises(SyntaxError, match="broken PNG file"):
+        image.load()
+    expected = r"cannot read image file '.*broken\.png': expected a readable image \(SyntaxError: broken PNG file"
+    with pytest.raises(PreprocessError, match=expected):
+        preprocess(path)
+    with pytest.raises(PreprocessError, match=expected):
+        decode_image(path)
+    with pytest.raises(PreprocessError, match=r"PIL image: expected a readable image \(SyntaxError"):
+        preprocess(Image.open(path))  # opened lazily by the caller: decoded here
+    model = tiniest.Tiniest().eval()
+    with pytest.raises(PreprocessError, match=expected):
+        tiniest.predict(path, model=model)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(good)
+    report = tiniest.predict([path, good], model=model, errors="report")
+    assert report[0].error is not None and "broken.png" in report[0].error and report[1].error is None
+
+
+MODE_COLORS: dict[str, object] = {
+    "1": 1,
+    "L": 77,
+    "P": 5,
+    "RGB": (10, 20, 30),
+    "RGBX": (10, 20, 30, 0),
+    "CMYK": (0, 50, 100, 0),
+    "YCbCr": (128, 100, 150),
+    "LAB": (200, 128, 128),
+    "HSV": (0, 0, 200),
+    "LA": (77, 0),
+    "PA": (5, 255),
+    "RGBA": (10, 20, 30, 128),
+    "La": (100, 128),
+    "RGBa": (10, 20, 30, 128),
+    "I;16": 0x1234,
+    "I;16B": 0xABCD,
+    "I;16L": 0x00FF,
+    "I;16N": 0xFF00,
+}
+
+
+def expected_rgb(mode: str, color: object) -> tuple[int, int, int]:
+    """The documented conversion of one pixel, written out per kind of mode."""
+    if mode.startswith("I;16"):
+        high = int(color) >> 8  # type: ignore[call-overload]
+        return (high, high, high)
+    if mode in ("La", "RGBa"):  # premultiplied: colour + (255 - alpha)
+        *channels, alpha = color  # type: ignore[misc]
+        values = [min(255, c + 255 - alpha) for c in channels]
+        return (values[0],) * 3 if len(values) == 1 else (values[0], values[1], values[2])
+    if mode in ("LA", "PA", "RGBA"):  # straight alpha, onto white
+        rgba = Image.new(mode, (1, 1), color).convert("RGBA").getpixel((0, 0))
+        r, g, b, a = rgba  # type: ignore[misc]
+        return tuple(round((c * a + 255 * (255 - a)) / 255) for c in (r, g, b))  # type: ignore[return-value]
+    return Image.new(mode, (1, 1), color).convert("RGB").getpixel((0, 0))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("mode", sorted(MODE_COLORS))
+def test_every_pil_mode_becomes_rgb_by_its_documented_conversion(mode: str) -> None:
+    image = Image.new(mode, (40, 24), MODE_COLORS[mode])  # not 32x32: the resize is exercised too
+    out = to_uint8_images(image)
+    assert out.shape == (1, 3, 32, 32)
+    got = tuple(int(v) for v in out[0, :, 0, 0])
+    assert all(abs(g - e) <= 1 for g, e in zip(got, expected_rgb(mode, MODE_COLORS[mode]), strict=True)), got
+    assert bool((out == out[:, :, :1, :1]).all()), "a flat picture stays flat"
+
+
+def test_premultiplied_la_is_composited_onto_white_not_a_bare_value_error() -> None:
+    with pytest.raises(ValueError):  # what Pillow does with it: the reason this mode is handled by hand
+        Image.new("La", (2, 2), (100, 128)).convert("RGB")
+    assert to_uint8_images(Image.new("La", (32, 32), (100, 128)))[0, :, 5, 5].tolist() == [227, 227, 227]
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_32_bit_modes_are_refused_with_the_reason(mode: str) -> None:
+    with pytest.raises(PreprocessError, match=f"got PIL mode '{mode}', whose range is unknown"):
+        preprocess(Image.new(mode, (32, 32)))
+
+
+def test_a_pixel_cap_refuses_huge_declared_sizes_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(tmp_path / "a.png")
+    monkeypatch.setenv("TINIEST_MAX_PIXELS", "1000")
+    message = r"a\.png': expected at most 1,000 pixels \(TINIEST_MAX_PIXELS\).* it declares 40x30 = 1,200 pixels"
+    with pytest.raises(PreprocessError, match=message):
+        preprocess(tmp_path / "a.png")
+    with pytest.raises(PreprocessError, match="PIL image: expected at most 1,000 pixels"):
+        preprocess(Image.new("RGB", (40, 30)))
+    monkeypatch.setenv("TINIEST_MAX_PIXELS", "1200")
+    assert preprocess(tmp_path / "a.png").shape == (1, 3, 32, 32)
+    monkeypatch.setenv("TINIEST_MAX_PIXELS", "lots")
+    with pytest.raises(UsageError, match=r"TINIEST_MAX_PIXELS: expected a whole number in \[1, inf\], got 'lots'"):
+        preprocess(tmp_path / "a.png")
+
+
+def declared_png(path: Path, width: int, height: int) -> int:
+    """A black RGB PNG of ``width`` x ``height`` written a row at a time (the test never holds its pixels)."""
+    squeeze = zlib.compressobj(9)
+    row = bytes(1 + 3 * width)
+    body = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b""))
+    return path.stat().st_size
+
+
+def test_one_image_costs_bounded_memory_whatever_it_declares(tmp_path: Path) -> None:
+    """Peak RSS of a fresh process: a 12900x12900 PNG (166 megapixels, under Pillow's bomb limit) is refused
+    from its header; a 6000x5000 PNG under the cap (30 megapixels) costs its decoded pixels, about 4 bytes
+    each, not the 20-odd bytes per pixel of converting and resizing it whole."""
+    bomb, big = tmp_path / "bomb.png", tmp_path / "big.png"
+    assert declared_png(bomb, 12900, 12900) < 1_000_000
+    declared_png(big, 6000, 5000)
+    script = f"""
+import resource, warnings, tiniest
+warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning for the first file
+def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+tiniest.preprocess(tiniest.preprocess.__globals__["torch"].zeros(3, 64, 64))
+start = peak()
+try:
+    tiniest.preprocess({str(bomb)!r})
+except tiniest.errors.PreprocessError as error:
+    print(error)
+after_bomb = peak()
+assert tiniest.preprocess({str(big)!r}).shape == (1, 3, 32, 32)
+print(after_bomb - start, peak() - start)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    message, grown = done.stdout.strip().splitlines()
+    assert "bomb.png': expected at most 33,554,432 pixels" in message and "12900x12900" in message
+    bomb_mb, big_mb = (int(v) for v in grown.split())
+    assert bomb_mb < 20, f"a refused 12900x12900 PNG grew peak memory by {bomb_mb} MB"
+    assert big_mb < 6000 * 5000 * 4 / 2**20 + 60, f"a 30-megapixel PNG grew peak memory by {big_mb} MB"
+
+
+def test_only_regular_files_are_opened(tmp_path: Path) -> None:
+    """A FIFO named like an image blocked predict for ever; folders, devices and sockets are refused too."""
+    import os
+    import socket
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    script = f"""
+import tiniest
+model = tiniest.Tiniest().eval()
+print(tiniest.predict([{str(fifo)!r}], model=model, errors="report")[0].error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "x.png' is a FIFO (named pipe), not a regular file" in done.stdout
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "s.png"))
+    try:
+        for name, kind in [("folder.png", "a folder"), ("zero.png", "a character device"), ("s.png", "a socket")]:
+            with pytest.raises(PreprocessError, match=f"cannot read image file .*{name}' is {kind}, not a regular"):
+                preprocess(tmp_path / name)
+    finally:
+        server.close()

@@ -17,8 +17,14 @@ file read, its relative name, size and modification time (nanoseconds): stat-ing
 costs milliseconds where re-hashing their content would cost a read of the whole dataset on every
 run, and any copy, edit, addition or removal changes at least one of these. A changed source
 therefore misses the cache and replaces the stale file; writes go through a temporary file and
-``os.replace`` so that a crash never leaves a half-written cache, and an unreadable cache file is
-decoded again rather than trusted.
+``os.replace`` so that a crash never leaves a half-written cache (the temporary files of a killed
+writer are removed an hour later). A cache file is read whole into memory, never mapped (truncating a
+mapped file kills its reader with SIGBUS), and is used only if the sha256 of its tensors, stored in its
+metadata, matches: a truncated, altered or unreadable cache file is decoded again, never trusted.
+
+The CIFAR pickles are read whole (at most 64 MiB, a batch is 31 MB), every length and memo index
+they declare is checked against their bytes before unpickling (``pickletools.genops``), then the
+arrays against CIFAR's layout (rows of 3072 uint8 values, at most 10,000 per batch).
 """
 
 from __future__ import annotations
@@ -26,8 +32,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import math
 import os
 import pickle
+import pickletools
+import struct
+import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +49,8 @@ import torch
 
 from tiniest.classes import CIFAR10_CLASSES
 from tiniest.errors import DatasetError, PreprocessError
-from tiniest.storage import HF_PREFIX, cache_dir, save_atomically
+from tiniest.files import read_regular
+from tiniest.storage import HF_PREFIX, PART_SUFFIX, cache_dir, save_atomically
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -49,7 +61,12 @@ __all__ = [
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
-CACHE_FORMAT = 2  # 2: EXIF orientation and reduced-scale JPEG decoding; skipped files recorded
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 3  # 2: EXIF orientation and reduced-scale JPEG decoding; skipped files recorded; 3: sha256
+# A CIFAR-10 batch: 10,000 rows of 3072 uint8 values, a 31,035,704-byte pickle; anything larger is not one.
+CIFAR_ROWS = 10_000
+MAX_PICKLE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -147,7 +164,7 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
             raise DatasetError(f"{os.fspath(folder)!r}: none of its {len(files)} image files could be read")
         return LabeledImages(torch.stack(images), torch.tensor(labels, dtype=torch.int64), names, tuple(skipped))
 
-    result = _cached(fingerprint, decode)
+    result = _cached(fingerprint, len(files), decode)
     if result.skipped and not skip_unreadable:  # decoded earlier with skip_unreadable: still strict now
         raise PreprocessError(result.skipped[0][1])
     return result
@@ -231,38 +248,57 @@ _DTYPES = {"u1": torch.uint8, "i1": torch.int8, "i2": torch.int16, "i4": torch.i
 
 
 def _to_tensor(value: Any, *, what: str) -> torch.Tensor:
-    """A recorded numpy array (or a list of ints) as a tensor, checked."""
-    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+    """A recorded numpy array (or a list of ints) as a tensor, checked against its bytes before anything is built."""
+    if isinstance(value, list) and all(isinstance(v, int) and 0 <= v < 2**31 for v in value):
         return torch.tensor(value, dtype=torch.int64)
     if not isinstance(value, _ArrayStub) or value.state is None or len(value.state) != 5:
-        raise DatasetError(f"{what}: expected a numpy array or a list of ints, got {type(value).__name__}")
+        raise DatasetError(
+            f"{what}: expected a numpy array or a list of ints (0 to 2**31 - 1), got {type(value).__name__}"
+        )
     _, shape, dtype, fortran, raw = value.state
     if not isinstance(dtype, _DTypeStub) or dtype.name not in _DTYPES or fortran:
         raise DatasetError(f"{what}: expected a C-ordered integer array, got dtype {getattr(dtype, 'name', dtype)!r}")
     if dtype.byteorder == ">" or not isinstance(raw, (bytes, bytearray, str)):
         raise DatasetError(f"{what}: expected little-endian raw bytes, got byte order {dtype.byteorder!r}")
+    if not (isinstance(shape, tuple) and len(shape) <= 4 and all(isinstance(s, int) and s >= 0 for s in shape)):
+        raise DatasetError(f"{what}: expected a shape of at most 4 non-negative ints, got {shape!r}")
     data = raw.encode("latin1") if isinstance(raw, str) else bytes(raw)
-    tensor = (
-        torch.frombuffer(bytearray(data), dtype=_DTYPES[dtype.name])
-        if data
-        else torch.empty(0, dtype=_DTYPES[dtype.name])
-    )
-    shape = tuple(int(s) for s in shape)
-    if tensor.numel() != (torch.Size(shape).numel()):
-        raise DatasetError(f"{what}: {tensor.numel()} values do not fill the shape {shape}")
-    return tensor.reshape(shape)
+    itemsize = _DTYPES[dtype.name].itemsize
+    if len(data) != math.prod(shape) * itemsize:
+        raise DatasetError(f"{what}: {len(data)} bytes do not fill the shape {shape} of {itemsize}-byte values")
+    kind = _DTYPES[dtype.name]
+    return (torch.frombuffer(bytearray(data), dtype=kind) if data else torch.empty(0, dtype=kind)).reshape(shape)
+
+
+def _check_pickle(data: bytes) -> None:
+    """Refuse a pickle that declares more than it holds, before unpickling it.
+
+    The C unpickler allocates a declared length before reading it (a 116-byte file asks for 2 GB) and
+    grows its memo to any index it is given: every length must fit in the bytes that follow
+    (``pickletools.genops`` checks that as it reads) and every memo index in the opcodes seen so far.
+    """
+    memo = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+    for count, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(data)), start=1):
+        number = arg if isinstance(arg, int) else 0
+        if opcode.name in memo and not 0 <= number <= count:
+            raise pickle.UnpicklingError(f"memo index {arg} after {count} opcodes")
+        if opcode.name == "FRAME" and number > len(data):
+            raise pickle.UnpicklingError(f"a frame of {arg} bytes in a file of {len(data)}")
 
 
 def _unpickle(path: Path) -> dict[str, Any]:
+    name = os.fspath(path)
     try:
-        with path.open("rb") as handle:
-            obj = DataOnlyUnpickler(io.BufferedReader(handle), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
-        raise DatasetError(
-            f"{os.fspath(path)!r}: expected a CIFAR-10 python batch (plain-data pickle): {error}"
-        ) from None
+        data = read_regular(path, MAX_PICKLE_BYTES)
+    except OSError as error:
+        raise DatasetError(f"cannot read {name!r}, expected a CIFAR-10 python batch: {error}") from None
+    try:
+        _check_pickle(data)
+        obj = DataOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as error:
+        raise DatasetError(f"{name!r}: expected a CIFAR-10 python batch (plain-data pickle): {error}") from None
     if not isinstance(obj, dict):
-        raise DatasetError(f"{os.fspath(path)!r}: expected a dict, got {type(obj).__name__}")
+        raise DatasetError(f"{name!r}: expected a dict, got {type(obj).__name__}")
     return {key.decode("latin1") if isinstance(key, bytes) else str(key): value for key, value in obj.items()}
 
 
@@ -280,7 +316,7 @@ def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
     if split not in CIFAR_BATCHES:
         raise DatasetError(f"cifar-10-batches-py has splits {sorted(CIFAR_BATCHES)}, got {split!r}")
     paths = [folder / name for name in CIFAR_BATCHES[split]]
-    missing = [p.name for p in paths if not p.is_file()]
+    missing = [p.name for p in paths if not p.exists()]  # a FIFO or folder in their place: refused when read
     if missing:
         raise DatasetError(f"{os.fspath(folder)!r}: split {split!r} needs {', '.join(missing)}, which is missing")
     sources = [*paths, folder / "batches.meta"] if (folder / "batches.meta").is_file() else paths
@@ -300,6 +336,8 @@ def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
                 raise DatasetError(
                     f"{path.name} data: expected uint8 rows of 3072 values, got {data.dtype} {tuple(data.shape)}"
                 )
+            if data.shape[0] > CIFAR_ROWS:
+                raise DatasetError(f"{path.name} data: expected at most {CIFAR_ROWS} rows, got {data.shape[0]}")
             if label.shape[0] != data.shape[0]:
                 raise DatasetError(f"{path.name}: {data.shape[0]} images but {label.shape[0]} labels")
             images.append(data.reshape(-1, 3, 32, 32))
@@ -309,7 +347,7 @@ def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
             raise DatasetError(f"{os.fspath(folder)!r}: labels outside 0..{len(classes) - 1}")
         return LabeledImages(torch.cat(images), label_tensor, classes)
 
-    return _cached(fingerprint, decode)
+    return _cached(fingerprint, CIFAR_ROWS * len(paths), decode)
 
 
 # --------------------------------------------------------------------------- Hugging Face
@@ -341,9 +379,16 @@ def _hf_split_folder(spec: str, split: str) -> Path:
 # --------------------------------------------------------------------------- cache
 
 
-def _cached(fingerprint: dict[str, Any], decode: Callable[[], LabeledImages]) -> LabeledImages:
-    """``decode()``'s result, from the cache when ``fingerprint`` matches, else decoded and stored."""
-    from safetensors import SafetensorError, safe_open
+STALE_PART_S = 3600  # a cache file is written from memory in seconds: a temporary file this old lost its writer
+
+
+def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], LabeledImages]) -> LabeledImages:
+    """``decode()``'s result, from the cache when ``fingerprint`` matches, else decoded and stored.
+
+    A cache file is read whole into memory, never mapped (a file truncated under a mapping kills the
+    reader with SIGBUS), and only used when its size is plausible for ``most_images`` images, its
+    sha256 (stored in its metadata) matches and its tensors fit: anything else is decoded again.
+    """
     from safetensors.torch import save
 
     fingerprint = {"format": CACHE_FORMAT, **fingerprint}
@@ -352,26 +397,20 @@ def _cached(fingerprint: dict[str, Any], decode: Callable[[], LabeledImages]) ->
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     folder = cache_dir() / "datasets"
     target = folder / f"{prefix}-{key[:16]}.safetensors"
-    if target.is_file():
-        try:
-            with safe_open(target, framework="pt") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("key") == key:
-                    classes = tuple(json.loads(meta["classes"]))
-                    skipped = tuple((str(f), str(r)) for f, r in json.loads(meta.get("skipped", "[]")))
-                    return LabeledImages(handle.get_tensor("images"), handle.get_tensor("labels"), classes, skipped)
-        except (SafetensorError, OSError, KeyError, ValueError):
-            pass  # unreadable or foreign: decode again and overwrite
+    _remove_stale_parts(folder)
+    cached = _read_cache(target, key, most_images)
+    if cached is not None:
+        return cached
     result = decode()
-    data = save(
-        {"images": result.images.contiguous(), "labels": result.labels.contiguous()},
-        metadata={
-            "key": key,
-            "classes": json.dumps(list(result.classes)),
-            "skipped": json.dumps([list(entry) for entry in result.skipped]),
-            "root": fingerprint["root"],
-        },
-    )
+    tensors = {"images": result.images.contiguous(), "labels": result.labels.contiguous()}
+    metadata = {
+        "key": key,
+        "classes": json.dumps(list(result.classes)),
+        "skipped": json.dumps([list(entry) for entry in result.skipped]),
+        "root": fingerprint["root"],
+    }
+    payload = _split(save(tensors, metadata=metadata))[2]  # the tensor bytes, whatever the header says
+    data = save(tensors, metadata={**metadata, "sha256": hashlib.sha256(payload).hexdigest()})
     try:
         save_atomically(target, data)
         for stale in folder.glob(f"{prefix}-*.safetensors"):
@@ -380,3 +419,58 @@ def _cached(fingerprint: dict[str, Any], decode: Callable[[], LabeledImages]) ->
     except OSError as error:  # a read-only or full cache costs speed, not correctness
         warnings.warn(f"could not write the dataset cache {os.fspath(target)!r}: {error}", stacklevel=3)
     return result
+
+
+def _split(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
+    """A safetensors file's header length, header and tensor bytes; ``ValueError`` when it is not one."""
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > len(data) - 8:
+        raise ValueError(f"a header of {length} bytes in a file of {len(data)}")
+    header = json.loads(data[8 : 8 + length])
+    if not isinstance(header, dict):
+        raise ValueError("a header that is not an object")
+    return length, header, memoryview(data)[8 + length :]
+
+
+def _read_cache(target: Path, key: str, most_images: int) -> LabeledImages | None:
+    """The cache file ``target`` if it is whole and ours (``key``, sha256, shapes), else ``None``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    limit = most_images * (3 * 32 * 32 + 8 + 4096) + 2**20  # pixels, a label and a skipped file's reason each
+    try:
+        data = read_regular(target, limit)
+        _, header, payload = _split(data)
+        meta = header.get("__metadata__") or {}
+        if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(payload).hexdigest():
+            raise ValueError("not the file written for this source, or altered since")
+        tensors = load(data)
+        images, labels = tensors["images"], tensors["labels"]
+        classes = tuple(str(name) for name in json.loads(meta["classes"]))
+        skipped = tuple((str(f), str(r)) for f, r in json.loads(meta.get("skipped", "[]")))
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, 32, 32) or labels.shape != images.shape[:1]:
+            raise ValueError(f"tensors of shapes {tuple(images.shape)} and {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+            raise ValueError(f"labels outside 0..{len(classes) - 1}")
+    except FileNotFoundError:
+        return None
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as error:  # decoded again and replaced
+        logger.info("dataset cache %s not used: %s", target, error)
+        return None
+    return LabeledImages(images, labels, classes, skipped)
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Delete the temporary files of writers killed before their rename (a live writer's are seconds old)."""
+    try:
+        parts = list(folder.glob(f".*{PART_SUFFIX}"))
+    except OSError:
+        return
+    for part in parts:
+        try:
+            if time.time() - part.lstat().st_mtime > STALE_PART_S:
+                part.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove: the next writer tries again

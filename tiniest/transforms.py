@@ -2,15 +2,18 @@
 
 The policy, the input contract, is defined here once (:data:`PREPROCESSING`); release metadata carries
 it (``meta["preprocessing"]``) so that it travels with the weights, and :meth:`Preprocess.from_meta`
-reads it back. This module imports nothing of tiniest but :mod:`tiniest.errors`. Accepted inputs:
+reads it back. This module imports nothing of tiniest but errors, env, extras and files. Accepted inputs:
 
-* a path (``str`` or ``os.PathLike``) to an image file, or a ``PIL.Image.Image``: the EXIF orientation
-  is applied first (phone photos are often stored sideways with a tag saying so); 1-bit, grayscale and
-  palette images become RGB; transparent images (RGBA, LA, palette with transparency) are composited
-  onto white; 16-bit images keep the high byte of each value (what Pillow itself does for 16-bit RGB);
-  32-bit integer and float modes, whose range is unknown, are refused. JPEG files are decoded at a
-  reduced scale (``Image.draft``, at least twice the target size, like ``Image.thumbnail``), so a
-  12-megapixel photo costs a few MB, not hundreds;
+* a path (``str`` or ``os.PathLike``) to an image file (a regular file: a FIFO, folder or device named
+  like an image is refused), or a ``PIL.Image.Image``: the EXIF orientation is applied; 1-bit,
+  grayscale, palette, CMYK, YCbCr, LAB and HSV images become RGB by Pillow's conversion; transparent
+  images (RGBA, LA, PA, palette with transparency, premultiplied RGBa and La) are composited onto white;
+  16-bit images keep the high byte of each value (what Pillow itself does for 16-bit RGB); 32-bit
+  integer and float modes, whose range is unknown, are refused. JPEG files are decoded at a reduced
+  scale (``Image.draft``, at least twice the target size, like ``Image.thumbnail``), so a 12-megapixel
+  photo costs a few MB, not hundreds. An image larger than :data:`MAX_PIXELS` once decoded
+  (``$TINIEST_MAX_PIXELS``) is refused from its header, before decoding; whatever the decoder
+  raises on a broken file becomes a :class:`PreprocessError` naming it;
 * a numpy array, channels last: ``(H, W, C)`` or ``(N, H, W, C)``;
 * a torch tensor, channels first: ``(C, H, W)`` or ``(N, C, H, W)``;
 * a list or tuple of any of these (concatenated into one batch).
@@ -24,6 +27,7 @@ CIFAR-10 images are square crops already): crop your picture first if its subjec
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -31,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tiniest.errors import PreprocessError
+from tiniest.env import env_int
+from tiniest.errors import PreprocessError, TiniestError
 from tiniest.extras import require_extra
+from tiniest.files import open_regular
 
 __all__ = [
     "INPUT_SHIFT",
@@ -58,9 +64,42 @@ PREPROCESSING: dict[str, Any] = {
 }
 _RESIZE = "bilinear with antialiasing"  # what this code implements, whatever size the policy names
 
-_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
-_COLOR_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
-_16_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+# What each PIL mode becomes (tests/test_transforms.py checks them one by one).
+_STRAIGHT_ALPHA = {"RGBA", "LA", "PA"}  # composited onto white (palette transparency too)
+_PREMULTIPLIED = {"RGBa", "La"}  # colour already multiplied by alpha: onto white is colour + (255 - alpha)
+_16_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}  # the high byte of each value
+_COLOR = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}  # Pillow's own conversion to RGB
+_UNKNOWN_RANGE = {"I", "F"}  # 32-bit integer or float: no range to read them in, refused
+
+# The most pixels one image may have once decoded (after JPEG's reduced-scale decoding), 2**25 (8192x4096),
+# and the longest side (JPEG's and WebP's own limit). Pillow keeps at most 4 bytes per pixel; everything
+# after the decode works on stripes of rows (_STRIPE_PIXELS), so one image costs at most about 4 bytes per
+# pixel plus 50 MB: under 200 MB at the cap, where a 12900x12900 PNG (below Pillow's bomb limit) cost 2.6 GB.
+MAX_PIXELS = 2**25
+MAX_PIXELS_VARIABLE = "TINIEST_MAX_PIXELS"
+MAX_SIDE = 65535
+_STRIPE_PIXELS = 2**20
+
+
+def _decoder_errors() -> tuple[type[BaseException], ...]:
+    """What Pillow's decoders raise on a broken or hostile file (its own fuzzing tests accept these)."""
+    from PIL import Image
+
+    return (
+        OSError,
+        SyntaxError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        EOFError,
+        ZeroDivisionError,
+        OverflowError,
+        MemoryError,
+        struct.error,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,  # raised when warnings are errors
+    )
 
 
 def require_images_extra(*modules: str) -> None:
@@ -76,30 +115,81 @@ def _describe(x: Any) -> str:
     return f"{type(x).__module__}.{type(x).__name__}"
 
 
-def _pil_to_tensor(image: Any, *, origin: str) -> torch.Tensor:
-    """A PIL image as ``(3, H, W)`` uint8 RGB, upright (EXIF orientation applied), alpha composited onto white."""
-    require_images_extra()
-    from PIL import ExifTags, Image, ImageOps
-
-    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-        image = ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode in _16_BIT_MODES:  # the high byte of each value, what Pillow keeps of 16-bit RGB
-        gray = _pixels(image.convert("I"), torch.int32, 1).bitwise_right_shift(8).to(torch.uint8)
-        return gray.expand(-1, -1, 3).permute(2, 0, 1)
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba).convert("RGB")
-    elif mode in _COLOR_MODES:
-        image = image.convert("RGB")
-    else:
+def _check_pixels(image: Any, origin: str) -> None:
+    """Refuse, before decoding, an image larger than the caps: its header alone says how large it is."""
+    cap = env_int(MAX_PIXELS_VARIABLE, MAX_PIXELS, low=1)
+    width, height = image.size
+    if width * height > cap or max(width, height) > MAX_SIDE:
         raise PreprocessError(
-            f"{origin}: expected an 8- or 16-bit image (RGB, RGBA, grayscale or palette), got PIL mode {mode!r}"
+            f"{origin}: expected at most {cap:,} pixels ({MAX_PIXELS_VARIABLE}) and sides of at most "
+            f"{MAX_SIDE:,}, it declares {width}x{height} = {width * height:,} pixels"
         )
-    return _pixels(image, torch.uint8, 3).permute(2, 0, 1)
+
+
+def _pil_to_unit(image: Any, *, origin: str, size: tuple[int, int]) -> torch.Tensor:
+    """A PIL image as ``(1, 3, *size)`` float RGB in [0, 1]: upright, alpha composited onto white, resized.
+
+    Decoding happens here (PIL opens lazily): whatever Pillow raises becomes a :class:`PreprocessError`.
+    Converted and resized across a stripe of rows at a time, so that only the decoded image is held whole.
+    """
+    require_images_extra()
+    from PIL import ExifTags
+
+    if image.mode in _UNKNOWN_RANGE:
+        raise PreprocessError(
+            f"{origin}: expected an 8- or 16-bit image (RGB, RGBA, grayscale or palette), got PIL mode "
+            f"{image.mode!r}, whose range is unknown: scale it to 8 bits first"
+        )
+    if image.mode not in {*_STRAIGHT_ALPHA, *_PREMULTIPLIED, *_16_BIT, *_COLOR}:
+        raise PreprocessError(f"{origin}: expected an image in a known PIL mode, got {image.mode!r}")
+    _check_pixels(image, origin)
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        height, width = size[::-1] if orientation in (5, 6, 7, 8) else size  # before turning upright
+        full_width, full_height = image.size
+        rows = max(1, _STRIPE_PIXELS // full_width)
+        stripes = [  # the horizontal half of the separable resize, a stripe at a time
+            _resize(_rgb(image.crop((0, top, full_width, min(full_height, top + rows)))), (-1, width))
+            for top in range(0, full_height, rows)
+        ]
+    except TiniestError:  # ours, already saying what went wrong
+        raise
+    except _decoder_errors() as error:
+        raise PreprocessError(f"{origin}: expected a readable image ({type(error).__name__}: {error})") from None
+    return _upright(_resize(torch.cat(stripes, dim=2), (height, width)), orientation)
+
+
+def _upright(batch: torch.Tensor, orientation: int) -> torch.Tensor:
+    """``batch`` turned as EXIF ``orientation`` asks (what ``ImageOps.exif_transpose`` does to a picture)."""
+    turned = {
+        2: lambda: batch.flip(3),
+        3: lambda: batch.flip(2, 3),
+        4: lambda: batch.flip(2),
+        5: lambda: batch.transpose(2, 3),
+        6: lambda: batch.rot90(-1, dims=(2, 3)),
+        7: lambda: batch.transpose(2, 3).flip(2, 3),
+        8: lambda: batch.rot90(1, dims=(2, 3)),
+    }.get(orientation)
+    return turned().contiguous() if turned is not None else batch
+
+
+def _rgb(image: Any) -> torch.Tensor:
+    """A PIL image in one of the modes above as ``(1, 3, H, W)`` float RGB in [0, 1]."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode in _16_BIT:  # the high byte of each value, what Pillow keeps of 16-bit RGB
+        gray = _pixels(image.convert("I"), torch.int32, 1).bitwise_right_shift(8).clamp_(0, 255).to(torch.uint8)
+        pixels = gray.expand(-1, -1, 3)
+    elif mode in _PREMULTIPLIED:
+        both = _pixels(image, torch.uint8, len(mode)).to(torch.int16)
+        pixels = (both[..., :-1] + (255 - both[..., -1:])).clamp_(0, 255).to(torch.uint8).expand(-1, -1, 3)
+    else:
+        if mode in _STRAIGHT_ALPHA or (mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        pixels = _pixels(image.convert("RGB"), torch.uint8, 3)
+    return pixels.permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 
 def _pixels(image: Any, dtype: torch.dtype, channels: int) -> torch.Tensor:
@@ -108,30 +198,30 @@ def _pixels(image: Any, dtype: torch.dtype, channels: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(image.tobytes()), dtype=dtype).reshape(height, width, channels)
 
 
-def _open(path: str | os.PathLike[str], size: tuple[int, int]) -> Any:
-    """The image file at ``path``, decoded at reduced scale where the format allows (JPEG) for ``size``."""
-    require_images_extra()
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def _read_file(path: str | os.PathLike[str], size: tuple[int, int]) -> torch.Tensor:
+    """The image file at ``path`` as ``(1, 3, *size)`` float RGB in [0, 1].
 
+    Only a regular file is opened (a FIFO named ``x.png`` would block for ever). JPEG files are
+    decoded at reduced scale (``draft``) before the pixel cap is checked, so large photos still work.
+    """
+    require_images_extra()
+    from PIL import Image
+
+    origin = f"cannot read image file {os.fspath(path)!r}"
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as handle, Image.open(handle) as image:
             side = 2 * max(size)  # as Image.thumbnail's reducing_gap=2: scaled in the decoder, then resampled
             image.draft(None, (side, side))
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)  # upright before anything else
-            return image
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
-        raise PreprocessError(
-            f"cannot read image file {os.fspath(path)!r}: expected a readable image ({error})"
-        ) from None
+            return _pil_to_unit(image, origin=origin, size=size)
+    except TiniestError:  # ours, already saying what went wrong
+        raise
+    except _decoder_errors() as error:  # opening and identifying the file
+        raise PreprocessError(f"{origin}: expected a readable image ({error})") from None
 
 
 def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """One image file as ``(3, 32, 32)`` uint8 RGB: the form datasets are cached in."""
-    image = _pil_to_tensor(_open(path, INPUT_SIZE), origin=os.fspath(path))
-    if tuple(image.shape[1:]) != INPUT_SIZE:
-        image = _quantize(_resize(image.unsqueeze(0).float().div_(255), INPUT_SIZE))[0]
-    return image
+    return _quantize(_read_file(path, INPUT_SIZE))[0]
 
 
 def _quantize(unit: torch.Tensor) -> torch.Tensor:
@@ -140,7 +230,8 @@ def _quantize(unit: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The documented resize policy: bilinear with antialiasing, straight to ``size``."""
+    """The documented resize policy: bilinear with antialiasing, straight to ``size`` (-1: keep that side)."""
+    size = (size[0] if size[0] > 0 else batch.shape[-2], size[1] if size[1] > 0 else batch.shape[-1])
     if tuple(batch.shape[-2:]) == size:
         return batch
     return F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -191,7 +282,7 @@ def _to_unit_batches(x: Any, size: tuple[int, int]) -> Iterator[torch.Tensor]:
     A generator, so that the caller can resize each batch before the next file is decoded.
     """
     if isinstance(x, (str, os.PathLike)):
-        yield _pil_to_tensor(_open(x, size), origin=os.fspath(x)).unsqueeze(0).float().div_(255)
+        yield _read_file(x, size)
         return
     if isinstance(x, torch.Tensor):
         shape = tuple(x.shape)
@@ -214,7 +305,7 @@ def _to_unit_batches(x: Any, size: tuple[int, int]) -> Iterator[torch.Tensor]:
         return
     kind = type(x)
     if kind.__module__.startswith("PIL.") or kind.__module__ == "PIL":
-        yield _pil_to_tensor(x, origin="PIL image").unsqueeze(0).float().div_(255)
+        yield _pil_to_unit(x, origin="PIL image", size=size)
         return
     if kind.__module__ == "numpy" and kind.__name__ == "ndarray":
         if x.ndim not in (3, 4):
