@@ -12,9 +12,6 @@ A writer holds an ``flock`` on its temporary file while it writes. So the tempor
 writer that was killed (even by SIGKILL) is known to be stale: no process holds it. Every write
 removes those of its target (:func:`remove_stale_parts`); on a system without ``flock`` (Windows)
 only those older than a day are.
-
-Files read from a cache or a folder are opened only if they are regular files
-(:func:`read_regular`): a FIFO would hang the reader, a device would never end.
 """
 
 from __future__ import annotations
@@ -44,7 +41,6 @@ __all__ = [
     "HF_PREFIX",
     "cache_dir",
     "check_output_folder",
-    "read_regular",
     "remove_stale_parts",
     "save_atomically",
     "writer_lock",
@@ -71,23 +67,6 @@ def cache_dir() -> Path:
     if configured is not None:
         return configured
     return (env_path("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiniest"
-
-
-def read_regular(path: Path, limit: int | None = None) -> bytes:
-    """The bytes of ``path`` if it is a regular file (symlinks followed) of at most ``limit`` bytes, else OSError.
-
-    Opened without blocking, so a FIFO in its place is refused at once instead of hanging the reader.
-    """
-    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with os.fdopen(handle, "rb") as file:
-        mode = os.fstat(handle).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a file"
-            raise OSError(errno.EINVAL, f"expected a regular file, found {kind}", str(path))
-        data = file.read() if limit is None else file.read(limit + 1)
-    if limit is not None and len(data) > limit:
-        raise OSError(errno.EFBIG, f"expected at most {limit} bytes, the file holds more", str(path))
-    return data
 
 
 def check_output_folder(path: Path, flag: str = "--output") -> None:

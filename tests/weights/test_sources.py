@@ -573,7 +573,7 @@ def test_a_caller_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
     code = f"from tiniest.weights import load_weights\nload_weights({fifo!r}, progress=False)\n"
     run = run_python(code, {})
     assert "WeightsNotFoundError: could not read the weights you named: " in run.stderr, run.stderr
-    assert "expected a regular file, found a FIFO" in run.stderr
+    assert "is a FIFO (named pipe), not a regular file" in run.stderr
 
 
 def test_the_github_token_never_goes_over_plain_http(server: LoopbackServer, release_bytes: bytes, monkeypatch) -> None:

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from tiniest.errors import DownloadError
-from tiniest.storage import CACHE_ERRNOS, read_regular
+from tiniest.files import read_regular
+from tiniest.storage import CACHE_ERRNOS
 from tiniest.weights._record import Release, describe_mismatch
 from tiniest.weights.artifact import sha256_hex
 from tiniest.weights.download import TRANSIENT_STATUS, default_timeout, with_retries

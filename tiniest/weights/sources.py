@@ -42,7 +42,8 @@ from tiniest.errors import (
     UsageError,
     WeightsNotFoundError,
 )
-from tiniest.storage import read_regular, save_atomically, writer_lock
+from tiniest.files import read_regular
+from tiniest.storage import save_atomically, writer_lock
 from tiniest.weights._record import Release, TiniestWeights, describe_mismatch
 from tiniest.weights.artifact import (
     artifact_metadata,
@@ -227,7 +228,7 @@ def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[byt
         )
     if not path.exists():
         raise WeightsNotFoundError(f"weights file {path} does not exist (expected a .safetensors or .pt file)")
-    return read_regular(path), str(path)
+    return read_regular(path, max_download_bytes()), str(path)
 
 
 def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: bool) -> LoadedWeights:
