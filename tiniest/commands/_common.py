@@ -1,7 +1,8 @@
-"""What the ``export`` and ``release`` commands share: reading ``--metrics`` and making the release file."""
+"""What commands share: ``--device``; reading ``--metrics`` and making the release file (export, release)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,11 @@ from tiniest.errors import UsageError
 from tiniest.hub import check_architecture
 from tiniest.weights import TiniestWeights, build_artifact
 from tiniest.weights.artifact import sha256_hex
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--device``, checked by :func:`tiniest.devices.resolve_device` where it is used."""
+    parser.add_argument("--device", help=f"where the model runs: cpu, cuda, cuda:1, mps, xpu ... (default: {default})")
 
 
 def read_metrics(path: Path | None) -> dict[str, Any] | None:
