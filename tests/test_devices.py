@@ -53,7 +53,8 @@ def test_a_device_this_machine_lacks_names_itself_and_what_is_available() -> Non
 
 @pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:x", "cuda:-1", "", " cpu"])
 def test_a_malformed_name_gets_the_accepted_forms(name: str) -> None:
-    assert refusal(name) == f"device {name!r} is not a device name: {FORMS}; available: {', '.join(available_devices())}"
+    available = ", ".join(available_devices())
+    assert refusal(name) == f"device {name!r} is not a device name: {FORMS}; available: {available}"
 
 
 @pytest.mark.parametrize("name", ["meta", "hpu", "xla"])

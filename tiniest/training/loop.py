@@ -33,6 +33,7 @@ from torch.utils.data import DistributedSampler
 
 from tiniest.data import LabeledImages, load_split
 from tiniest.devices import resolve_device
+from tiniest.env import env_int
 from tiniest.errors import DatasetError, PeerLostError, UsageError
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically
@@ -92,7 +93,7 @@ def _training_device(device: str | torch.device | None) -> torch.device:
     """Where this process trains: ``device``, else a GPU if any; a bare ``cuda`` is the GPU of the ``torchrun`` rank."""
     chosen = resolve_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     if chosen.type == "cuda" and chosen.index is None:
-        chosen = resolve_device(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+        chosen = resolve_device(torch.device("cuda", env_int("LOCAL_RANK", 0, low=0)))
     return chosen
 
 
