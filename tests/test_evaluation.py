@@ -198,3 +198,56 @@ def test_without_the_images_extra_one_line_names_it(tmp_path: Path) -> None:
         assert done.returncode != 0 and "Traceback" not in done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and 'pip install "tiniest[images]"' in lines[0], done.stderr
+
+
+CUDA_HERE = torch.cuda.device_count() if torch.cuda.is_available() else 0
+MISSING = "cuda" if not CUDA_HERE else f"cuda:{CUDA_HERE}"  # a device this machine lacks
+needs_cuda = pytest.mark.skipif(not CUDA_HERE, reason="no CUDA device here (torch.cuda.is_available() is False)")
+
+
+def test_evaluate_runs_on_the_device_asked_for(tmp_path: Path) -> None:
+    tiny_folder(tmp_path, ("cat", "dog", "ship"))
+    data = load_split(tmp_path, "test")
+    torch.manual_seed(0)
+    model = tiniest.tiniest(pretrained=False)
+    expected = evaluate(model, data, batch_size=4)
+    on_cpu = evaluate(model, data, batch_size=4, device="cpu")
+    assert torch.equal(on_cpu.predictions, expected.predictions) and on_cpu.report == expected.report
+    for device, says in ((MISSING, "is not available: "), ("gpu", "is not a device name: "), ("meta", "is not one")):
+        with pytest.raises(tiniest.errors.UsageError, match=r"^device '.*' " + says + r".*; available: cpu"):
+            evaluate(model, data, device=device)
+    assert next(model.parameters()).device == torch.device("cpu"), "a refused device moves nothing"
+
+
+@needs_cuda
+def test_on_cuda_evaluate_gives_the_cpu_answers(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_folder(tmp_path, ("cat", "dog", "ship"))
+    data = load_split(tmp_path, "test")
+    model = tiniest.tiniest(weights=str(shared_checkpoint))
+    expected = evaluate(model, data)
+    on_gpu = evaluate(model, data, device="cuda")
+    assert next(model.parameters()).device.type == "cuda" and on_gpu.predictions.device.type == "cpu"
+    assert torch.equal(on_gpu.predictions, expected.predictions)
+
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    out = tmp_path / "out.json"
+    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--device", "cuda", "--json", str(out)]) == 0
+    said = "tiniest evaluate: the fast path (tiniest.optimize) is CPU-only; on cuda the plain model runs"
+    assert said in capsys.readouterr().err.splitlines()
+    record = json.loads(out.read_text())
+    assert (record["device"], record["model"]) == ("cuda", "eager") and record["correct"] == expected.correct
+
+
+def test_cli_device_is_checked_before_the_data_and_recorded(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
+    assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--quiet", "--device", MISSING]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"tiniest evaluate: error: device '{MISSING}' is not available: ")
+    tiny_folder(tmp_path, ("cat", "ship"))
+    out = tmp_path / "out.json"
+    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--eager", "--device", "cpu", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["device"] == "cpu"

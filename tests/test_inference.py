@@ -193,3 +193,86 @@ def test_without_pillow_predict_says_which_extra_in_one_line(tmp_path: Path) -> 
     assert done.returncode != 0 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "tiniest[images]"' in lines[0], done.stderr
+
+
+CUDA_HERE = torch.cuda.device_count() if torch.cuda.is_available() else 0
+MISSING = "cuda" if not CUDA_HERE else f"cuda:{CUDA_HERE}"  # a device this machine lacks
+needs_cuda = pytest.mark.skipif(not CUDA_HERE, reason="no CUDA device here (torch.cuda.is_available() is False)")
+
+
+def small_batch(n: int = 3) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+
+
+def test_predict_runs_on_the_device_asked_for_and_answers_on_the_cpu(
+    model: tiniest.Tiniest, shared_checkpoint: Path
+) -> None:
+    x = small_batch()
+    expected = predict(x, model=model, top_k=3)
+    assert predict(x, model=model, top_k=3, device="cpu") == expected
+    assert predict(x, model=model, top_k=3, device=torch.device("cpu")) == expected
+    assert predict(x, weights=shared_checkpoint, top_k=3, device="cpu", eager=True) == expected
+    assert next(model.parameters()).device == torch.device("cpu")
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_input_is_read(model: tiniest.Tiniest) -> None:
+    for device, says in ((MISSING, "is not available: "), ("gpu", "is not a device name: "), ("meta", "is not one")):
+        with pytest.raises(ValueError, match=r"^device '.*' " + says) as caught:
+            predict("no-such-picture.png", model=model, device=device)
+        assert isinstance(caught.value, tiniest.errors.UsageError) and "available: cpu" in str(caught.value)
+        with pytest.raises(tiniest.errors.UsageError, match=says):
+            predict(small_batch(), device=device)  # the default model: not loaded either
+    assert next(model.parameters()).device == torch.device("cpu"), "the model stays where it was"
+
+
+@needs_cuda
+def test_on_cuda_the_plain_model_gives_the_cpu_answers(
+    model: tiniest.Tiniest, shared_checkpoint: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tiniest.inference import _default_model
+
+    x = small_batch(5)
+    expected = predict(x, model=model, top_k=3)
+    _default_model.cache_clear()
+    with caplog.at_level("WARNING", logger="tiniest.inference"):
+        answers = [predict(x, weights=shared_checkpoint, top_k=3, device="cuda") for _ in range(2)]
+    said = [r.getMessage() for r in caplog.records if "CPU-only" in r.getMessage()]
+    assert said == ["tiniest.predict: the fast path (tiniest.optimize) is CPU-only; on cuda the plain model runs"]
+    mine = predict(x, model=model, top_k=3, device="cuda:0")
+    assert next(model.parameters()).device == torch.device("cuda:0"), "a model given goes to the device"
+    for got in (*answers, mine):
+        for a, b in zip(got, expected, strict=True):
+            assert [n for n, _ in a.top] == [n for n, _ in b.top]
+            assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-4)
+
+
+def test_threads_asking_at_once_load_the_default_model_once(shared_checkpoint: Path) -> None:
+    """Issue 19: four threads calling predict at once in a fresh process loaded the model four times."""
+    script = f"""
+import threading, time
+import torch
+import tiniest.inference as inference
+
+loads = []
+real = inference.tiniest
+def counted(*args, **kwargs):
+    loads.append(threading.get_ident())
+    time.sleep(0.3)  # a slow disk: the other threads ask while the first load is under way
+    return real(*args, **kwargs)
+inference.tiniest = counted
+
+gate = threading.Barrier(4)
+answers = []
+def ask():
+    gate.wait()
+    answers.append(inference.predict(torch.rand(1, 3, 32, 32), weights={str(shared_checkpoint)!r})[0].label)
+threads = [threading.Thread(target=ask) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(len(loads), len(answers))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "4"], "one load, four answers"

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tiniest.data import LabeledImages
+from tiniest.devices import resolve_device
 from tiniest.errors import DatasetError, UsageError
 from tiniest.metrics import confusion_matrix, format_report, report_dict
 from tiniest.transforms import preprocess
@@ -65,15 +66,22 @@ def evaluate(
     classes: Sequence[str] | None = None,
     batch_size: int = 500,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> Evaluation:
-    """Run ``model`` over ``data`` in batches and score its top-1 predictions."""
+    """Run ``model`` over ``data`` in batches and score its top-1 predictions.
+
+    ``device`` (``"cuda"``, ``"cuda:1"``, ``"mps"``...): where ``model`` runs; it is moved there
+    (``model.to``, in place). Default: wherever ``model`` is.
+    """
     if len(data) == 0:
         raise DatasetError("expected at least one image to evaluate, got an empty dataset")
     if batch_size < 1:
         raise UsageError(f"expected a positive batch size, got {batch_size}")
+    if device is not None:
+        model.to(resolve_device(device))
     classes = classes if classes is not None else getattr(model, "labels", CLASSES)
     labels = align_labels(data, classes)
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    runs_on = next(iter(model.parameters()), torch.empty(0)).device
     starts: Sequence[int] = range(0, len(data), batch_size)
     if progress:
         from tqdm import tqdm
@@ -82,7 +90,7 @@ def evaluate(
     predictions = []
     began = time.perf_counter()
     for start in starts:
-        batch = preprocess(data.images[start : start + batch_size]).to(device)
+        batch = preprocess(data.images[start : start + batch_size]).to(runs_on)
         predictions.append(model(batch).argmax(dim=1).cpu())
     elapsed = time.perf_counter() - began
     predicted = torch.cat(predictions)

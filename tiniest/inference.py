@@ -11,6 +11,7 @@ get their answer.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from tiniest.devices import resolve_device
 from tiniest.errors import PreprocessError, UsageError
 from tiniest.hub import tiniest
 from tiniest.weights import CLASSES
@@ -27,6 +29,9 @@ from tiniest.weights import CLASSES
 __all__ = ["Prediction", "predict"]
 
 CHUNK = 64  # inputs read, reduced to the model's size and classified at a time (bounds activation memory)
+
+logger = logging.getLogger(__name__)
+_loading = threading.Lock()  # threads asking for the default model at once load it once
 
 
 @dataclass(frozen=True)
@@ -54,22 +59,28 @@ class Prediction:
         return self.top[0]
 
 
-# Threads that ask for the default model at once wait for one load (lru_cache alone would load it in each).
-_DEFAULT_MODEL_LOCK = threading.Lock()
-
-
 @functools.lru_cache(maxsize=4)
-def _default_model(weights: str | None, eager: bool, build: bool) -> nn.Module:
-    """The published (or ``weights``) model, optimized unless ``eager``; loaded once per process.
+def _default_model(weights: str | None, eager: bool, build: bool, device: torch.device) -> nn.Module:
+    """The published (or ``weights``) model on ``device``, optimized unless ``eager``; loaded once per process.
 
     ``build``: worth waiting for the compiled package if this machine has none (many images).
+    The fast path is CPU code: on another device the plain model runs (said once per model).
     """
-    model: nn.Module = tiniest(weights=weights, progress=False)
-    if not eager:
+    model: nn.Module = tiniest(weights=weights, progress=False, device=device)
+    if not eager and device.type != "cpu":
+        logger.warning("tiniest.predict: the fast path (tiniest.optimize) is CPU-only; on %s the plain model runs",
+                       device)
+    elif not eager:
         from tiniest.fast import optimize
 
         model = optimize(model, build=build)
     return model
+
+
+def _shared_model(weights: str | None, eager: bool, build: bool, device: torch.device) -> nn.Module:
+    """:func:`_default_model`, loaded by the first thread that asks while the others wait for it."""
+    with _loading:
+        return _default_model(weights, eager, build, device)
 
 
 @torch.inference_mode()
@@ -82,6 +93,7 @@ def predict(
     eager: bool = False,
     classes: Sequence[str] | None = None,
     errors: Literal["raise", "report"] = "raise",
+    device: str | torch.device | None = None,
 ) -> list[Prediction]:
     """Classify ``images`` (any input :func:`tiniest.preprocess` accepts); one :class:`Prediction` per image.
 
@@ -91,11 +103,17 @@ def predict(
     ``errors``: ``"raise"`` stops at the first input that cannot be read (a
     :class:`tiniest.errors.PreprocessError`); ``"report"`` gives that input (a file, or one
     item of a list) a :class:`Prediction` with ``error`` set instead, in its place, and goes on.
+    ``device`` (``"cuda"``, ``"cuda:1"``, ``"mps"``...): where the model runs; a ``model`` given is
+    moved there (``model.to``, in place). Default: the CPU, or the device of the ``model`` given.
+    The fast path is CPU-only: elsewhere the plain model runs. Results are on the CPU.
     """
     if top_k < 1 or (classes is not None and top_k > len(classes)):
         raise UsageError(f"expected top_k between 1 and {len(classes or CLASSES)}, got {top_k}")
     if errors not in ("raise", "report"):
         raise UsageError(f"expected errors='raise' or 'report', got {errors!r}")
+    target = resolve_device(device)  # a device this machine lacks is refused before any input is read
+    if model is not None and device is not None:
+        model.to(target)
     from tiniest.transforms import preprocess
 
     items = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -118,8 +136,7 @@ def predict(
             chosen = os.fspath(weights) if weights is not None else os.environ.get("TINIEST_WEIGHTS") or None
             from tiniest.fast import worth_building
 
-            with _DEFAULT_MODEL_LOCK:
-                model = _default_model(chosen, eager, worth_building(len(items)))
+            model = _shared_model(chosen, eager, worth_building(len(items)), target)
         names = classes if classes is not None else getattr(model, "labels", CLASSES)
         if top_k > len(names):
             raise UsageError(f"expected top_k between 1 and {len(names)} (the model's classes), got {top_k}")

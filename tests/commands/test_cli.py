@@ -70,3 +70,26 @@ def _gray_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (128, 128, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "train"])
+def test_a_device_this_machine_lacks_is_one_line_before_any_work(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18: ``train --device cuda`` on a CPU build printed torch's AttributeError as a traceback."""
+    import torch
+
+    from tiniest.devices import resolve_device
+    from tiniest.errors import UsageError
+
+    missing = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(UsageError) as expected:
+        resolve_device(missing)
+    argv = {
+        "predict": ["predict", str(tmp_path / "x.png")],
+        "evaluate": ["evaluate", "--data", str(tmp_path / "data")],
+        "train": ["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run")],
+    }[command]
+    assert main([*argv, "--device", missing]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"tiniest {command}: error: {expected.value}"]
+    assert not (tmp_path / "run").exists(), "no empty run folder"

@@ -313,3 +313,42 @@ def test_a_one_step_warm_up_is_refused_with_the_flags_to_change() -> None:
     for _ in range(199):
         scheduler.optimizer.step()
         scheduler.step()
+
+
+CUDA_HERE = torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def test_a_device_this_machine_lacks_is_one_line_and_makes_no_run_folder(tmp_path: Path) -> None:
+    """Issue 18: ``train --device cuda`` on a CPU build printed ``module 'torch._C' has no attribute
+    '_cuda_setDevice'`` as a traceback, after making the run folder."""
+    data = make_dataset(tmp_path / "data", train_per_class=2, test_per_class=1)
+    missing = "cuda" if not CUDA_HERE else f"cuda:{CUDA_HERE}"
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "tiniest", "train", "--data", str(data), "--output", str(run), "--device", missing]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"tiniest train: error: device '{missing}' is not available: ") and "available: cpu" in line
+    assert not run.exists()
+
+
+def test_train_runs_on_the_device_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_dataset(tmp_path / "data", train_per_class=4, test_per_class=1)
+    flags = ["--epochs", "1", "--batch-size", "20", "--limit-test", "4"]
+    for device in ("cpu", *(("cuda",) if CUDA_HERE else ())):
+        assert train(data, tmp_path / device, *flags, "--device", device) == 0
+        where = "cuda:0" if device == "cuda" else "cpu"  # a bare cuda: the GPU of the torchrun rank
+        assert f"1 process(es) on {where}); run folder" in capsys.readouterr().out
+        assert load_checkpoint(tmp_path / device / "checkpoint.pt")["epoch"] == 1
+
+
+@pytest.mark.skipif(not CUDA_HERE, reason="no CUDA device here (torch.cuda.is_available() is False)")
+def test_a_torchrun_rank_without_its_gpu_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_dataset(tmp_path / "data", train_per_class=2, test_per_class=1)
+    monkeypatch.setenv("LOCAL_RANK", str(CUDA_HERE))  # one process more than there are GPUs
+    assert train(data, tmp_path / "run", "--device", "cuda") == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"tiniest train: error: device 'cuda:{CUDA_HERE}' is not available: ")
+    assert not (tmp_path / "run").exists()

@@ -1,12 +1,18 @@
-"""What the ``export`` and ``release`` commands share: reading ``--metrics``."""
+"""What commands share: ``--device``, and reading ``--metrics`` (export, release)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from tiniest.errors import UsageError
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--device``, checked by :func:`tiniest.devices.resolve_device` where it is used."""
+    parser.add_argument("--device", help=f"where the model runs: cpu, cuda, cuda:1, mps, xpu ... (default: {default})")
 
 
 def read_metrics(path: Path | None) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import torch
 from torch import nn
 
 from tiniest import plots
+from tiniest.commands._common import add_device_argument
 from tiniest.data import load_split
+from tiniest.devices import resolve_device
 from tiniest.errors import PreprocessError, UsageError
 from tiniest.evaluation import align_labels, evaluate
 from tiniest.hub import tiniest
@@ -38,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="weights file or URL (default: the pinned release, or $TINIEST_WEIGHTS)")
     parser.add_argument("--batch-size", type=int, default=500, help="images per batch (default: 500)")
     parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
+    add_device_argument(parser, "cpu; the fast path runs on the CPU only")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--skip-unreadable",
@@ -68,16 +72,20 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plots.require_matplotlib()  # before decoding the data
     require_images_extra(*(() if args.quiet else ("tqdm",)))  # one line naming the extra, not a traceback
+    device = resolve_device(args.device)  # before decoding the data
     began = time.perf_counter()
     try:
         data = load_split(args.data, args.split, progress=not args.quiet, skip_unreadable=args.skip_unreadable)
     except PreprocessError as error:
         raise PreprocessError(f"{error}; --skip-unreadable leaves such files out") from None
     decoded = time.perf_counter()
-    plain = tiniest(weights=args.weights, progress=not args.quiet)
+    plain = tiniest(weights=args.weights, progress=not args.quiet, device=device)
     align_labels(data, plain.labels)  # refuse a dataset foreign to the weights before building the fast model
     model: nn.Module = plain
-    if not args.eager:
+    if not args.eager and device.type != "cpu":
+        print(f"tiniest evaluate: the fast path (tiniest.optimize) is CPU-only; on {device} the plain model runs",
+              file=sys.stderr)
+    elif not args.eager:
         from tiniest.fast import optimize, worth_building
 
         model = optimize(model, build=worth_building(len(data)))  # a few images: no wait for a build
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             "report": result.report,
             "confusion_matrix": result.confusion.tolist(),
             "model": kind,
+            "device": str(device),
             "skipped": [{"file": file, "error": reason} for file, reason in data.skipped],
             "absent_classes": absent,
             "seconds": {"data": decoded - began, "model": loaded - decoded, "inference": result.inference_seconds},

@@ -7,6 +7,7 @@ import json
 import sys
 
 from tiniest import plots
+from tiniest.commands._common import add_device_argument
 from tiniest.inference import predict
 from tiniest.transforms import require_images_extra
 
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--weights", help="weights file or URL (default: the pinned release, or $TINIEST_WEIGHTS)")
     parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
+    add_device_argument(parser, "cpu; the fast path runs on the CPU only")
     parser.add_argument(
         "--plot", metavar="FILE", help="also draw the images, as the model sees them, with their top classes to FILE"
     )
@@ -32,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plots.require_matplotlib()  # before any work
     require_images_extra()  # one line naming the extra, not a traceback
-    results = predict(list(args.images), top_k=args.top_k, weights=args.weights, eager=args.eager, errors="report")
+    results = predict(
+        list(args.images), top_k=args.top_k, weights=args.weights, eager=args.eager, errors="report", device=args.device
+    )
     failed = [result.error for result in results if result.error is not None]
     for error in failed:  # every readable file still gets its answer on stdout
         print(f"tiniest predict: error: {error}", file=sys.stderr)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tiniest.commands._common import add_device_argument
 from tiniest.errors import UsageError
 from tiniest.extras import require_extra
 
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an --output that holds a run, replacing its files (default: refuse)")
     parser.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this invocation")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; torchrun: the rank's GPU)")
+    add_device_argument(parser, "cuda if available; torchrun: the rank's GPU")
     parser.add_argument("--plot", action="store_true", help="write curves.png (loss, lr, accuracy, speed) at the end")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 

@@ -32,6 +32,8 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from tiniest.data import LabeledImages, load_split
+from tiniest.devices import resolve_device
+from tiniest.env import env_int
 from tiniest.errors import DatasetError, PeerLostError, UsageError
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically
@@ -65,13 +67,15 @@ class RunOptions:
     overwrite: bool = False  # start afresh in a folder holding a run, replacing its files
     stop_after: int | None = None  # epochs to run in this invocation, then stop (resume later)
     limit_test: int | None = None  # score on a fixed random subset of test/ (resume: the checkpoint's)
-    device: str | None = None
+    device: str | torch.device | None = None  # None: this process's GPU if there is one, else the CPU
     progress: bool = True
     plot: bool = False
 
-    def __post_init__(self) -> None:
-        if self.data is None and not self.resume:  # refused here, before the run folder is made
+    def __post_init__(self) -> None:  # refused here, before the run folder is made
+        if self.data is None and not self.resume:
             raise UsageError("--data is required to start a run (--resume reads it from the checkpoint)")
+        if self.device is not None:
+            resolve_device(self.device)  # a device this machine lacks: one line naming what it has
 
 
 @dataclass(frozen=True)
@@ -85,16 +89,20 @@ class _Process:
         return self.rank == 0
 
 
+def _training_device(device: str | torch.device | None) -> torch.device:
+    """Where this process trains: ``device``, else a GPU if any; a bare ``cuda`` is the GPU of the ``torchrun`` rank."""
+    chosen = resolve_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if chosen.type == "cuda" and chosen.index is None:
+        chosen = resolve_device(torch.device("cuda", env_int("LOCAL_RANK", 0, low=0)))
+    return chosen
+
+
 @contextmanager
-def _process_group(device_name: str | None) -> Iterator[_Process]:
-    """This process's place in a ``torchrun`` job (or a job of one), with the process group set up."""
+def _process_group(device: torch.device) -> Iterator[_Process]:
+    """This process's place in a ``torchrun`` job (or a job of one) on ``device``, with the process group set up."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    name = device_name or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:
         timeout = timedelta(seconds=dist_timeout())
@@ -274,8 +282,9 @@ def train(options: RunOptions, overrides: dict[str, Any] | None = None) -> Path:
     if options.stop_after is not None and options.stop_after <= 0:
         raise UsageError(f"--stop-after: expected a positive number of epochs, got {options.stop_after}")
     dist_timeout()  # a bad TINIEST_DIST_TIMEOUT is refused now
+    device = _training_device(options.device)  # as is a GPU this process cannot have
     _prepare_output(options.output)
-    with _process_group(options.device) as proc:
+    with _process_group(device) as proc:
         try:
             return _train(options, overrides, proc)
         except RuntimeError as error:  # gloo reports a silent peer as a plain RuntimeError
