@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
 
 import tiniest
+from tests.loopback import LoopbackServer
 from tiniest import Tiniest, TiniestWeights
 from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
 from tiniest.weights.artifact import read_metadata, sha256_hex
@@ -119,3 +122,26 @@ def test_clear_errors(tmp_path: Path) -> None:
     (folder / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="expected JSON"):
         Tiniest.from_pretrained(folder)
+
+
+def test_repo_ids_and_revisions_are_checked_before_the_hub_is_asked(tmp_path: Path, server: LoopbackServer) -> None:
+    """A revision is a file name in huggingface_hub's cache (refs/<revision>): '..' in it wrote outside the cache."""
+    escape = "../../../../escaped"  # from HF_HOME/hub/models--someone--x/refs/ up to tmp_path
+    info = json.dumps({"id": "someone/x", "sha": "0" * 40, "siblings": [], "private": False}).encode()
+    server.serve(f"/api/models/someone/x/revision/{quote(escape, safe='')}", info)
+    script = (
+        "import sys; from tiniest import Tiniest\n"
+        "for repo_id, revision in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+        "    try:\n        Tiniest.from_pretrained(repo_id, revision=revision or None)\n"
+        "    except Exception as error:\n        print(type(error).__name__, str(error).splitlines()[0])\n"
+    )
+    tries = ["someone/x", escape, "someone/x y", "", "someone/x", "main:x", "someone/x", "v1.lock"]
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *tries], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(tries) // 2, done.stdout + done.stderr
+    assert [line.split(" ", 1)[0] for line in lines] == ["UsageError"] * len(lines), done.stdout
+    assert "revision: expected a git tag" in lines[0] and "repo_id_or_folder: expected a Hugging Face" in lines[1]
+    assert not (tmp_path / "escaped").exists() and server.paths_requested() == []

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from tiniest import names
 from tiniest.errors import ArtifactError, IncompatibleWeightsError, WeightsNotFoundError
 from tiniest.storage import HF_PREFIX, save_atomically
 from tiniest.weights._record import CLASSES, TiniestWeights
@@ -223,6 +224,9 @@ def _download(repo_id: str, revision: str | None, **hub_options: Any) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise WeightsNotFoundError(f"{repo_id}: Hub repos need huggingface_hub (pip install huggingface_hub)") from None
+    names.hf_repo_id(repo_id, "repo_id_or_folder")  # the revision names a file in the Hub cache: no '..'
+    if revision is not None:
+        names.git_ref(revision, "revision")
     try:
         path = snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME], **hub_options)
     except Exception as error:  # huggingface_hub raises many types: report them the same way
