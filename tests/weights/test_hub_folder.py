@@ -129,6 +129,7 @@ def test_repo_ids_and_revisions_are_checked_before_the_hub_is_asked(tmp_path: Pa
     escape = "../../../../escaped"  # from HF_HOME/hub/models--someone--x/refs/ up to tmp_path
     info = json.dumps({"id": "someone/x", "sha": "0" * 40, "siblings": [], "private": False}).encode()
     server.serve(f"/api/models/someone/x/revision/{quote(escape, safe='')}", info)
+    server.serve(f"/api/models/someone/x/tree/{'0' * 40}", b"[]")
     script = (
         "import sys; from tiniest import Tiniest\n"
         "for repo_id, revision in zip(sys.argv[1::2], sys.argv[2::2]):\n"
