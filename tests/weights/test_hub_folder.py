@@ -16,7 +16,7 @@ import torch
 import tiniest
 from tests.loopback import LoopbackServer
 from tiniest import Tiniest, TiniestWeights
-from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
+from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
 from tiniest.weights.artifact import read_metadata, sha256_hex
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,3 +146,33 @@ def test_repo_ids_and_revisions_are_checked_before_the_hub_is_asked(tmp_path: Pa
     assert [line.split(" ", 1)[0] for line in lines] == ["UsageError"] * len(lines), done.stdout
     assert "revision: expected a git tag" in lines[0] and "repo_id_or_folder: expected a Hugging Face" in lines[1]
     assert not (tmp_path / "escaped").exists() and server.paths_requested() == []
+
+
+def test_model_card_shows_names_literally_and_its_front_matter_stays_valid() -> None:
+    """Class names, metric labels and the data's description reach the card's body as text, never as markup."""
+    import yaml
+    from huggingface_hub import ModelCard
+    from markdown_it import MarkdownIt
+
+    from tiniest.weights.hub_folder import model_card
+
+    hostile = ["<script>alert(1)</script>", "**bold** | cell", "[link](https://evil.example)", "two\n# lines", "$x$"]
+    meta = {
+        "categories": hostile,
+        "dataset": "train split of </td><img src=x onerror=alert(1)>, hf://someone/data\n---\nforged: yes",
+        "metrics": {"<b>mine</b> test": {"accuracy": 0.5, "total": 10}, "x | y": {"accuracy": 0.25, "total": 4}},
+        "credit": "<iframe src=//evil.example>",
+    }
+    card = model_card(meta, sha256="0" * 64, repo_id="alice/x")
+    front, body = card.split("\n---\n", 2)[0], card.split("\n---\n", 1)[1]
+    data = yaml.safe_load(front.removeprefix("---\n"))
+    assert data["datasets"] == ["someone/data"] and "forged" not in data
+    assert ModelCard(card).data.eval_results[0].dataset_name == "<b>mine</b>"  # YAML keeps it as a plain value
+
+    html = MarkdownIt("commonmark").enable("table").render(body)
+    assert not any(tag in html for tag in ("<script", "<img", "<iframe", "<b>", "<strong>", "<em>")), html
+    assert html.count("<a ") == 1 and "evil.example" not in html.split("</a>")[0]  # the card's own link only
+    assert html.count("<h1>") == 1 and "<td>x | y</td>" in html  # one heading; the cell is not split
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;, **bold** | cell, [link](https://evil.example), two\\n# lines" in html
+    with pytest.raises(UsageError, match="repo_id: expected a Hugging Face repo id"):
+        model_card(meta, sha256="0" * 64, repo_id="alice/x y")
