@@ -17,6 +17,7 @@ import torch
 
 from tiniest.errors import PreprocessError
 from tiniest.extras import require_extra
+from tiniest.names import printable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -36,6 +37,8 @@ CONFUSION_INCHES = (8.0, 7.0)  # 800 x 700 pixels
 CELL_INCHES = (2.0, 2.4)  # one picture of the grid with its title: 200 x 240 pixels
 MAX_COLUMNS = 5
 MAX_CLASSES_SHOWN = 3  # more lines would not fit under a 200-pixel picture
+# names are drawn as they are: '$' and '\' are not math (mathtext raised on '$\foo{$'), nor LaTeX
+LITERAL = {"parse_math": False, "usetex": False}
 
 
 def require_matplotlib() -> None:
@@ -69,8 +72,9 @@ def confusion_matrix_figure(confusion: torch.Tensor, classes: Sequence[str]) -> 
     axes = figure.add_subplot()
     image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
-    axes.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
-    axes.set_yticks(range(n), labels=list(classes))
+    shown = [printable(name) for name in classes]
+    axes.set_xticks(range(n), labels=shown, rotation=45, ha="right", **LITERAL)
+    axes.set_yticks(range(n), labels=shown, **LITERAL)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     accuracy = correct / total if total else 0.0
@@ -92,7 +96,7 @@ def predictions_figure(images: torch.Tensor, titles: Sequence[str]) -> Figure:
     for index, (image, title) in enumerate(zip(images, titles, strict=True)):
         axes = figure.add_subplot(rows, columns, index + 1)
         axes.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-        axes.set_title(title, fontsize=8)
+        axes.set_title(title, fontsize=8, **LITERAL)
         axes.axis("off")
     return figure
 
@@ -117,6 +121,6 @@ def save_predictions(
             pixels.append(preprocess(image)[0] - INPUT_SHIFT)  # back to [0, 1]: the model's input, shift undone
         except PreprocessError:
             pixels.append(torch.ones(3, *INPUT_SIZE))
-        lines = [f"{name} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN]] or ["cannot be read"]
-        titles.append("\n".join([Path(image).name[:28], *lines]))
+        lines = [f"{printable(name)} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN]] or ["cannot be read"]
+        titles.append("\n".join([printable(Path(image).name)[:28], *lines]))
     predictions_figure(torch.stack(pixels), titles).savefig(path, dpi=DPI)
