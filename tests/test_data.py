@@ -350,7 +350,8 @@ def test_hugging_face_names_are_checked_before_the_hub_is_asked(tmp_path: Path, 
         "    except Exception as error:\n        print(type(error).__name__, str(error).splitlines()[0])\n"
     )
     specs = [f"hf://someone/tiny-cifar@{escape}", "hf://../..", "hf://someone/x y", "hf://someone/x@a:b"]
-    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", script, *specs], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )

@@ -1,4 +1,4 @@
-"""Names that come from users: checked before they name a repository, a revision or a path, escaped before they are shown.
+"""Names that come from users: checked before they name a repository or a revision, escaped before they are shown.
 
 A repository id or a revision ends up in a URL, in a path of huggingface_hub's cache and in
 commands a user pastes into a shell; a class or file name ends up on a terminal, in a model card

@@ -37,8 +37,6 @@ CONFUSION_INCHES = (8.0, 7.0)  # 800 x 700 pixels
 CELL_INCHES = (2.0, 2.4)  # one picture of the grid with its title: 200 x 240 pixels
 MAX_COLUMNS = 5
 MAX_CLASSES_SHOWN = 3  # more lines would not fit under a 200-pixel picture
-# names are drawn as they are: '$' and '\' are not math (mathtext raised on '$\foo{$'), nor LaTeX
-LITERAL = {"parse_math": False, "usetex": False}
 
 
 def require_matplotlib() -> None:
@@ -72,9 +70,9 @@ def confusion_matrix_figure(confusion: torch.Tensor, classes: Sequence[str]) -> 
     axes = figure.add_subplot()
     image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
-    shown = [printable(name) for name in classes]
-    axes.set_xticks(range(n), labels=shown, rotation=45, ha="right", **LITERAL)
-    axes.set_yticks(range(n), labels=shown, **LITERAL)
+    shown = [printable(name) for name in classes]  # drawn as they are: no mathtext ('$\foo{$' raised), no LaTeX
+    axes.set_xticks(range(n), labels=shown, rotation=45, ha="right", parse_math=False, usetex=False)
+    axes.set_yticks(range(n), labels=shown, parse_math=False, usetex=False)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     accuracy = correct / total if total else 0.0
@@ -96,7 +94,7 @@ def predictions_figure(images: torch.Tensor, titles: Sequence[str]) -> Figure:
     for index, (image, title) in enumerate(zip(images, titles, strict=True)):
         axes = figure.add_subplot(rows, columns, index + 1)
         axes.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-        axes.set_title(title, fontsize=8, **LITERAL)
+        axes.set_title(title, fontsize=8, parse_math=False, usetex=False)
         axes.axis("off")
     return figure
 

@@ -137,7 +137,8 @@ def test_repo_ids_and_revisions_are_checked_before_the_hub_is_asked(tmp_path: Pa
         "    except Exception as error:\n        print(type(error).__name__, str(error).splitlines()[0])\n"
     )
     tries = ["someone/x", escape, "someone/x y", "", "someone/x", "main:x", "someone/x", "v1.lock"]
-    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", script, *tries], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )

@@ -101,8 +101,8 @@ def publish_commands(record: dict[str, Any], output: Path, files: list[Path]) ->
     quoted = " ".join(shlex.quote(str(f)) for f in files)
     notes = shlex.quote(f"Tiniest weights {record['name']}: {record['filename']}, sha256 {record['sha256']}")
     hf_folder = shlex.quote(str(output / HF_FOLDER))
-    tag_hf = (f"hf repos tag create {shlex.quote(hf_repo)} {shlex.quote(hf_revision)}   # pins the revision in the record\n"
-              if hf_revision != "main" else "")
+    pin = f"hf repos tag create {shlex.quote(hf_repo)} {shlex.quote(hf_revision)}   # pins the revision in the record"
+    tag_hf = f"{pin}\n" if hf_revision != "main" else ""
     return f"""# Publishing {record["name"]} ({record["filename"]}, sha256 {record["sha256"]})
 
 GitHub release asset (token: `gh auth login` or GH_TOKEN):
@@ -142,7 +142,9 @@ def _check_names(name: str | None, github_repo: str | None, tag: str | None, hf_
                  hf_revision: str | None) -> None:
     """Refuse, before any work, a name that GitHub, the Hub or git would not take as it is."""
     if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise UsageError(f"--name: expected a Python identifier such as CIFAR10_V2 (a TiniestWeights member), got {name!r}")
+        raise UsageError(
+            f"--name: expected a Python identifier such as CIFAR10_V2 (a TiniestWeights member), got {name!r}"
+        )
     if github_repo is not None:
         names.github_repo(github_repo, "--github-repo")
     if hf_repo_id is not None:
