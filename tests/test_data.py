@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -477,3 +478,27 @@ load_split({str(tmp_path)!r}, "test")
     load_split(tmp_path, "test")
     assert not left.exists() and fresh.exists()
     assert [p.name for p in cache_files() if p.suffix == ".safetensors"] != []
+
+
+def test_hugging_face_names_are_checked_before_the_hub_is_asked(tmp_path: Path, server: LoopbackServer) -> None:
+    """A revision is a file name in huggingface_hub's cache (refs/<revision>): '..' in it wrote outside the cache."""
+    escape = "../../../../escaped"  # from HF_HOME/hub/datasets--someone--tiny-cifar/refs/ up to tmp_path
+    commit = serve_dataset_repo(server, "someone/tiny-cifar", {"test/cat/000.png": b"", "README.md": b"# tiny\n"})
+    info = json.dumps({"id": "someone/tiny-cifar", "sha": commit, "siblings": [], "private": False}).encode()
+    server.serve(f"/api/datasets/someone/tiny-cifar/revision/{quote(escape, safe='')}", info)
+    script = (
+        "import sys; from tiniest.data import load_split\n"
+        "for spec in sys.argv[1:]:\n"
+        "    try:\n        load_split(spec, 'test')\n"
+        "    except Exception as error:\n        print(type(error).__name__, str(error).splitlines()[0])\n"
+    )
+    specs = [f"hf://someone/tiny-cifar@{escape}", "hf://../..", "hf://someone/x y", "hf://someone/x@a:b"]
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *specs], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(specs), done.stdout + done.stderr
+    assert all(line.startswith("DatasetError expected hf://owner/name[@revision]") for line in lines), done.stdout
+    assert not (tmp_path / "escaped").exists() and server.paths_requested() == []

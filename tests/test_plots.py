@@ -133,3 +133,25 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, command: str) -
         "(import of matplotlib halted; None in sys.modules)"
     ]
     assert not out.exists()
+
+
+def test_names_are_drawn_literally(tmp_path: Path, random_weights: Path) -> None:
+    """'$' opens mathtext in matplotlib: '$\\foo{$' in a file or class name crashed --plot after the work was done."""
+    hostile = "$\\foo{$"
+    picture = tmp_path / f"{hostile}.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(picture)
+    out = tmp_path / "grid.png"
+    args = ["predict", str(picture), "--eager", "--weights", str(random_weights), "--plot", str(out)]
+    with pytest.warns(tiniest.UnverifiedWeightsWarning):
+        assert main(args) == 0
+    open_png(out)
+
+    classes = [hostile, "a\nforged", "$x^2$"]
+    figure = plots.confusion_matrix_figure(torch.eye(3, dtype=torch.int64), classes)
+    figure.savefig(tmp_path / "confusion.png")
+    axes = figure.axes[0]
+    assert [label.get_text() for label in axes.get_xticklabels()] == [hostile, "a\\nforged", "$x^2$"]
+    assert not any(label.get_parse_math() for label in axes.get_yticklabels())
+    grid = plots.predictions_figure(torch.zeros(1, 3, 32, 32), [hostile])
+    grid.savefig(tmp_path / "one.png")
+    assert grid.axes[0].title.get_text() == hostile

@@ -47,8 +47,9 @@ from typing import Any
 
 import torch
 
+from tiniest import names
 from tiniest.classes import CIFAR10_CLASSES
-from tiniest.errors import DatasetError, PreprocessError
+from tiniest.errors import DatasetError, PreprocessError, UsageError
 from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, PART_SUFFIX, cache_dir, save_atomically
 
@@ -355,9 +356,13 @@ def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
 
 def _hf_split_folder(spec: str, split: str) -> Path:
     """Download (or find in the HF cache) the ``split`` folder of a dataset repo; return its local path."""
-    repo_id, _, revision = spec.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise DatasetError(f"expected {HF_PREFIX}owner/name[@revision], got {HF_PREFIX}{spec}")
+    repo_id, at, revision = spec.partition("@")
+    try:  # the revision names a file in huggingface_hub's cache: '..' would write outside it
+        names.hf_repo_id(repo_id, "repo id")
+        if at:
+            names.git_ref(revision, "revision")
+    except UsageError as error:
+        raise DatasetError(f"expected {HF_PREFIX}owner/name[@revision], got {HF_PREFIX + spec!r}: {error}") from None
     from huggingface_hub import snapshot_download
 
     snapshot = Path(

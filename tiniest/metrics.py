@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from tiniest.names import printable
+
 __all__ = [
     "classification_report",
     "confusion_matrix",
@@ -91,13 +93,13 @@ def report_dict(confusion: torch.Tensor, classes: Sequence[str], labels: Sequenc
 def format_report(report: dict[str, Any], classes: Sequence[str], digits: int = 3) -> str:
     """The text layout of scikit-learn's report: right-aligned columns nine wide, blank lines between blocks.
 
-    Rows follow ``classes``, for those the report has.
+    Rows follow ``classes``, for those the report has; names are shown with control characters escaped.
     """
     classes = [name for name in classes if name in report]
-    width = max(len(name) for name in [*classes, "weighted avg"])
+    width = max(len(printable(name)) for name in [*classes, "weighted avg"])
 
     def line(name: str, cells: Sequence[str]) -> str:
-        return f"{name:>{width}} " + "".join(f" {cell:>9}" for cell in cells)
+        return f"{printable(name):>{width}} " + "".join(f" {cell:>9}" for cell in cells)
 
     def numbers(row: dict[str, Any]) -> list[str]:
         return [f"{row[key]:.{digits}f}" for key in _HEADERS[:3]] + [str(row["support"])]
@@ -127,6 +129,7 @@ def format_confusion_matrix(confusion: torch.Tensor, classes: Sequence[str]) -> 
     """The matrix with class names: rows are true classes, columns predicted ones (names cut to 5 letters)."""
     counts = confusion.tolist()
     cell = max(6, len(str(max(max(row) for row in counts))) + 1)
+    classes = [printable(name) for name in classes]  # a name cannot move the cursor or add a row
     width = max(len(name) for name in classes)
     head = " " * width + " " + "".join(f"{name[: cell - 1]:>{cell}}" for name in classes)
     body = [

@@ -17,6 +17,7 @@ import torch
 
 from tiniest.errors import PreprocessError
 from tiniest.extras import require_extra
+from tiniest.names import printable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -69,8 +70,9 @@ def confusion_matrix_figure(confusion: torch.Tensor, classes: Sequence[str]) -> 
     axes = figure.add_subplot()
     image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
-    axes.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
-    axes.set_yticks(range(n), labels=list(classes))
+    shown = [printable(name) for name in classes]  # drawn as they are: no mathtext ('$\foo{$' raised), no LaTeX
+    axes.set_xticks(range(n), labels=shown, rotation=45, ha="right", parse_math=False, usetex=False)
+    axes.set_yticks(range(n), labels=shown, parse_math=False, usetex=False)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     accuracy = correct / total if total else 0.0
@@ -92,7 +94,7 @@ def predictions_figure(images: torch.Tensor, titles: Sequence[str]) -> Figure:
     for index, (image, title) in enumerate(zip(images, titles, strict=True)):
         axes = figure.add_subplot(rows, columns, index + 1)
         axes.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-        axes.set_title(title, fontsize=8)
+        axes.set_title(title, fontsize=8, parse_math=False, usetex=False)
         axes.axis("off")
     return figure
 
@@ -117,6 +119,6 @@ def save_predictions(
             pixels.append(preprocess(image)[0] - INPUT_SHIFT)  # back to [0, 1]: the model's input, shift undone
         except PreprocessError:
             pixels.append(torch.ones(3, *INPUT_SIZE))
-        lines = [f"{name} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN]] or ["cannot be read"]
-        titles.append("\n".join([Path(image).name[:28], *lines]))
+        lines = [f"{printable(name)} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN]] or ["cannot be read"]
+        titles.append("\n".join([printable(Path(image).name)[:28], *lines]))
     predictions_figure(torch.stack(pixels), titles).savefig(path, dpi=DPI)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,67 @@ def test_a_device_this_machine_lacks_is_one_line_before_any_work(
     assert main([*argv, "--device", missing]) == 1
     assert capsys.readouterr().err.splitlines() == [f"tiniest {command}: error: {expected.value}"]
     assert not (tmp_path / "run").exists(), "no empty run folder"
+
+
+# what a terminal acts on: an ANSI escape (clear screen, colour), CR, a newline that forges a line, a bidi override
+HOSTILE = ("a\x1b[2Jb", "c\rd", "e\nforged.png:cat", "f\u202eg")
+ESCAPED = ("a\\x1b[2Jb", "c\\rd", "e\\nforged.png:cat", "f\\u202eg")
+
+
+def _assert_inert(text: str) -> None:
+    """Only newlines and printable characters: nothing a terminal would act on."""
+    assert all(char == "\n" or char.isprintable() for char in text), repr(text)
+
+
+def test_names_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    """Class names (from the weights), file names and the weights' path in predict's answers, errors and warnings."""
+    import tiniest
+
+    folder = tiniest.Tiniest(4, labels=list(HOSTILE)).save_pretrained(tmp_path / f"weights{HOSTILE[0]}")
+    picture = tmp_path / f"{HOSTILE[2]}.png"
+    picture.write_bytes(_gray_png())
+    missing = tmp_path / f"{HOSTILE[1]}.png"
+    run = subprocess.run(
+        [sys.executable, "-m", "tiniest", "predict", "--eager", "--top-k", "4",
+         "--weights", str(folder / "model.safetensors"), str(picture), str(missing)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr  # the missing file is reported; the readable one answered
+    _assert_inert(run.stdout)
+    _assert_inert(run.stderr)
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"{tmp_path}/{ESCAPED[2]}.png:" and len(lines) == 5  # the picture, then its 4 classes
+    assert sorted(line.split()[0] for line in lines[1:]) == sorted(ESCAPED)
+    errors = run.stderr.splitlines()
+    assert len(errors) == 2 and ESCAPED[0] in errors[0] and "warning" in errors[0]
+    assert errors[1].startswith("tiniest predict: error: ") and ESCAPED[1] in errors[1]
+
+
+def test_class_names_reach_the_report_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """evaluate's header, report and confusion matrix show a dataset's class names escaped, one row each."""
+    import tiniest
+    from tests.test_evaluation import tiny_folder
+
+    classes = tuple(name.replace("/", "_") for name in HOSTILE)
+    tiny_folder(tmp_path / "data", classes)
+    folder = tiniest.Tiniest(4, labels=sorted(classes)).save_pretrained(tmp_path / "weights")
+    weights = str(folder / "model.safetensors")
+    args = ["evaluate", "--data", str(tmp_path / "data"), "--eager", "--quiet", "--weights", weights]
+    with pytest.warns(tiniest.UnverifiedWeightsWarning):
+        assert main(args) == 0
+    out = capsys.readouterr().out
+    _assert_inert(out)
+    report = out.split("\n\n")[2].splitlines()  # header, the report's rows, the averages
+    assert sorted(row.split()[0] for row in report) == sorted(ESCAPED)
+    matrix = out.split("confusion matrix (rows: true class, columns: predicted class)\n")[1].splitlines()[1:5]
+    assert sorted(row.split()[0] for row in matrix) == sorted(ESCAPED)
+
+
+def test_an_error_naming_a_file_is_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{HOSTILE[0]}{HOSTILE[2]}").write_text("mine")
+    assert main(["release", str(tmp_path / "any.pt"), "--output", str(out)]) == 1  # refused: the folder is not empty
+    err = capsys.readouterr().err
+    _assert_inert(err)
+    assert len(err.splitlines()) == 1 and f"already holds {ESCAPED[0]}{ESCAPED[2]}:" in err

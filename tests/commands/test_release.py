@@ -4,6 +4,10 @@ aimed at the user's repositories, with only its own facts; refusals before anyth
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from huggingface_hub import ModelCard
 
 from tests.tiny_runs import make_dataset, train
 from tiniest.commands import main
+from tiniest.commands.release import publish_commands
 from tiniest.errors import UnverifiedWeightsWarning
 from tiniest.model import Tiniest
 from tiniest.weights import RECORD_PATH, Release, TiniestWeights, build_artifact
@@ -145,7 +150,7 @@ def test_new_weights_need_the_users_repositories_and_an_empty_folder(
     assert release(weights, out, "--github-repo", "me/x") == 1
     assert "pass --hf-repo-id OWNER/NAME" in capsys.readouterr().err and not out.exists()
     assert release(weights, out, "--github-repo", "me", "--hf-repo-id", "me/x") == 1
-    assert "--github-repo: expected OWNER/NAME, got 'me'" in capsys.readouterr().err
+    assert "--github-repo: expected a GitHub repository OWNER/NAME" in capsys.readouterr().err
 
     assert release(weights, out, *MINE, "--license", "apache-2.0") == 0
     capsys.readouterr()
@@ -176,3 +181,132 @@ def test_published_checkpoint_keeps_its_record(shared_checkpoint: Path, tmp_path
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert release(shared_checkpoint, tmp_path / "out", "--license", "apache-2.0") == 1
     assert "pinned record" in capsys.readouterr().err
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "mine.pt"
+    torch.save(Tiniest().state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (("--github-repo", "../x"), "--github-repo: expected a GitHub repository OWNER/NAME"),
+        (("--github-repo", "alice/x;id"), "--github-repo: expected a GitHub repository OWNER/NAME"),
+        (("--github-repo", "-alice/x"), "--github-repo: expected a GitHub repository OWNER/NAME"),
+        (("--github-repo", "alice/.."), "--github-repo: expected a GitHub repository OWNER/NAME"),
+        (("--hf-repo-id", "alice/x y"), "--hf-repo-id: expected a Hugging Face repo id OWNER/NAME"),
+        (("--hf-repo-id", "../.."), "--hf-repo-id: expected a Hugging Face repo id OWNER/NAME"),
+        (("--hf-repo-id", "c/d$(id)"), "--hf-repo-id: expected a Hugging Face repo id OWNER/NAME"),
+        (("--tag", "../../../../evil/tag"), "--tag: expected a git tag, branch or commit name"),
+        (("--tag", "-v1"), "--tag: expected a git tag, branch or commit name"),
+        (("--hf-revision", "a..b"), "--hf-revision: expected a git tag, branch or commit name"),
+        (("--hf-revision", "v1\x1b[2J"), "--hf-revision: expected a git tag, branch or commit name"),
+        (("--name", "X\n# forged"), "--name: expected a Python identifier"),
+    ],
+)
+def test_names_that_github_the_hub_or_git_would_not_take_are_refused(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, str], expected: str
+) -> None:
+    chosen = dict(zip(MINE[::2], MINE[1::2], strict=True)) | {flags[0]: flags[1]}
+    out = tmp_path / "out"
+    assert release(weights, out, *(f"{flag}={value}" for flag, value in chosen.items())) == 1
+    err = capsys.readouterr().err
+    assert expected in err and len(err.splitlines()) == 1 and "\x1b" not in err and not out.exists()
+
+
+def test_publish_commands_run_exactly_the_named_commands(tmp_path: Path) -> None:
+    """Pasting PUBLISH.md's commands into bash runs gh, hf and git with the names as single arguments, and nothing else.
+
+    The names are hostile on purpose (release refuses them, but the commands must not trust that), and
+    so is the output folder, which any user may name as they like.
+    """
+    record = {
+        "name": "N", "filename": "tiniest-x.safetensors", "sha256": "0" * 64,
+        "github": {"repo": "alice/x;id", "tag": "v1$(id)"},
+        "huggingface": {"repo_id": "c/d$(id)", "revision": "r`id`", "filename": "model.safetensors"},
+    }
+    output = tmp_path / "my $(id); 'release'"
+    files = [output / "tiniest-x.safetensors", output / "tiniest-x.pt"]
+    text = publish_commands(record, output, files)
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for command in ("gh", "hf", "git", "id"):  # each records its arguments instead of acting
+        stub = stubs / command
+        stub.write_text(
+            f"#!{sys.executable}\nimport json, os, sys\n"
+            "with open(os.environ['STUB_LOG'], 'a') as log:\n"
+            "    log.write(json.dumps([os.path.basename(sys.argv[0]), *sys.argv[1:]]) + '\\n')\n"
+        )
+        stub.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "STUB_LOG": str(log)}
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        subprocess.run(["bash", "-c", block], env=env, check=True, timeout=60)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    notes = "Tiniest weights N: tiniest-x.safetensors, sha256 " + "0" * 64
+    assert calls == [
+        ["gh", "release", "create", "v1$(id)", *map(str, files), "--repo", "alice/x;id", "--title", "v1$(id)",
+         "--notes", notes],
+        ["hf", "upload", "c/d$(id)", str(output / "huggingface"), ".", "--commit-message", "Tiniest N"],
+        ["hf", "repos", "tag", "create", "c/d$(id)", "r`id`"],
+        ["git", "push", "origin", "main"],
+        ["git", "push", "origin", "main:hub"],
+    ]
+    assert "upload_folder(repo_id='c/d$(id)', folder_path=" in text
+
+
+def test_overwrite_replaces_only_what_the_previous_record_lists(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert release(weights, out, *MINE) == 0
+    old = json.loads((out / "release.json").read_text())["filename"]
+    foreign = [out / "tiniest-mine.pt", out / "tiniest-notes.safetensors"]  # named alike, never released
+    for path in foreign:
+        path.write_bytes(b"mine")
+    torch.manual_seed(1)
+    torch.save(Tiniest().state_dict(), weights)
+    assert release(weights, out, *MINE, "--overwrite") == 0
+    new = json.loads((out / "release.json").read_text())["filename"]
+    assert new != old and not (out / old).exists() and not (out / old.replace(".safetensors", ".pt")).exists()
+    assert all(path.read_bytes() == b"mine" for path in foreign)
+
+    # a record that is not one, or that names a file outside the folder, is refused before anything is removed
+    record = json.loads((out / "release.json").read_text())
+    (out / "release.json").write_text(json.dumps(record | {"filename": "../victim.safetensors"}))
+    (tmp_path / "victim.safetensors").write_bytes(b"keep")
+    assert release(weights, out, *MINE, "--overwrite") == 1
+    assert "lists '../victim.safetensors'" in capsys.readouterr().err
+    assert (tmp_path / "victim.safetensors").read_bytes() == b"keep" and (out / new).exists()
+    (out / "release.json").write_text("[1, 2")
+    assert release(weights, out, *MINE, "--overwrite") == 1
+    assert "is not a release record" in capsys.readouterr().err and (out / new).exists()
+
+
+@pytest.mark.parametrize("link", ["huggingface", "PUBLISH.md", "huggingface/README.md", "release.json"])
+def test_outputs_that_are_symbolic_links_are_refused(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], link: str
+) -> None:
+    out = tmp_path / "out"
+    assert release(weights, out, *MINE) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = out / link
+    target = elsewhere if link == "huggingface" else elsewhere / "victim"
+    if target != elsewhere:
+        target.write_bytes(b"keep")
+    if path.is_dir():
+        for child in path.iterdir():
+            child.unlink()
+        path.rmdir()
+    else:
+        path.unlink()
+    path.symlink_to(target)
+    before = {p.name: p.read_bytes() for p in elsewhere.iterdir()}
+    assert release(weights, out, *MINE, "--overwrite") == 1
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == before and path.is_symlink()

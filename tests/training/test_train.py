@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -265,6 +266,17 @@ def test_ctrl_c_says_the_last_saved_epoch_and_the_resume_command(tiny_data: Path
         f"interrupted. Last saved: epoch {saved} of 40 in {run / 'checkpoint.pt'}; continue with: "
         f"tiniest train --output {run} --resume"
     )
+
+
+def test_the_resume_command_is_quoted_for_the_shell(tiny_data: Path, tmp_path: Path) -> None:
+    """A run folder named like shell code is one argument of the printed command, never code."""
+    from tiniest.training.loop import last_saved
+
+    run = tmp_path / "run $(id); `id`"
+    assert train(tiny_data, run, "--epochs", "2", "--batch-size", "16", "--limit-train", "16", "--limit-test", "4",
+                 "--stop-after", "1", "--no-progress") == 0
+    command = last_saved(run).split("continue with: ", 1)[1]
+    assert shlex.split(command) == ["tiniest", "train", "--output", str(run), "--resume"]
 
 
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),

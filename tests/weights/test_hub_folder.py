@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
 
 import tiniest
+from tests.loopback import LoopbackServer
 from tiniest import Tiniest, TiniestWeights
-from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
+from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
 from tiniest.weights.artifact import read_metadata, sha256_hex
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,3 +122,58 @@ def test_clear_errors(tmp_path: Path) -> None:
     (folder / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="expected JSON"):
         Tiniest.from_pretrained(folder)
+
+
+def test_repo_ids_and_revisions_are_checked_before_the_hub_is_asked(tmp_path: Path, server: LoopbackServer) -> None:
+    """A revision is a file name in huggingface_hub's cache (refs/<revision>): '..' in it wrote outside the cache."""
+    escape = "../../../../escaped"  # from HF_HOME/hub/models--someone--x/refs/ up to tmp_path
+    info = json.dumps({"id": "someone/x", "sha": "0" * 40, "siblings": [], "private": False}).encode()
+    server.serve(f"/api/models/someone/x/revision/{quote(escape, safe='')}", info)
+    server.serve(f"/api/models/someone/x/tree/{'0' * 40}", b"[]")
+    script = (
+        "import sys; from tiniest import Tiniest\n"
+        "for repo_id, revision in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+        "    try:\n        Tiniest.from_pretrained(repo_id, revision=revision or None)\n"
+        "    except Exception as error:\n        print(type(error).__name__, str(error).splitlines()[0])\n"
+    )
+    tries = ["someone/x", escape, "someone/x y", "", "someone/x", "main:x", "someone/x", "v1.lock"]
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *tries], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(tries) // 2, done.stdout + done.stderr
+    assert [line.split(" ", 1)[0] for line in lines] == ["UsageError"] * len(lines), done.stdout
+    assert "revision: expected a git tag" in lines[0] and "repo_id_or_folder: expected a Hugging Face" in lines[1]
+    assert not (tmp_path / "escaped").exists() and server.paths_requested() == []
+
+
+def test_model_card_shows_names_literally_and_its_front_matter_stays_valid() -> None:
+    """Class names, metric labels and the data's description reach the card's body as text, never as markup."""
+    import yaml
+    from huggingface_hub import ModelCard
+    from markdown_it import MarkdownIt
+
+    from tiniest.weights.hub_folder import model_card
+
+    hostile = ["<script>alert(1)</script>", "**bold** | cell", "[link](https://evil.example)", "two\n# lines", "$x$"]
+    meta = {
+        "categories": hostile,
+        "dataset": "train split of </td><img src=x onerror=alert(1)>, hf://someone/data\n---\nforged: yes",
+        "metrics": {"<b>mine</b> test": {"accuracy": 0.5, "total": 10}, "x | y": {"accuracy": 0.25, "total": 4}},
+        "credit": "<iframe src=//evil.example>",
+    }
+    card = model_card(meta, sha256="0" * 64, repo_id="alice/x")
+    front, body = card.split("\n---\n", 2)[0], card.split("\n---\n", 1)[1]
+    data = yaml.safe_load(front.removeprefix("---\n"))
+    assert data["datasets"] == ["someone/data"] and "forged" not in data
+    assert ModelCard(card).data.eval_results[0].dataset_name == "<b>mine</b>"  # YAML keeps it as a plain value
+
+    html = MarkdownIt("commonmark").enable("table").render(body)
+    assert not any(tag in html for tag in ("<script", "<img", "<iframe", "<b>", "<strong>", "<em>")), html
+    assert html.count("<a ") == 1 and "evil.example" not in html.split("</a>")[0]  # the card's own link only
+    assert html.count("<h1>") == 1 and "<td>x | y</td>" in html  # one heading; the cell is not split
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;, **bold** | cell, [link](https://evil.example), two\\n# lines" in html
+    with pytest.raises(UsageError, match="repo_id: expected a Hugging Face repo id"):
+        model_card(meta, sha256="0" * 64, repo_id="alice/x y")

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from tiniest import __version__
 from tiniest.errors import TiniestError, TiniestWarning
 from tiniest.fast.allocator import keep_freed_memory
+from tiniest.names import printable
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -47,9 +48,10 @@ def _one_line_warnings(command: str) -> Iterator[None]:
     def formatwarning(
         message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
     ) -> str:
+        text = printable(str(message))  # names in it cannot drive the terminal or forge a line
         if issubclass(category, TiniestWarning):
-            return f"tiniest {command}: warning: {message}\n"
-        return default(message, category, filename, lineno, line)
+            return f"tiniest {command}: warning: {text}\n"
+        return default(text, category, filename, lineno, line)
 
     warnings.formatwarning = formatwarning
     try:
@@ -65,5 +67,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _one_line_warnings(args.command):
             return int(args.run(args))
     except (TiniestError, OSError) as error:
-        print(f"tiniest {args.command}: error: {error}", file=sys.stderr)
+        print(f"tiniest {args.command}: error: {printable(str(error))}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from tiniest.errors import PreprocessError, UsageError
 from tiniest.evaluation import align_labels, evaluate
 from tiniest.hub import tiniest
 from tiniest.metrics import format_confusion_matrix
+from tiniest.names import printable
 from tiniest.transforms import require_images_extra
 
 HELP = "accuracy, classification report and confusion matrix on a dataset split"
@@ -94,15 +95,15 @@ def run(args: argparse.Namespace) -> int:
     total = time.perf_counter() - began
     n = len(data)
     kind = _model_kind(model)
-    print(f"{args.data} ({args.split}): {n} images, {_MODEL_KINDS[kind]}")
+    print(f"{printable(args.data)} ({printable(args.split)}): {n} images, {_MODEL_KINDS[kind]}")
     if data.skipped:
         print(f"skipped {len(data.skipped)} unreadable image file{'' if len(data.skipped) == 1 else 's'}:")
         for _, reason in data.skipped:
-            print(f"  {reason}")
+            print(f"  {printable(reason)}")
     print(f"accuracy {result.accuracy:.4f} ({result.correct}/{n})\n")
     absent = [name for name in result.classes if name not in result.report]
     if absent:
-        print(f"not in the report (in neither the labels nor the predictions): {', '.join(absent)}\n")
+        print(f"not in the report (in neither the labels nor the predictions): {printable(', '.join(absent))}\n")
     print(result.text())
     print("confusion matrix (rows: true class, columns: predicted class)")
     print(format_confusion_matrix(result.confusion, result.classes))

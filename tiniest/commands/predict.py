@@ -9,6 +9,7 @@ import sys
 from tiniest import plots
 from tiniest.commands._common import add_device_argument
 from tiniest.inference import predict
+from tiniest.names import printable
 from tiniest.transforms import require_images_extra
 
 HELP = "classify image files: class names with probabilities"
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     )
     failed = [result.error for result in results if result.error is not None]
     for error in failed:  # every readable file still gets its answer on stdout
-        print(f"tiniest predict: error: {error}", file=sys.stderr)
+        print(f"tiniest predict: error: {printable(error)}", file=sys.stderr)
     if args.plot is not None:
         plots.save_predictions(args.plot, args.images, results)
     if args.json:
@@ -51,15 +52,15 @@ def run(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(records, indent=2))
         return 1 if failed else 0
-    width = max((len(name) for result in results for name, _ in result.top), default=0)
+    width = max((len(printable(name)) for result in results for name, _ in result.top), default=0)
     for image, result in zip(args.images, results, strict=True):
         if result.error is not None:
             continue
         if args.top_k == 1:
-            print(f"{image}: {result.label} {result.probability:.3f}")
+            print(f"{printable(image)}: {printable(result.label)} {result.probability:.3f}")
         else:
-            print(f"{image}:")
+            print(f"{printable(image)}:")
             for name, p in result.top:
-                print(f"  {name:<{width}} {p:.3f}")
+                print(f"  {printable(name):<{width}} {p:.3f}")
     return 1 if failed else 0
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tiniest import names
 from tiniest.commands._common import read_metrics
 from tiniest.errors import UsageError
 from tiniest.export import artifact_bytes
@@ -92,29 +93,32 @@ def release_record(
 
 
 def publish_commands(record: dict[str, Any], output: Path, files: list[Path]) -> str:
-    """PUBLISH.md: one command per destination, then how the pinned record and the hub branch move."""
-    repo, tag = record["github"]["repo"], record["github"]["tag"]
+    """PUBLISH.md: one command per destination, then how the pinned record and the hub branch move.
+
+    Every name and path in a command is shell-quoted: pasting the commands runs them and nothing else.
+    """
+    repo, tag = shlex.quote(record["github"]["repo"]), shlex.quote(record["github"]["tag"])
     hf_repo, hf_revision = record["huggingface"]["repo_id"], record["huggingface"]["revision"]
     quoted = " ".join(shlex.quote(str(f)) for f in files)
     notes = shlex.quote(f"Tiniest weights {record['name']}: {record['filename']}, sha256 {record['sha256']}")
     hf_folder = shlex.quote(str(output / HF_FOLDER))
-    tag_hf = (f"hf repos tag create {hf_repo} {shlex.quote(hf_revision)}   # pins the revision in the record\n"
-              if hf_revision != "main" else "")
+    pin = f"hf repos tag create {shlex.quote(hf_repo)} {shlex.quote(hf_revision)}   # pins the revision in the record"
+    tag_hf = f"{pin}\n" if hf_revision != "main" else ""
     return f"""# Publishing {record["name"]} ({record["filename"]}, sha256 {record["sha256"]})
 
 GitHub release asset (token: `gh auth login` or GH_TOKEN):
 
 ```bash
-gh release create {shlex.quote(tag)} {quoted} --repo {repo} --title {shlex.quote(tag)} --notes {notes}
+gh release create {tag} {quoted} --repo {repo} --title {tag} --notes {notes}
 ```
 
 Hugging Face model repo (token: `hf auth login` or HF_TOKEN):
 
 ```bash
-hf upload {hf_repo} {hf_folder} . --commit-message {shlex.quote("Tiniest " + record["name"])}
+hf upload {shlex.quote(hf_repo)} {hf_folder} . --commit-message {shlex.quote("Tiniest " + record["name"])}
 {tag_hf}```
 
-(or, in Python: `huggingface_hub.upload_folder(repo_id="{hf_repo}", folder_path="{output / HF_FOLDER}")`.)
+(or, in Python: `huggingface_hub.upload_folder(repo_id={hf_repo!r}, folder_path={str(output / HF_FOLDER)!r})`.)
 
 Then make it the pinned release: replace `tiniest/weights/release.json` with `{output / RECORD_NAME}`, run the
 tests, commit to `main`, and move the `hub` branch that torch.hub users name to that commit:
@@ -135,10 +139,55 @@ def _release_name(categories: list[str], run: dict[str, Any] | None, sha8: str) 
     return f"{prefix}_{sha8.upper()}"
 
 
-def _repo(value: str | None, flag: str) -> str | None:
-    if value is not None and (value.count("/") != 1 or not all(value.split("/"))):
-        raise UsageError(f"{flag}: expected OWNER/NAME, got {value!r}")
-    return value
+def _check_names(name: str | None, github_repo: str | None, tag: str | None, hf_repo_id: str | None,
+                 hf_revision: str | None) -> None:
+    """Refuse, before any work, a name that GitHub, the Hub or git would not take as it is."""
+    if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise UsageError(
+            f"--name: expected a Python identifier such as CIFAR10_V2 (a TiniestWeights member), got {name!r}"
+        )
+    if github_repo is not None:
+        names.github_repo(github_repo, "--github-repo")
+    if hf_repo_id is not None:
+        names.hf_repo_id(hf_repo_id, "--hf-repo-id")
+    for value, flag in ((tag, "--tag"), (hf_revision, "--hf-revision")):
+        if value is not None:
+            names.git_ref(value, flag)
+
+
+def _previous_release(output: Path) -> list[Path]:
+    """The files that the release record in ``output`` lists (its asset and original), to be replaced.
+
+    Only those: a file the record does not name stays, whatever it is called.
+    """
+    path = output / RECORD_NAME
+    if not path.is_file():
+        return []
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        listed = [record["filename"]]
+        downloads = f"{record['github']['repo']}/releases/download/{record['github']['tag']}/"
+        if record["source"]["path"].startswith(downloads):  # an original published beside the asset
+            listed.append(record["source"]["path"].removeprefix(downloads))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UsageError(
+            f"--overwrite: {path} is not a release record ({type(error).__name__}: {error}); "
+            "remove it or choose another --output"
+        ) from None
+    for name in listed:
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            raise UsageError(f"--overwrite: {path} lists {name!r}; expected a file name in {output}")
+    return [output / name for name in listed if (output / name).is_file() or (output / name).is_symlink()]
+
+
+def _refuse_links(paths: list[Path]) -> None:
+    """Refuse outputs that are symbolic links: the release writes its own files, never through a link."""
+    for path in paths:
+        if path.is_symlink():
+            raise UsageError(
+                f"--output: {path} is a symbolic link; release writes only plain files and folders: "
+                "remove the link or choose another --output"
+            )
 
 
 def _check_output(output: Path, overwrite: bool) -> list[Path]:
@@ -146,15 +195,15 @@ def _check_output(output: Path, overwrite: bool) -> list[Path]:
     check_output_folder(output)
     present = sorted(output.iterdir()) if output.is_dir() else []
     if present and not overwrite:
-        names = ", ".join(p.name for p in present[:5]) + (", ..." if len(present) > 5 else "")
+        listing = ", ".join(p.name for p in present[:5]) + (", ..." if len(present) > 5 else "")
         raise FileExistsError(
-            f"--output {output} already holds {names}: choose an empty or new folder, "
+            f"--output {output} already holds {names.printable(listing)}: choose an empty or new folder, "
             "or pass --overwrite to replace the release in it"
         )
     hf = output / HF_FOLDER
-    ours = [output / RECORD_NAME, output / INSTRUCTIONS_NAME, *output.glob("tiniest-*.safetensors"),
-            *output.glob("tiniest-*.pt"), *(hf / name for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME))]
-    return [path for path in ours if path.is_file()]
+    _refuse_links([output / RECORD_NAME, output / INSTRUCTIONS_NAME, hf,
+                   *(hf / name for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME))])
+    return _previous_release(output)
 
 
 def make_release(
@@ -176,8 +225,8 @@ def make_release(
     only the published checkpoint defaults to the pinned release's names and carries its record.
     """
     release = TiniestWeights.DEFAULT.release
+    _check_names(name, github_repo, tag, hf_repo_id, hf_revision)
     replaced = _check_output(output, overwrite)
-    github_repo, hf_repo_id = _repo(github_repo, "--github-repo"), _repo(hf_repo_id, "--hf-repo-id")
     source = read_source(source_path)
     source_sha256 = sha256_hex(source.checkpoint)
     pinned = is_published(source.checkpoint)
@@ -198,15 +247,15 @@ def make_release(
     hf_repo_id = hf_repo_id or release.hf_repo_id
     name = name or (release.name if pinned else _release_name(meta["categories"], source.run, sha8))
     tag = tag or (release.github_tag if pinned else f"weights-{sha8}")
+    filename = release.filename if pinned else f"tiniest-{sha8}.safetensors"
+    original = output / f"tiniest-{sha8}.pt"
+    _refuse_links([output / filename, original])
     for old in replaced:
         old.unlink()
     if pinned:
-        filename = release.filename
         origin = {"path": release.source_path, "sha256": release.source_sha256, "size": release.source_size}
         files = [output / filename]
     else:
-        filename = f"tiniest-{sha8}.safetensors"
-        original = output / f"tiniest-{sha8}.pt"
         save_atomically(original, source.checkpoint)
         path = f"{github_repo}/releases/download/{tag}/{original.name}"
         origin = {"path": path, "sha256": source_sha256, "size": len(source.checkpoint)}
@@ -255,8 +304,9 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     output: Path = args.output
-    print(f"{output / record['filename']}\nsha256 {record['sha256']}\nsize {record['size']} bytes")
-    print(f"Hugging Face folder: {output / HF_FOLDER}")
-    print(f"release record: {output / RECORD_NAME}  (paste into tiniest/weights/release.json)")
-    print(f"how to publish: {output / INSTRUCTIONS_NAME}")
+    shown = names.printable(str(output))
+    print(f"{shown}/{record['filename']}\nsha256 {record['sha256']}\nsize {record['size']} bytes")
+    print(f"Hugging Face folder: {shown}/{HF_FOLDER}")
+    print(f"release record: {shown}/{RECORD_NAME}  (paste into tiniest/weights/release.json)")
+    print(f"how to publish: {shown}/{INSTRUCTIONS_NAME}")
     return 0

@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -313,7 +314,7 @@ def last_saved(output: Path) -> str:
     epoch, epochs = int(checkpoint["epoch"]), int(checkpoint["recipe"]["epochs"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     launcher = f"torchrun --nproc-per-node {world_size} -m tiniest" if world_size > 1 else "tiniest"
-    command = f"{launcher} train --output {output} --resume"
+    command = f"{launcher} train --output {shlex.quote(str(output))} --resume"  # pasted into a shell: quoted
     return f"Last saved: epoch {epoch} of {epochs} in {path}; continue with: {command}"
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from tiniest.errors import ArtifactError, IncompatibleWeightsError, WeightsNotFoundError
+from tiniest import names
+from tiniest.errors import ArtifactError, IncompatibleWeightsError, UsageError, WeightsNotFoundError
 from tiniest.storage import HF_PREFIX, save_atomically
 from tiniest.weights._record import CLASSES, TiniestWeights
 from tiniest.weights.artifact import artifact_metadata, sha256_hex, to_safetensors
@@ -71,13 +72,17 @@ def _hub_dataset(meta: Mapping[str, Any]) -> str | None:
     text = str(meta.get("dataset", ""))
     for marker in ("huggingface.co/datasets/", HF_PREFIX):
         if marker in text:
-            return text.split(marker, 1)[1].split()[0].split("@")[0].rstrip(",;)")
+            repo_id = text.split(marker, 1)[1].split()[0].split("@")[0].rstrip(",;)")
+            try:
+                return names.hf_repo_id(repo_id, "dataset")
+            except UsageError:  # not a repo id: the card's text still says what the data were
+                return None
     return None
 
 
 def _split_of(label: str, values: Mapping[str, Any]) -> tuple[str, str]:
     """``(split, images)`` of a metrics entry: a subset says how many images of how many."""
-    split = str(values.get("split") or label.split()[-1])
+    split = str(values.get("split") or (label.split() or ["?"])[-1])
     total = f"{values['total']:,}" if "total" in values else "?"
     if values.get("subset_of"):
         return split, f"{total} (random subset of {values['subset_of']:,})"
@@ -88,10 +93,15 @@ def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = No
     """A model card whose YAML front matter carries licence, dataset and metrics for the Hub.
 
     It says "verified" only for the pinned release; whole-split scores go to the Hub's
-    ``model-index``, subset scores only to the card's table, with their image count.
+    ``model-index``, subset scores only to the card's table, with their image count. Every text
+    the weights' metadata brings (class names, data, credit...) is shown literally: markdown and
+    HTML in it are escaped.
     """
     from huggingface_hub import EvalResult, ModelCardData
 
+    if repo_id is not None:
+        names.hf_repo_id(repo_id, "repo_id")
+    text = names.markdown
     dataset = _hub_dataset(meta)
     categories = list(meta["categories"])
     cifar10 = is_cifar10(categories)
@@ -108,7 +118,7 @@ def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = No
                 dataset_type=dataset or "imagefolder", dataset_name=label.rsplit(" ", 1)[0], dataset_split=split,
                 metric_type="accuracy", metric_value=float(values["accuracy"]), metric_name="Accuracy",
             ))
-        rows.append(f"| {label} | {split} | {images} | {100 * float(values['accuracy']):.2f}% |")
+        rows.append(f"| {text(label)} | {text(split)} | {images} | {100 * float(values['accuracy']):.2f}% |")
     data = ModelCardData(
         license=str(meta.get("license") or UNKNOWN_LICENSE).lower(),
         library_name="pytorch",
@@ -128,7 +138,7 @@ def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = No
     if license_text == UNKNOWN_LICENSE:
         license_text = "Licence not stated by the weights' maker"
     parts = [license_text, *(str(meta.get(key, "")) for key in ("copyright", "credit"))]
-    credits = " ".join(f"{part.strip().rstrip('.')}." for part in parts if part.strip())
+    credits = " ".join(f"{text(part.strip().rstrip('.'))}." for part in parts if part.strip())
     task = "CIFAR-10 classifier" if cifar10 else f"{len(categories)}-class image classifier"
     body = f"""
 # {name}
@@ -143,7 +153,7 @@ model = {load}   {check}
 logits = model(images - 0.5)  # images: (N, 3, 32, 32) RGB in [0, 1]
 ```
 
-Classes, in output order (`model.labels`): {", ".join(categories)}.
+Classes, in output order (`model.labels`): {", ".join(text(str(category)) for category in categories)}.
 
 ## Results
 
@@ -151,8 +161,8 @@ Classes, in output order (`model.labels`): {", ".join(categories)}.
 
 ## Training
 
-- Data: {meta.get("dataset", "not recorded")}
-- Recipe: {meta.get("recipe", "not recorded")}
+- Data: {text(str(meta.get("dataset", "not recorded")))}
+- Recipe: {text(str(meta.get("recipe", "not recorded")))}
 
 ## Files
 
@@ -223,6 +233,9 @@ def _download(repo_id: str, revision: str | None, **hub_options: Any) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise WeightsNotFoundError(f"{repo_id}: Hub repos need huggingface_hub (pip install huggingface_hub)") from None
+    names.hf_repo_id(repo_id, "repo_id_or_folder")  # the revision names a file in the Hub cache: no '..'
+    if revision is not None:
+        names.git_ref(revision, "revision")
     try:
         path = snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME], **hub_options)
     except Exception as error:  # huggingface_hub raises many types: report them the same way
