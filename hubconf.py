@@ -2,6 +2,6 @@
 
 from tiniest.hub import tiniest
 
-dependencies = ["torch", "safetensors"]
+dependencies = ["torch"]
 
 __all__ = ["tiniest"]

@@ -39,7 +39,10 @@ __all__ = [
 _SAFETENSORS_ALIGN = 8
 # the dtypes written, in the order safetensors lays tensors out (largest alignment first); built from
 # names, as an older torch lacks some (uint64 came with torch 2.3)
-_LAYOUT = "U64 I64 F64 C64 F32 U32 I32 BF16 F16 U16 I16 F8_E4M3 F8_E5M2 I8 U8 BOOL".split()
+_LAYOUT = [
+    *["U64", "I64", "F64", "C64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16"],
+    *["F8_E4M3", "F8_E5M2", "I8", "U8", "BOOL"],
+]
 _DTYPES = {DTYPES[name]: name for name in _LAYOUT if name in DTYPES}
 _LAYOUT_RANK = {dtype: rank for rank, dtype in enumerate(_DTYPES)}
 
