@@ -74,6 +74,8 @@ class Entry:
 
 @dataclass(frozen=True)
 class Header:
+    """What a valid header says: the free-form metadata, and where each tensor lies."""
+
     metadata: dict[str, str]
     tensors: dict[str, Entry]
 
@@ -113,10 +115,10 @@ def read_header(data: bytes, *, origin: str = "weights") -> Header:
             )
         size = _byte_size(shape, _DTYPE_NAMES[dtype_name][1])
         if size is None:
-            raise refuse(f"tensor {_show(name)}: the size of shape {list(shape)} overflows 64 bits")
+            raise refuse(f"tensor {_show(name)}: the size of shape {_dims(shape)} overflows 64 bits")
         if end - start != size:
             raise refuse(
-                f"expected tensor {_show(name)} ({dtype_name} {list(shape)}) to take {size} bytes, "
+                f"expected tensor {_show(name)} ({dtype_name} {_dims(shape)}) to take {size} bytes, "
                 f"got offsets [{start}, {end}] ({end - start} bytes)"
             )
         position = end
@@ -141,7 +143,7 @@ def read_tensors(data: bytes, *, origin: str = "weights") -> dict[str, torch.Ten
         except (RuntimeError, TypeError, ValueError, OverflowError) as error:  # a shape torch cannot hold
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ArtifactError(
-                f"{origin}: not a valid safetensors file: tensor {_show(name)} of shape {list(entry.shape)} "
+                f"{origin}: not a valid safetensors file: tensor {_show(name)} of shape {_dims(entry.shape)} "
                 f"cannot be made by torch ({first})"
             ) from None
         tensors[name] = tensor
@@ -169,6 +171,11 @@ def _byte_size(shape: tuple[int, ...], bits: int) -> int | None:
 def _show(name: str, limit: int = 60) -> str:
     shown = repr(name)
     return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
+def _dims(shape: tuple[int, ...], limit: int = 8) -> str:
+    shown = ", ".join(map(str, shape[:limit]))
+    return f"[{shown}, ... {len(shape)} dims]" if len(shape) > limit else f"[{shown}]"
 
 
 def _parse_json(text: str) -> Any:
