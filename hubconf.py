@@ -22,6 +22,6 @@ _refuse_another_tiniest()
 
 from tiniest.hub import tiniest  # noqa: E402  (after the check: this folder's package, never another)
 
-dependencies = ["torch", "safetensors"]
+dependencies = ["torch"]
 
 __all__ = ["tiniest"]

@@ -1,7 +1,7 @@
-"""The weights paths with only what ``hubconf.dependencies`` promises: torch and safetensors.
+"""The weights paths with only what ``hubconf.dependencies`` promises: torch alone.
 
-A child process of the dev interpreter runs with numpy, tqdm and Pillow made unimportable
-(``sys.modules[name] = None`` makes ``import name`` fail exactly as in a bare environment), and
+A child process of the dev interpreter runs with numpy, tqdm, Pillow, safetensors and huggingface_hub
+made unimportable (``sys.modules[name] = None`` makes ``import name`` fail exactly as in a bare environment), and
 with the package copied alone into a folder, as a wheel installs it: no ``weights/`` beside it.
 The real bare environments are built in CI; this runs the same code paths in every test run.
 """
@@ -22,7 +22,8 @@ from tests.loopback import LoopbackServer
 from tiniest.weights import TiniestWeights
 
 RELEASE = TiniestWeights.DEFAULT.release
-BARE = "import sys\nfor name in ('numpy', 'tqdm', 'PIL'):\n    sys.modules[name] = None\n"
+UNIMPORTABLE = ("numpy", "tqdm", "PIL", "safetensors", "huggingface_hub")
+BARE = f"import sys\nfor name in {UNIMPORTABLE!r}:\n    sys.modules[name] = None\n"
 
 
 def wheel_layout(tmp_path: Path) -> Path:

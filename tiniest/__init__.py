@@ -8,13 +8,34 @@ costs little beyond ``import torch``.
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
-from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
-from tiniest.hub import tiniest
-from tiniest.layers import layer
-from tiniest.model import Block, LayerNorm2d, Tiniest
-from tiniest.weights import CLASSES, TiniestWeights, load_weights
+import torch
+
+from tiniest.errors import UnsupportedTorchError, UnverifiedWeightsWarning, WeightsNotFoundError
+
+# The oldest torch tiniest runs on, as in pyproject.toml (a test holds the two equal) and as CI tests it.
+TORCH_FLOOR = (2, 3)
+
+
+def _torch_too_old(version: str) -> str | None:
+    """Why ``version`` of torch will not do, in one line, or None; a version that is not "X.Y..." is let be."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None or (int(found[1]), int(found[2])) >= TORCH_FLOOR:
+        return None
+    floor = ".".join(map(str, TORCH_FLOOR))
+    return f"tiniest needs torch >= {floor} (installed: {version}); upgrade it: pip install 'torch>={floor}'"
+
+
+# First, before any submodule: on an older torch they would fail with some AttributeError deep inside.
+if (_problem := _torch_too_old(str(torch.__version__))) is not None:
+    raise UnsupportedTorchError(_problem)
+
+from tiniest.hub import tiniest  # noqa: E402
+from tiniest.layers import layer  # noqa: E402
+from tiniest.model import Block, LayerNorm2d, Tiniest  # noqa: E402
+from tiniest.weights import CLASSES, TiniestWeights, load_weights  # noqa: E402
 
 __version__ = "1.0.0"
 

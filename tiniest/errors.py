@@ -19,6 +19,7 @@ __all__ = [
     "RateLimitError",
     "TiniestError",
     "TiniestWarning",
+    "UnsupportedTorchError",
     "UnverifiedWeightsWarning",
     "UsageError",
     "WeightsNotFoundError",
@@ -59,6 +60,10 @@ class PreprocessError(TiniestError, ValueError):
 
 class MissingExtraError(TiniestError, ImportError, RuntimeError):
     """An optional dependency is missing; the message names the extra that brings it."""
+
+
+class UnsupportedTorchError(TiniestError, ImportError):
+    """The installed torch is older than the oldest tiniest is tested with; ``import tiniest`` says so in one line."""
 
 
 class DownloadError(TiniestError, OSError):

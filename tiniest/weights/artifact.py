@@ -4,7 +4,9 @@
 little-endian tensors), because ``safetensors.torch.save`` needs numpy, which neither torch nor
 tiniest installs. It lays the tensors out as safetensors does (by dtype, largest first, then by
 name; a test compares the two byte for byte) and writes the header with sorted keys, so that the
-same checkpoint always gives the same bytes and the same sha256. Reading stays with safetensors.
+same checkpoint always gives the same bytes and the same sha256. Reading is
+:mod:`tiniest.weights.safetensors_format`'s, in plain Python and torch, in every environment: the
+torch.hub user who has only torch runs the same reader as the tests, which hold it to the library.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from tiniest.errors import ArtifactError
+from tiniest.weights.safetensors_format import DTYPES, read_header, read_tensors
 
 __all__ = [
     "artifact_metadata",
@@ -34,25 +37,13 @@ __all__ = [
 ]
 
 _SAFETENSORS_ALIGN = 8
-# safetensors' dtype names, in the order it lays tensors out (largest alignment first)
-_DTYPES = {
-    torch.uint64: "U64",
-    torch.int64: "I64",
-    torch.float64: "F64",
-    torch.complex64: "C64",
-    torch.float32: "F32",
-    torch.uint32: "U32",
-    torch.int32: "I32",
-    torch.bfloat16: "BF16",
-    torch.float16: "F16",
-    torch.uint16: "U16",
-    torch.int16: "I16",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+# the dtypes written, in the order safetensors lays tensors out (largest alignment first); built from
+# names, as an older torch lacks some (uint64 came with torch 2.3)
+_LAYOUT = [
+    *["U64", "I64", "F64", "C64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16"],
+    *["F8_E4M3", "F8_E5M2", "I8", "U8", "BOOL"],
+]
+_DTYPES = {DTYPES[name]: name for name in _LAYOUT if name in DTYPES}
 _LAYOUT_RANK = {dtype: rank for rank, dtype in enumerate(_DTYPES)}
 
 
@@ -98,18 +89,9 @@ def _raw_bytes(tensor: torch.Tensor) -> bytes:
     return ctypes.string_at(tensor.data_ptr(), tensor.nbytes) if tensor.nbytes else b""
 
 
-def read_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` block of a safetensors file, without reading the tensors."""
-    if len(data) < 8:
-        raise ArtifactError(f"expected a safetensors file, got {len(data)} bytes")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8:
-        raise ArtifactError("expected a safetensors header, got a length past the end of the data")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-    except ValueError as error:
-        raise ArtifactError(f"expected a JSON safetensors header: {error}") from None
-    return dict(header.get("__metadata__") or {})
+def read_metadata(data: bytes, *, origin: str = "weights") -> dict[str, str]:
+    """The ``__metadata__`` block of a safetensors file, the whole header checked, the tensors not built."""
+    return read_header(data, origin=origin).metadata
 
 
 def is_safetensors(data: bytes) -> bool:
@@ -122,13 +104,7 @@ def is_safetensors(data: bytes) -> bool:
 def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.Tensor]:
     """Tensors from safetensors bytes or a torch state_dict (never unpickling code)."""
     if is_safetensors(data):
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
-        try:
-            return load(data)
-        except SafetensorError as error:
-            raise ArtifactError(f"{origin}: not a valid safetensors file ({error})") from None
+        return read_tensors(data, origin=origin)
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for foreign bytes

@@ -245,7 +245,7 @@ def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: 
         UnverifiedWeightsWarning,
         stacklevel=4,
     )
-    metadata = read_metadata(data) if is_safetensors(data) else {}
+    metadata = read_metadata(data, origin=location) if is_safetensors(data) else {}
     return LoadedWeights(read_state_dict(data, origin=location), "file", location, sha256_hex(data), False, metadata)
 
 

@@ -1,0 +1,394 @@
+"""The safetensors reader held to the safetensors library: same files accepted, same tensors, the rest refused.
+
+Hypothesis writes the files: headers with tensors of every dtype name the library knows (and some it
+does not), shapes up to 2**64 - 1, offsets right and wrong, metadata of every JSON type, numbers and
+strings serde_json refuses, nesting near its limit, wrong length prefixes, truncations and appended
+bytes, random byte edits and plain garbage. For each file, the library accepts it iff the reader
+does (save the reader's three documented refusals: a repeated key, a tensor entry written as an
+array, a dtype written as an object), and where both accept, they give equal tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors.torch
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import ROOT
+from tiniest.errors import ArtifactError
+from tiniest.weights import TiniestWeights
+from tiniest.weights.artifact import read_metadata, read_state_dict, to_safetensors
+from tiniest.weights.safetensors_format import HEADER_LIMIT, read_tensors
+
+# every dtype name of the library's format, with its size in bits; the reader (like safetensors.torch)
+# refuses those torch cannot load: F4, F6_*, F8_E8M0
+FORMAT_BITS = {
+    **{name: 64 for name in ("F64", "I64", "U64", "C64")},
+    **{name: 32 for name in ("F32", "I32", "U32")},
+    **{name: 16 for name in ("F16", "BF16", "I16", "U16")},
+    **{name: 8 for name in ("I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0")},
+    **{"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6},
+}
+ORIGIN = "test.safetensors"
+EXAMPLES = settings(
+    max_examples=400,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+class Raw(str):
+    """JSON text written as is: numbers and strings Python's json would never write."""
+
+
+class Pairs(list):  # type: ignore[type-arg]
+    """A JSON object as (key, value) pairs, so that a key may repeat."""
+
+
+def dump(value: Any, ascii_only: bool = True) -> str:
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, Pairs):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=ascii_only)}:{dump(v, ascii_only)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(dump(item, ascii_only) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+def library(data: bytes) -> dict[str, torch.Tensor] | None:
+    try:
+        return safetensors.torch.load(data)
+    except Exception:  # the library refuses with SafetensorError, and some files with KeyError or torch's errors
+        return None
+
+
+def own(data: bytes) -> dict[str, torch.Tensor] | None:
+    try:
+        return read_tensors(data, origin=ORIGIN)
+    except ArtifactError as error:  # anything else fails the test
+        message = str(error)
+        assert message.startswith(f"{ORIGIN}: not a valid safetensors file: ") and "\n" not in message, message
+        return None
+
+
+def deviation(data: bytes) -> str | None:
+    """Which of the reader's three stricter refusals ``data`` meets, found by inspecting its JSON header."""
+    repeated: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        repeated.extend(key for key in set(keys) if keys.count(key) > 1)
+        return dict(pairs)
+
+    try:
+        length = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8 : 8 + length].decode("utf-8"), object_pairs_hook=pairs_hook)
+    except (ValueError, struct.error, RecursionError):
+        return None
+    if repeated:
+        return "repeated key"
+    if isinstance(header, dict):
+        for name, entry in header.items():
+            if name != "__metadata__" and isinstance(entry, list):
+                return "array entry"
+            if name != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("dtype"), dict):
+                return "object dtype"
+    return None
+
+
+def same_tensors(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> bool:
+    return ours.keys() == theirs.keys() and all(
+        ours[k].dtype == theirs[k].dtype
+        and ours[k].shape == theirs[k].shape
+        and torch.equal(ours[k].reshape(-1).view(torch.uint8), theirs[k].reshape(-1).view(torch.uint8))
+        for k in ours
+    )
+
+
+def check_agreement(data: bytes) -> None:
+    theirs, ours, why = library(data), own(data), deviation(data)
+    if ours is not None:
+        assert theirs is not None, "the reader accepted a file the library refuses"
+        assert why is None, f"the reader accepted a file with a {why}"
+        assert same_tensors(ours, theirs)
+    else:
+        assert theirs is None or why is not None, "the reader refused a file the library accepts"
+
+
+def file_bytes(header_text: str, data: bytes, *, length: int | None = None) -> bytes:
+    encoded = header_text.encode("utf-8")
+    return struct.pack("<Q", len(encoded) if length is None else length) + encoded + data
+
+
+# JSON values that are valid somewhere and wrong elsewhere, as serde_json reads them
+ODD_NUMBERS = [Raw(text) for text in ("-0", "0.0", "1e0", "-1", "1e400", "-1e400", "1e-400", "1" + "0" * 320)]
+ODD_VALUES = [
+    *ODD_NUMBERS,
+    Raw(str(2**64)),
+    Raw(str(2**64 - 1)),
+    True,
+    None,
+    "1",
+    [1],
+    Pairs([("k", 1)]),
+    Raw('"\\ud800"'),
+    Raw('"\\udc00x"'),
+    Raw('"\\ud83d\\ude00"'),
+    Raw("NaN"),
+    Raw("Infinity"),
+    Raw("[" * 126 + "]" * 126),
+    Raw("[" * 125 + "]" * 125),
+    Raw("[1,]"),
+]
+# valid JSON to Python, in or out of serde_json's reach
+SERDE_READS = [Raw(text) for text in ("1e-400", "-0", "[" * 125 + "]" * 125, '"\\ud83d\\ude00"', str(2**64), "9" * 300)]
+SERDE_REFUSES = [Raw(text) for text in ("1e400", "-1e400", "9" * 310, '"\\ud800"', '"\\udc00x"', "[" * 126 + "]" * 126)]
+names = st.text(alphabet="ab_.\u00e9\u2603\"\\\n\x00", max_size=3)
+dims = st.integers(0, 3) | st.sampled_from([2**32, 2**62, 2**63 - 1, 2**63, 2**64 - 1])
+strings = names | st.sampled_from([Raw('"\\ud800"'), Raw('"\\udfff"'), Raw('"\\ud83d\\ude00"'), Raw('"\\u00e9"')])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False) | names,
+    lambda inner: st.lists(inner, max_size=3) | st.lists(st.tuples(names, inner), max_size=3).map(Pairs),
+    max_leaves=6,
+)
+
+
+LOADABLE = [name for name in FORMAT_BITS if name not in ("F4", "F6_E2M3", "F6_E3M2", "F8_E8M0")]
+
+
+# one change each, to a file otherwise valid: where the reader departs from the library (three
+# refusals of its own), and where it must follow serde_json's reading of numbers and strings exactly
+TWISTS = [
+    None,
+    "repeated tensor",
+    "repeated key",
+    "array entry",
+    "object dtype",
+    "number spelling",
+    "odd unknown field",
+    "empty tensor of huge dims",
+]
+
+
+def twist(draw: st.DrawFn, kind: str | None, entries: list[tuple[str, Any]], end: int) -> None:
+    tensors = [i for i, (name, info) in enumerate(entries) if name != "__metadata__" and isinstance(info, Pairs)]
+    if kind == "empty tensor of huge dims":
+        shape = draw(st.lists(st.sampled_from([1, 2**32, 2**62, 2**63 - 1, 2**63, 2**64 - 1]), min_size=1, max_size=3))
+        shape.insert(draw(st.integers(0, len(shape))), 0)
+        info = Pairs([("dtype", draw(st.sampled_from(LOADABLE))), ("shape", shape), ("data_offsets", [end, end])])
+        entries.append(("huge", info))
+    if not tensors or kind is None:
+        return
+    index = draw(st.sampled_from(tensors))
+    name, info = entries[index]
+    if kind == "repeated tensor":
+        entries.insert(draw(st.integers(0, len(entries))), (name, info))
+    elif kind == "repeated key":
+        info.extend([("x", 1), ("x", 2)])
+    elif kind == "array entry":
+        entries[index] = (name, [value for _, value in info])
+    elif kind == "object dtype":
+        entries[index] = (name, Pairs([(k, {v: None} if k == "dtype" and isinstance(v, str) else v) for k, v in info]))
+    elif kind == "odd unknown field":
+        info.insert(draw(st.integers(0, len(info))), ("x", draw(st.sampled_from(SERDE_READS + SERDE_REFUSES))))
+    elif kind == "number spelling":  # serde_json reads each of these as a float, never as a size
+        lists = [value for key, value in info if key in ("shape", "data_offsets") and isinstance(value, list)]
+        lists = [value for value in lists if value and all(type(number) is int for number in value)]
+        if lists:
+            numbers = draw(st.sampled_from(lists))
+            zeros = [at for at, number in enumerate(numbers) if number == 0]  # "-0" is the likeliest slip
+            at = draw(st.sampled_from(zeros) if zeros and draw(st.booleans()) else st.integers(0, len(numbers) - 1))
+            number = numbers[at]
+            spellings = [f"-{number}", f"{number}.0", f"{number}e0", f"{number}0e-1"]
+            numbers[at] = Raw(draw(st.sampled_from(spellings[:1] if draw(st.booleans()) else spellings)))
+
+
+@st.composite
+def headers(draw: st.DrawFn) -> bytes:
+    """A file laid out by the format's rules, bent in a few random places (or none), and given one twist."""
+    roughness = draw(st.sampled_from([0, 0, 0.3, 1]))  # none, about one, several bends
+
+    def bent(chance: float) -> bool:
+        return draw(st.floats(0, 1)) < chance * roughness
+
+    entries: list[tuple[str, Any]] = []
+    chunks: list[bytes] = []
+    offset = 0
+    for name in draw(st.lists(names, max_size=4, unique=True)):
+        dtype = draw(st.sampled_from([*FORMAT_BITS, "u8", "X8", ""] if bent(1) else LOADABLE))
+        shape = draw(st.lists(dims if bent(1) else st.integers(0, 3), max_size=3))
+        count = 1
+        for dim in shape:
+            count *= dim
+        size = count * FORMAT_BITS.get(dtype, 8) // 8
+        if size <= 64:
+            chunks.append(draw(st.binary(min_size=size, max_size=size)))
+        info = Pairs([("dtype", dtype), ("shape", shape), ("data_offsets", [offset, offset + size])])
+        offset += size
+        if bent(0.15):
+            field = draw(st.integers(0, 2))
+            info[field] = (info[field][0], draw(st.sampled_from(ODD_VALUES)))
+        if bent(0.15):
+            info[2] = ("data_offsets", [draw(st.integers(0, 70)) for _ in range(draw(st.integers(0, 3)))])
+        if draw(st.integers(0, 4)) == 0 or bent(0.1):
+            field = draw(names.map(lambda text: "x" + text))
+            info.insert(draw(st.integers(0, 3)), (field, draw(json_values | st.sampled_from(ODD_VALUES))))
+        if bent(0.1):
+            del info[draw(st.integers(0, len(info) - 1))]
+        if bent(0.1):
+            entries.append((name, draw(st.sampled_from(ODD_VALUES))))
+        else:
+            entries.append((name, info))
+    if draw(st.booleans()):
+        metadata: Any = Pairs(draw(st.dictionaries(names, strings, max_size=3)).items())
+        if bent(0.2):
+            metadata = draw(st.sampled_from([None, *ODD_VALUES]))
+        elif bent(0.2):
+            metadata.append((draw(names), draw(json_values)))
+        entries.insert(draw(st.integers(0, len(entries))), ("__metadata__", metadata))
+    twist(draw, draw(st.sampled_from(TWISTS)), entries, offset)
+    entries = draw(st.permutations(entries)) if draw(st.booleans()) else entries
+    text = dump(Pairs(entries), ascii_only=draw(st.booleans()))
+    text = draw(st.sampled_from(["", " ", "\n\t"])) + text + " " * draw(st.integers(0, 7))
+    data = b"".join(chunks)
+    if bent(0.1):
+        data = data[: draw(st.integers(0, len(data)))] + draw(st.binary(max_size=3))
+    length = None
+    if bent(0.1):
+        encoded = len(text.encode())
+        length = draw(st.sampled_from([encoded - 1, encoded + 1, HEADER_LIMIT, HEADER_LIMIT + 1, 2**64 - 1, 0]))
+    return file_bytes(text, data, length=max(length, 0) if length is not None else None)
+
+
+@given(headers())
+@EXAMPLES
+def test_reader_agrees_with_the_library_on_generated_files(data: bytes) -> None:
+    check_agreement(data)
+
+
+@given(headers(), st.lists(st.tuples(st.integers(0, 10**6), st.binary(min_size=1, max_size=2)), min_size=1, max_size=3))
+@EXAMPLES
+def test_reader_agrees_with_the_library_on_files_with_random_edits(data: bytes, edits: list[tuple[int, bytes]]) -> None:
+    edited = bytearray(data)
+    for position, replacement in edits:
+        at = 8 + position % max(len(edited) - 8, 1)
+        edited[at : at + len(replacement)] = replacement
+    check_agreement(bytes(edited))
+
+
+@given(st.binary(max_size=40), st.binary(max_size=40))
+@EXAMPLES
+def test_reader_agrees_with_the_library_on_garbage(header: bytes, tail: bytes) -> None:
+    check_agreement(struct.pack("<Q", len(header)) + header + tail)
+    check_agreement(header + tail)
+
+
+U8 = '"dtype":"U8","shape":[1],"data_offsets":[0,1]'
+EMPTY = '"shape":[0,{}],"data_offsets":[0,0]}}}}'
+KNOWN = {
+    "empty header": ("{}", b"", True),
+    "leading and trailing whitespace": (" \n{}\t\r ", b"", True),
+    "no header": ("", b"", False),
+    "a byte-order mark": ("\ufeff{}", b"", False),
+    "data past the last tensor": ("{}", b"x", False),
+    "a gap before the tensor": ('{"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}', b"ab", False),
+    "tensors listed out of order": (
+        '{"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"a":{' + U8 + "}}",
+        b"ab",
+        True,
+    ),
+    "two tensors on the same bytes": ('{"a":{' + U8 + '},"b":{' + U8 + "}}", b"a", False),
+    "a repeated tensor name (the library keeps the last)": ('{"a":{' + U8 + '},"a":{' + U8 + "}}", b"a", False),
+    "a repeated metadata key (the library keeps the last)": ('{"__metadata__":{"k":"a","k":"b"}}', b"", False),
+    "a repeated field": ('{"a":{"dtype":"U8",' + U8 + "}}", b"a", False),
+    "an unknown field": ('{"a":{' + U8 + ',"x":[1.5,null]}}', b"a", True),
+    "null metadata": ('{"__metadata__":null}', b"", True),
+    "a number as a metadata value": ('{"__metadata__":{"k":1}}', b"", False),
+    "-0 as a dimension": ('{"a":{"dtype":"U8","shape":[-0],"data_offsets":[0,0]}}', b"", False),
+    "true as a dimension": ('{"a":{"dtype":"U8","shape":[true],"data_offsets":[0,1]}}', b"a", False),
+    "1e400 in an unknown field": ('{"a":{' + U8 + ',"x":1e400}}', b"a", False),
+    "a lone surrogate": ('{"__metadata__":{"k":"\\ud800"}}', b"", False),
+    "a surrogate pair": ('{"__metadata__":{"k":"\\ud83d\\ude00"}}', b"", True),
+    "nesting 127 deep": ('{"a":{' + U8 + ',"x":' + "[" * 125 + "]" * 125 + "}}", b"a", True),
+    "nesting 128 deep": ('{"a":{' + U8 + ',"x":' + "[" * 126 + "]" * 126 + "}}", b"a", False),
+    "a size overflowing 64 bits": ('{"a":{"dtype":"U8",' + EMPTY.format("4294967296,4294967296,0"), b"", False),
+    "an empty tensor torch can make": ('{"a":{"dtype":"U8",' + EMPTY.format(2**63 - 1), b"", True),
+    "an empty tensor torch cannot make": ('{"a":{"dtype":"U8",' + EMPTY.format(2**63), b"", False),
+    "a dtype safetensors.torch cannot load": ('{"a":{"dtype":"F8_E8M0",' + U8[12:] + "}}", b"a", False),
+    "a lower-case dtype": ('{"a":{"dtype":"u8","shape":[1],"data_offsets":[0,1]}}', b"a", False),
+    "a tensor entry as an array": ('{"a":["U8",[1],[0,1]]}', b"a", False),
+    "a dtype as an object": ('{"a":{"dtype":{"U8":null},"shape":[1],"data_offsets":[0,1]}}', b"a", False),
+}
+
+
+@pytest.mark.parametrize("case", list(KNOWN))
+def test_known_cases(case: str) -> None:
+    """The cases found by probing the library (safetensors 0.8), each with the reader's answer."""
+    text, data, accepted = KNOWN[case]
+    whole = file_bytes(text, data)
+    assert (own(whole) is not None) is accepted
+    check_agreement(whole)
+
+
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [
+        (HEADER_LIMIT + 1, r"expected a header of at most 100,000,000 bytes, got a length of 100,000,001"),
+        (2**64 - 1, r"expected a header of at most 100,000,000 bytes, got a length of 18,446,744,073,709,551,615"),
+        (HEADER_LIMIT, r"expected a header of 100,000,000 bytes, got 2 bytes after the length"),
+    ],
+)
+def test_header_length_is_checked_before_anything_is_read(length: int, expected: str) -> None:
+    data = struct.pack("<Q", length) + b"{}"
+    with pytest.raises(ArtifactError, match=rf"^{ORIGIN}: not a valid safetensors file: {expected}$"):
+        read_tensors(data, origin=ORIGIN)
+    assert library(data) is None
+
+
+def test_errors_name_the_file_the_tensor_and_what_was_expected() -> None:
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    good = to_safetensors(state, {"k": "v"})
+    assert read_metadata(good) == {"k": "v"}
+    assert torch.equal(read_state_dict(good)["w"], state["w"])
+    with pytest.raises(ArtifactError, match=r"^net\.safetensors: not a valid safetensors file: expected 24 bytes"):
+        read_state_dict(good[:-1], origin="net.safetensors")
+    bent = good.replace(b'"shape":[2,3]', b'"shape":[3,3]')
+    with pytest.raises(ArtifactError, match=r"expected tensor 'w' \(F32 \[3, 3\]\) to take 36 bytes, got offsets"):
+        read_state_dict(bent, origin="net.safetensors")
+    repeated = file_bytes('{"__metadata__":{"k":"a","k":"b"}}', b"")
+    with pytest.raises(ArtifactError, match=r"^net\.safetensors: .* got 'k' repeated$"):
+        read_metadata(repeated, origin="net.safetensors")
+
+
+def test_the_release_reads_without_the_safetensors_package(release_bytes: bytes, tmp_path: Path) -> None:
+    """In a process where ``import safetensors`` fails: the published release, its tensors and their hash."""
+    path = tmp_path / "release.safetensors"
+    path.write_bytes(release_bytes)
+    code = f"""
+import hashlib, sys
+sys.modules["safetensors"] = None
+from tiniest.weights.artifact import read_metadata, read_state_dict, to_safetensors
+data = open({str(path)!r}, "rb").read()
+state = read_state_dict(data)
+again = to_safetensors(state, read_metadata(data))
+assert not any(name.split(".")[0] == "safetensors" for name in sys.modules if sys.modules[name] is not None)
+print(len(state), sum(t.numel() for t in state.values()), hashlib.sha256(again).hexdigest())
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    count, parameters, digest = run.stdout.split()
+    assert digest == TiniestWeights.DEFAULT.release.sha256 == hashlib.sha256(release_bytes).hexdigest()
+    theirs = safetensors.torch.load(release_bytes)
+    assert int(count) == len(theirs) and int(parameters) == sum(t.numel() for t in theirs.values())
+    assert TiniestWeights.DEFAULT.meta["num_params"] <= int(parameters)
