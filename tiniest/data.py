@@ -39,9 +39,10 @@ import pickle
 import pickletools
 import struct
 import time
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "DataOnlyUnpickler",
     "LabeledImages",
+    "hold_out",
     "load_split",
 ]
 
@@ -75,12 +77,19 @@ class LabeledImages:
     """A decoded split: ``images`` ``(N, 3, 32, 32)`` uint8 RGB, ``labels`` ``(N,)`` int64 into ``classes``.
 
     ``skipped``: ``(file, reason)`` for each unreadable image file left out (``skip_unreadable=True``).
+    ``identities``: where each image was read, as ``(st_dev, st_ino, index in the file)``, so that two
+    splits can be proved disjoint whatever their folders are called (empty when unknown).
+    ``content``: a hash of the names and sizes of the files read (not their folder): equal for a copy.
+    ``empty_classes``: class folders that hold no image file (left out of ``classes``).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    identities: tuple[tuple[int, int, int], ...] = ()
+    content: str = ""
+    empty_classes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -115,38 +124,81 @@ def load_split(
     )
 
 
+def hold_out(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(kept, held_out)`` of a seeded, stratified split: in every class, ``round(fraction * n)`` of
+    its ``n`` images are held out (at least one), chosen at random with ``seed``; each set is sorted.
+
+    A class too small to keep one image and hold out one is refused, naming it by its label.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"val_fraction: expected a fraction in (0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for label in range(int(labels.max()) + 1 if labels.numel() else 0):
+        members = (labels == label).nonzero().flatten()
+        count = max(1, round(fraction * len(members)))
+        if len(members) and count >= len(members):
+            raise DatasetError(
+                f"val_fraction {fraction}: class {label} has {len(members)} image(s), too few to train on some "
+                "and hold out at least one"
+            )
+        order = members[torch.randperm(len(members), generator=generator)]
+        held.append(order[:count])
+        kept.append(order[count:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
 # --------------------------------------------------------------------------- image folders
 
 
-def _class_folders(folder: Path) -> list[Path]:
-    """Subfolders holding at least one image file, sorted by name (their names are the classes)."""
+def class_name(folder_name: str) -> str:
+    """A class folder's name as a class name: Unicode NFC, so that ``café`` typed on macOS (NFD) and elsewhere
+    (NFC) is one class, not two that look alike."""
+    return unicodedata.normalize("NFC", folder_name)
+
+
+def _class_folders(folder: Path, *, with_empty: bool = False) -> list[Path]:
+    """Subfolders holding at least one image file, sorted by name (their names are the classes).
+
+    ``with_empty``: every visible subfolder, the empty ones included.
+    """
     found = []
     for child in sorted(folder.iterdir()):
         if child.is_dir() and not child.name.startswith("."):
             with os.scandir(child) as entries:
-                if any(Path(entry.name).suffix.lower() in IMAGE_SUFFIXES for entry in entries):
+                if with_empty or any(Path(entry.name).suffix.lower() in IMAGE_SUFFIXES for entry in entries):
                     found.append(child)
     return found
 
 
+def _content_key(stats: Iterable[Sequence[Any]]) -> str:
+    """A hash of each file's relative name and size: what a copy of the data keeps, wherever it is put."""
+    return hashlib.sha256(json.dumps([[name, size] for name, size, *_ in stats]).encode()).hexdigest()
+
+
 def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> LabeledImages:
-    classes = _class_folders(folder)
-    if not classes:
+    class_folders = _class_folders(folder)
+    if not class_folders:
         raise DatasetError(f"{os.fspath(folder)!r}: expected one subfolder of images per class, found none")
+    names = tuple(sorted({class_name(path.name) for path in class_folders}))
     files: list[tuple[Path, int]] = []
     stats: list[list[Any]] = []
-    for label, class_folder in enumerate(classes):
+    identities: list[tuple[int, int, int]] = []
+    for class_folder in class_folders:
+        label = names.index(class_name(class_folder.name))
         with os.scandir(class_folder) as entries:
             images = sorted(
                 (e for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES),
                 key=lambda e: e.name,
             )
         for entry in images:
-            stat = entry.stat()
+            stat = entry.stat()  # follows links: a linked file is the file it names
             files.append((Path(entry.path), label))
             stats.append([f"{class_folder.name}/{entry.name}", stat.st_size, stat.st_mtime_ns])
-    names = tuple(folder.name for folder in classes)
+            identities.append((stat.st_dev, stat.st_ino, 0))
     fingerprint = {"kind": "imagefolder", "root": str(folder.resolve()), "files": stats}
+    empty = tuple(class_name(path.name) for path in _class_folders(folder, with_empty=True)
+                  if class_name(path.name) not in names)
 
     def decode() -> LabeledImages:
         from tiniest.transforms import decode_image
@@ -168,7 +220,11 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
     result = _cached(fingerprint, len(files), decode)
     if result.skipped and not skip_unreadable:  # decoded earlier with skip_unreadable: still strict now
         raise PreprocessError(result.skipped[0][1])
-    return result
+    left_out = {file for file, _ in result.skipped}
+    kept = tuple(identity for (path, _), identity in zip(files, identities, strict=True)
+                 if os.fspath(path) not in left_out)
+    return replace(result, identities=kept if len(kept) == len(result) else (), content=_content_key(stats),
+                   empty_classes=empty)
 
 
 def _progress(items: Sequence[Any], enabled: bool, description: str) -> Iterable[Any]:
@@ -322,6 +378,7 @@ def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
         raise DatasetError(f"{os.fspath(folder)!r}: split {split!r} needs {', '.join(missing)}, which is missing")
     sources = [*paths, folder / "batches.meta"] if (folder / "batches.meta").is_file() else paths
     stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sources]
+    batches = [p.stat() for p in paths]
     fingerprint = {"kind": "cifar-batches", "root": str(folder.resolve()), "split": split, "files": stats}
 
     def decode() -> LabeledImages:
@@ -348,7 +405,9 @@ def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
             raise DatasetError(f"{os.fspath(folder)!r}: labels outside 0..{len(classes) - 1}")
         return LabeledImages(torch.cat(images), label_tensor, classes)
 
-    return _cached(fingerprint, CIFAR_ROWS * len(paths), decode)
+    result = _cached(fingerprint, CIFAR_ROWS * len(paths), decode)
+    rows = [(stat.st_dev, stat.st_ino, row) for stat in batches for row in range(CIFAR_ROWS)]
+    return replace(result, identities=tuple(rows) if len(rows) == len(result) else (), content=_content_key(stats))
 
 
 # --------------------------------------------------------------------------- Hugging Face

@@ -10,8 +10,10 @@ next epoch needs, and resuming from it gives the weights an uninterrupted run gi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import logging
 import os
 import re
 import shlex
@@ -32,15 +34,17 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
-from tiniest.data import LabeledImages, load_split
 from tiniest.devices import resolve_device
-from tiniest.env import env_int
-from tiniest.errors import DatasetError, PeerLostError, UsageError
+from tiniest.env import env_int, env_number
+from tiniest.errors import DatasetError, PeerLostError, TiniestWarning, UsageError
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically
 from tiniest.training.augment import batch_augmentation, mix_up, mixup_loss
 from tiniest.training.recipe import Recipe, build_ema, build_optimizer, build_scheduler
+from tiniest.training.rundata import RunData, data_key, load_run_data
 from tiniest.training.runlog import LOG_NAME, PLOT_NAME, console_line, plot_curves, write_log
+from tiniest.training.start import load_start
+from tiniest.weights import TiniestWeights
 from tiniest.weights.run_files import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -50,31 +54,47 @@ from tiniest.weights.run_files import (
     state_dict_bytes,
 )
 
-__all__ = ["RunOptions", "dist_timeout", "last_saved", "state_sha256", "train"]
+__all__ = ["ProcessCountWarning", "RunOptions", "dist_timeout", "last_saved", "state_sha256", "train"]
 
 RUN_FILES = (CHECKPOINT_NAME, MODEL_NAME, LOG_NAME, PLOT_NAME)
 EVAL_BATCH = 500
 DIST_TIMEOUT = 600.0  # seconds a process waits for its peers (TINIEST_DIST_TIMEOUT), as NCCL's default
 _PEER_LOST = re.compile(r"Timed out|timeout|Connection (closed|reset)", re.IGNORECASE)
+logger = logging.getLogger(__name__)
+
+
+class ProcessCountWarning(TiniestWarning):
+    """A run resumed with another number of processes than it ran with: it continues, but its weights will
+    differ from an uninterrupted run's (each process draws its own shuffle share and augmentation)."""
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run (none of it changes the weights)."""
+    """How to run: where, on which data, from which weights (the recipe, :class:`Recipe`, is the rest)."""
 
     data: str | None  # None: the checkpoint's (with resume only)
     output: Path
     resume: bool = False
     overwrite: bool = False  # start afresh in a folder holding a run, replacing its files
     stop_after: int | None = None  # epochs to run in this invocation, then stop (resume later)
-    limit_test: int | None = None  # score on a fixed random subset of test/ (resume: the checkpoint's)
+    limit_test: int | None = None  # score on a fixed random subset of the held-out images (resume: the checkpoint's)
     device: str | torch.device | None = None  # None: this process's GPU if there is one, else the CPU
     progress: bool = True
     plot: bool = False
+    init: str | os.PathLike[str] | TiniestWeights | None = None  # starting weights (None: random, seeded)
+    skip_unreadable: bool = False  # leave out image files that cannot be decoded (listed once)
 
     def __post_init__(self) -> None:  # refused here, before the run folder is made
         if self.data is None and not self.resume:
-            raise UsageError("--data is required to start a run (--resume reads it from the checkpoint)")
+            raise UsageError("data is required to start a run (resume reads it from the checkpoint)")
+        if self.resume and self.overwrite:
+            raise UsageError("resume continues the run in output and overwrite replaces it: choose one")
+        if self.resume and self.init is not None:
+            raise UsageError("init chooses the weights a new run starts from; a resumed run continues its checkpoint")
+        if self.stop_after is not None and self.stop_after <= 0:
+            raise UsageError(f"stop_after: expected a positive number of epochs, got {self.stop_after}")
+        if self.limit_test is not None and self.limit_test <= 0:
+            raise UsageError(f"limit_test: expected a positive number of images, got {self.limit_test}")
         if self.device is not None:
             resolve_device(self.device)  # a device this machine lacks: one line naming what it has
 
@@ -98,11 +118,16 @@ def _training_device(device: str | torch.device | None) -> torch.device:
     return chosen
 
 
+def _world() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` as ``torchrun`` sets them; ``(0, 1)`` for a process started alone."""
+    world_size = env_int("WORLD_SIZE", 1, low=1)
+    return env_int("RANK", 0, low=0, high=world_size - 1), world_size
+
+
 @contextmanager
 def _process_group(device: torch.device) -> Iterator[_Process]:
     """This process's place in a ``torchrun`` job (or a job of one) on ``device``, with the process group set up."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world_size = _world()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:
@@ -117,14 +142,7 @@ def _process_group(device: torch.device) -> Iterator[_Process]:
 
 def dist_timeout() -> float:
     """How long a process of a multi-process run waits for a peer: ``TINIEST_DIST_TIMEOUT`` seconds (600)."""
-    text = os.environ.get("TINIEST_DIST_TIMEOUT", "").strip()
-    try:
-        seconds = float(text) if text else DIST_TIMEOUT
-    except ValueError:
-        seconds = -1.0
-    if seconds <= 0:
-        raise UsageError(f"TINIEST_DIST_TIMEOUT: expected a positive number of seconds, got {text!r}")
-    return seconds
+    return env_number("TINIEST_DIST_TIMEOUT", DIST_TIMEOUT, low=0.0, inclusive_low=False)
 
 
 def _prepare_output(path: Path) -> None:
@@ -134,25 +152,12 @@ def _prepare_output(path: Path) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise PermissionError(f"--output {path}: cannot write there ({error.strerror or error})") from None
-
-
-def _data_key(data: str) -> str:
-    """``--data`` as recorded in the checkpoint: an absolute path (or the ``hf://`` id), so resume can compare it."""
-    return data if data.startswith(HF_PREFIX) else str(Path(data).expanduser().resolve())
+        raise PermissionError(f"output {path}: cannot write there ({error.strerror or error})") from None
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     digest = hashlib.sha256(f"tiniest/{seed}/{epoch}/{rank}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _subset(count: int, limit: int | None, seed: int) -> torch.Tensor:
-    """Indices of a seeded random subset of ``limit`` items (all of them when ``limit`` is None)."""
-    if limit is None or limit >= count:
-        return torch.arange(count)
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    return order[:limit].sort().values
 
 
 def state_sha256(*modules: nn.Module) -> str:
@@ -165,24 +170,67 @@ def state_sha256(*modules: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _refuse_disagreement(conflicts: list[str]) -> None:
+    if conflicts:
+        raise UsageError("resume continues the checkpoint's run; these disagree with it: " + "; ".join(conflicts))
+
+
 def _resolve_recipe(overrides: dict[str, Any], saved: dict[str, Any] | None, options: RunOptions) -> Recipe:
-    """The recipe of a new run, or of the resumed one (where every flag given, ``--data`` included, must agree)."""
+    """The recipe of a new run, or of the resumed one (where every setting given must agree)."""
     if saved is None:
         return Recipe(**overrides)
     recipe = Recipe.from_dict(saved["recipe"])
-    conflicts = [f"--{k.replace('_', '-')}: checkpoint {getattr(recipe, k)!r}, asked {v!r}"
+    conflicts = [f"{k}: checkpoint {getattr(recipe, k)!r}, asked {v!r}"
                  for k, v in overrides.items() if getattr(recipe, k) != v]
-    if options.data is not None and _data_key(str(saved["data"])) != _data_key(options.data):
-        conflicts.append(f"--data: checkpoint {saved['data']!r}, asked {_data_key(options.data)!r}")
     if options.limit_test is not None and options.limit_test != saved.get("limit_test"):
-        conflicts.append(f"--limit-test: checkpoint {saved.get('limit_test')!r}, asked {options.limit_test!r}")
+        conflicts.append(f"limit_test: checkpoint {saved.get('limit_test')!r}, asked {options.limit_test!r}")
     _refuse_disagreement(conflicts)
     return recipe
 
 
-def _refuse_disagreement(conflicts: list[str]) -> None:
-    if conflicts:
-        raise UsageError("--resume continues the checkpoint's run; these disagree with it: " + "; ".join(conflicts))
+def _data_location(saved: dict[str, Any] | None, options: RunOptions, checkpoint: Path) -> str:
+    """Where the data is: ``options.data``, else the checkpoint's (which must still be there)."""
+    if options.data is not None:
+        return options.data
+    assert saved is not None  # RunOptions refuses a new run without data
+    recorded = str(saved["data"])
+    if not recorded.startswith(HF_PREFIX) and not Path(recorded).is_dir():
+        raise DatasetError(
+            f"the data folder {recorded!r}, recorded in {checkpoint}, is gone: if the data moved, give its new "
+            "place as data (the files are checked to be the same)"
+        )
+    return recorded
+
+
+def _check_resumed_data(saved: dict[str, Any], data: RunData) -> None:
+    """A resumed run reads the data it started with: the same classes and images, wherever the files now are."""
+    found: dict[str, Any] = {"classes": list(data.train.classes), "train_images": len(data.train)}
+    conflicts = [f"the data's {key}: checkpoint {saved[key]!r}, now {value!r}"
+                 for key, value in found.items() if key in saved and saved[key] != value]
+    recorded = saved.get("data_content")
+    moved = data_key(str(saved["data"])) != data.location
+    if not conflicts and recorded is not None:
+        changed = [split for split, key in data.content.items() if recorded.get(split) not in (None, key)]
+        if changed:
+            where = f"{saved['data']!r} and {data.location!r} hold" if moved else f"{data.location!r} holds"
+            conflicts.append(f"data: {where} different files in {', '.join(changed)} (names or sizes)")
+    elif moved and recorded is None:  # an older checkpoint, without the data's content: only its path can tell
+        conflicts.append(f"data: checkpoint {saved['data']!r}, asked {data.location!r}")
+    _refuse_disagreement(conflicts)
+    if moved:
+        logger.info("the data moved from %s to %s; its files are the same", saved["data"], data.location)
+
+
+def _check_process_count(saved: dict[str, Any], proc: _Process) -> None:
+    before = int(saved["history"][-1].get("world_size", 1)) if saved.get("history") else proc.world_size
+    if before != proc.world_size:
+        warnings.warn(
+            f"resuming a run of {before} process(es) with {proc.world_size}: it continues, but its weights will "
+            f"differ from an uninterrupted run's (each process draws its own share and augmentation); resume with "
+            f"{before} for the exact result",
+            ProcessCountWarning,
+            stacklevel=2,
+        )
 
 
 @dataclass
@@ -193,19 +241,23 @@ class _State:
     scheduler: torch.optim.lr_scheduler.OneCycleLR
     epoch: int
     history: list[dict[str, Any]]
+    init: dict[str, Any] | None  # the starting weights' record (None: random initialisation)
 
 
-def _checkpoint_bytes(state: _State, recipe: Recipe, data: _Data, limit_test: int | None) -> bytes:
+def _checkpoint_bytes(state: _State, recipe: Recipe, data: RunData, limit_test: int | None) -> bytes:
     buffer = io.BytesIO()
     torch.save(
         {
             "format": CHECKPOINT_FORMAT,
             "recipe": recipe.to_dict(),
             "data": data.location,
+            "data_content": dict(data.content),
             "classes": list(data.train.classes),
             "train_images": len(data.train),
             "split_sizes": dict(data.sizes),
+            "held_out": dict(data.held_out_record),
             "limit_test": limit_test,
+            "init": state.init,
             "epoch": state.epoch,
             "model": state.model.state_dict(),
             "ema": state.ema.state_dict(),
@@ -219,7 +271,7 @@ def _checkpoint_bytes(state: _State, recipe: Recipe, data: _Data, limit_test: in
 
 
 def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, shift: float, proc: _Process) -> int:
-    """Correct predictions over the whole test subset (each process scores its share)."""
+    """Correct predictions over the whole held-out subset (each process scores its share)."""
     model.eval()
     mine = torch.arange(proc.rank, len(labels), proc.world_size)
     correct = torch.zeros((), dtype=torch.int64, device=proc.device)
@@ -263,35 +315,45 @@ def _synchronize(device: torch.device) -> None:
 def train(options: RunOptions, overrides: dict[str, Any] | None = None) -> Path:
     """Train (or resume) the run in ``options.output``; return the path of its checkpoint.
 
-    Every problem with the arguments is found before the first step: an ``--output`` that is a
-    file or cannot be written, a run already there (continue it with ``resume``, or replace it
-    with ``overwrite``), a checkpoint that disagrees with the flags or the data.
+    ``overrides``: :class:`Recipe` fields to set (with ``resume``, they must agree with the checkpoint's).
+    Every problem with the arguments is found before the first step: an ``output`` that is a file or
+    cannot be written, a run already there (continue it with ``resume``, or replace it with
+    ``overwrite``), a checkpoint that disagrees with the settings or the data. A run that fails
+    before its first epoch leaves no folder it created.
     """
     overrides = dict(overrides or {})
-    check_output_folder(options.output)
+    check_output_folder(options.output, "output")
     checkpoint_path = options.output / CHECKPOINT_NAME
-    if options.resume and options.overwrite:
-        raise UsageError("--resume continues the run in --output and --overwrite replaces it: choose one")
     if options.resume and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path} (start without --resume)")
+        raise FileNotFoundError(f"resume: no checkpoint at {checkpoint_path} (start without resume)")
     existing = [name for name in RUN_FILES if (options.output / name).exists()]
     if not options.resume and existing and not options.overwrite:
         raise FileExistsError(
-            f"{options.output} already holds a run ({', '.join(existing)}): continue it with --resume, "
-            "start it afresh with --overwrite (its files are replaced), or choose another --output"
+            f"{options.output} already holds a run ({', '.join(existing)}): continue it with resume, "
+            "start it afresh with overwrite (its files are replaced), or choose another output"
         )
-    if options.stop_after is not None and options.stop_after <= 0:
-        raise UsageError(f"--stop-after: expected a positive number of epochs, got {options.stop_after}")
     dist_timeout()  # a bad TINIEST_DIST_TIMEOUT is refused now
     device = _training_device(options.device)  # as is a GPU this process cannot have
+    created = not options.output.exists()
     _prepare_output(options.output)
-    with _process_group(device) as proc:
-        try:
-            return _train(options, overrides, proc)
-        except RuntimeError as error:  # gloo reports a silent peer as a plain RuntimeError
-            if proc.world_size > 1 and (isinstance(error, dist.DistError) or _PEER_LOST.search(str(error))):
-                raise _peer_error(error, proc, options) from None
-            raise
+    try:
+        with _process_group(device) as proc:
+            try:
+                return _train(options, overrides, proc)
+            except RuntimeError as error:  # gloo reports a silent peer as a plain RuntimeError
+                if proc.world_size > 1 and (isinstance(error, dist.DistError) or _PEER_LOST.search(str(error))):
+                    raise _peer_error(error, proc, options) from None
+                raise
+    except BaseException:
+        if created:
+            _remove_if_empty(options.output)
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a run folder this call made, if the run failed before writing anything in it."""
+    with contextlib.suppress(OSError):  # it holds a checkpoint (kept), or another process's file
+        folder.rmdir()  # only an empty folder goes
 
 
 def _peer_error(error: Exception, proc: _Process, options: RunOptions) -> PeerLostError:
@@ -312,41 +374,14 @@ def last_saved(output: Path) -> str:
     except (OSError, ValueError):
         return "No epoch was saved: start the run again."
     epoch, epochs = int(checkpoint["epoch"]), int(checkpoint["recipe"]["epochs"])
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"Last saved: epoch {epoch} of {epochs} in {path}; continue with: {resume_command(output)}"
+
+
+def resume_command(output: Path) -> str:
+    """The command that continues the run in ``output``, with as many processes as this one has."""
+    world_size = _world()[1]
     launcher = f"torchrun --nproc-per-node {world_size} -m tiniest" if world_size > 1 else "tiniest"
-    command = f"{launcher} train --output {shlex.quote(str(output))} --resume"  # pasted into a shell: quoted
-    return f"Last saved: epoch {epoch} of {epochs} in {path}; continue with: {command}"
-
-
-@dataclass(frozen=True)
-class _Data:
-    location: str  # --data as recorded in the checkpoint (see _data_key)
-    train: LabeledImages
-    test: LabeledImages
-    sizes: dict[str, int]  # images in the whole train and test splits, before any --limit
-
-
-def _load(data: str, limit_train: int | None, seed: int, limit_test: int | None, progress: bool) -> _Data:
-    """The train subset (seeded by the recipe) and the test subset (always the same one)."""
-    train_split = load_split(data, "train", progress=progress)
-    test_split = load_split(data, "test", progress=progress)
-    if train_split.classes != test_split.classes:
-        only_train = [name for name in train_split.classes if name not in test_split.classes]
-        only_test = [name for name in test_split.classes if name not in train_split.classes]
-        raise DatasetError(
-            f"{data}: expected the same class folders in train/ and test/; only in train/: "
-            f"{', '.join(only_train) or 'none'}; only in test/: {', '.join(only_test) or 'none'}"
-        )
-    if len(train_split.classes) < 2:
-        raise DatasetError(f"{data}: expected at least 2 classes (one folder each), got {list(train_split.classes)}")
-    chosen = _subset(len(train_split), limit_train, seed)
-    tested = _subset(len(test_split), limit_test, 0)
-    return _Data(
-        _data_key(data),
-        LabeledImages(train_split.images[chosen], train_split.labels[chosen], train_split.classes),
-        LabeledImages(test_split.images[tested], test_split.labels[tested], test_split.classes),
-        {"train": len(train_split), "test": len(test_split)},
-    )
+    return f"{launcher} train --output {shlex.quote(str(output))} --resume"  # pasted into a shell: quoted
 
 
 def _match_grad_strides(model: nn.Module) -> None:
@@ -364,74 +399,121 @@ def _match_grad_strides(model: nn.Module) -> None:
             param.register_hook(restride(param.stride()))
 
 
-def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Path:
-    from tqdm import tqdm
+def _already_finished(saved: dict[str, Any], recipe: Recipe, options: RunOptions, proc: _Process) -> bool:
+    """A resumed run that reached its last epoch: its averaged weights written if missing, nothing trained."""
+    if int(saved["epoch"]) < recipe.epochs:
+        return False
+    if proc.main:
+        if not (options.output / MODEL_NAME).is_file():
+            save_atomically(options.output / MODEL_NAME, state_dict_bytes(averaged_state_dict(saved)))
+        logger.info("%s: the run already finished its %d epochs (averaged weights in %s); nothing to do",
+                    options.output, recipe.epochs, options.output / MODEL_NAME)
+    return True
 
-    checkpoint_path = options.output / CHECKPOINT_NAME
-    saved = load_checkpoint(checkpoint_path, proc.device) if options.resume else None
-    recipe = _resolve_recipe(overrides, saved, options)
-    location = options.data if saved is None else str(saved["data"])
-    assert location is not None  # RunOptions refuses a new run without data
-    if recipe.batch_size % proc.world_size:
-        raise UsageError(f"--batch-size {recipe.batch_size} does not split evenly over {proc.world_size} processes")
-    if saved is not None and int(saved["epoch"]) >= recipe.epochs:
-        if proc.main:
-            if not (options.output / MODEL_NAME).is_file():
-                save_atomically(options.output / MODEL_NAME, state_dict_bytes(averaged_state_dict(saved)))
-            print(f"{options.output}: the run already finished its {recipe.epochs} epochs (averaged weights in "
-                  f"{options.output / MODEL_NAME}); nothing to do")
-        return checkpoint_path
 
+def _load_data(
+    options: RunOptions, recipe: Recipe, saved: dict[str, Any] | None, proc: _Process, checkpoint: Path
+) -> tuple[RunData, int | None]:
+    """The run's images (checked against the checkpoint's when resuming) and its ``limit_test``."""
+    location = _data_location(saved, options, checkpoint)
     limit_test = options.limit_test if options.limit_test is not None or saved is None else saved.get("limit_test")
-    progress = options.progress and proc.main
-    data = _load(location, recipe.limit_train, recipe.seed, limit_test, progress)
-    train_split, test_split = data.train, data.test
+    data = load_run_data(location, limit_train=recipe.limit_train, seed=recipe.seed, val_fraction=recipe.val_fraction,
+                         limit_test=limit_test, progress=options.progress and proc.main,
+                         skip_unreadable=options.skip_unreadable)
     if saved is not None:
-        found = {"classes": list(train_split.classes), "train_images": len(train_split)}
-        _refuse_disagreement([f"the data's {key}: checkpoint {saved[key]!r}, now {value!r}"
-                              for key, value in found.items() if key in saved and saved[key] != value])
-    train_images, train_labels = train_split.images.to(proc.device), train_split.labels.to(proc.device)
-    test_images, test_labels = test_split.images, test_split.labels
+        _check_resumed_data(saved, data)
+    if proc.main and (data.train.skipped or data.held_out.skipped):
+        skipped = [*data.train.skipped, *data.held_out.skipped]
+        logger.warning("skipped %d unreadable image file(s), the first: %s", len(skipped), skipped[0][1])
+    return data, limit_test
 
-    per_process = recipe.batch_size // proc.world_size
-    indices: Any = range(len(train_split))  # the sampler only needs len()
-    sampler: DistributedSampler[int] = DistributedSampler(
-        indices, num_replicas=proc.world_size, rank=proc.rank, shuffle=True, seed=recipe.seed, drop_last=True
-    )
-    steps = len(sampler) // per_process
-    if steps == 0:
-        raise UsageError(f"--batch-size {recipe.batch_size} is larger than the {len(train_split)} training images")
 
+def _build_state(
+    options: RunOptions, recipe: Recipe, data: RunData, saved: dict[str, Any] | None, proc: _Process, steps: int
+) -> _State:
+    """Model, averaged model, optimizer and schedule: seeded, from the starting weights, or the checkpoint's."""
     torch.manual_seed(recipe.seed)
-    model = Tiniest(len(train_split.classes), labels=train_split.classes).to(proc.device)
+    model = Tiniest(len(data.train.classes), labels=data.train.classes)
+    init = None
+    if options.init is not None:
+        init = load_start(model, options.init, data.train.classes, progress=options.progress and proc.main)
+    model = model.to(proc.device)
     optimizer = build_optimizer(model, recipe)
-    state = _State(model, build_ema(model, recipe), optimizer, build_scheduler(optimizer, recipe, steps), 0, [])
+    state = _State(model, build_ema(model, recipe), optimizer, build_scheduler(optimizer, recipe, steps), 0, [], init)
     if saved is not None:
         state.model.load_state_dict(saved["model"])
         state.ema.load_state_dict(saved["ema"])
         state.optimizer.load_state_dict(saved["optimizer"])
         state.scheduler.load_state_dict(saved["scheduler"])
-        state.epoch, state.history = int(saved["epoch"]), list(saved["history"])
-    trained: nn.Module = model
-    if proc.world_size > 1:
-        _match_grad_strides(model)
-        device_ids = [proc.device.index] if proc.device.type == "cuda" else None
-        trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    augmentation = batch_augmentation() if recipe.augment else nn.Identity()
-    rng_devices = [proc.device] if proc.device.type == "cuda" else []
+        state.epoch, state.history, state.init = int(saved["epoch"]), list(saved["history"]), saved.get("init")
+    return state
+
+
+def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Path:
+    checkpoint_path = options.output / CHECKPOINT_NAME
+    saved = load_checkpoint(checkpoint_path, proc.device) if options.resume else None
+    recipe = _resolve_recipe(overrides, saved, options)
+    if recipe.batch_size % proc.world_size:
+        raise UsageError(f"batch_size {recipe.batch_size} does not split evenly over {proc.world_size} processes")
+    if saved is not None and _already_finished(saved, recipe, options, proc):
+        return checkpoint_path
+    if saved is not None:
+        _check_process_count(saved, proc)
+    data, limit_test = _load_data(options, recipe, saved, proc, checkpoint_path)
+
+    per_process = recipe.batch_size // proc.world_size
+    indices: Any = range(len(data.train))  # the sampler only needs len()
+    sampler: DistributedSampler[int] = DistributedSampler(
+        indices, num_replicas=proc.world_size, rank=proc.rank, shuffle=True, seed=recipe.seed, drop_last=True
+    )
+    steps = len(sampler) // per_process
+    if steps == 0:
+        raise UsageError(f"batch_size {recipe.batch_size} is larger than the {len(data.train)} training images")
+    state = _build_state(options, recipe, data, saved, proc, steps)
     if options.overwrite and proc.main:
         for name in RUN_FILES:  # the arguments and data are good: the old run goes now
             (options.output / name).unlink(missing_ok=True)
 
     last = recipe.epochs if options.stop_after is None else min(recipe.epochs, state.epoch + options.stop_after)
     if proc.main:
-        print(
-            f"training {len(train_split)} images of {location} ({len(train_split.classes)} classes): "
-            f"epochs {state.epoch + 1}..{last}/{recipe.epochs} "
-            f"({steps} steps of {recipe.batch_size} per epoch, {proc.world_size} process(es) on {proc.device}); "
-            f"run folder {options.output}",
-            flush=True,
+        logger.info(
+            "training %d images of %s (%d classes): epochs %d..%d/%d (%d steps of %d per epoch, %d process(es) on "
+            "%s); %s scored each epoch; run folder %s", len(data.train), data.location, len(data.train.classes),
+            state.epoch + 1, last, recipe.epochs, steps, recipe.batch_size, proc.world_size, proc.device,
+            data.held_out_record["split"], options.output,
         )
+    _run_epochs(state, recipe, data, sampler, steps, last, options, proc, limit_test)
+    if proc.main:
+        _finish(state, recipe, options)
+    if proc.world_size > 1:
+        dist.barrier()
+    return checkpoint_path
+
+
+def _run_epochs(
+    state: _State,
+    recipe: Recipe,
+    data: RunData,
+    sampler: DistributedSampler[int],
+    steps: int,
+    last: int,
+    options: RunOptions,
+    proc: _Process,
+    limit_test: int | None,
+) -> None:
+    """Train epochs up to ``last``: after each, score the averaged weights and save the checkpoint and log."""
+    from tqdm import tqdm
+
+    train_images, train_labels = data.train.images.to(proc.device), data.train.labels.to(proc.device)
+    per_process = recipe.batch_size // proc.world_size
+    trained: nn.Module = state.model
+    if proc.world_size > 1:
+        _match_grad_strides(state.model)
+        device_ids = [proc.device.index] if proc.device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(state.model, device_ids=device_ids)
+    augmentation = batch_augmentation() if recipe.augment else nn.Identity()
+    rng_devices = [proc.device] if proc.device.type == "cuda" else []
+    progress = options.progress and proc.main
     while state.epoch < last:
         epoch = state.epoch
         sampler.set_epoch(epoch)
@@ -455,7 +537,7 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
         if proc.world_size > 1:
             dist.all_reduce(loss_sum)
         started = time.perf_counter()
-        correct = _evaluate(state.ema.module, test_images, test_labels, recipe.shift, proc)
+        correct = _evaluate(state.ema.module, data.held_out.images, data.held_out.labels, recipe.shift, proc)
         state.epoch = epoch + 1
         replicas = _replica_hashes(state, proc)
         record = {
@@ -464,9 +546,10 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
             "loss": float(loss_sum) / (steps * proc.world_size),
             "lr": float(state.scheduler.get_last_lr()[0]),
             "mixup": strength,
-            "test_accuracy": correct / len(test_labels),
+            "split": data.held_out_record["split"],  # the scored images: "test" or "validation"
+            "test_accuracy": correct / len(data.held_out),
             "test_correct": correct,
-            "test_total": len(test_labels),
+            "test_total": len(data.held_out),
             "images_per_second": steps * recipe.batch_size / train_seconds,
             "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - started,
@@ -475,24 +558,19 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
         }
         state.history.append(record)
         if len(set(replicas)) > 1:
-            warnings.warn(f"epoch {state.epoch}: the processes hold different weights", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"epoch {state.epoch}: the processes hold different weights", TiniestWarning, stacklevel=2)
         if proc.main:
-            save_atomically(checkpoint_path, _checkpoint_bytes(state, recipe, data, limit_test))
+            save_atomically(options.output / CHECKPOINT_NAME, _checkpoint_bytes(state, recipe, data, limit_test))
             write_log(options.output, state.history)
-            print(console_line(record), flush=True)
-    if proc.main:
-        _finish(state, recipe, options)
-    if proc.world_size > 1:
-        dist.barrier()
-    return checkpoint_path
+            logger.info("%s", console_line(record))
 
 
 def _finish(state: _State, recipe: Recipe, options: RunOptions) -> None:
     if options.plot and state.history:
-        print(f"plot: {plot_curves(options.output, state.history)}")
+        logger.info("plot: %s", plot_curves(options.output, state.history))
     if state.epoch < recipe.epochs:
-        print(f"stopped after epoch {state.epoch} of {recipe.epochs}; continue with --resume")
+        logger.info("stopped after epoch %d of %d; continue with: %s", state.epoch, recipe.epochs,
+                    resume_command(options.output))
         return
     save_atomically(options.output / MODEL_NAME, state_dict_bytes(state.ema.module.state_dict()))
-    print(f"finished: averaged weights in {options.output / MODEL_NAME}")
-
+    logger.info("finished: averaged weights in %s", options.output / MODEL_NAME)

@@ -40,6 +40,7 @@ class Recipe:
     shift: float = INPUT_SHIFT  # added to [0, 1] inputs
     seed: int = 0
     limit_train: int | None = None  # a seeded random subset of the train split
+    val_fraction: float | None = None  # held out of the train split (seeded, stratified) and scored instead of test
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
@@ -53,6 +54,8 @@ class Recipe:
             bad.append(f"mixup={self.mixup} (expected [0, 1])")
         if self.limit_train is not None and self.limit_train <= 0:
             bad.append(f"limit_train={self.limit_train}")
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
+            bad.append(f"val_fraction={self.val_fraction} (expected a fraction in (0, 1))")
         if bad:
             raise UsageError(f"invalid training recipe: {', '.join(bad)} (expected positive values)")
 
@@ -78,8 +81,8 @@ def build_scheduler(optimizer: Optimizer, recipe: Recipe, steps_per_epoch: int) 
     total = recipe.epochs * steps_per_epoch
     if float(recipe.warmup * total) == 1.0:  # OneCycleLR's warm-up phase would last zero steps
         raise UsageError(
-            f"--warmup {recipe.warmup} of {total} steps ({recipe.epochs} epochs of {steps_per_epoch}) is a warm-up "
-            "of exactly one step, which torch's OneCycleLR cannot schedule: choose a --warmup of 0 or of 2 steps or"
+            f"warmup {recipe.warmup} of {total} steps ({recipe.epochs} epochs of {steps_per_epoch}) is a warm-up "
+            "of exactly one step, which torch's OneCycleLR cannot schedule: choose a warmup of 0 or of 2 steps or"
             " more"
         )
     return OneCycleLR(

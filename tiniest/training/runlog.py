@@ -30,7 +30,8 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 def console_line(record: dict[str, Any]) -> str:
     return (
         f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.4f}  lr {record['lr']:.5f}  "
-        f"test accuracy (averaged weights) {100 * record['test_accuracy']:.2f}% of {record['test_total']}  "
+        f"{record.get('split', 'test')} accuracy (averaged weights) {100 * record['test_accuracy']:.2f}% of "
+        f"{record['test_total']}  "
         f"{record['images_per_second']:.0f} img/s  ({record['train_seconds']:.1f} s train, "
         f"{record['eval_seconds']:.1f} s test)"
     )
@@ -47,7 +48,7 @@ def plot_curves(run_dir: Path, history: Sequence[dict[str, Any]]) -> Path:
     panels = [
         ("loss", "training loss (mix-up)", 1.0),
         ("lr", "learning rate (end of epoch)", 1.0),
-        ("test_accuracy", "test accuracy of the averaged weights (%)", 100.0),
+        ("test_accuracy", f"{history[-1].get('split', 'test')} accuracy of the averaged weights (%)", 100.0),
         ("images_per_second", "training images per second", 1.0),
     ]
     figure = Figure(figsize=(10, 7), layout="constrained")
