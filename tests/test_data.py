@@ -502,3 +502,62 @@ def test_hugging_face_names_are_checked_before_the_hub_is_asked(tmp_path: Path, 
     assert len(lines) == len(specs), done.stdout + done.stderr
     assert all(line.startswith("DatasetError expected hf://owner/name[@revision]") for line in lines), done.stdout
     assert not (tmp_path / "escaped").exists() and server.paths_requested() == []
+
+
+# --------------------------------------------------------------------------- class names, held-out splits, identity
+
+
+def test_a_class_name_in_nfc_and_in_nfd_is_one_class(tmp_path: Path) -> None:
+    """macOS writes ``café`` decomposed (NFD), most tools composed (NFC): one class, under its NFC name."""
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    for folder, count in ((nfc, 2), (nfd, 3), ("dog", 1)):
+        (tmp_path / "train" / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (32, 32), (i, 0, 0)).save(tmp_path / "train" / folder / f"{folder}{i}.png")
+    split = load_split(tmp_path, "train")
+    assert split.classes == (nfc, "dog")
+    assert split.labels.tolist() == [0, 0, 0, 0, 0, 1]
+
+
+def test_hold_out_is_seeded_stratified_and_disjoint() -> None:
+    from tiniest.data import hold_out
+
+    labels = torch.tensor([0] * 10 + [1] * 20 + [2] * 5)
+    kept, held = hold_out(labels, 0.2, seed=0)
+    assert sorted(kept.tolist() + held.tolist()) == list(range(35))  # every image once
+    assert [int((labels[held] == c).sum()) for c in range(3)] == [2, 4, 1]  # a fifth of each class
+    again, other = hold_out(labels, 0.2, seed=0), hold_out(labels, 0.2, seed=1)
+    assert torch.equal(again[1], held) and not torch.equal(other[1], held)
+    with pytest.raises(DatasetError, match="class 1 has 1 image"):
+        hold_out(torch.tensor([0, 0, 0, 1]), 0.5, seed=0)
+
+
+def test_identities_are_those_of_the_files_and_content_ignores_the_folder(tmp_path: Path) -> None:
+    """The same files reached through another folder (links) have the same identities; a copy, the same content."""
+    import shutil
+
+    make_image_folder(tmp_path / "data" / "train")
+    (tmp_path / "linked").mkdir()
+    for name in CLASSES:
+        (tmp_path / "linked" / name).mkdir()
+        for file in (tmp_path / "data" / "train" / name).iterdir():
+            (tmp_path / "linked" / name / file.name).symlink_to(file)
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")
+    original, linked = load_split(tmp_path / "data", "train"), load_split(tmp_path / "linked", "test")
+    copied = load_split(tmp_path / "copy", "train")
+    assert len(original.identities) == 9 and len(set(original.identities)) == 9
+    assert original.identities == linked.identities
+    assert not set(original.identities) & set(copied.identities)
+    assert original.content == copied.content and len(original.content) == 64
+    (tmp_path / "copy" / "train" / "cat" / "000.png").write_bytes(b"")  # a size changed
+    assert load_split(tmp_path / "copy", "train", skip_unreadable=True).content != original.content
+
+
+def test_an_empty_class_folder_is_reported_as_empty(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "test")
+    (tmp_path / "test" / "emu").mkdir()
+    split = load_split(tmp_path, "test")
+    assert split.classes == CLASSES and split.empty_classes == ("emu",)

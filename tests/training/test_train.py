@@ -84,18 +84,18 @@ def test_refuses_to_overwrite_or_to_resume_with_another_recipe(
     assert train(tiny_data, tmp_path / "nothing", "--resume") == 1
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["train", "--output", str(run)]) == 1
-    assert "--data is required to start a run (--resume reads it from the checkpoint)" in capsys.readouterr().err
+    assert "data is required to start a run (resume reads it from the checkpoint)" in capsys.readouterr().err
     assert train(tiny_data, run, "--epochs", "2", "--batch-size", "80", "--limit-test", "4", "--stop-after", "1") == 0
     before = (run / "checkpoint.pt").read_bytes()
     assert train(tiny_data, run, "--epochs", "2") == 1
     assert "--resume" in capsys.readouterr().err
     assert train(tiny_data, run, "--resume", "--epochs", "3") == 1
-    assert "--epochs: checkpoint 2, asked 3" in capsys.readouterr().err
+    assert "epochs: checkpoint 2, asked 3" in capsys.readouterr().err
     other = make_dataset(tmp_path / "other-data", train_per_class=4)
     assert train(other, run, "--resume") == 1
-    assert f"--data: checkpoint {str(tiny_data)!r}, asked {str(other)!r}" in capsys.readouterr().err
+    assert "the data's train_images: checkpoint 160, now 40" in capsys.readouterr().err
     assert train(tiny_data, run, "--resume", "--limit-test", "6") == 1
-    assert "--limit-test: checkpoint 4, asked 6" in capsys.readouterr().err
+    assert "limit_test: checkpoint 4, asked 6" in capsys.readouterr().err
     assert train(tiny_data, tmp_path / "big", "--batch-size", "512") == 1
     assert "larger than the 160 training images" in capsys.readouterr().err
     assert train(tiny_data, tmp_path / "bad", "--lr", "-1") == 1
@@ -218,9 +218,9 @@ def test_no_silent_overwrite_and_arguments_checked_before_the_first_step(
     # --output naming a file, or a place nobody can write: refused at once, nothing read or trained
     started = time.perf_counter()
     assert train(data, run / "model.pt", *flags) == 1
-    assert "--output" in (err := capsys.readouterr().err) and "is a file; expected a folder" in err
+    assert "output " in (err := capsys.readouterr().err) and "is a file; expected a folder" in err
     assert train(data, Path("/proc/tiniest-run"), *flags) == 1
-    assert "--output /proc/tiniest-run" in capsys.readouterr().err
+    assert "output /proc/tiniest-run" in capsys.readouterr().err
     assert time.perf_counter() - started < 5  # before any data is decoded
 
     # one class only, or train/ and test/ with different classes: the odd folder is named
@@ -228,6 +228,10 @@ def test_no_silent_overwrite_and_arguments_checked_before_the_first_step(
     make_dataset(tmp_path / "odd", train_per_class=2, test_per_class=0, classes=("emu",))
     assert train(tmp_path / "odd", tmp_path / "odd-run", *flags) == 1
     assert "only in train/: emu; only in test/: none" in capsys.readouterr().err
+    assert not (tmp_path / "odd-run").exists()  # a failed start leaves no empty run folder behind
+    (tmp_path / "odd" / "test" / "emu").mkdir()  # a class folder without images: said so
+    assert train(tmp_path / "odd", tmp_path / "odd-run", *flags) == 1
+    assert "only in train/: emu (test/emu holds no images); only in test/: none" in capsys.readouterr().err
     make_dataset(tmp_path / "one", train_per_class=2, test_per_class=1, classes=("cat",))
     assert train(tmp_path / "one", tmp_path / "one-run", *flags) == 1
     assert "expected at least 2 classes" in capsys.readouterr().err
@@ -319,7 +323,7 @@ def test_a_one_step_warm_up_is_refused_with_the_flags_to_change() -> None:
 
     model = torch.nn.Linear(2, 2)
     recipe = Recipe(epochs=50, warmup=0.01)
-    with pytest.raises(UsageError, match=r"--warmup 0.01 of 100 steps .* exactly one step"):
+    with pytest.raises(UsageError, match=r"warmup 0.01 of 100 steps .* exactly one step"):
         build_scheduler(build_optimizer(model, recipe), recipe, steps_per_epoch=2)
     scheduler = build_scheduler(build_optimizer(model, recipe), recipe, steps_per_epoch=4)  # two steps: fine
     for _ in range(199):
@@ -364,3 +368,193 @@ def test_a_torchrun_rank_without_its_gpu_is_one_line(
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"tiniest train: error: device 'cuda:{CUDA_HERE}' is not available: ")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------ issue 21: fine-tuning, held-out data, moved data
+
+QUICK = ["--epochs", "1", "--batch-size", "16", "--limit-train", "32", "--limit-test", "6"]
+
+
+def test_init_starts_from_the_published_weights_with_a_new_head_for_other_classes(
+    tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--init DEFAULT`` on 3 classes: the trunk is the published one, ``fc`` the run's seeded new head."""
+    from tiniest.weights import TiniestWeights, load_weights
+
+    monkeypatch.setenv("TINIEST_WEIGHTS_DIR", str(shared_checkpoint.parent))  # the published checkpoint, offline
+    published = load_weights("DEFAULT").state_dict
+    data = make_dataset(tmp_path / "data", classes=("ant", "bee", "cow"))
+    # a learning rate so small that one epoch leaves the starting weights where they were
+    assert train(data, tmp_path / "ft", *QUICK, "--init", "DEFAULT", "--lr", "1e-12", "--warmup", "0") == 0
+    assert train(data, tmp_path / "scratch", *QUICK, "--lr", "1e-12", "--warmup", "0") == 0
+    tuned = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")
+    scratch = load_checkpoint(tmp_path / "scratch" / "checkpoint.pt")
+    release = TiniestWeights.DEFAULT.release
+    assert tuned["init"] == {"name": "CIFAR10_V1", "sha256": release.sha256, "verified": True, "head": "new",
+                             "classes": list(TiniestWeights.DEFAULT.meta["categories"]),
+                             "hf_repo_id": release.hf_repo_id}
+    assert scratch["init"] is None
+    for name, tensor in published.items():
+        if name.startswith("fc."):  # the new head: the seeded initialisation a run from scratch has
+            assert tuned["model"][name].shape[0] == 3
+            assert torch.allclose(tuned["model"][name], scratch["model"][name], atol=1e-6), name
+        else:
+            assert torch.allclose(tuned["model"][name], tensor, atol=1e-6), name
+            assert not torch.allclose(scratch["model"][name], tensor, atol=1e-3), name
+
+
+def test_init_from_a_run_folder_keeps_the_head_of_the_same_classes_and_refuses_other_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_dataset(tmp_path / "data", classes=("ant", "bee"))
+    assert train(data, tmp_path / "first", *QUICK, "--seed", "1") == 0
+    first = torch.load(tmp_path / "first" / "model.pt", weights_only=True)
+    assert train(data, tmp_path / "second", *QUICK, "--init", str(tmp_path / "first"), "--lr", "1e-12",
+                 "--warmup", "0") == 0
+    second = load_checkpoint(tmp_path / "second" / "checkpoint.pt")
+    assert second["init"]["name"] == "model.pt" and second["init"]["head"] == "kept"
+    assert not second["init"]["verified"] and "hf_repo_id" not in second["init"]
+    for name, tensor in first.items():  # head included: the same classes in the same order
+        assert torch.allclose(second["model"][name], tensor, atol=1e-6), name
+    assert "starting from model.pt" in capsys.readouterr().out
+
+    # weights that are not Tiniest's trunk, or no weights at all: one line, no run folder left behind
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "foreign.pt")
+    assert train(data, tmp_path / "third", *QUICK, "--init", str(tmp_path / "foreign.pt")) == 1
+    assert "expected Tiniest weights, whose fc.weight has shape (classes, 80)" in capsys.readouterr().err
+    torch.save({k: v for k, v in first.items() if k != "l6.fc2.weight"}, tmp_path / "trunkless.pt")
+    assert train(data, tmp_path / "third", *QUICK, "--init", str(tmp_path / "trunkless.pt")) == 1
+    assert "does not fit Tiniest: expected its 88 tensors, got 87; 1 missing (l6.fc2.weight)" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert train(data, tmp_path / "third", *QUICK, "--init", str(tmp_path / "empty")) == 1
+    assert "is a folder without model.pt" in capsys.readouterr().err
+    assert not (tmp_path / "third").exists()
+    assert train(data, tmp_path / "second", "--resume", "--init", "DEFAULT") == 1
+    assert "a resumed run continues its checkpoint" in capsys.readouterr().err
+
+
+def test_a_split_folder_as_root_is_never_scored_as_its_own_test_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: ``--data data/trainonly/train`` trained and "tested" on the same 180 images."""
+    data = make_dataset(tmp_path / "trainonly", train_per_class=10, test_per_class=0, classes=("a", "b", "c"))
+    assert train(data / "train", tmp_path / "run", "--epochs", "1", "--batch-size", "10") == 1
+    err = capsys.readouterr().err
+    assert "30 of the 30 test images are training images too (the same files)" in err and "val_fraction" in err
+    assert not (tmp_path / "run").exists()
+    # a root without test/ says how to hold images out
+    assert train(data, tmp_path / "run", "--epochs", "1", "--batch-size", "10") == 1
+    assert "without a test split: hold out part of train with val_fraction" in capsys.readouterr().err
+    # test/ made of links to train/'s files (other names, same files): refused as well
+    for name in ("a", "b", "c"):
+        (data / "test" / name).mkdir(parents=True, exist_ok=True)  # make_dataset left it empty
+        os.link(data / "train" / name / "000.png", data / "test" / name / "other.png")
+    assert train(data, tmp_path / "run", "--epochs", "1", "--batch-size", "10") == 1
+    assert "3 of the 3 test images are training images too" in capsys.readouterr().err
+
+    assert train(data / "train", tmp_path / "run", "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.2") == 0
+    out = capsys.readouterr().out
+    assert "validation accuracy (averaged weights)" in out and "of 6 " in out
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    made_by = "val_fraction 0.2 of the train split, stratified by class, seed 0"
+    assert checkpoint["held_out"] == {"split": "validation", "images": 6, "made_by": made_by}
+    assert checkpoint["train_images"] == 24 and checkpoint["split_sizes"] == {"train": 24, "validation": 6}
+    assert checkpoint["recipe"]["val_fraction"] == 0.2
+    assert [record["split"] for record in checkpoint["history"]] == ["validation"]
+    assert train(data / "train", tmp_path / "run", "--resume", "--val-fraction", "0.3") == 1
+    assert "val_fraction: checkpoint 0.2, asked 0.3" in capsys.readouterr().err
+
+
+def test_a_test_split_is_recorded_as_such(tiny_data: Path, tmp_path: Path) -> None:
+    assert train(tiny_data, tmp_path / "run", *QUICK) == 0
+    held_out = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["held_out"]
+    assert held_out == {"split": "test", "images": 6,
+                        "made_by": "the dataset's test split, a fixed random 6 of its 20 images"}
+
+
+def test_resume_accepts_the_same_files_moved_and_says_where_a_lost_path_came_from(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    flags = ["--epochs", "2", "--batch-size", "16", "--limit-train", "32", "--limit-test", "6"]
+    assert train(tiny_data, tmp_path / "straight", *flags) == 0
+    assert train(tiny_data, tmp_path / "run", *flags, "--stop-after", "1") == 0
+    out = capsys.readouterr().out
+    assert f"continue with: tiniest train --output {tmp_path / 'run'} --resume" in out  # the hint names the run
+    moved = tmp_path / "staged" / "data"
+    shutil.move(tiny_data, moved)
+    assert main(["train", "--output", str(tmp_path / "run"), "--resume", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"the data folder {str(tiny_data)!r}, recorded in {tmp_path / 'run' / 'checkpoint.pt'}, is gone" in err
+    assert "give its new place as data" in err
+    # other files at the new place (one image re-encoded: another size) are refused ...
+    image = moved / "train" / "airplane" / "000.png"
+    original = image.read_bytes()
+    image.write_bytes(original + b"\0")
+    assert train(moved, tmp_path / "run", "--resume") == 1
+    assert "hold different files in train (names or sizes)" in capsys.readouterr().err
+    image.write_bytes(original)
+    # ... the same files are accepted, and the run ends as an uninterrupted one
+    assert train(moved, tmp_path / "run", "--resume") == 0
+    resumed = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    assert resumed["data"] == str(moved)
+    assert_same_state(straight["ema"], resumed["ema"], "ema")
+
+
+def test_a_run_resumed_with_another_process_count_says_the_result_will_differ(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 2-process run resumed with 1 process continues, with one warning line (it silently differed before)."""
+    run = tmp_path / "run"
+    assert train(tiny_data, run, "--epochs", "2", "--batch-size", "16", "--limit-train", "32", "--limit-test", "4",
+                 "--stop-after", "1") == 0
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    checkpoint["history"][-1]["world_size"] = 2  # as torchrun --nproc-per-node 2 records it
+    torch.save(checkpoint, run / "checkpoint.pt")
+    from tiniest.training.loop import ProcessCountWarning
+
+    with pytest.warns(ProcessCountWarning) as warned:
+        assert train(tiny_data, run, "--resume") == 0
+    assert [str(w.message) for w in warned] == [
+        "resuming a run of 2 process(es) with 1: it continues, but its weights will differ from an uninterrupted "
+        "run's (each process draws its own share and augmentation); resume with 2 for the exact result"
+    ]
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 2
+
+
+def test_unreadable_images_stop_the_run_unless_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_dataset(tmp_path / "data", train_per_class=8, test_per_class=2, classes=("a", "b"))
+    (data / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    assert train(data, tmp_path / "run", "--epochs", "1", "--batch-size", "8") == 1
+    assert "broken.png" in capsys.readouterr().err
+    assert train(data, tmp_path / "run", "--epochs", "1", "--batch-size", "8", "--skip-unreadable") == 0
+    captured = capsys.readouterr()
+    assert "tiniest train: warning: skipped 1 unreadable image file(s), the first: " in captured.err
+    assert "broken.png" in captured.err
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["train_images"] == 16
+
+
+def test_a_disagreeing_no_augment_is_named_as_the_setting_it_is(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert train(tiny_data, run, "--epochs", "2", "--batch-size", "16", "--limit-train", "16", "--limit-test", "4",
+                 "--stop-after", "1") == 0
+    assert train(tiny_data, run, "--resume", "--no-augment") == 1
+    err = capsys.readouterr().err
+    assert "augment: checkpoint True, asked False" in err and "--augment" not in err
+
+
+def test_every_recipe_field_has_its_flag() -> None:
+    """The flags that set the recipe are derived from :class:`Recipe`: a new field without a flag fails here."""
+    from dataclasses import fields
+
+    from tiniest.commands import build_parser
+    from tiniest.commands.train import FIXED_RECIPE_FIELDS
+
+    parser = build_parser()
+    train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("train"))
+    dests = {action.dest for action in train_parser._actions}
+    assert {field.name for field in fields(Recipe)} - FIXED_RECIPE_FIELDS <= dests

@@ -47,7 +47,7 @@ def subset(count: int, limit: int | None, seed: int) -> torch.Tensor:
 
 def _take(split: LabeledImages, indices: torch.Tensor) -> LabeledImages:
     identities = tuple(split.identities[i] for i in indices.tolist()) if split.identities else ()
-    return LabeledImages(split.images[indices], split.labels[indices], split.classes, identities=identities)
+    return LabeledImages(split.images[indices], split.labels[indices], split.classes, split.skipped, identities)
 
 
 def _same_classes(data: str, train: LabeledImages, test: LabeledImages) -> None:
