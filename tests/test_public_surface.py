@@ -38,8 +38,9 @@ COMMANDS: dict[str, tuple[list[str], str]] = {
     "evaluate": ([], "--batch-size --data --eager --json --plot --quiet --skip-unreadable --split --weights"),
     "train": (
         [],
-        "--batch-size --data --device --ema-decay --epochs --final-div-factor --limit-test --limit-train --lr"
-        " --mixup --no-augment --no-progress --output -o --overwrite --plot --resume --seed --stop-after --warmup",
+        "--batch-size --data --device --ema-decay --epochs --final-div-factor --init --limit-test --limit-train --lr"
+        " --mixup --no-augment --no-progress --output -o --overwrite --plot --resume --seed --skip-unreadable"
+        " --stop-after --val-fraction --warmup",
     ),
     "release": (
         ["source"],

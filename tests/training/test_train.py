@@ -88,7 +88,7 @@ def test_refuses_to_overwrite_or_to_resume_with_another_recipe(
     assert train(tiny_data, run, "--epochs", "2", "--batch-size", "80", "--limit-test", "4", "--stop-after", "1") == 0
     before = (run / "checkpoint.pt").read_bytes()
     assert train(tiny_data, run, "--epochs", "2") == 1
-    assert "--resume" in capsys.readouterr().err
+    assert "continue it with resume" in capsys.readouterr().err
     assert train(tiny_data, run, "--resume", "--epochs", "3") == 1
     assert "epochs: checkpoint 2, asked 3" in capsys.readouterr().err
     other = make_dataset(tmp_path / "other-data", train_per_class=4)
@@ -201,7 +201,7 @@ def test_no_silent_overwrite_and_arguments_checked_before_the_first_step(
     flags = ["--epochs", "1", "--batch-size", "20", "--limit-test", "4"]
     assert train(data, run, *flags) == 1
     err = capsys.readouterr().err
-    assert "already holds a run (model.pt, log.jsonl)" in err and "--overwrite" in err
+    assert "already holds a run (model.pt, log.jsonl)" in err and "start it afresh with overwrite" in err
     assert (run / "model.pt").read_bytes() == b"older weights"
     assert train(data, run, *flags, "--resume", "--overwrite") == 1
     assert "choose one" in capsys.readouterr().err
