@@ -227,11 +227,12 @@ def test_no_silent_overwrite_and_arguments_checked_before_the_first_step(
     make_dataset(tmp_path / "odd", train_per_class=2, test_per_class=1, classes=("cat", "dog"))
     make_dataset(tmp_path / "odd", train_per_class=2, test_per_class=0, classes=("emu",))
     assert train(tmp_path / "odd", tmp_path / "odd-run", *flags) == 1
-    assert "only in train/: emu; only in test/: none" in capsys.readouterr().err
-    assert not (tmp_path / "odd-run").exists()  # a failed start leaves no empty run folder behind
-    (tmp_path / "odd" / "test" / "emu").mkdir()  # a class folder without images: said so
-    assert train(tmp_path / "odd", tmp_path / "odd-run", *flags) == 1
+    # make_dataset left test/emu empty: said so, not "only in train"
     assert "only in train/: emu (test/emu holds no images); only in test/: none" in capsys.readouterr().err
+    assert not (tmp_path / "odd-run").exists()  # a failed start leaves no empty run folder behind
+    (tmp_path / "odd" / "test" / "emu").rmdir()
+    assert train(tmp_path / "odd", tmp_path / "odd-run", *flags) == 1
+    assert "only in train/: emu; only in test/: none" in capsys.readouterr().err
     make_dataset(tmp_path / "one", train_per_class=2, test_per_class=1, classes=("cat",))
     assert train(tmp_path / "one", tmp_path / "one-run", *flags) == 1
     assert "expected at least 2 classes" in capsys.readouterr().err
@@ -354,7 +355,7 @@ def test_train_runs_on_the_device_asked_for(tmp_path: Path, capsys: pytest.Captu
     for device in ("cpu", *(("cuda",) if CUDA_HERE else ())):
         assert train(data, tmp_path / device, *flags, "--device", device) == 0
         where = "cuda:0" if device == "cuda" else "cpu"  # a bare cuda: the GPU of the torchrun rank
-        assert f"1 process(es) on {where}); run folder" in capsys.readouterr().out
+        assert f"1 process(es) on {where}); test scored each epoch; run folder" in capsys.readouterr().out
         assert load_checkpoint(tmp_path / device / "checkpoint.pt")["epoch"] == 1
 
 
