@@ -98,9 +98,10 @@ def test_runnable_snippets_run_as_written(page: Path, workspace: Path) -> None:
     for snippet in RUNNABLE[page]:
         script = workspace / ("snippet.sh" if snippet.language == "bash" else "snippet.py")
         script.write_text(snippet.code, encoding="utf-8")
-        command = ["bash", "-e", "-o", "pipefail", str(script)] if snippet.language == "bash" else [sys.executable, str(script)]
-        done = subprocess.run(command, cwd=workspace, capture_output=True, text=True, timeout=300, check=False)
-        assert done.returncode == 0, f"{snippet} failed ({done.returncode}):\n{snippet.code}\n{done.stdout}\n{done.stderr}"
+        command = ["bash", "-e", "-o", "pipefail"] if snippet.language == "bash" else [sys.executable]
+        done = subprocess.run([*command, str(script)], cwd=workspace, capture_output=True, text=True, timeout=300)
+        output = f"{done.stdout}\n{done.stderr}"
+        assert done.returncode == 0, f"{snippet} failed ({done.returncode}):\n{snippet.code}\n{output}"
 
 
 def test_user_pages_name_no_developer_folder() -> None:

@@ -1,4 +1,4 @@
-"""examples/quickstart.ipynb runs top to bottom in a real Jupyter kernel, from any folder, and is committed without outputs."""
+"""examples/quickstart.ipynb runs top to bottom in a real Jupyter kernel, from any folder; committed without outputs."""
 
 from __future__ import annotations
 
