@@ -98,11 +98,12 @@ def test_cli_commands_and_flags() -> None:
 
 def test_environment_variables_are_read_and_documented() -> None:
     source = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "tiniest").rglob("*.py"))
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the README and the documentation site
+    documentation = "\n".join(page.read_text(encoding="utf-8") for page in pages)
     read = set(re.findall(r"TINIEST_[A-Z_]+", source))
     assert read >= ENVIRONMENT
-    undocumented = sorted(name for name in read if name not in readme)
-    assert not undocumented, f"environment variables read but not in the README: {undocumented}"
+    undocumented = sorted(name for name in read if name not in documentation)
+    assert not undocumented, f"environment variables read but not in the documentation: {undocumented}"
 
 
 def test_hub_folder_methods() -> None:

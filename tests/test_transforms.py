@@ -194,8 +194,8 @@ def test_16_bit_pngs_keep_the_high_byte_as_the_readme_says(tmp_path: Path, chann
     assert torch.equal(decode_image(path), high)
     assert torch.equal(preprocess(path)[0], high.float() / 255 - 0.5)
     assert torch.equal(preprocess(Image.open(path))[0], high.float() / 255 - 0.5)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "16-bit images keep the high byte" in readme and "16-bit and float modes are refused" not in readme
+    page = (ROOT / "docs" / "classify.md").read_text(encoding="utf-8")  # the input policy's page
+    assert "16-bit images keep the high byte" in page and "16-bit and float modes are refused" not in page
 
 
 def upright_picture() -> Image.Image:

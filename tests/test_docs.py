@@ -1,0 +1,129 @@
+"""The README and the documentation pages say what works: their runnable snippets run as written.
+
+A snippet is runnable when the line right before its fence is ``<!-- runnable -->`` and the fence is
+``bash`` or ``python``. The snippets of one page run in order in one temporary folder, as a user
+would type them, with the user's own files stood in for: ``cat.jpg`` and ``boat.png`` (CIFAR-10
+test pictures, enlarged), ``tiniest.pt`` (the publisher's checkpoint), ``$TINIEST_DATA`` (a small
+CIFAR-10 image folder), the weights in ``$TINIEST_WEIGHTS_DIR``, and no network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SHARED_CHECKPOINT, SHARED_CIFAR10, shared_path
+
+MARKER = "<!-- runnable -->"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+USER_PAGES = [page for page in PAGES if page.name not in {"contributing.md", "internals.md"}]
+FENCE = re.compile(r"```(\w*)\s*$")
+README_MOST_LINES = 200
+PER_CLASS = {"train": 10, "test": 10}  # 200 pictures: enough for a tiny run, a few seconds to decode
+
+
+@dataclass(frozen=True)
+class Snippet:
+    page: Path
+    line: int  # of the opening fence, 1-based
+    language: str
+    code: str
+
+    def __str__(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line} ({self.language})"
+
+
+def snippets(page: Path) -> list[Snippet]:
+    """The runnable snippets of ``page``, in order; a marker not followed by a bash or python fence is an error."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    found = []
+    for number, line in enumerate(lines):
+        if line.strip() != MARKER:
+            continue
+        fence = FENCE.match(lines[number + 1]) if number + 1 < len(lines) else None
+        where = f"{page.relative_to(ROOT)}:{number + 1}"
+        assert fence and fence[1] in ("bash", "python"), f"{where}: {MARKER} must precede a ```bash or ```python fence"
+        end = next(i for i in range(number + 2, len(lines)) if lines[i].strip() == "```")
+        found.append(Snippet(page, number + 2, fence[1], "\n".join(lines[number + 2 : end]) + "\n"))
+    return found
+
+
+RUNNABLE = {page: found for page in PAGES if (found := snippets(page))}
+
+
+@pytest.fixture(scope="module")
+def small_cifar10(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CIFAR-10 image folder with a few pictures per class and split, copied from ../shared."""
+    source = shared_path(SHARED_CIFAR10)
+    root = tmp_path_factory.mktemp("cifar10")
+    for split, count in PER_CLASS.items():
+        for folder in sorted(p for p in (source / split).iterdir() if p.is_dir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for picture in sorted(folder.glob("*.png"))[:count]:
+                shutil.copyfile(picture, root / split / folder.name / picture.name)
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, small_cifar10: Path, isolated_caches: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's folder: two pictures, the publisher's checkpoint, data and weights where the pages say."""
+    from PIL import Image
+
+    checkpoint = shared_path(SHARED_CHECKPOINT)
+    for name, (folder, size) in {"cat.jpg": ("cat", (320, 240)), "boat.png": ("ship", (128, 128))}.items():
+        picture = sorted((small_cifar10 / "test" / folder).glob("*.png"))[0]
+        Image.open(picture).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(tmp_path / name)
+    shutil.copyfile(checkpoint, tmp_path / "tiniest.pt")
+    weights_dir = isolated_caches / "weights"  # TINIEST_WEIGHTS_DIR: the pinned release is found there, verified
+    weights_dir.mkdir(exist_ok=True)
+    shutil.copyfile(checkpoint, weights_dir / "tiniest.pt")
+    monkeypatch.setenv("TINIEST_DATA", str(small_cifar10))
+    monkeypatch.setenv("TINIEST_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TINIEST_NO_COMPILE", "1")  # a first build takes ~30 s; the pages are checked, not the compiler
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # `tiniest`
+    return tmp_path
+
+
+@pytest.mark.parametrize("page", list(RUNNABLE), ids=lambda page: str(page.relative_to(ROOT)))
+def test_runnable_snippets_run_as_written(page: Path, workspace: Path) -> None:
+    for snippet in RUNNABLE[page]:
+        script = workspace / ("snippet.sh" if snippet.language == "bash" else "snippet.py")
+        script.write_text(snippet.code, encoding="utf-8")
+        command = ["bash", "-e", "-o", "pipefail"] if snippet.language == "bash" else [sys.executable]
+        done = subprocess.run([*command, str(script)], cwd=workspace, capture_output=True, text=True, timeout=300)
+        output = f"{done.stdout}\n{done.stderr}"
+        assert done.returncode == 0, f"{snippet} failed ({done.returncode}):\n{snippet.code}\n{output}"
+
+
+def test_user_pages_name_no_developer_folder() -> None:
+    """Users have no ../shared: commands point at their own copies (``$TINIEST_DATA``, a file of theirs)."""
+    offending = [
+        f"{page.relative_to(ROOT)}:{number}"
+        for page in USER_PAGES
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        if "../shared" in line or "shared/cifar10" in line
+    ]
+    assert not offending, offending
+
+
+def test_readme_is_short_and_points_to_the_pages() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= README_MOST_LINES
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)", readme))
+    assert linked and all((ROOT / link).is_file() for link in linked), linked
+
+
+def test_every_page_is_in_the_site() -> None:
+    """A page left out of mkdocs.yml's nav would be built but never reached."""
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    pages = {page.name for page in (ROOT / "docs").iterdir() if page.suffix in (".md", ".ipynb")}
+    assert pages and all(f": {name}" in nav for name in pages), pages
