@@ -17,9 +17,9 @@ from huggingface_hub import ModelCard
 
 from tests.tiny_runs import make_dataset, train
 from tiniest.commands import main
-from tiniest.commands.release import publish_commands
 from tiniest.errors import UnverifiedWeightsWarning
 from tiniest.model import Tiniest
+from tiniest.release import publish_commands
 from tiniest.weights import RECORD_PATH, Release, TiniestWeights, build_artifact
 from tiniest.weights.artifact import read_metadata, sha256_hex
 from tiniest.weights.run_files import load_checkpoint
@@ -107,7 +107,8 @@ def test_trained_run_gets_its_own_release(tmp_path: Path) -> None:
     assert json.loads(read_metadata(asset)["metrics"]) == record["meta"]["metrics"]
 
     card = read_card(out / "huggingface")
-    assert [r.metric_value for r in card.data.eval_results] == [metrics["accuracy"]]
+    # a local folder is no Hub dataset: no model-index (whose dataset type is a Hub id), the score in the table
+    assert card.data.eval_results is None and f"{100 * metrics['accuracy']:.2f}%" in card.text
     assert "cifar10" in card.data.tags and card.data.datasets is None  # CIFAR-10's classes, but a local folder
     assert "# verified" not in card.text and "UnverifiedWeightsWarning" in card.text
     assert "tiniest-models" not in (out / "PUBLISH.md").read_text()
