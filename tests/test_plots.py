@@ -155,3 +155,44 @@ def test_names_are_drawn_literally(tmp_path: Path, random_weights: Path) -> None
     grid = plots.predictions_figure(torch.zeros(1, 3, 32, 32), [hostile])
     grid.savefig(tmp_path / "one.png")
     assert grid.axes[0].title.get_text() == hostile
+
+
+def _cjk_font_installed() -> bool:
+    from matplotlib import font_manager
+
+    return any(
+        0x732B in font_manager.get_font(entry.fname).get_charmap()
+        for entry in font_manager.fontManager.ttflist
+        if not entry.name.startswith("Last Resort")
+    )
+
+
+def test_names_in_any_script_are_drawn_or_said_once(tmp_path: Path) -> None:
+    """A glyph the default font lacks comes from an installed font that has it; if none has it, its code is drawn
+    and one MissingGlyphsWarning says so, instead of boxes and one matplotlib warning per glyph."""
+    import warnings
+
+    def drawn(classes: list[str]) -> tuple[list[str], list[str], list[warnings.WarningMessage]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            figure = plots.confusion_matrix_figure(torch.eye(len(classes), dtype=torch.int64), classes)
+            figure.savefig(tmp_path / "confusion.png")
+        labels = figure.axes[0].get_xticklabels()
+        return [label.get_text() for label in labels], labels[0].get_fontfamily(), caught
+
+    # '⌶' (APL I-beam) is not in DejaVu Sans, matplotlib's default, but in fonts matplotlib ships
+    texts, families, caught = drawn(["⌶", "b"])
+    assert texts == ["⌶", "b"] and len(families) == 2 and caught == []
+    texts, families, caught = drawn(["猫", "犬", "ネコ"])
+    if _cjk_font_installed():
+        assert texts == ["猫", "犬", "ネコ"] and caught == []
+    else:
+        assert texts == ["\\u732b", "\\u72ac", "\\u30cd\\u30b3"]
+        assert [w.category for w in caught] == [plots.MissingGlyphsWarning], [str(w.message) for w in caught]
+        assert "猫 (\\u732b)" in str(caught[0].message) and "Noto Sans CJK" in str(caught[0].message)
+    grid_caught = []
+    with pytest.warns(plots.MissingGlyphsWarning) if not _cjk_font_installed() else warnings.catch_warnings():
+        grid = plots.predictions_figure(torch.zeros(2, 3, 32, 32), ["猫.png\n猫 0.90", "x.png\nb 0.10"])
+        grid.savefig(tmp_path / "grid.png")
+        grid_caught.append(grid.axes[0].title.get_text())
+    assert grid_caught[0] in ("猫.png\n猫 0.90", "\\u732b.png\n\\u732b 0.90")

@@ -3,19 +3,27 @@
 matplotlib is an optional extra (``pip install "tiniest[plot]"``): it is imported here only when a
 picture is drawn, onto an Agg canvas of its own, so that no display is needed and the caller's
 pyplot backend (a notebook's, say) is left alone. Figures have a fixed size in pixels.
+
+Names in any script: matplotlib's default font has no Chinese, Japanese or Korean glyphs, and would
+draw boxes with one warning per missing glyph. An installed font that has them is used as a
+fallback (matplotlib takes each glyph from the first font of the list that has it); a character
+that no installed font has is written as its code (``\\u732b``), with one :class:`MissingGlyphsWarning`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from tiniest.errors import PreprocessError
+from tiniest.errors import PreprocessError, TiniestWarning
 from tiniest.extras import require_extra
 from tiniest.names import printable
 
@@ -25,6 +33,7 @@ if TYPE_CHECKING:
     from tiniest.inference import Prediction
 
 __all__ = [
+    "MissingGlyphsWarning",
     "confusion_matrix_figure",
     "predictions_figure",
     "require_matplotlib",
@@ -37,6 +46,60 @@ CONFUSION_INCHES = (8.0, 7.0)  # 800 x 700 pixels
 CELL_INCHES = (2.0, 2.4)  # one picture of the grid with its title: 200 x 240 pixels
 MAX_COLUMNS = 5
 MAX_CLASSES_SHOWN = 3  # more lines would not fit under a 200-pixel picture
+
+
+class MissingGlyphsWarning(TiniestWarning):
+    """Characters of a picture's text that no installed font draws: they are written as their code instead."""
+
+
+@dataclass(frozen=True)
+class _Fonts:
+    """The font families that draw a picture's texts, and the code written for each character none draws."""
+
+    families: list[str]
+    codes: dict[str, str]
+
+    def shown(self, text: str) -> str:
+        return "".join(self.codes.get(char, char) for char in text)
+
+
+@cache
+def _glyphs(path: str) -> frozenset[int]:
+    from matplotlib import font_manager
+
+    return frozenset(font_manager.get_font(path).get_charmap())
+
+
+def _fonts(texts: Iterable[str]) -> _Fonts:
+    """The default font, then installed fonts that have the characters it lacks; codes for the rest, said once."""
+    from matplotlib import font_manager
+
+    default = font_manager.findfont(font_manager.FontProperties())
+    families = [font_manager.get_font(default).family_name]
+    missing = {char for text in texts for char in text if not char.isspace()} - {chr(c) for c in _glyphs(default)}
+    for entry in font_manager.fontManager.ttflist:
+        if not missing:
+            break
+        if entry.name.startswith("Last Resort"):  # draws a box for every character: no fallback
+            continue
+        try:
+            found = {char for char in missing if ord(char) in _glyphs(entry.fname)}
+        except (OSError, RuntimeError):  # a font file that cannot be read
+            continue
+        if found and entry.name not in families:
+            families.append(entry.name)
+            missing -= found
+    codes = {char: char.encode("unicode_escape").decode("ascii") for char in sorted(missing)}
+    if codes:
+        shown = ", ".join(f"{char} ({code})" for char, code in list(codes.items())[:10])
+        warnings.warn(
+            f"no installed font draws {len(codes)} character(s) of the picture's text: {shown}"
+            f"{', ...' if len(codes) > 10 else ''}; they are written as their codes. Install a font that has "
+            "them (for Chinese, Japanese and Korean, e.g. Noto Sans CJK) to see them drawn",
+            MissingGlyphsWarning,
+            stacklevel=3,
+        )
+    return _Fonts(families, codes)
 
 
 def require_matplotlib() -> None:
@@ -67,12 +130,15 @@ def confusion_matrix_figure(confusion: torch.Tensor, classes: Sequence[str]) -> 
     rates = (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).tolist()
     total, correct = int(counts.sum()), int(counts.trace())
     figure = _figure(CONFUSION_INCHES)
+    fonts = _fonts(printable(name) for name in classes)
+    # drawn as they are: no mathtext ('$\foo{$' raised), no LaTeX
+    shown = [fonts.shown(printable(name)) for name in classes]
     axes = figure.add_subplot()
     image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
-    shown = [printable(name) for name in classes]  # drawn as they are: no mathtext ('$\foo{$' raised), no LaTeX
-    axes.set_xticks(range(n), labels=shown, rotation=45, ha="right", parse_math=False, usetex=False)
-    axes.set_yticks(range(n), labels=shown, parse_math=False, usetex=False)
+    axes.set_xticks(range(n), labels=shown, rotation=45, ha="right", parse_math=False, usetex=False,
+                    fontfamily=fonts.families)
+    axes.set_yticks(range(n), labels=shown, parse_math=False, usetex=False, fontfamily=fonts.families)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     accuracy = correct / total if total else 0.0
@@ -91,10 +157,11 @@ def predictions_figure(images: torch.Tensor, titles: Sequence[str]) -> Figure:
     columns = min(len(images), MAX_COLUMNS)
     rows = math.ceil(len(images) / columns)
     figure = _figure((columns * CELL_INCHES[0], rows * CELL_INCHES[1]))
+    fonts = _fonts(titles)
     for index, (image, title) in enumerate(zip(images, titles, strict=True)):
         axes = figure.add_subplot(rows, columns, index + 1)
         axes.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-        axes.set_title(title, fontsize=8, parse_math=False, usetex=False)
+        axes.set_title(fonts.shown(title), fontsize=8, parse_math=False, usetex=False, fontfamily=fonts.families)
         axes.axis("off")
     return figure
 

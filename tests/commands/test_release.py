@@ -16,10 +16,11 @@ import torch
 from huggingface_hub import ModelCard
 
 from tests.tiny_runs import make_dataset, train
+from tiniest import names
 from tiniest.commands import main
-from tiniest.commands.release import publish_commands
 from tiniest.errors import UnverifiedWeightsWarning
 from tiniest.model import Tiniest
+from tiniest.release import publish_commands
 from tiniest.weights import RECORD_PATH, Release, TiniestWeights, build_artifact
 from tiniest.weights.artifact import read_metadata, sha256_hex
 from tiniest.weights.run_files import load_checkpoint
@@ -107,7 +108,8 @@ def test_trained_run_gets_its_own_release(tmp_path: Path) -> None:
     assert json.loads(read_metadata(asset)["metrics"]) == record["meta"]["metrics"]
 
     card = read_card(out / "huggingface")
-    assert [r.metric_value for r in card.data.eval_results] == [metrics["accuracy"]]
+    # a local folder is no Hub dataset: no model-index (whose dataset type is a Hub id), the score in the table
+    assert card.data.eval_results is None and f"{100 * metrics['accuracy']:.2f}%" in card.text
     assert "cifar10" in card.data.tags and card.data.datasets is None  # CIFAR-10's classes, but a local folder
     assert "# verified" not in card.text and "UnverifiedWeightsWarning" in card.text
     assert "tiniest-models" not in (out / "PUBLISH.md").read_text()
@@ -206,6 +208,8 @@ def weights(tmp_path: Path) -> Path:
         (("--hf-revision", "a..b"), "--hf-revision: expected a git tag, branch or commit name"),
         (("--hf-revision", "v1\x1b[2J"), "--hf-revision: expected a git tag, branch or commit name"),
         (("--name", "X\n# forged"), "--name: expected a Python identifier"),
+        (("--name", "DEFAULT"), "--name: expected a Python identifier"),  # the alias of the pinned member
+        (("--license-link", "javascript:alert(1)"), "--license-link: expected an http(s) URL"),
     ],
 )
 def test_names_that_github_the_hub_or_git_would_not_take_are_refused(
@@ -310,3 +314,48 @@ def test_outputs_that_are_symbolic_links_are_refused(
     assert release(weights, out, *MINE, "--overwrite") == 1
     assert "is a symbolic link" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == before and path.is_symlink()
+
+
+def test_a_fine_tune_stopped_early_gets_a_hugging_face_card_that_says_so(tmp_path: Path) -> None:
+    """A checkpoint at epoch 1 of 2, started from the published weights and scored on a held-out validation split,
+    under a licence outside the Hub's list: the card's metadata, read by huggingface_hub, says exactly that."""
+    data = make_dataset(tmp_path / "data", train_per_class=2, test_per_class=1, classes=("ok", "defect"))
+    run = tmp_path / "run"
+    assert train(data, run, "--epochs", "2", "--batch-size", "4", "--stop-after", "1") == 0
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    pinned = TiniestWeights.DEFAULT.release
+    checkpoint["init"] = {"name": "DEFAULT", "sha256": pinned.sha256}  # the keys training writes for these facts
+    checkpoint["scored_split"] = {"split": "validation", "images": 2, "made_by": "a seeded 10% of train/, by class"}
+    torch.save(checkpoint, run / "checkpoint.pt")
+    out = tmp_path / "release"
+    licence = ("--license", "My Custom Licence v2")
+    assert release(run / "checkpoint.pt", out, *MINE, *licence) == 1  # a licence the Hub lists not: its link too
+    assert not out.exists()
+    assert release(run / "checkpoint.pt", out, *MINE, *licence, "--license-link", "https://example.org/licence") == 0
+
+    card = read_card(out / "huggingface")
+    data_ = card.data.to_dict()
+    assert (data_["license"], data_["license_name"], data_["license_link"]) == (
+        "other", "my-custom-licence-v2", "https://example.org/licence"
+    )
+    assert data_["base_model"] == pinned.hf_repo_id  # fine-tuned from the published weights
+    assert "datasets" not in data_ and card.data.eval_results is None  # a local folder is no Hub dataset
+    meta = json.loads((out / "release.json").read_text())["meta"]
+    assert "epochs=1 of 2 planned" in meta["recipe"] and "epochs=2," not in meta["recipe"]
+    assert list(meta["metrics"]) == ["data validation"] and meta["metrics"]["data validation"]["split"] == "validation"
+    text = card.text
+    assert 'pip install "tiniest @ git+https://github.com/tiniest-models/tiniest"' in text
+    assert "pip install tiniest\n" not in text and "https://github.com/tiniest-models/tiniest" in text
+    assert "## Intended uses" in text and "## Limitations" in text
+    assert "| validation | 2 (a seeded 10% of train/, by class) |" in text
+    assert f"Fine-tuned from: {names.markdown(pinned.name)} ([{pinned.hf_repo_id}]" in text
+    assert "epochs=1 of 2 planned" in text and "My Custom Licence v2" in text
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("MIT", {"license": "mit"}), ("Apache-2.0", {"license": "apache-2.0"})]
+)
+def test_hub_licence_ids_stay_ids(weights: Path, tmp_path: Path, given: str, expected: dict[str, str]) -> None:
+    assert release(weights, tmp_path / "out", *MINE, "--license", given) == 0
+    data = read_card(tmp_path / "out" / "huggingface").data.to_dict()
+    assert {key: data[key] for key in data if key.startswith("license")} == expected

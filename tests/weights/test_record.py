@@ -7,7 +7,7 @@ import json
 import tiniest
 from tiniest.classes import CIFAR10_CLASSES
 from tiniest.transforms import PREPROCESSING, Preprocess
-from tiniest.weights import RECORD_PATH, TiniestWeights
+from tiniest.weights import RECORD_PATH, Release, TiniestWeights
 
 
 def test_release_json_states_the_input_contract_of_transforms() -> None:
@@ -22,3 +22,12 @@ def test_the_published_classes_are_cifar10s() -> None:
     assert tiniest.CLASSES == CIFAR10_CLASSES == tuple(TiniestWeights.DEFAULT.meta["categories"])
     assert tiniest.Tiniest().labels == CIFAR10_CLASSES
     assert tiniest.Tiniest(3).labels == ("class_0", "class_1", "class_2")
+
+
+def test_a_record_and_its_release_convert_both_ways_in_one_place() -> None:
+    """``release.json`` read with ``Release.from_record`` and written back with ``to_record`` is the same record."""
+    record = json.loads(RECORD_PATH.read_text(encoding="utf-8"))
+    release = Release.from_record(record)
+    assert release.to_record() == record and list(release.to_record()) == list(record)  # same keys, same order
+    assert Release.from_record(release.to_record()) == release
+    assert TiniestWeights.DEFAULT is TiniestWeights.__members__[record["name"]]  # the member is named by the record

@@ -1,12 +1,21 @@
 """The pinned weights release, read from ``release.json``: the one place its hash lives.
 
 Both a torch.hub checkout and a pip install read the same file (it ships as package
-data), so the sha256 of the published artifact is written exactly once.
+data), so the sha256 of the published artifact is written exactly once. A record is read
+(:meth:`Release.from_record`) and written (:meth:`Release.to_record`) here only: ``tiniest
+release`` writes one beside the files it makes, and a fork that pins its own release replaces
+``release.json`` with it. :class:`TiniestWeights` takes its member name from the record (the
+``--name`` that ``tiniest release`` was given), so a fork's ``weights="SHAPES12_4FCC507D"`` works
+and no other release's name (``CIFAR10_V1``) is rebound to the fork's file: it is refused.
+
+A release's plain ``.pt`` (its "original") is a bare state_dict, holding no class names:
+:func:`release_beside` finds them in the record that lies beside it, matched by sha256.
 """
 
 from __future__ import annotations
 
 import json
+import keyword
 import urllib.parse
 from dataclasses import dataclass, field
 from enum import Enum
@@ -14,13 +23,44 @@ from pathlib import Path
 from typing import Any
 
 from tiniest.env import env_text
-from tiniest.errors import UsageError
+from tiniest.errors import ArtifactError, UsageError
+from tiniest.files import read_regular
 from tiniest.weights.artifact import sha256_hex
 
-__all__ = ["CLASSES", "RECORD_PATH", "Release", "TiniestWeights", "describe_mismatch", "github_base_url"]
+__all__ = [
+    "CLASSES",
+    "RECORD_NAME",
+    "RECORD_PATH",
+    "Release",
+    "TiniestWeights",
+    "check_release_name",
+    "describe_mismatch",
+    "github_base_url",
+    "release_beside",
+]
 
-RECORD_PATH = Path(__file__).with_name("release.json")
+RECORD_NAME = "release.json"
+RECORD_PATH = Path(__file__).with_name(RECORD_NAME)
 DEFAULT_GITHUB_URL = "https://github.com"
+MAX_RECORD_BYTES = 1 << 20  # a record is about 2 KB: a larger release.json beside a file is not read
+_RESERVED_NAMES = frozenset({"DEFAULT", "from_name", "release", "meta", "url", "transforms"})
+
+
+def check_release_name(name: object, parameter: str = "name") -> str:
+    """A release name that can be a :class:`TiniestWeights` member (``CIFAR10_V1``); a UsageError otherwise."""
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or not name.isascii()
+        or keyword.iskeyword(name)
+        or name.startswith("_")
+        or name in _RESERVED_NAMES
+    ):
+        raise UsageError(
+            f"{parameter}: expected a Python identifier such as CIFAR10_V2 (a TiniestWeights member, not "
+            f"starting with '_', not one of {', '.join(sorted(_RESERVED_NAMES))}), got {name!r}"
+        )
+    return name
 
 
 def github_base_url() -> str:
@@ -58,9 +98,10 @@ class Release:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Release:
+        """The release a ``release.json`` record describes (the inverse of :meth:`to_record`)."""
         github, hf, source = record["github"], record["huggingface"], record["source"]
         return cls(
-            name=record["name"],
+            name=check_release_name(record["name"], "release.json name"),
             filename=record["filename"],
             sha256=record["sha256"],
             size=int(record["size"]),
@@ -74,6 +115,19 @@ class Release:
             source_size=int(source["size"]),
             meta=record["meta"],
         )
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``release.json`` record of this release (the inverse of :meth:`from_record`, same key order)."""
+        return {
+            "name": self.name,
+            "filename": self.filename,
+            "sha256": self.sha256,
+            "size": self.size,
+            "github": {"repo": self.github_repo, "tag": self.github_tag},
+            "huggingface": {"repo_id": self.hf_repo_id, "revision": self.hf_revision, "filename": self.hf_filename},
+            "source": {"path": self.source_path, "sha256": self.source_sha256, "size": self.source_size},
+            "meta": self.meta,
+        }
 
     @property
     def url(self) -> str:
@@ -101,16 +155,44 @@ def describe_mismatch(data: bytes, release: Release, expected: str | None = None
     return text
 
 
+def release_beside(path: Path, sha256: str) -> Release | None:
+    """The release whose record (``release.json``) lies beside ``path`` and names its bytes, else None.
+
+    ``tiniest release`` writes the record beside the plain ``.pt`` it publishes; the record names
+    that file by its sha256 (its ``source``) and the release file by the artifact's. A record
+    that is missing, too large, unreadable or about other bytes is no record of this file.
+    """
+    try:
+        record = json.loads(read_regular(path.parent / RECORD_NAME, MAX_RECORD_BYTES))
+        release = Release.from_record(record)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return release if sha256 in (release.source_sha256, release.sha256) and isinstance(release.meta, dict) else None
+
+
 def _load_record() -> Release:
     with RECORD_PATH.open(encoding="utf-8") as handle:
-        return Release.from_record(json.load(handle))
+        try:
+            return Release.from_record(json.load(handle))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ArtifactError(f"{RECORD_PATH}: expected a release record ({type(error).__name__}: {error})") from None
+
+
+_PINNED = _load_record()
 
 
 class TiniestWeights(Enum):
-    """Published weights, in the style of torchvision's weights enums."""
+    """Published weights, in the style of torchvision's weights enums.
 
-    CIFAR10_V1 = _load_record()
-    DEFAULT = CIFAR10_V1
+    One member, named as the pinned record names its release (``CIFAR10_V1``; a fork's own name
+    once it pins its release), and ``DEFAULT``, its alias. Members come from ``vars()`` as in the
+    enum documentation's ``_ignore_`` example.
+    """
+
+    _ignore_ = "members"
+    members = vars()
+    members[_PINNED.name] = _PINNED
+    DEFAULT = _PINNED
 
     @classmethod
     def from_name(cls, name: str) -> TiniestWeights:

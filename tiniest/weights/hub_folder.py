@@ -1,7 +1,8 @@
 """Hugging Face model folders: what ``from_pretrained`` / ``save_pretrained`` read and write; the release's.
 
 A folder holds ``model.safetensors`` (the deterministic release artifact), ``config.json`` and a
-model card ``README.md`` whose front matter the Hub reads (licence, dataset, metrics). These
+model card ``README.md`` whose front matter the Hub reads (licence, base model, Hub datasets, metrics),
+with how to install and load it, intended uses and limitations. These
 functions know no model class: :func:`from_pretrained` takes it, :func:`save_pretrained` takes
 the weights, their labels and metadata (:class:`tiniest.weights.hub_mixin.HubFolderMixin` passes
 them). huggingface_hub is imported only inside them: ``PyTorchModelHubMixin`` would load it with
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "from_pretrained",
+    "hub_license",
     "model_card",
     "model_config",
     "save_pretrained",
@@ -67,6 +70,40 @@ def model_config(meta: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# The Hub's licence ids (huggingface.co/docs/hub/repositories-licenses; huggingface_hub has no list of them).
+# Any other licence is ``license: other`` with ``license_name`` and ``license_link``, as the Hub asks.
+HUB_LICENSES = frozenset({
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
+    "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+    "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0",
+    "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1",
+    "lgpl-3.0", "isc", "lppl-1.3c", "ms-pl", "mpl-2.0", "odc-by", "odbl", "openrail++", "osl-3.0", "postgresql",
+    "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr", "unknown", "other",
+})
+README_INSTALL = 'pip install "tiniest @ git+https://github.com/{repo}"'  # the install line of the README
+
+
+def hub_license(text: str) -> str | None:
+    """The Hub's id of a licence named ``text`` (``MIT`` is ``mit``), or None when the Hub lists none such."""
+    candidate = text.strip().lower()
+    return candidate if candidate in HUB_LICENSES - {"other"} else None
+
+
+def _card_license(meta: Mapping[str, Any]) -> dict[str, str]:
+    """The card's licence fields: a Hub id as is; any other as ``other`` with its name and link."""
+    text = str(meta.get("license") or UNKNOWN_LICENSE)
+    known = hub_license(text)
+    if known is not None:
+        return {"license": known}
+    slug = re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.") or "custom"
+    fields = {"license": "other", "license_name": slug}
+    link = meta.get("license_link")
+    return {**fields, "license_link": str(link)} if link else fields
+
+
 def _hub_dataset(meta: Mapping[str, Any]) -> str | None:
     """The Hub dataset id the metadata names (``huggingface.co/datasets/<id>``, ``hf://<id>``), else None."""
     text = str(meta.get("dataset", ""))
@@ -81,64 +118,144 @@ def _hub_dataset(meta: Mapping[str, Any]) -> str | None:
 
 
 def _split_of(label: str, values: Mapping[str, Any]) -> tuple[str, str]:
-    """``(split, images)`` of a metrics entry: a subset says how many images of how many."""
+    """``(split, images)`` of a metrics entry: a subset says how many images of how many, a held-out split how made."""
     split = str(values.get("split") or (label.split() or ["?"])[-1])
     total = f"{values['total']:,}" if "total" in values else "?"
     if values.get("subset_of"):
         return split, f"{total} (random subset of {values['subset_of']:,})"
+    if values.get("made_by"):
+        return split, f"{total} ({names.markdown(str(values['made_by']))})"
     return split, f"{total}{' (a subset)' if 'subset_of' in values else ''}"
 
 
-def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = None) -> str:
-    """A model card whose YAML front matter carries licence, dataset and metrics for the Hub.
+def _results(meta: Mapping[str, Any], dataset: str | None) -> tuple[list[Any], list[str]]:
+    """The Hub's ``model-index`` results (whole splits of a Hub dataset only) and the card's table rows (all)."""
+    from huggingface_hub import EvalResult
 
-    It says "verified" only for the pinned release; whole-split scores go to the Hub's
-    ``model-index``, subset scores only to the card's table, with their image count. Every text
-    the weights' metadata brings (class names, data, credit...) is shown literally: markdown and
-    HTML in it are escaped.
-    """
-    from huggingface_hub import EvalResult, ModelCardData
-
-    if repo_id is not None:
-        names.hf_repo_id(repo_id, "repo_id")
-    text = names.markdown
-    dataset = _hub_dataset(meta)
-    categories = list(meta["categories"])
-    cifar10 = is_cifar10(categories)
-    name = repo_id.split("/")[-1] if repo_id else "tiniest"
-    results = []
-    rows = []
+    results, rows = [], []
     for label, values in (meta.get("metrics") or {}).items():
         if not isinstance(values, Mapping) or "accuracy" not in values:
             continue
         split, images = _split_of(label, values)
-        if "subset_of" not in values:
+        if dataset is not None and "subset_of" not in values:
             results.append(EvalResult(
                 task_type="image-classification", task_name="Image Classification",
-                dataset_type=dataset or "imagefolder", dataset_name=label.rsplit(" ", 1)[0], dataset_split=split,
+                dataset_type=dataset, dataset_name=label.rsplit(" ", 1)[0], dataset_split=split,
                 metric_type="accuracy", metric_value=float(values["accuracy"]), metric_name="Accuracy",
             ))
-        rows.append(f"| {text(label)} | {text(split)} | {images} | {100 * float(values['accuracy']):.2f}% |")
-    data = ModelCardData(
-        license=str(meta.get("license") or UNKNOWN_LICENSE).lower(),
+        rows.append(f"| {names.markdown(label)} | {names.markdown(split)} | {images} | "
+                    f"{100 * float(values['accuracy']):.2f}% |")
+    return results, rows
+
+
+def _card_data(meta: Mapping[str, Any], name: str) -> Any:
+    """The front matter the Hub reads: licence, base model, Hub datasets, tags, and results on Hub datasets."""
+    from huggingface_hub import ModelCardData
+
+    dataset = _hub_dataset(meta)
+    results, _ = _results(meta, dataset)
+    base = meta.get("base_model")
+    license = _card_license(meta)
+    return ModelCardData(
+        license=license["license"],
+        license_name=license.get("license_name"),
+        license_link=license.get("license_link"),
+        base_model=base.get("hf_repo_id") if isinstance(base, Mapping) else None,
         library_name="pytorch",
         pipeline_tag="image-classification",
-        tags=["image-classification", *(["cifar10"] if cifar10 else []), "tiniest", "safetensors"],
+        tags=["image-classification", *(["cifar10"] if is_cifar10(meta["categories"]) else []), "tiniest",
+              "safetensors"],
         datasets=[dataset] if dataset else None,
         metrics=["accuracy"],
         model_name=name if results else None,
         eval_results=results or None,
     )
+
+
+def _usage(sha256: str, repo_id: str | None) -> str:
+    """How to install the code, load the weights, and where that code is."""
+    code_repo = TiniestWeights.DEFAULT.release.github_repo
     pinned = sha256 == TiniestWeights.DEFAULT.release.sha256
     load = f'Tiniest.from_pretrained("{repo_id}")' if repo_id else 'Tiniest.from_pretrained("path/to/this/folder")'
-    check = "# verified, eval mode" if pinned else "# eval mode; not the pinned release: an UnverifiedWeightsWarning"
-    header = ["| data | split | images | top-1 accuracy |", "|---|---|---|---|"]
-    table = "\n".join([*header, *rows]) if rows else "Not measured."
+    check = (
+        "# verified, eval mode" if pinned
+        else "# eval mode; not the pinned release: an UnverifiedWeightsWarning (none where a checkout pins it)"
+    )
+    return f"""```bash
+{README_INSTALL.format(repo=code_repo)}
+```
+
+```python
+from tiniest import Tiniest
+
+model = {load}   {check}
+logits = model(images - 0.5)  # images: (N, 3, 32, 32) RGB in [0, 1]
+```
+
+The code that loads it: [github.com/{code_repo}](https://github.com/{code_repo})
+(`Tiniest.from_pretrained`, in
+[tiniest/weights/hub_folder.py](https://github.com/{code_repo}/blob/main/tiniest/weights/hub_folder.py))."""
+
+
+def _uses_and_limitations(categories: Sequence[str], cifar10: bool) -> str:
+    """What the weights are for, and what they cannot do, for any task."""
+    kind = "small photos of CIFAR-10's ten kinds of objects" if cifar10 else "images like those it was trained on"
+    return f"""## Intended uses
+
+Classifying {kind} into the {len(categories)} classes above, where a model of under 100,000
+parameters is wanted: teaching, baselines, quick experiments, small devices, and as a starting point
+for fine-tuning on a related task of your own.
+
+## Limitations
+
+- It sees every picture at 32x32 pixels: detail smaller than that is lost, whatever the input size.
+- It always answers one of its {len(categories)} classes: a picture of anything else still gets one,
+  often confidently. It cannot say "none of these".
+- Its accuracy is known only as measured below, on the data and number of images named there; on
+  other pictures (other cameras, light, framing) expect less. A score on few images is uncertain.
+- It inherits the choices and biases of its training data. Not for decisions about people, nor for
+  any use where a wrong answer causes harm."""
+
+
+def _training(meta: Mapping[str, Any]) -> str:
+    text = names.markdown
+    lines = [f"- Data: {text(str(meta.get('dataset', 'not recorded')))}",
+             f"- Recipe: {text(str(meta.get('recipe', 'not recorded')))}"]
+    base = meta.get("base_model")
+    if isinstance(base, Mapping):
+        repo = base.get("hf_repo_id")
+        where = f" ([{repo}](https://huggingface.co/{repo}))" if repo else ""
+        name, sha256 = text(str(base.get("name"))), text(str(base.get("sha256")))
+        lines.append(f"- Fine-tuned from: {name}{where}, sha256 `{sha256}`")
+    return "\n".join(lines)
+
+
+def _credits(meta: Mapping[str, Any]) -> str:
     license_text = str(meta.get("license") or UNKNOWN_LICENSE)
     if license_text == UNKNOWN_LICENSE:
         license_text = "Licence not stated by the weights' maker"
+    elif meta.get("license_link"):
+        license_text = f"Licence: {license_text} ({meta['license_link']})"
     parts = [license_text, *(str(meta.get(key, "")) for key in ("copyright", "credit"))]
-    credits = " ".join(f"{text(part.strip().rstrip('.'))}." for part in parts if part.strip())
+    return " ".join(f"{names.markdown(part.strip().rstrip('.'))}." for part in parts if part.strip())
+
+
+def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = None) -> str:
+    """A model card whose YAML front matter carries licence, base model, datasets and metrics for the Hub.
+
+    It says "verified" only for the pinned release; only whole-split scores on a Hub dataset go to
+    the Hub's ``model-index`` (its dataset ``type`` is a Hub dataset id), every score to the card's
+    table, with its image count. Every text the weights' metadata brings (class names, data,
+    credit...) is shown literally: markdown and HTML in it are escaped.
+    """
+    if repo_id is not None:
+        names.hf_repo_id(repo_id, "repo_id")
+    categories = list(meta["categories"])
+    cifar10 = is_cifar10(categories)
+    name = repo_id.split("/")[-1] if repo_id else "tiniest"
+    _, rows = _results(meta, None)
+    header = ["| data | split | images | top-1 accuracy |", "|---|---|---|---|"]
+    table = "\n".join([*header, *rows]) if rows else "Not measured."
     task = "CIFAR-10 classifier" if cifar10 else f"{len(categories)}-class image classifier"
     body = f"""
 # {name}
@@ -146,14 +263,11 @@ def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = No
 Tiniest: a {meta.get("num_params", 97530):,}-parameter {task}
 (architecture by [xvel/cifar10-tiniest](https://github.com/xvel/cifar10-tiniest)).
 
-```python
-from tiniest import Tiniest  # pip install tiniest
+{_usage(sha256, repo_id)}
 
-model = {load}   {check}
-logits = model(images - 0.5)  # images: (N, 3, 32, 32) RGB in [0, 1]
-```
+Classes, in output order (`model.labels`): {", ".join(names.markdown(str(category)) for category in categories)}.
 
-Classes, in output order (`model.labels`): {", ".join(text(str(category)) for category in categories)}.
+{_uses_and_limitations(categories, cifar10)}
 
 ## Results
 
@@ -161,8 +275,7 @@ Classes, in output order (`model.labels`): {", ".join(text(str(category)) for ca
 
 ## Training
 
-- Data: {text(str(meta.get("dataset", "not recorded")))}
-- Recipe: {text(str(meta.get("recipe", "not recorded")))}
+{_training(meta)}
 
 ## Files
 
@@ -171,9 +284,9 @@ Classes, in output order (`model.labels`): {", ".join(text(str(category)) for ca
 
 ## Licence and credit
 
-{credits}
+{_credits(meta)}
 """
-    return f"---\n{data.to_yaml()}\n---\n{body}"
+    return f"---\n{_card_data(meta, name).to_yaml()}\n---\n{body}"
 
 
 def write_model_folder(folder: Path, artifact: bytes, meta: Mapping[str, Any], *, repo_id: str | None = None) -> Path:

@@ -7,13 +7,21 @@ which split and how many images) and what their maker passes (licence, metrics).
 and ``save_pretrained`` all get their metadata from :func:`weights_meta`.
 
 A model built from weights (:func:`model_from_weights`, given the model class) takes its class
-count from the weights' ``fc`` layer and its ``labels`` from the metadata's ``categories``; a plain
-state_dict ``model.pt`` of a ``tiniest train`` run takes them from the run's ``checkpoint.pt`` beside it.
+count from the weights' ``fc`` layer and its ``labels`` from the metadata's ``categories``. A plain
+state_dict carries no names: a run's ``model.pt`` takes them from the run's ``checkpoint.pt`` beside
+it, a release's ``.pt`` from the ``release.json`` beside it (each matched by content, not by name).
+Weights that have none anywhere get ``class_0``, ``class_1``... and one :class:`NoClassNamesWarning`.
+
+Keys a training checkpoint may hold for the card (written by :mod:`tiniest.training`):
+``init`` = ``{"name": ..., "sha256": ...}``, the weights training started from (the card's
+``base_model``); ``scored_split`` = ``{"split": "test" | "validation", "images": N, "made_by": ...}``,
+the held-out images the recorded scores were measured on.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,9 +30,9 @@ import torch
 from torch import nn
 
 from tiniest.classes import CIFAR10_CLASSES, default_labels
-from tiniest.errors import IncompatibleWeightsError, UsageError
+from tiniest.errors import IncompatibleWeightsError, TiniestWarning, UsageError
 from tiniest.storage import HF_PREFIX
-from tiniest.weights._record import TiniestWeights
+from tiniest.weights._record import TiniestWeights, release_beside
 from tiniest.weights.artifact import is_safetensors, read_metadata, sha256_hex
 from tiniest.weights.run_files import run_beside
 from tiniest.weights.sources import LoadedWeights, load_strictly
@@ -32,6 +40,7 @@ from tiniest.weights.sources import LoadedWeights, load_strictly
 __all__ = [
     "ARCHITECTURE_CREDIT",
     "UNKNOWN_LICENSE",
+    "NoClassNamesWarning",
     "checkpoint_meta",
     "dataset_name",
     "decode_metadata",
@@ -46,6 +55,21 @@ __all__ = [
 ARCHITECTURE_CREDIT = "Architecture and training recipe by github.com/xvel/cifar10-tiniest"
 UNKNOWN_LICENSE = "unknown"  # the Hub's name for a licence nobody stated
 M = TypeVar("M", bound=nn.Module)
+
+
+class NoClassNamesWarning(TiniestWarning):
+    """Weights whose file, and whatever lies beside it, name none of their classes: outputs are ``class_<i>``."""
+
+
+def _warn_unnamed(origin: str, num_classes: int) -> None:
+    warnings.warn(
+        f"{origin} carries no class names (a bare state_dict, with no release.json or run checkpoint.pt beside it "
+        f"that names it): its {num_classes} outputs are called class_0 ... class_{num_classes - 1}. Keep a "
+        "release's .pt beside its release.json (a run's model.pt in its run folder), or use the .safetensors, "
+        "which carries its names",
+        NoClassNamesWarning,
+        stacklevel=3,
+    )
 
 
 def decode_metadata(header: Mapping[str, str]) -> dict[str, Any]:
@@ -110,22 +134,43 @@ def model_from_weights(
     strict, so weights that do not fit its architecture are refused.
     """
     num_classes = num_outputs(state_dict, origin)
-    model = cls(num_classes, labels=_labels(meta, num_classes, origin), meta=meta)
+    labels = _labels(meta, num_classes, origin)
+    if labels is None:
+        _warn_unnamed(origin, num_classes)
+    model = cls(num_classes, labels=labels, meta=meta)
     load_strictly(model, state_dict, origin)
     return model.eval()
 
 
-def loaded_meta(loaded: LoadedWeights) -> dict[str, Any]:
-    """What a loaded file says of its weights, plus its ``sha256``; for a run's ``model.pt``, the run's classes."""
-    if loaded.metadata:
-        return {**decode_metadata(loaded.metadata), "sha256": loaded.sha256}
-    run = run_beside(Path(loaded.location), loaded.state_dict) if "://" not in loaded.location else None
+def _meta_beside(path: Path, sha256: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """What lies beside a bare state_dict file about it: its release's record, else its run's classes."""
+    release = release_beside(path, sha256)
+    if release is not None:
+        return dict(release.meta)
+    run = run_beside(path, state_dict)
     return {"categories": list(run["classes"])} if run is not None else {}
 
 
-def _recipe_text(recipe: Mapping[str, Any]) -> str:
-    settings = ", ".join(f"{key}={value}" for key, value in recipe.items() if value is not None)
-    return f"tiniest train, the recipe of https://github.com/xvel/cifar10-tiniest ({settings})"
+def loaded_meta(loaded: LoadedWeights) -> dict[str, Any]:
+    """What a loaded file says of its weights, plus its ``sha256``; for a bare ``.pt``, what lies beside it."""
+    if loaded.metadata:
+        return {**decode_metadata(loaded.metadata), "sha256": loaded.sha256}
+    if "://" in loaded.location:
+        return {}
+    return _meta_beside(Path(loaded.location), loaded.sha256, loaded.state_dict)
+
+
+def _recipe_text(recipe: Mapping[str, Any], reached: int | None = None) -> str:
+    """The recipe's settings; ``epochs`` as reached, with the planned count when the run stopped before it."""
+    planned = recipe.get("epochs")
+    settings = [
+        f"{key}={reached} of {value} planned" if key == "epochs" and reached is not None and reached != value
+        else f"{key}={value}"
+        for key, value in recipe.items()
+        if value is not None
+    ]
+    stopped = f"; stopped after epoch {reached} of {planned}" if reached is not None and reached != planned else ""
+    return f"tiniest train, the recipe of https://github.com/xvel/cifar10-tiniest ({', '.join(settings)}{stopped})"
 
 
 def dataset_name(data: str) -> str:
@@ -135,8 +180,51 @@ def dataset_name(data: str) -> str:
     return Path(data.rstrip("/\\")).name or data
 
 
+def _base_model(init: Mapping[str, Any]) -> dict[str, Any]:
+    """The weights a run started from, as published: a release's name and Hub repo, or a file's name only.
+
+    A local path is cut to its file name (no path of the maker's machine is published); the Hub
+    repo id is known for the pinned release (by sha256) and for a weights name ``hf://owner/name``.
+    """
+    release = TiniestWeights.DEFAULT.release
+    name, sha256 = str(init.get("name") or "unknown"), str(init.get("sha256") or "")
+    base: dict[str, Any] = {"name": name, "sha256": sha256}
+    if sha256 in (release.sha256, release.source_sha256):
+        base.update(name=release.name, hf_repo_id=release.hf_repo_id)
+    elif name.startswith(HF_PREFIX):
+        base["hf_repo_id"] = base["name"] = name[len(HF_PREFIX) :].split("@")[0]
+    elif "://" in name:
+        base["name"] = name.split("?")[0]
+    elif name not in TiniestWeights.__members__:
+        base["name"] = Path(name.rstrip("/\\")).name or name
+    return base
+
+
+def _score(run: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """The last recorded score of a run, under a label that names its split, with how its images were chosen."""
+    last, sizes = run["history"][-1], run.get("split_sizes") or {}
+    score: dict[str, Any] = {
+        "accuracy": round(last["test_correct"] / last["test_total"], 4),
+        "correct": last["test_correct"],
+        "total": last["test_total"],
+        "split": "test",
+        "epoch": last["epoch"],
+    }
+    scored = run.get("scored_split")
+    if isinstance(scored, Mapping):  # the held-out images, as training chose and checked them
+        score["split"] = str(scored.get("split") or "test")
+        if scored.get("made_by"):
+            score["made_by"] = str(scored["made_by"])
+        return {f"{label} {score['split']}": score}
+    test_total = sizes.get("test")
+    subset = last["test_total"] < test_total if test_total is not None else run.get("limit_test") is not None
+    if subset:
+        score["subset_of"] = test_total
+    return {f"{label} test{' subset' if subset else ''}": score}
+
+
 def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
-    """Data, recipe and measured accuracy of a training run, saying which split and how many images."""
+    """Data, recipe, starting weights and measured accuracy of a run, saying which split and how many images."""
     data, classes = str(run["data"]), list(run["classes"])
     name = dataset_name(data)
     hub = data.startswith(HF_PREFIX)
@@ -147,26 +235,16 @@ def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
     count = f"{used:,} images"
     if train_total is not None and used < train_total:
         count = f"a seeded random {used:,} of its {train_total:,} images"
+    reached = int(run["epoch"]) if run.get("epoch") is not None else None
     facts: dict[str, Any] = {
         "dataset": f"train split of {where} ({count}), {len(classes)} classes",
-        "recipe": _recipe_text(run["recipe"]),
+        "recipe": _recipe_text(run["recipe"], reached),
         "metrics": {"note": "not measured"},
     }
+    if isinstance(run.get("init"), Mapping):
+        facts["base_model"] = _base_model(run["init"])
     if run["history"]:
-        last = run["history"][-1]
-        label = "CIFAR-10" if is_cifar10(classes) else name
-        score: dict[str, Any] = {
-            "accuracy": round(last["test_correct"] / last["test_total"], 4),
-            "correct": last["test_correct"],
-            "total": last["test_total"],
-            "split": "test",
-            "epoch": last["epoch"],
-        }
-        test_total = sizes.get("test")
-        subset = last["test_total"] < test_total if test_total is not None else run.get("limit_test") is not None
-        if subset:
-            score["subset_of"] = test_total
-        facts["metrics"] = {f"{label} test{' subset' if subset else ''}": score}
+        facts["metrics"] = _score(run, "CIFAR-10" if is_cifar10(classes) else name)
     return facts
 
 
@@ -179,6 +257,7 @@ def weights_meta(
     labels: Sequence[str] | None = None,
     metrics: Mapping[str, Any] | None = None,
     license: str | None = None,
+    license_link: str | None = None,
     origin: str = "weights",
 ) -> dict[str, Any]:
     """The metadata of weights: the pinned record for the published ones, else only their own facts.
@@ -192,19 +271,21 @@ def weights_meta(
         labels: class names, overriding the run's and the inherited ones.
         metrics: measured metrics, as given by the weights' maker (``--metrics``).
         license: their licence, as given by the maker (default: the inherited one, else unknown).
+        license_link: where the text of a licence outside the Hub's list is (default: the inherited one).
         origin: where the weights come from, for messages.
     """
     from tiniest.transforms import PREPROCESSING  # the input contract (not loaded with the package)
 
     release = TiniestWeights.DEFAULT.release
     if published:
-        if metrics is not None or license is not None:
+        if metrics is not None or license is not None or license_link is not None:
             raise UsageError("--metrics and --license are for new weights; the published ones keep their pinned record")
         return dict(release.meta)
     inherited = inherited or {}
     num_classes = num_outputs(state_dict, origin)
     categories = list(labels or (run["classes"] if run else None) or inherited.get("categories") or [])
     if not categories:
+        _warn_unnamed(origin, num_classes)
         categories = list(default_labels(num_classes))
     if len(categories) != num_classes:
         raise IncompatibleWeightsError(
@@ -212,19 +293,22 @@ def weights_meta(
         )
     claims = {
         key: inherited[key]
-        for key in ("dataset", "recipe", "metrics")
+        for key in ("dataset", "recipe", "base_model", "metrics")
         if key in inherited and inherited[key] != release.meta.get(key)
     }
     if run is not None:
         claims = _run_facts(run)
+    license = license or inherited.get("license") or UNKNOWN_LICENSE
+    license_link = license_link or (inherited.get("license_link") if license == inherited.get("license") else None)
     return {
         "architecture": release.meta["architecture"],
         "categories": categories,
         "num_params": sum(tensor.numel() for tensor in state_dict.values()),
-        **{key: claims[key] for key in ("dataset", "recipe") if key in claims},
+        **{key: claims[key] for key in ("dataset", "recipe", "base_model") if key in claims},
         "preprocessing": dict(PREPROCESSING),
         "metrics": dict(metrics) if metrics is not None else claims.get("metrics", {"note": "not measured"}),
-        "license": license or inherited.get("license") or UNKNOWN_LICENSE,
+        "license": license,
+        **({"license_link": license_link} if license_link else {}),
         "credit": ARCHITECTURE_CREDIT + ("; trained with `tiniest train`" if run is not None else ""),
     }
 
@@ -243,19 +327,25 @@ def checkpoint_meta(
     path: Path | None = None,
     metrics: Mapping[str, Any] | None = None,
     license: str | None = None,
+    license_link: str | None = None,
     origin: str | None = None,
 ) -> dict[str, Any]:
     """The metadata of a checkpoint file's weights (see :func:`weights_meta`).
 
     The published checkpoint (or release file) gets the pinned record; any other gets what its own
-    file says (a safetensors' metadata; ``run``, or for a run's ``model.pt`` at ``path`` the run
-    beside it) and what its maker passes.
+    file says (a safetensors' metadata; ``run``; for a bare ``.pt`` at ``path``, the release record
+    or the run beside it) and what its maker passes.
     """
     published = is_published(checkpoint)
     inherited = decode_metadata(read_metadata(checkpoint)) if is_safetensors(checkpoint) else {}
     if run is None and path is not None and not inherited and not published:
-        run = run_beside(path, state_dict)
+        release = release_beside(path, sha256_hex(checkpoint))
+        if release is not None:
+            inherited = dict(release.meta)
+        else:
+            run = run_beside(path, state_dict)
     where = origin or (str(path) if path is not None else "checkpoint")
     return weights_meta(
-        state_dict, published=published, run=run, inherited=inherited, metrics=metrics, license=license, origin=where
+        state_dict, published=published, run=run, inherited=inherited, metrics=metrics, license=license,
+        license_link=license_link, origin=where,
     )
