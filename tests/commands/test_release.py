@@ -316,17 +316,17 @@ def test_outputs_that_are_symbolic_links_are_refused(
     assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == before and path.is_symlink()
 
 
-def test_a_fine_tune_stopped_early_gets_a_hugging_face_card_that_says_so(tmp_path: Path) -> None:
-    """A checkpoint at epoch 1 of 2, started from the published weights and scored on a held-out validation split,
-    under a licence outside the Hub's list: the card's metadata, read by huggingface_hub, says exactly that."""
-    data = make_dataset(tmp_path / "data", train_per_class=2, test_per_class=1, classes=("ok", "defect"))
+def test_a_fine_tune_stopped_early_gets_a_hugging_face_card_that_says_so(
+    tmp_path: Path, shared_checkpoint: Path
+) -> None:
+    """A run started from the published weights (``--init``), scored on a held-out validation split
+    (``--val-fraction``) and stopped at epoch 1 of 2, released under a licence outside the Hub's list:
+    the card's metadata, read by huggingface_hub, says exactly that."""
+    data = make_dataset(tmp_path / "data", train_per_class=4, test_per_class=1, classes=("ok", "defect"))
     run = tmp_path / "run"
-    assert train(data, run, "--epochs", "2", "--batch-size", "4", "--stop-after", "1") == 0
-    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    fine_tune = ("--init", str(shared_checkpoint), "--val-fraction", "0.5")
+    assert train(data, run, "--epochs", "2", "--batch-size", "4", "--stop-after", "1", *fine_tune) == 0
     pinned = TiniestWeights.DEFAULT.release
-    checkpoint["init"] = {"name": "DEFAULT", "sha256": pinned.sha256}  # the keys training writes for these facts
-    checkpoint["scored_split"] = {"split": "validation", "images": 2, "made_by": "a seeded 10% of train/, by class"}
-    torch.save(checkpoint, run / "checkpoint.pt")
     out = tmp_path / "release"
     licence = ("--license", "My Custom Licence v2")
     assert release(run / "checkpoint.pt", out, *MINE, *licence) == 1  # a licence the Hub lists not: its link too
@@ -347,7 +347,8 @@ def test_a_fine_tune_stopped_early_gets_a_hugging_face_card_that_says_so(tmp_pat
     assert 'pip install "tiniest @ git+https://github.com/tiniest-models/tiniest"' in text
     assert "pip install tiniest\n" not in text and "https://github.com/tiniest-models/tiniest" in text
     assert "## Intended uses" in text and "## Limitations" in text
-    assert "| validation | 2 (a seeded 10% of train/, by class) |" in text
+    made_by = names.markdown("val_fraction 0.5 of the train split, stratified by class, seed 0")
+    assert f"| validation | 4 ({made_by}) |" in text
     assert f"Fine-tuned from: {names.markdown(pinned.name)} ([{pinned.hf_repo_id}]" in text
     assert "epochs=1 of 2 planned" in text and "My Custom Licence v2" in text
 

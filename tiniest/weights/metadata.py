@@ -14,7 +14,7 @@ Weights that have none anywhere get ``class_0``, ``class_1``... and one :class:`
 
 Keys a training checkpoint may hold for the card (written by :mod:`tiniest.training`):
 ``init`` = ``{"name": ..., "sha256": ...}``, the weights training started from (the card's
-``base_model``); ``scored_split`` = ``{"split": "test" | "validation", "images": N, "made_by": ...}``,
+``base_model``); ``held_out`` = ``{"split": "test" | "validation", "images": N, "made_by": ...}``,
 the held-out images the recorded scores were measured on.
 """
 
@@ -210,7 +210,7 @@ def _score(run: Mapping[str, Any], label: str) -> dict[str, Any]:
         "split": "test",
         "epoch": last["epoch"],
     }
-    scored = run.get("scored_split")
+    scored = run.get("held_out")
     if isinstance(scored, Mapping):  # the held-out images, as training chose and checked them
         score["split"] = str(scored.get("split") or "test")
         if scored.get("made_by"):
