@@ -355,12 +355,14 @@ def test_the_package_check_ignores_a_tiniest_in_the_working_directory(
     assert not [marker.name for marker in planted if marker.exists()]
 
 
-def test_compiler_detection_follows_inductor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_compiler_detection_follows_inductor(tmp_path: Path) -> None:
     import torch._inductor.config as config
 
-    monkeypatch.setattr(config.cpp, "cxx", (None, str(tmp_path / "nonexistent")))
-    assert compiled.find_compiler() == "" and not compiler_available()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert not optimize(random_model()).compiled
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes the setting from torch's config module
+    with config.patch({"cpp.cxx": (None, str(tmp_path / "nonexistent"))}):
+        assert compiled.find_compiler() == "" and not compiler_available()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not optimize(random_model()).compiled
     assert [str(w.message) for w in caught if "no C++ compiler" in str(w.message)]
+    assert compiled.find_compiler(), "the setting is back"
