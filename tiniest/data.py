@@ -39,7 +39,6 @@ import pickle
 import pickletools
 import struct
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ import torch
 
 from tiniest import names
 from tiniest.classes import CIFAR10_CLASSES
-from tiniest.errors import DatasetError, PreprocessError, UsageError
+from tiniest.errors import CacheWarning, DatasetError, PreprocessError, UsageError, warn
 from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, PART_SUFFIX, cache_dir, save_atomically
 
@@ -422,7 +421,7 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
             if stale != target:
                 stale.unlink(missing_ok=True)
     except OSError as error:  # a read-only or full cache costs speed, not correctness
-        warnings.warn(f"could not write the dataset cache {os.fspath(target)!r}: {error}", stacklevel=3)
+        warn(f"could not write the dataset cache {os.fspath(target)!r}: {error}", CacheWarning)
     return result
 
 

@@ -39,9 +39,9 @@ MAX_COLUMNS = 5
 MAX_CLASSES_SHOWN = 3  # more lines would not fit under a 200-pixel picture
 
 
-def require_matplotlib() -> None:
-    """Refuse ``--plot`` before any long computation when matplotlib is missing."""
-    require_extra("plot", "matplotlib", purpose="--plot")
+def require_matplotlib(purpose: str = "plotting") -> None:
+    """Refuse a plot before any long computation when matplotlib is missing; ``purpose`` names what needs it."""
+    require_extra("plot", "matplotlib", purpose=purpose)
 
 
 def _figure(inches: tuple[float, float]) -> Figure:

@@ -173,7 +173,6 @@ def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
 def weights_meta(
     state_dict: Mapping[str, torch.Tensor],
     *,
-    published: bool = False,
     run: Mapping[str, Any] | None = None,
     inherited: Mapping[str, Any] | None = None,
     labels: Sequence[str] | None = None,
@@ -181,26 +180,22 @@ def weights_meta(
     license: str | None = None,
     origin: str = "weights",
 ) -> dict[str, Any]:
-    """The metadata of weights: the pinned record for the published ones, else only their own facts.
+    """The metadata of new weights: only their own facts (the published ones keep the pinned record:
+    :func:`checkpoint_meta` tells them apart).
 
     Args:
         state_dict: the weights (their class count and parameter count are read from it).
-        published: these are the published weights (the caller compared hashes).
         run: the training checkpoint they came from: classes, data, recipe, measured accuracy.
         inherited: the metadata of the file they were read from (its claims are kept, except the
             publisher's copyright and credit, and any claim copied from the published record).
         labels: class names, overriding the run's and the inherited ones.
-        metrics: measured metrics, as given by the weights' maker (``--metrics``).
+        metrics: measured metrics, as given by the weights' maker.
         license: their licence, as given by the maker (default: the inherited one, else unknown).
         origin: where the weights come from, for messages.
     """
     from tiniest.transforms import PREPROCESSING  # the input contract (not loaded with the package)
 
     release = TiniestWeights.DEFAULT.release
-    if published:
-        if metrics is not None or license is not None:
-            raise UsageError("--metrics and --license are for new weights; the published ones keep their pinned record")
-        return dict(release.meta)
     inherited = inherited or {}
     num_classes = num_outputs(state_dict, origin)
     categories = list(labels or (run["classes"] if run else None) or inherited.get("categories") or [])
@@ -251,11 +246,12 @@ def checkpoint_meta(
     file says (a safetensors' metadata; ``run``, or for a run's ``model.pt`` at ``path`` the run
     beside it) and what its maker passes.
     """
-    published = is_published(checkpoint)
+    if is_published(checkpoint):
+        if metrics is not None or license is not None:
+            raise UsageError("metrics and license are for new weights; the published ones keep their pinned record")
+        return dict(TiniestWeights.DEFAULT.release.meta)
     inherited = decode_metadata(read_metadata(checkpoint)) if is_safetensors(checkpoint) else {}
-    if run is None and path is not None and not inherited and not published:
+    if run is None and path is not None and not inherited:
         run = run_beside(path, state_dict)
     where = origin or (str(path) if path is not None else "checkpoint")
-    return weights_meta(
-        state_dict, published=published, run=run, inherited=inherited, metrics=metrics, license=license, origin=where
-    )
+    return weights_meta(state_dict, run=run, inherited=inherited, metrics=metrics, license=license, origin=where)
