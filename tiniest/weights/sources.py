@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from tiniest.env import env_flag, env_path, env_text
+from tiniest.env import env_flag, env_path, env_text, env_yes
 from tiniest.errors import (
     CacheWarning,
     IncompatibleWeightsError,
@@ -69,7 +69,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_TRUE = {"1", "true", "yes", "on"}
 _WEIGHTS_NAME = re.compile(r"(?:TiniestWeights\.)?[A-Za-z_]\w*")  # "DEFAULT", "TiniestWeights.CIFAR10_V1"
 _CHECKOUT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"  # absent from a wheel
 
@@ -90,8 +89,7 @@ def is_offline(offline: bool | None = None) -> bool:
     """``offline`` if given, else ``TINIEST_OFFLINE`` or ``HF_HUB_OFFLINE`` from the environment."""
     if offline is not None:
         return offline
-    # HF_HUB_OFFLINE is huggingface_hub's: read as it reads it (anything but a yes means no)
-    return env_flag("TINIEST_OFFLINE") or (env_text("HF_HUB_OFFLINE") or "").lower() in _TRUE
+    return env_flag("TINIEST_OFFLINE") or env_yes("HF_HUB_OFFLINE")
 
 
 def checkout_weights_dir() -> Path:
