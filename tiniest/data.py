@@ -40,7 +40,6 @@ import pickletools
 import struct
 import time
 import unicodedata
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,7 +49,7 @@ import torch
 
 from tiniest import names
 from tiniest.classes import CIFAR10_CLASSES
-from tiniest.errors import DatasetError, PreprocessError, UsageError
+from tiniest.errors import CacheWarning, DatasetError, PreprocessError, UsageError, warn
 from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, PART_SUFFIX, cache_dir, save_atomically
 
@@ -481,7 +480,7 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
             if stale != target:
                 stale.unlink(missing_ok=True)
     except OSError as error:  # a read-only or full cache costs speed, not correctness
-        warnings.warn(f"could not write the dataset cache {os.fspath(target)!r}: {error}", stacklevel=3)
+        warn(f"could not write the dataset cache {os.fspath(target)!r}: {error}", CacheWarning)
     return result
 
 

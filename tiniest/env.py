@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tiniest.errors import UsageError
 
-__all__ = ["env_flag", "env_int", "env_number", "env_path", "env_text"]
+__all__ = ["env_flag", "env_int", "env_number", "env_path", "env_text", "env_yes"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -34,6 +34,15 @@ def env_flag(name: str, default: bool = False) -> bool:
     if value.lower() in _FALSE:
         return False
     raise UsageError(f"{name}: expected 1/true/yes/on or 0/false/no/off, got {value!r}")
+
+
+def env_yes(name: str) -> bool:
+    """Whether a variable of another library says yes, read as that library reads it: any other value is no.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` this way; refusing a value it accepts would break a
+    setup that works with it.
+    """
+    return (env_text(name) or "").lower() in _TRUE
 
 
 def env_number(name: str, default: float, *, low: float, high: float = math.inf, inclusive_low: bool = True) -> float:

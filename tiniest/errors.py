@@ -3,26 +3,34 @@
 Each error derives from :class:`TiniestError` and keeps the standard exception a caller would
 catch without knowing tiniest (``ValueError`` for bad input, ``OSError`` for a failed download...).
 The command line prints a :class:`TiniestError` as one line; anything else is a bug and keeps
-its traceback.
+its traceback. Warnings derive from :class:`TiniestWarning` the same way, and :func:`warn` raises
+them at the caller's line, however deep inside tiniest they arise.
 """
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 __all__ = [
     "ArtifactError",
+    "CacheWarning",
     "DatasetError",
     "DownloadError",
+    "FastPathWarning",
     "IncompatibleWeightsError",
     "MissingExtraError",
     "PeerLostError",
     "PreprocessError",
     "RateLimitError",
+    "TiniestDeprecationWarning",
     "TiniestError",
     "TiniestWarning",
     "UnsupportedTorchError",
     "UnverifiedWeightsWarning",
     "UsageError",
     "WeightsNotFoundError",
+    "warn",
 ]
 
 
@@ -92,3 +100,40 @@ class PeerLostError(TiniestError, RuntimeError):
 
 class UnverifiedWeightsWarning(TiniestWarning):
     """Weights the caller chose that are not the pinned release."""
+
+
+class CacheWarning(TiniestWarning, RuntimeWarning):
+    """A cache (weights, dataset, compiled package or their locks) that cannot be used: the work goes on without it."""
+
+
+class FastPathWarning(TiniestWarning, RuntimeWarning):
+    """:func:`tiniest.optimize` runs its module uncompiled where the compiled package was wanted."""
+
+
+class TiniestDeprecationWarning(TiniestWarning, DeprecationWarning):
+    """A keyword or spelling that still works for now; the message names its replacement."""
+
+
+# Modules whose frames stand between the user and a warning: tiniest, the torch.hub entry points
+# (``hubconf``, imported by ``torch.hub``) and the context managers tiniest enters.
+_PASSED_THROUGH = frozenset({"tiniest", "hubconf", "torch.hub", "contextlib"})
+
+
+def warn(message: str, category: type[TiniestWarning]) -> None:
+    """``warnings.warn`` attributed to the first frame outside tiniest: the user's line, wherever it is raised.
+
+    A fixed ``stacklevel`` is right from one call depth only (Python 3.12's ``skip_file_prefixes``
+    does this walk by file). The frames of ``torch.hub`` and ``hubconf`` are passed over too, so that
+    ``torch.hub.load`` names its caller, and those of ``contextlib``, for a warning raised on entering
+    a ``with``.
+    """
+    frame = sys._getframe(1)
+    level = 2  # 1 is this function
+    while frame.f_back is not None and _passed_through(frame.f_globals.get("__name__", "")):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _passed_through(module: str) -> bool:
+    return module in _PASSED_THROUGH or module.startswith("tiniest.")

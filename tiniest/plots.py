@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tiniest.errors import PreprocessError, TiniestWarning
+from tiniest.errors import PreprocessError, TiniestWarning, warn
 from tiniest.extras import require_extra
 from tiniest.names import printable
 
@@ -92,19 +91,17 @@ def _fonts(texts: Iterable[str]) -> _Fonts:
     codes = {char: char.encode("unicode_escape").decode("ascii") for char in sorted(missing)}
     if codes:
         shown = ", ".join(f"{char} ({code})" for char, code in list(codes.items())[:10])
-        warnings.warn(
+        warn(
             f"no installed font draws {len(codes)} character(s) of the picture's text: {shown}"
             f"{', ...' if len(codes) > 10 else ''}; they are written as their codes. Install a font that has "
             "them (for Chinese, Japanese and Korean, e.g. Noto Sans CJK) to see them drawn",
-            MissingGlyphsWarning,
-            stacklevel=3,
-        )
+            MissingGlyphsWarning)
     return _Fonts(families, codes)
 
 
-def require_matplotlib() -> None:
-    """Refuse ``--plot`` before any long computation when matplotlib is missing."""
-    require_extra("plot", "matplotlib", purpose="--plot")
+def require_matplotlib(purpose: str = "plotting") -> None:
+    """Refuse a plot before any long computation when matplotlib is missing; ``purpose`` names what needs it."""
+    require_extra("plot", "matplotlib", purpose=purpose)
 
 
 def _figure(inches: tuple[float, float]) -> Figure:

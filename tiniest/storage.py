@@ -22,14 +22,13 @@ import os
 import stat
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from tiniest.env import env_path
-from tiniest.errors import UsageError
+from tiniest.errors import CacheWarning, UsageError, warn
 
 try:
     import fcntl
@@ -179,14 +178,13 @@ def writer_lock(lock_file: Path, timeout: float) -> Iterator[Access]:
             )
             lock.acquire()
     except Timeout:
-        warnings.warn(f"waited {timeout:g} s for {lock_file}; going on without it", RuntimeWarning, stacklevel=3)
+        warn(f"waited {timeout:g} s for {lock_file}; going on without it", CacheWarning)
         access = "unlocked"
     except OSError as error:
-        warnings.warn(
+        warn(
             f"cannot write to the cache in {lock_file.parent.parent} ({error}); nothing is cached: what is "
             "fetched or built is loaded from memory",
-            RuntimeWarning,
-            stacklevel=3,
+            CacheWarning,
         )
         access = "unusable"
     try:

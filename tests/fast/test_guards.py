@@ -94,7 +94,7 @@ import json, sys, torch
 from tests.fast.test_optimize import random_model
 from tiniest.fast import optimize
 plain = random_model(SEED)
-fast = optimize(plain, build=False)
+fast = optimize(plain, mode="cached")
 assert fast.compiled, "the shared package was not found"
 generator = torch.Generator().manual_seed(0)
 def rand(*shape):
@@ -275,7 +275,7 @@ from tests.fast.test_optimize import random_model
 from tiniest.fast import FastTiniest, optimize
 from tiniest.fast.compiled import package_key
 warnings.simplefilter("error")  # after torch's own warning that numpy is missing
-model = optimize(random_model({SEED}), build=False)
+model = optimize(random_model({SEED}), mode="cached")
 assert model.compiled, "the package built for these weights must load"
 print(package_key(FastTiniest(random_model({SEED})), {CHUNK}))
 """
@@ -288,7 +288,7 @@ def test_one_package_under_any_thread_count(compiled_model: OptimizedTiniest) ->
     try:
         for count in {1, threads + 1}:
             torch.set_num_threads(count)
-            model = optimize(random_model(SEED), build=False)
+            model = optimize(random_model(SEED), mode="cached")
             assert model.compiled
             x = inputs(CHUNK + 3)
             with torch.no_grad():

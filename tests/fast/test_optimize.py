@@ -14,6 +14,7 @@ from torch import nn
 
 import tiniest
 from tiniest import Block, Tiniest
+from tiniest.errors import TiniestDeprecationWarning, UsageError
 from tiniest.fast import compiled
 from tiniest.fast.compiled import compiled_cache_dir, package_key
 from tiniest.fast.optimized import (
@@ -78,11 +79,34 @@ def test_fast_tiniest_matches_the_model_eager() -> None:
 def test_optimize_copies_and_rejects_other_modules() -> None:
     model = random_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimized = optimize(model, compile=False)
+    optimized = optimize(model, mode="eager")
     assert isinstance(optimized, OptimizedTiniest) and not optimized.compiled and not optimized.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(TypeError):
         optimize(nn.Linear(2, 2))
+
+
+def test_the_old_compile_and_build_keywords_still_work_with_a_deprecation_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``compile=``/``build=`` were two booleans for three modes; each old pair maps to the mode it meant."""
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("neither old spelling here asks for a build")
+
+    monkeypatch.setattr(compiled, "_build", no_build)
+    model = random_model()
+    expected = r"optimize\(compile=False\) is deprecated; pass mode='eager'"
+    with pytest.warns(TiniestDeprecationWarning, match=expected) as caught:
+        eager = optimize(model, compile=False)
+    assert caught[0].filename == __file__, "the warning points at the caller's line"
+    assert not eager.compiled and not eager._use_package
+    expected = r"optimize\(compile=True, build=False\) is deprecated; pass mode='cached'"
+    with pytest.warns(TiniestDeprecationWarning, match=expected):
+        cached = optimize(model, compile=True, build=False)
+    assert cached._use_package == compiler_available()
+    with pytest.raises(UsageError, match="mode must be one of compiled, cached, eager; got 'fast'"):
+        optimize(model, mode="fast")  # type: ignore[arg-type]
 
 
 def test_no_compiler_means_the_eager_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +148,7 @@ def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(
     with monkeypatch.context() as patched, caplog.at_level(logging.WARNING, logger="tiniest.fast.compiled"):
         patched.setattr(compiled, "_build", no_build)
         again = optimize(model)  # as a new process would: from the cache
-        assert optimize(model, build=False).compiled, "a package already built is used even for a few images"
+        assert optimize(model, mode="cached").compiled, "a package already built is used even for a few images"
     assert again.compiled and not caplog.messages, "loading is not announced"
     x = inputs(3)
     torch.testing.assert_close(again(x), optimized(x), rtol=0, atol=0)
@@ -160,7 +184,7 @@ def test_failed_build_means_the_eager_fallback_and_leaves_nothing(monkeypatch: p
     monkeypatch.setattr(compiled, "_build", failing_build)
     model = random_model()
     with pytest.warns(RuntimeWarning, match="the C\\+\\+ compiler crashed"):
-        optimized = optimize(model, compile=True)
+        optimized = optimize(model, mode="compiled")
     assert not optimized.compiled
     x = inputs(2)
     with torch.no_grad():
@@ -214,7 +238,7 @@ def test_tiniest_optimize_stays_callable_after_the_submodule_is_imported() -> No
     import tiniest.fast.optimized  # the module that defines optimize
 
     model = random_model()
-    optimized = tiniest.optimize(model, compile=False)
+    optimized = tiniest.optimize(model, mode="eager")
     x = inputs(2)
     with torch.no_grad():
         torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
@@ -244,7 +268,7 @@ def test_a_package_that_crashes_or_disagrees_is_neither_used_nor_cached(monkeypa
 
 
 def test_a_few_images_never_wait_for_a_build(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """Without a package for these weights, ``build=False`` runs the folded module eagerly at once."""
+    """Without a package for these weights, ``mode="cached"`` runs the folded module eagerly at once."""
 
     def no_build(*args: object) -> None:
         raise AssertionError("a run over a few images must not build the package")
@@ -254,7 +278,7 @@ def test_a_few_images_never_wait_for_a_build(monkeypatch: pytest.MonkeyPatch, ca
     model = random_model(seed=6)
     with caplog.at_level(logging.WARNING), warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning either: nothing was tried and failed
-        optimized = optimize(model, compile=True, build=False)
+        optimized = optimize(model, mode="cached")
     assert not optimized.compiled and not caplog.messages
     assert not compiled_cache_dir().exists() or not list(compiled_cache_dir().glob("*.pt2"))
     x = inputs(3)

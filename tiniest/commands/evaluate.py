@@ -12,17 +12,19 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from tiniest import plots
 from tiniest.commands._common import add_device_argument
-from tiniest.data import load_split
+from tiniest.data import LabeledImages, load_split
 from tiniest.devices import resolve_device
 from tiniest.errors import PreprocessError, UsageError
-from tiniest.evaluation import align_labels, evaluate
+from tiniest.evaluation import Evaluation, align_labels, evaluate
 from tiniest.hub import tiniest
 from tiniest.metrics import format_confusion_matrix
 from tiniest.names import printable
@@ -67,72 +69,123 @@ def _model_kind(model: nn.Module) -> str:
     return "optimized" if compiled else "optimized-uncompiled"
 
 
+@dataclass(frozen=True)
+class _Seconds:
+    """Where the time went: decoding the data, loading (and optimizing) the model, inference, all of it."""
+
+    data: float
+    model: float
+    inference: float
+    total: float
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_early(args)
+    device = resolve_device(args.device)  # before decoding the data
+    began = time.perf_counter()
+    data = _load_data(args)
+    decoded = time.perf_counter()
+    model = _load_model(args, data, device)
+    loaded = time.perf_counter()
+    result = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
+    seconds = _Seconds(decoded - began, loaded - decoded, result.inference_seconds, time.perf_counter() - began)
+    kind = _model_kind(model)
+    _print_report(args, data, result, kind, seconds)
+    if args.json is not None:
+        record = _json_record(args, data, result, kind, device, seconds)
+        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if args.plot is not None:
+        plots.save_confusion_matrix(args.plot, result.confusion, result.classes)
+    return 0
+
+
+def _check_early(args: argparse.Namespace) -> None:
+    """Refuse what would fail only after the data are decoded: a bad batch size, a missing extra."""
     if args.batch_size < 1:
         raise UsageError(f"expected a positive batch size, got {args.batch_size}")
     if args.plot is not None:
-        plots.require_matplotlib()  # before decoding the data
+        plots.require_matplotlib("--plot")
     require_images_extra(*(() if args.quiet else ("tqdm",)))  # one line naming the extra, not a traceback
-    device = resolve_device(args.device)  # before decoding the data
-    began = time.perf_counter()
+
+
+def _load_data(args: argparse.Namespace) -> LabeledImages:
     try:
-        data = load_split(args.data, args.split, progress=not args.quiet, skip_unreadable=args.skip_unreadable)
+        return load_split(args.data, args.split, progress=not args.quiet, skip_unreadable=args.skip_unreadable)
     except PreprocessError as error:
         raise PreprocessError(f"{error}; --skip-unreadable leaves such files out") from None
-    decoded = time.perf_counter()
-    plain = tiniest(weights=args.weights, progress=not args.quiet, device=device)
-    align_labels(data, plain.labels)  # refuse a dataset foreign to the weights before building the fast model
-    model: nn.Module = plain
-    if not args.eager and device.type != "cpu":
+
+
+def _load_model(args: argparse.Namespace, data: LabeledImages, device: torch.device) -> nn.Module:
+    """The weights' model, checked against the data, optimized unless ``--eager`` (on the CPU only)."""
+    model = tiniest(weights=args.weights, progress=not args.quiet, device=device)
+    align_labels(data, model.labels)  # refuse a dataset foreign to the weights before building the fast model
+    if args.eager:
+        return model
+    if device.type != "cpu":
         print(f"tiniest evaluate: the fast path (tiniest.optimize) is CPU-only; on {device} the plain model runs",
               file=sys.stderr)
-    elif not args.eager:
-        from tiniest.fast import optimize, worth_building
+        return model
+    from tiniest.fast import optimize, worth_building
 
-        model = optimize(model, build=worth_building(len(data)))  # a few images: no wait for a build
-    loaded = time.perf_counter()
-    result = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
-    total = time.perf_counter() - began
+    return optimize(model, mode="compiled" if worth_building(len(data)) else "cached")  # a few images: no build
+
+
+def _absent_classes(result: Evaluation) -> list[str]:
+    return [name for name in result.classes if name not in result.report]
+
+
+def _images_per_second(n: int, seconds: _Seconds) -> float:
+    """Images per second of decoding and inference (model loading left out: it is paid once)."""
+    return n / (seconds.data + seconds.inference)
+
+
+def _print_report(
+    args: argparse.Namespace, data: LabeledImages, result: Evaluation, kind: str, seconds: _Seconds
+) -> None:
     n = len(data)
-    kind = _model_kind(model)
     print(f"{printable(args.data)} ({printable(args.split)}): {n} images, {_MODEL_KINDS[kind]}")
     if data.skipped:
         print(f"skipped {len(data.skipped)} unreadable image file{'' if len(data.skipped) == 1 else 's'}:")
         for _, reason in data.skipped:
             print(f"  {printable(reason)}")
     print(f"accuracy {result.accuracy:.4f} ({result.correct}/{n})\n")
-    absent = [name for name in result.classes if name not in result.report]
+    absent = _absent_classes(result)
     if absent:
         print(f"not in the report (in neither the labels nor the predictions): {printable(', '.join(absent))}\n")
     print(result.text())
     print("confusion matrix (rows: true class, columns: predicted class)")
     print(format_confusion_matrix(result.confusion, result.classes))
-    images_per_second = n / (decoded - began + result.inference_seconds)
     print(
-        f"{images_per_second:.0f} images/s (data {decoded - began:.2f} s, inference {result.inference_seconds:.2f} s, "
-        f"{n / result.inference_seconds:.0f} images/s; total with model loading {total:.2f} s, "
-        f"{torch.get_num_threads()} threads)"
+        f"{_images_per_second(n, seconds):.0f} images/s (data {seconds.data:.2f} s, "
+        f"inference {seconds.inference:.2f} s, {n / seconds.inference:.0f} images/s; "
+        f"total with model loading {seconds.total:.2f} s, {torch.get_num_threads()} threads)"
     )
-    if args.json is not None:
-        record = {
-            "data": os.fspath(args.data),
-            "split": args.split,
-            "images": n,
-            "correct": result.correct,
-            "accuracy": result.accuracy,
-            "classes": list(result.classes),
-            "report": result.report,
-            "confusion_matrix": result.confusion.tolist(),
-            "model": kind,
-            "device": str(device),
-            "skipped": [{"file": file, "error": reason} for file, reason in data.skipped],
-            "absent_classes": absent,
-            "seconds": {"data": decoded - began, "model": loaded - decoded, "inference": result.inference_seconds},
-            "images_per_second": images_per_second,
-            "inference_images_per_second": n / result.inference_seconds,
-            "threads": torch.get_num_threads(),
-        }
-        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    if args.plot is not None:
-        plots.save_confusion_matrix(args.plot, result.confusion, result.classes)
-    return 0
+
+
+def _json_record(
+    args: argparse.Namespace,
+    data: LabeledImages,
+    result: Evaluation,
+    kind: str,
+    device: torch.device,
+    seconds: _Seconds,
+) -> dict[str, Any]:
+    n = len(data)
+    return {
+        "data": os.fspath(args.data),
+        "split": args.split,
+        "images": n,
+        "correct": result.correct,
+        "accuracy": result.accuracy,
+        "classes": list(result.classes),
+        "report": result.report,
+        "confusion_matrix": result.confusion.tolist(),
+        "model": kind,
+        "device": str(device),
+        "skipped": [{"file": file, "error": reason} for file, reason in data.skipped],
+        "absent_classes": _absent_classes(result),
+        "seconds": {"data": seconds.data, "model": seconds.model, "inference": seconds.inference},
+        "images_per_second": _images_per_second(n, seconds),
+        "inference_images_per_second": n / seconds.inference,
+        "threads": torch.get_num_threads(),
+    }

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
-        plots.require_matplotlib()  # before any work
+        plots.require_matplotlib("--plot")  # before any work
     require_images_extra()  # one line naming the extra, not a traceback
     results = predict(
         list(args.images), top_k=args.top_k, weights=args.weights, eager=args.eager, errors="report", device=args.device

@@ -6,6 +6,13 @@
 * :mod:`~tiniest.fast.allocator`: the C allocator setting the command line uses.
 """
 
-from tiniest.fast.optimized import FastTiniest, OptimizedTiniest, compiler_available, optimize, worth_building
+from tiniest.fast.optimized import (
+    FastTiniest,
+    OptimizedTiniest,
+    OptimizeMode,
+    compiler_available,
+    optimize,
+    worth_building,
+)
 
-__all__ = ["FastTiniest", "OptimizedTiniest", "compiler_available", "optimize", "worth_building"]
+__all__ = ["FastTiniest", "OptimizeMode", "OptimizedTiniest", "compiler_available", "optimize", "worth_building"]

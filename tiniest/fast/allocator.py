@@ -11,8 +11,9 @@ leaves the choice to its callers.
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
+
+from tiniest.env import env_text
 
 __all__ = ["keep_freed_memory"]
 
@@ -38,7 +39,7 @@ def keep_freed_memory() -> bool:
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    if any(os.environ.get(name) for name in _USER_SETTINGS):
+    if any(env_text(name) for name in _USER_SETTINGS):
         return False
     libc = ctypes.CDLL(None)
     mapped = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)

@@ -30,14 +30,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tiniest.env import env_path
+from tiniest.env import env_path, env_text
+from tiniest.errors import CacheWarning, warn
 from tiniest.storage import cache_dir, writer_lock
 from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE
 
@@ -80,7 +80,7 @@ def find_compiler() -> str:
     if configured is not None:
         names = [name for name in getattr(configured.cpp, "cxx", ()) if name]
     else:
-        names = [os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")]
+        names = [env_text("CXX") or ("clang++" if sys.platform == "darwin" else "g++")]
     return next((found for name in names if (found := shutil.which(name))), "")
 
 
@@ -182,7 +182,7 @@ def _load(path: Path, *, remove_broken: bool = False) -> Runner | None:
         return open_package(path)
     except Exception as error:  # a truncated or foreign file: rebuild rather than fail
         if remove_broken:
-            warnings.warn(f"compiled package {path} could not be loaded ({error}); rebuilding it", stacklevel=3)
+            warn(f"compiled package {path} could not be loaded ({error}); rebuilding it", CacheWarning)
             path.unlink(missing_ok=True)
         return None
 

@@ -11,23 +11,25 @@ Two layers, each exact up to float rounding:
   frozen as constants), built once per machine and cached on disk (:mod:`tiniest.fast.compiled`),
   with a symbolic batch so that no batch size triggers a recompilation. Without a C++
   compiler, or if compilation fails, it keeps the eager :class:`FastTiniest` and warns.
+
+Its ``mode`` names what runs (:data:`OptimizeMode`), one word per choice, where it once took
+two booleans (``compile=``, ``build=``) of which some pairs meant the same.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tiniest.env import env_flag
-from tiniest.errors import TiniestWarning
+from tiniest.errors import FastPathWarning, TiniestDeprecationWarning, UsageError, warn
 from tiniest.fast.compiled import Runner, find_compiler, load_cached, load_or_build, why_no_build
 from tiniest.model import Block, Tiniest
 from tiniest.transforms import INPUT_SIZE
@@ -45,11 +47,17 @@ CHUNK = 15
 # run, 20,000 within the first; a picture or a small folder is done before a build would be.
 BUILD_MIN_IMAGES = 10_000
 
+OptimizeMode = Literal["compiled", "cached", "eager"]
+"""What :func:`optimize` runs: ``"compiled"``, the AOTInductor package, built first (tens of seconds,
+once per machine and weights) where this machine has none; ``"cached"``, the package if it is
+already built, else the folded module eagerly, at once; ``"eager"``, the folded module."""
+
 __all__ = [
     "BUILD_MIN_IMAGES",
     "CHUNK",
     "FastBlock",
     "FastTiniest",
+    "OptimizeMode",
     "OptimizedTiniest",
     "compiler_available",
     "optimize",
@@ -297,16 +305,15 @@ class OptimizedTiniest(Tiniest):
             return
         reason = why_no_build()
         if reason is not None:
-            warnings.warn(f"tiniest.optimize: running uncompiled: {reason}", TiniestWarning, stacklevel=3)
+            warn(f"tiniest.optimize: running uncompiled: {reason}", FastPathWarning)
             return
         try:
             runner = load_or_build(path.fast, CHUNK)
         except Exception as error:  # a failed build must not cost the user their predictions
-            warnings.warn(
+            warn(
                 f"tiniest.optimize: no usable AOTInductor package ({type(error).__name__}: {error}); "
                 "using the eager optimized model",
-                RuntimeWarning,
-                stacklevel=3,
+                FastPathWarning,
             )
             return
         with self._lock:
@@ -351,21 +358,30 @@ def worth_building(expected_images: int) -> bool:
     return expected_images >= BUILD_MIN_IMAGES
 
 
-def optimize(model: nn.Module, *, compile: bool | None = None, build: bool = True) -> OptimizedTiniest:
+def optimize(
+    model: nn.Module,
+    *,
+    mode: OptimizeMode = "compiled",
+    compile: bool | None = None,
+    build: bool | None = None,
+) -> OptimizedTiniest:
     """A copy of ``model`` (a :class:`tiniest.Tiniest`) with the same answers, faster for inference.
 
     Args:
         model: the model to speed up; it is copied, not modified.
-        compile: use the AOTInductor package. Default: when a C++ compiler is found,
-            ``TINIEST_NO_COMPILE`` is not set and the model is on the CPU (the package is CPU
-            code; on another device the eager :class:`FastTiniest` runs there). When compiling is
-            wanted and cannot happen (another device, no C++ compiler, a torch that cannot build
-            packages), one warning line says why.
-        build: whether to build the package if this machine has none (announced in one log line:
-            about 30 s on 2 cores). Later ``optimize`` calls, in any process and under any thread
-            count, load it from :func:`tiniest.fast.compiled.compiled_cache_dir` in milliseconds.
-            ``False``: use a package already built, else run eagerly; pass
-            ``worth_building(number_of_images)``.
+        mode: what runs (:data:`OptimizeMode`). ``"compiled"``: the AOTInductor package, built
+            first if this machine has none for these weights (announced in one log line: about
+            30 s on 2 cores); later ``optimize`` calls, in any process and under any thread count,
+            load it from :func:`tiniest.fast.compiled.compiled_cache_dir` in milliseconds.
+            ``"cached"``: the package if already built, else the eager :class:`FastTiniest` at
+            once (``"compiled" if worth_building(number_of_images) else "cached"`` is the
+            commands' choice). ``"eager"``: the :class:`FastTiniest` alone. Where the package is
+            wanted and cannot be had (a model on another device: the package is CPU code; no
+            C++ compiler; a torch that cannot build packages; a failed build), one warning line
+            says why and the eager module runs. ``TINIEST_NO_COMPILE=1`` makes every mode
+            ``"eager"``, silently: the machine's owner has chosen.
+        compile, build: deprecated: ``compile=False`` is ``mode="eager"``, ``build=False`` is
+            ``mode="cached"``.
 
     Returns:
         An :class:`OptimizedTiniest` in eval mode, on ``model``'s device and dtype, without
@@ -374,22 +390,35 @@ def optimize(model: nn.Module, *, compile: bool | None = None, build: bool = Tru
     """
     if not isinstance(model, Tiniest):
         raise TypeError(f"optimize() expects a tiniest.Tiniest, got {type(model).__name__}")
+    if compile is not None or build is not None:
+        mode = _legacy_mode(compile, build)
+    if mode not in get_args(OptimizeMode):
+        raise UsageError(f"optimize: mode must be one of {', '.join(get_args(OptimizeMode))}; got {mode!r}")
+    if env_flag("TINIEST_NO_COMPILE"):
+        mode = "eager"
     device = model.conv1.weight.device
-    if compile is None:
-        compile = not env_flag("TINIEST_NO_COMPILE")
     reason = None
-    if compile and device.type != "cpu":
+    if mode != "eager" and device.type != "cpu":
         reason = f"the compiled fast path is CPU-only; the model stays on {device} and runs the folded module"
-    elif compile and not find_compiler():
+    elif mode != "eager" and not find_compiler():
         reason = "no C++ compiler (Inductor uses $CXX, else g++); the folded module runs uncompiled"
     if reason is not None:
-        warnings.warn(f"tiniest.optimize: {reason}", TiniestWarning, stacklevel=2)
-        compile = False
+        warn(f"tiniest.optimize: {reason}", FastPathWarning)
+        mode = "eager"
     with torch.no_grad(), torch.inference_mode(False):  # ordinary tensors, even for a caller in inference mode
         with torch.device("meta"):  # no random initialization: the weights come next
             optimized = OptimizedTiniest(len(model.labels), labels=model.labels, meta=model.meta)
         optimized.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()}, assign=True)
     optimized.requires_grad_(False).eval()
-    if compile:
-        optimized._attach_package(build)
+    if mode != "eager":
+        optimized._attach_package(build=mode == "compiled")
     return optimized
+
+
+def _legacy_mode(compile: bool | None, build: bool | None) -> OptimizeMode:
+    """The mode the deprecated ``compile=``/``build=`` pair stood for, with a warning naming it."""
+    mode: OptimizeMode = "eager" if compile is False else "cached" if build is False else "compiled"
+    pairs = (("compile", compile), ("build", build))
+    given = ", ".join(f"{name}={value}" for name, value in pairs if value is not None)
+    warn(f"optimize({given}) is deprecated; pass mode={mode!r}", TiniestDeprecationWarning)
+    return mode

@@ -20,7 +20,6 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from torch.utils.data import DistributedSampler
 
 from tiniest.devices import resolve_device
 from tiniest.env import env_int, env_number
-from tiniest.errors import DatasetError, PeerLostError, TiniestWarning, UsageError
+from tiniest.errors import DatasetError, PeerLostError, TiniestWarning, UsageError, warn
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically
 from tiniest.training.augment import batch_augmentation, mix_up, mixup_loss
@@ -224,13 +223,11 @@ def _check_resumed_data(saved: dict[str, Any], data: RunData) -> None:
 def _check_process_count(saved: dict[str, Any], proc: _Process) -> None:
     before = int(saved["history"][-1].get("world_size", 1)) if saved.get("history") else proc.world_size
     if before != proc.world_size:
-        warnings.warn(
+        warn(
             f"resuming a run of {before} process(es) with {proc.world_size}: it continues, but its weights will "
             f"differ from an uninterrupted run's (each process draws its own share and augmentation); resume with "
             f"{before} for the exact result",
-            ProcessCountWarning,
-            stacklevel=2,
-        )
+            ProcessCountWarning)
 
 
 @dataclass
@@ -558,7 +555,7 @@ def _run_epochs(
         }
         state.history.append(record)
         if len(set(replicas)) > 1:
-            warnings.warn(f"epoch {state.epoch}: the processes hold different weights", TiniestWarning, stacklevel=2)
+            warn(f"epoch {state.epoch}: the processes hold different weights", TiniestWarning)
         if proc.main:
             save_atomically(options.output / CHECKPOINT_NAME, _checkpoint_bytes(state, recipe, data, limit_test))
             write_log(options.output, state.history)

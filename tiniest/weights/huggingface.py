@@ -32,11 +32,10 @@ import shutil
 import sys
 import tempfile
 import urllib.parse
-import warnings
 from pathlib import Path
 from typing import Any
 
-from tiniest.errors import DownloadError
+from tiniest.errors import CacheWarning, DownloadError, warn
 from tiniest.files import read_regular
 from tiniest.storage import CACHE_ERRNOS
 from tiniest.weights._record import Release, describe_mismatch
@@ -154,10 +153,8 @@ def _download(release: Release, progress: bool, timeout: float) -> tuple[Path, s
     except Exception as error:
         raise _as_download_error(error, _UNRETRIED_ERRORS, _UNRETRIED_STATUS) from None
     temp_cache = tempfile.mkdtemp(prefix="tiniest-hf-")
-    warnings.warn(
-        f"cannot write the Hugging Face cache ({problem}); downloading through a temporary folder instead",
-        RuntimeWarning,
-        stacklevel=4,
+    warn(
+        f"cannot write the Hugging Face cache ({problem}); downloading through a temporary folder instead", CacheWarning
     )
     try:
         return _hf_hub_download(release, progress, timeout, temp_cache), temp_cache

@@ -21,7 +21,6 @@ the held-out images the recorded scores were measured on.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from tiniest.classes import CIFAR10_CLASSES, default_labels
-from tiniest.errors import IncompatibleWeightsError, TiniestWarning, UsageError
+from tiniest.errors import IncompatibleWeightsError, TiniestWarning, UsageError, warn
 from tiniest.storage import HF_PREFIX
 from tiniest.weights._record import TiniestWeights, release_beside
 from tiniest.weights.artifact import is_safetensors, read_metadata, sha256_hex
@@ -62,14 +61,12 @@ class NoClassNamesWarning(TiniestWarning):
 
 
 def _warn_unnamed(origin: str, num_classes: int) -> None:
-    warnings.warn(
+    warn(
         f"{origin} carries no class names (a bare state_dict, with no release.json or run checkpoint.pt beside it "
         f"that names it): its {num_classes} outputs are called class_0 ... class_{num_classes - 1}. Keep a "
         "release's .pt beside its release.json (a run's model.pt in its run folder), or use the .safetensors, "
         "which carries its names",
-        NoClassNamesWarning,
-        stacklevel=3,
-    )
+        NoClassNamesWarning)
 
 
 def decode_metadata(header: Mapping[str, str]) -> dict[str, Any]:
@@ -251,7 +248,6 @@ def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
 def weights_meta(
     state_dict: Mapping[str, torch.Tensor],
     *,
-    published: bool = False,
     run: Mapping[str, Any] | None = None,
     inherited: Mapping[str, Any] | None = None,
     labels: Sequence[str] | None = None,
@@ -260,16 +256,16 @@ def weights_meta(
     license_link: str | None = None,
     origin: str = "weights",
 ) -> dict[str, Any]:
-    """The metadata of weights: the pinned record for the published ones, else only their own facts.
+    """The metadata of new weights: only their own facts (the published ones keep the pinned record:
+    :func:`checkpoint_meta` tells them apart).
 
     Args:
         state_dict: the weights (their class count and parameter count are read from it).
-        published: these are the published weights (the caller compared hashes).
         run: the training checkpoint they came from: classes, data, recipe, measured accuracy.
         inherited: the metadata of the file they were read from (its claims are kept, except the
             publisher's copyright and credit, and any claim copied from the published record).
         labels: class names, overriding the run's and the inherited ones.
-        metrics: measured metrics, as given by the weights' maker (``--metrics``).
+        metrics: measured metrics, as given by the weights' maker.
         license: their licence, as given by the maker (default: the inherited one, else unknown).
         license_link: where the text of a licence outside the Hub's list is (default: the inherited one).
         origin: where the weights come from, for messages.
@@ -277,10 +273,6 @@ def weights_meta(
     from tiniest.transforms import PREPROCESSING  # the input contract (not loaded with the package)
 
     release = TiniestWeights.DEFAULT.release
-    if published:
-        if metrics is not None or license is not None or license_link is not None:
-            raise UsageError("--metrics and --license are for new weights; the published ones keep their pinned record")
-        return dict(release.meta)
     inherited = inherited or {}
     num_classes = num_outputs(state_dict, origin)
     categories = list(labels or (run["classes"] if run else None) or inherited.get("categories") or [])
@@ -336,9 +328,12 @@ def checkpoint_meta(
     file says (a safetensors' metadata; ``run``; for a bare ``.pt`` at ``path``, the release record
     or the run beside it) and what its maker passes.
     """
-    published = is_published(checkpoint)
+    if is_published(checkpoint):
+        if metrics is not None or license is not None or license_link is not None:
+            raise UsageError("metrics and license are for new weights; the published ones keep their pinned record")
+        return dict(TiniestWeights.DEFAULT.release.meta)
     inherited = decode_metadata(read_metadata(checkpoint)) if is_safetensors(checkpoint) else {}
-    if run is None and path is not None and not inherited and not published:
+    if run is None and path is not None and not inherited:
         release = release_beside(path, sha256_hex(checkpoint))
         if release is not None:
             inherited = dict(release.meta)
@@ -346,6 +341,6 @@ def checkpoint_meta(
             run = run_beside(path, state_dict)
     where = origin or (str(path) if path is not None else "checkpoint")
     return weights_meta(
-        state_dict, published=published, run=run, inherited=inherited, metrics=metrics, license=license,
-        license_link=license_link, origin=where,
+        state_dict, run=run, inherited=inherited, metrics=metrics, license=license, license_link=license_link,
+        origin=where,
     )

@@ -25,15 +25,15 @@ import os
 import re
 import stat
 import urllib.parse
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from tiniest.env import env_flag, env_path, env_text
+from tiniest.env import env_flag, env_path, env_text, env_yes
 from tiniest.errors import (
+    CacheWarning,
     IncompatibleWeightsError,
     RateLimitError,
     TiniestError,
@@ -41,6 +41,7 @@ from tiniest.errors import (
     UnverifiedWeightsWarning,
     UsageError,
     WeightsNotFoundError,
+    warn,
 )
 from tiniest.files import read_regular
 from tiniest.storage import save_atomically, writer_lock
@@ -68,9 +69,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SOURCES: tuple[str, ...] = ("local", "cache", "github", "huggingface", "original")
-NETWORK_SOURCES = frozenset({"github", "huggingface", "original"})
-_TRUE = {"1", "true", "yes", "on"}
 _WEIGHTS_NAME = re.compile(r"(?:TiniestWeights\.)?[A-Za-z_]\w*")  # "DEFAULT", "TiniestWeights.CIFAR10_V1"
 _CHECKOUT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"  # absent from a wheel
 
@@ -91,8 +89,7 @@ def is_offline(offline: bool | None = None) -> bool:
     """``offline`` if given, else ``TINIEST_OFFLINE`` or ``HF_HUB_OFFLINE`` from the environment."""
     if offline is not None:
         return offline
-    # HF_HUB_OFFLINE is huggingface_hub's: read as it reads it (anything but a yes means no)
-    return env_flag("TINIEST_OFFLINE") or (env_text("HF_HUB_OFFLINE") or "").lower() in _TRUE
+    return env_flag("TINIEST_OFFLINE") or env_yes("HF_HUB_OFFLINE")
 
 
 def checkout_weights_dir() -> Path:
@@ -206,11 +203,7 @@ def _remember(data: bytes, release: Release) -> None:
     try:
         save_atomically(target, data)
     except OSError as error:
-        warnings.warn(
-            f"could not cache the weights at {target} ({error}); they are loaded from memory this time",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        warn(f"could not cache the weights at {target} ({error}); they are loaded from memory this time", CacheWarning)
 
 
 def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[bytes, str]:
@@ -239,11 +232,10 @@ def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: 
     pinned = _pinned_bytes(data, release)
     if pinned is not None:
         return LoadedWeights(read_state_dict(pinned), "file", location, release.sha256, True, read_metadata(pinned))
-    warnings.warn(
+    warn(
         f"{location} is not the pinned release {release.filename} ({describe_mismatch(data, release)}); "
         "loading it unverified because you asked for it",
         UnverifiedWeightsWarning,
-        stacklevel=4,
     )
     metadata = read_metadata(data, origin=location) if is_safetensors(data) else {}
     return LoadedWeights(read_state_dict(data, origin=location), "file", location, sha256_hex(data), False, metadata)
@@ -257,7 +249,7 @@ def _from_local(release: Release, progress: bool) -> tuple[bytes, str]:
     candidates = [path for path in named if _is_regular(path)]
     if len(candidates) < len(named):
         odd = ", ".join(path.name for path in named if path not in candidates)
-        warnings.warn(f"skipped {odd} in {folder}: not regular files", TiniestWarning, stacklevel=4)
+        warn(f"skipped {odd} in {folder}: not regular files", TiniestWarning)
     sizes = {release.size, release.source_size}  # a file of another size cannot be either: it is not read
     for path in candidates:
         try:
@@ -341,9 +333,7 @@ def _github_fetch(url: str, progress: bool, max_bytes: int) -> bytes:
     if token is not None and urllib.parse.urlsplit(url).scheme == "https":
         headers = {"Authorization": f"Bearer {token}"}
     elif token is not None:
-        warnings.warn(
-            f"TINIEST_GITHUB_TOKEN is not sent to {url}: a token goes over https only", TiniestWarning, stacklevel=5
-        )
+        warn(f"TINIEST_GITHUB_TOKEN is not sent to {url}: a token goes over https only", TiniestWarning)
     try:
         return fetch(url, progress=progress, headers=headers, max_bytes=max_bytes)
     except RateLimitError as error:
@@ -378,28 +368,44 @@ def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
     return converted, release.source_url
 
 
-_FINDERS = {
-    "local": _from_local,
-    "cache": _from_cache,
-    "github": _from_github,
-    "huggingface": _from_huggingface,
-    "original": _from_original,
-}
+@dataclass(frozen=True)
+class _Source:
+    """How a source finds the release bytes (``(bytes, location)``), and whether it downloads them.
 
-
-def _from_network(name: str, release: Release, progress: bool) -> tuple[bytes, str, str]:
-    """Download from source ``name`` under the writer lock; ``(bytes, location, source)``.
-
-    The lock is held from the cache check to the atomic write: a process that waited for a
-    peer finds the file cached (source ``"cache"``) instead of downloading it again.
+    A source that downloads is skipped offline, runs under the cache's writer lock and has its
+    bytes kept in the cache.
     """
+
+    find: Callable[[Release, bool], tuple[bytes, str]]
+    network: bool
+
+
+_SOURCES = {  # in the order they are tried
+    "local": _Source(_from_local, network=False),
+    "cache": _Source(_from_cache, network=False),
+    "github": _Source(_from_github, network=True),
+    "huggingface": _Source(_from_huggingface, network=True),
+    "original": _Source(_from_original, network=True),
+}
+SOURCES: tuple[str, ...] = tuple(_SOURCES)
+
+
+def _find(name: str, release: Release, progress: bool) -> tuple[bytes, str, str]:
+    """The release bytes from source ``name``: ``(bytes, location, source that gave them)``.
+
+    A download runs under the writer lock, held from the cache check to the atomic write: a process
+    that waited for a peer finds the file cached (source ``"cache"``) instead of downloading it again.
+    """
+    source = _SOURCES[name]
+    if not source.network:
+        return (*source.find(release, progress), name)
     target = torch_cache_path(release)
     with writer_lock(_lock_file(release), _lock_timeout()) as access:
         if access != "unusable":
             cached = read_verified(target, release)
             if cached is not None:
                 return cached, str(target), "cache"
-        data, location = _FINDERS[name](release, progress)
+        data, location = source.find(release, progress)
         if access != "unusable":
             _remember(data, release)
         return data, location, name
@@ -409,7 +415,7 @@ def _parse_sources(sources: str | Iterable[str] | None) -> Sequence[str]:
     if sources is None:
         return SOURCES
     names = [s.strip() for s in sources.split(",")] if isinstance(sources, str) else list(sources)
-    unknown = [name for name in names if name not in _FINDERS]
+    unknown = [name for name in names if name not in _SOURCES]
     if unknown or not names:
         raise UsageError(f"unknown weights source(s) {unknown or names}; expected some of {', '.join(SOURCES)}")
     return names
@@ -465,21 +471,19 @@ def load_weights(
 
     failures: list[str] = []
     for name in _parse_sources(sources):
-        if offline and name in NETWORK_SOURCES:
+        network = _SOURCES[name].network
+        if offline and network:
             failures.append(f"{name}: skipped, offline mode (TINIEST_OFFLINE / HF_HUB_OFFLINE)")
             continue
         try:
-            if name in NETWORK_SOURCES:
-                data, location, name = _from_network(name, release, progress)
-            else:
-                data, location = _FINDERS[name](release, progress)
+            data, location, name = _find(name, release, progress)
         except UsageError:  # a bad setting (TINIEST_TIMEOUT=inf...) is the caller's to fix: said once, not per source
             raise
         except (LookupError, OSError, ValueError, RuntimeError, ImportError) as error:  # not programming errors
             ours = type(error) is LookupError or isinstance(error, TiniestError)
             reason = str(error) if ours else f"{type(error).__name__}: {error}"
             failures.append(f"{name}: {reason}")
-            if name in NETWORK_SOURCES:  # say why a download was given up, even if a later source succeeds
+            if network:  # say why a download was given up, even if a later source succeeds
                 logger.warning("weights source %s failed: %s", name, reason)
             continue
         return LoadedWeights(read_state_dict(data), name, location, release.sha256, True, read_metadata(data))

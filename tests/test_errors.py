@@ -1,0 +1,41 @@
+"""tiniest's warnings: each a :class:`TiniestWarning`, each attributed to the caller's line however deep it arises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiniest
+from tiniest import Tiniest
+from tiniest.errors import CacheWarning, UnverifiedWeightsWarning
+from tiniest.storage import writer_lock
+from tiniest.weights.sources import load_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_unverified_weights_are_reported_at_the_callers_line_from_every_depth(tmp_path: Path) -> None:
+    """A fixed ``stacklevel`` was right from one depth only: from ``load_weights`` it named pytest's code."""
+    mine = tmp_path / "mine.pt"
+    torch.save(Tiniest().state_dict(), mine)
+    with pytest.warns(UnverifiedWeightsWarning) as direct:
+        load_weights(mine)
+    with pytest.warns(UnverifiedWeightsWarning) as hub_function:
+        tiniest.tiniest(weights=mine)
+    with pytest.warns(UnverifiedWeightsWarning) as through_torch_hub:
+        torch.hub.load(str(ROOT), "tiniest", source="local", weights=str(mine))
+    for caught in (direct, hub_function, through_torch_hub):
+        (unverified,) = [w for w in caught if issubclass(w.category, UnverifiedWeightsWarning)]
+        assert unverified.filename == __file__, f"the warning names {unverified.filename}:{unverified.lineno}"
+
+
+def test_a_warning_on_entering_a_with_names_the_with(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    lock_file = not_a_folder / ".locks" / "a.lock"
+    with pytest.warns(CacheWarning, match="cannot write to the cache") as caught, writer_lock(lock_file, 1) as access:
+        assert access == "unusable"
+    assert caught[0].filename == __file__, "not contextlib's line"
+    assert issubclass(CacheWarning, RuntimeWarning), "code that caught the RuntimeWarning still does"
