@@ -1,4 +1,4 @@
-"""``main([TINIEST_ROOT, TORCH_ROOT, PACKAGE, CASES, THREADS])``: try a freshly built package in a child process.
+"""``main([tiniest_root, torch_root, package, cases, threads])``: try a freshly built package in a child process.
 
 A compiled package is native code, and a bad one does not raise: it crashes the process that loads
 or runs it. Seen here: torch 2.11 segfaulting while loading a frozen package, and packages whose
