@@ -79,7 +79,7 @@ def test_evaluate_maps_dataset_classes_onto_the_models(tmp_path: Path) -> None:
     tiny_folder(tmp_path, ("cat", "dog", "ship"))
     data = load_split(tmp_path, "test")
     torch.manual_seed(0)
-    model = tiniest.tiniest(pretrained=False)
+    model = tiniest.tiniest(weights=None)
     result = evaluate(model, data, batch_size=4)
     assert result.labels.tolist() == [3, 3, 5, 5, 8, 8]
     with torch.no_grad():
@@ -209,7 +209,7 @@ def test_evaluate_runs_on_the_device_asked_for(tmp_path: Path) -> None:
     tiny_folder(tmp_path, ("cat", "dog", "ship"))
     data = load_split(tmp_path, "test")
     torch.manual_seed(0)
-    model = tiniest.tiniest(pretrained=False)
+    model = tiniest.tiniest(weights=None)
     expected = evaluate(model, data, batch_size=4)
     on_cpu = evaluate(model, data, batch_size=4, device="cpu")
     assert torch.equal(on_cpu.predictions, expected.predictions) and on_cpu.report == expected.report

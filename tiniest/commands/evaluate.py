@@ -27,6 +27,7 @@ from tiniest.hub import tiniest
 from tiniest.metrics import format_confusion_matrix
 from tiniest.names import printable
 from tiniest.transforms import require_images_extra
+from tiniest.weights import TiniestWeights
 
 HELP = "accuracy, classification report and confusion matrix on a dataset split"
 
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     except PreprocessError as error:
         raise PreprocessError(f"{error}; --skip-unreadable leaves such files out") from None
     decoded = time.perf_counter()
-    plain = tiniest(weights=args.weights, progress=not args.quiet, device=device)
+    weights = TiniestWeights.DEFAULT if args.weights is None else args.weights  # the default: $TINIEST_WEIGHTS too
+    plain = tiniest(weights=weights, progress=not args.quiet, device=device)
     align_labels(data, plain.labels)  # refuse a dataset foreign to the weights before building the fast model
     model: nn.Module = plain
     if not args.eager and device.type != "cpu":
