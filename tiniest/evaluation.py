@@ -73,13 +73,16 @@ def _model(weights_or_model: nn.Module | Weights | None, progress: bool) -> nn.M
     return tiniest(weights=weights_or_model, progress=progress)
 
 
-def _data(data: LabeledImages | str | os.PathLike[str], split: str | None, progress: bool) -> LabeledImages:
+def _data(
+    data: LabeledImages | str | os.PathLike[str], split: str | None, progress: bool, skip_unreadable: bool
+) -> LabeledImages:
     """The images given, or split ``split`` (default ``"test"``) of the dataset at ``data``."""
     if isinstance(data, LabeledImages):
-        if split is not None:
-            raise UsageError(f"split={split!r} names a split of a dataset folder; data= was already decoded images")
+        if split is not None or skip_unreadable:
+            given = f"split={split!r}" if split is not None else "skip_unreadable=True"
+            raise UsageError(f"{given} is about reading a dataset folder; data= was already decoded images")
         return data
-    return load_split(data, split or "test", progress=progress)
+    return load_split(data, split or "test", progress=progress, skip_unreadable=skip_unreadable)
 
 
 @torch.inference_mode()
@@ -88,6 +91,7 @@ def evaluate(
     data: LabeledImages | str | os.PathLike[str],
     *,
     split: str | None = None,
+    skip_unreadable: bool = False,
     classes: Sequence[str] | None = None,
     batch_size: int = 500,
     progress: bool = False,
@@ -103,6 +107,8 @@ def evaluate(
             subfolders, a ``cifar-10-batches-py`` folder, ``hf://owner/name``), or decoded
             :class:`tiniest.data.LabeledImages`.
         split: the split of a dataset folder to evaluate (default: ``"test"``).
+        skip_unreadable: leave out the dataset folder's image files that cannot be read (listed in
+            the result's ``skipped``) instead of raising a ``PreprocessError`` at the first.
         classes: the model's class names, in output order (default: its ``labels``).
         batch_size: images per batch.
         progress: progress bars (decoding the data, evaluating).
@@ -112,7 +118,7 @@ def evaluate(
     if batch_size < 1:
         raise UsageError(f"expected a positive batch size, got {batch_size}")
     target = resolve_device(device) if device is not None else None  # refused before any work
-    images = _data(data, split, progress)
+    images = _data(data, split, progress, skip_unreadable)
     if len(images) == 0:
         raise DatasetError("expected at least one image to evaluate, got an empty dataset")
     model = _model(weights_or_model, progress)
