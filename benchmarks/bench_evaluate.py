@@ -34,7 +34,7 @@ def plain_loop(root: Path, batch_size: int) -> None:
     import tiniest
     from tiniest.metrics import classification_report
 
-    model = tiniest.tiniest(weights=os.environ.get("TINIEST_WEIGHTS"))
+    model = tiniest.tiniest()  # the pinned release, or $TINIEST_WEIGHTS
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     files = [(path, label) for label, name in enumerate(classes) for path in sorted((root / name).glob("*.png"))]
     predictions = []

@@ -79,7 +79,7 @@ def test_evaluate_maps_dataset_classes_onto_the_models(tmp_path: Path) -> None:
     tiny_folder(tmp_path, ("cat", "dog", "ship"))
     data = load_split(tmp_path, "test")
     torch.manual_seed(0)
-    model = tiniest.tiniest(pretrained=False)
+    model = tiniest.tiniest(weights=None)
     result = evaluate(model, data, batch_size=4)
     assert result.labels.tolist() == [3, 3, 5, 5, 8, 8]
     with torch.no_grad():
@@ -209,7 +209,7 @@ def test_evaluate_runs_on_the_device_asked_for(tmp_path: Path) -> None:
     tiny_folder(tmp_path, ("cat", "dog", "ship"))
     data = load_split(tmp_path, "test")
     torch.manual_seed(0)
-    model = tiniest.tiniest(pretrained=False)
+    model = tiniest.tiniest(weights=None)
     expected = evaluate(model, data, batch_size=4)
     on_cpu = evaluate(model, data, batch_size=4, device="cpu")
     assert torch.equal(on_cpu.predictions, expected.predictions) and on_cpu.report == expected.report
@@ -251,3 +251,28 @@ def test_cli_device_is_checked_before_the_data_and_recorded(
     out = tmp_path / "out.json"
     assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--eager", "--device", "cpu", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["device"] == "cpu"
+
+
+def test_top_level_evaluate_takes_weights_and_a_dataset_folder(
+    tmp_path: Path, shared_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tiniest.evaluate(weights_or_model, data, split=...)``: the numbers the command prints, from one call."""
+    tiny_folder(tmp_path, ("cat", "dog", "ship"))
+    broken = tmp_path / "test" / "cat" / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert "evaluate" in dir(tiniest) and tiniest.evaluate is evaluate
+    result = tiniest.evaluate(shared_checkpoint, tmp_path, split="test", skip_unreadable=True)
+    model = tiniest.tiniest(weights=shared_checkpoint)
+    data = load_split(tmp_path, "test", skip_unreadable=True)
+    same = tiniest.evaluate(model, data)
+    assert torch.equal(result.predictions, same.predictions) and result.report == same.report
+    assert [file for file, _ in result.skipped] == [str(broken)] and same.skipped == result.skipped
+    out = tmp_path / "out.json"
+    command = ["evaluate", "--data", str(tmp_path), "--weights", str(shared_checkpoint), "--eager", "--quiet"]
+    assert main([*command, "--skip-unreadable", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert (record["correct"], record["report"]) == (result.correct, result.report)
+    assert f"accuracy {result.accuracy:.4f} ({result.correct}/6)" in capsys.readouterr().out
+    with pytest.raises(tiniest.errors.UsageError, match=r"split=.train. is about reading a dataset folder"):
+        tiniest.evaluate(model, data, split="train")
+    assert tiniest.evaluate(None, data).report != {}, "weights=None: a random initialisation, as tiniest()"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 import tiniest
 from tests.conftest import ROOT, copy_checkout
+from tiniest.errors import TiniestDeprecationWarning, TiniestWarning, UsageError, WeightsNotFoundError
 from tiniest.weights import TiniestWeights, torch_cache_path
 
 RELEASE = TiniestWeights.DEFAULT.release
@@ -56,8 +58,11 @@ def test_hub_lists_only_the_entrypoint(hub_dir: Path) -> None:
 
 def test_help_explains_every_argument(hub_dir: Path) -> None:
     text = torch.hub.help(HUB_REPO, "tiniest", trust_repo=True, skip_validation=True)
-    for argument in ("pretrained", "weights", "sources", "progress", "device", "offline"):
+    for argument in ("weights", "progress", "sources", "device", "offline", "pretrained"):
         assert f"{argument}:" in text
+    flat = " ".join(text.split())
+    assert "``None`` for a random initialisation" in flat and "``TINIEST_WEIGHTS``" in flat
+    assert "pretrained: deprecated" in flat and "``pretrained=False`` is ``weights=None``" in flat
 
 
 def test_local_load_returns_the_published_model_ready_for_inference(cached_release: Path) -> None:
@@ -70,11 +75,75 @@ def test_local_load_returns_the_published_model_ready_for_inference(cached_relea
         torch.testing.assert_close(net(x), direct(x), rtol=0, atol=0)
 
 
-def test_device_and_random_init() -> None:
-    net = tiniest.tiniest(pretrained=False, device="cpu")
-    assert not net.training and next(net.parameters()).device.type == "cpu"
-    with pytest.raises(ValueError, match="pretrained=False"):
-        tiniest.tiniest(pretrained=False, weights="x.safetensors")
+CUDA_HERE = torch.cuda.device_count() if torch.cuda.is_available() else 0
+MISSING = "cuda" if not CUDA_HERE else f"cuda:{CUDA_HERE}"  # a device this machine lacks
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_weights_none_is_a_random_initialisation_as_in_torchvision(cached_release: Path) -> None:
+    published = tiniest.tiniest()
+    for net in (tiniest.tiniest(weights=None, device="cpu"), torch.hub.load(str(ROOT), "tiniest", source="local",
+                                                                          trust_repo=True, weights=None)):
+        assert not net.training and next(net.parameters()).device.type == "cpu"
+        assert net.meta == {} and not same_weights(net, published), "random, not the release"
+    assert published.meta and same_weights(published, tiniest.tiniest(weights=TiniestWeights.DEFAULT))
+
+
+def test_a_device_this_machine_lacks_is_refused_in_one_line() -> None:
+    with pytest.raises(UsageError, match=rf"^device '{MISSING}' is not available: [^\n]*available: cpu") as caught:
+        tiniest.tiniest(weights=None, device=MISSING)
+    assert "\n" not in str(caught.value)
+
+
+def test_tiniest_weights_stands_in_for_the_default_member_only(
+    cached_release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TINIEST_WEIGHTS", str(tmp_path / "elsewhere.safetensors"))
+    for chosen in ({}, {"weights": TiniestWeights.DEFAULT}, {"weights": TiniestWeights.CIFAR10_V1}):
+        with pytest.raises(WeightsNotFoundError, match=r"elsewhere\.safetensors does not exist"):
+            tiniest.tiniest(**chosen)  # type: ignore[arg-type]
+    assert tiniest.tiniest(weights="CIFAR10_V1").meta, "a release named by a string ignores it"
+    assert tiniest.tiniest(weights=None).meta == {}, "so does a random initialisation"
+
+
+LEGACY = [
+    ((), {"pretrained": True}, "weights=TiniestWeights.DEFAULT"),
+    ((True,), {}, "weights=TiniestWeights.DEFAULT"),
+    ((), {"pretrained": False}, "weights=None"),
+    ((False,), {}, "weights=None"),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "replacement"), LEGACY, ids=["kw-on", "pos-on", "kw-off", "pos-off"])
+def test_pretrained_still_works_warning_with_its_replacement(
+    args: tuple[bool, ...], kwargs: dict[str, bool], replacement: str, cached_release: Path
+) -> None:
+    """As torchvision tests its legacy interface: the old call gives the new call's model, with a warning."""
+    with pytest.warns(TiniestDeprecationWarning, match=re.escape(f"use tiniest({replacement})")) as caught:
+        net = tiniest.tiniest(*args, device="cpu", **kwargs)
+    assert len(caught) == 1 and caught[0].filename == __file__, "the warning points at the caller's line"
+    assert isinstance(caught[0].message, DeprecationWarning) and isinstance(caught[0].message, TiniestWarning)
+    pretrained = (*args, *kwargs.values())[0]
+    assert same_weights(net, tiniest.tiniest()) is pretrained and bool(net.meta) is pretrained
+    with pytest.warns(TiniestDeprecationWarning, match=re.escape(replacement)):
+        hub_net = torch.hub.load(str(ROOT), "tiniest", *args, source="local", trust_repo=True, **kwargs)
+    assert same_weights(hub_net, tiniest.tiniest()) is pretrained
+
+
+@pytest.mark.parametrize("positional", [False, True])
+def test_pretrained_with_weights_is_refused_in_one_line(positional: bool) -> None:
+    for pretrained, weights in ((True, None), (False, "x.safetensors"), (False, None)):
+        args, kwargs = ((pretrained,), {}) if positional else ((), {"pretrained": pretrained})
+        with pytest.raises(UsageError, match=r"pretrained= and weights= were both given: drop pretrained=") as caught:
+            tiniest.tiniest(*args, weights=weights, **kwargs)  # type: ignore[call-arg]
+        assert "\n" not in str(caught.value)
+    with pytest.raises(UsageError, match=r"expected pretrained=True or False .*got 'DEFAULT'"):
+        tiniest.tiniest("DEFAULT")  # type: ignore[call-arg]
+    with pytest.raises(UsageError, match="takes keyword arguments"):
+        tiniest.tiniest(True, False)  # type: ignore[call-arg]
 
 
 def hub_subprocess(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:

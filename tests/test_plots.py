@@ -25,7 +25,7 @@ def random_weights(tmp_path: Path) -> Path:
     """A state_dict of an untrained model: the pictures need predictions, not good ones."""
     torch.manual_seed(0)
     path = tmp_path / "random.pt"
-    torch.save(tiniest.tiniest(pretrained=False).state_dict(), path)
+    torch.save(tiniest.tiniest(weights=None).state_dict(), path)
     return path
 
 

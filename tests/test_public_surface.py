@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import json
 import re
+import subprocess
+import sys
 
 import torch
 
@@ -25,6 +28,8 @@ PACKAGE_NAMES = {
     "TiniestWeights",
     "UnverifiedWeightsWarning",
     "WeightsNotFoundError",
+    "evaluate",
+    "layer",
     "load_weights",
     "optimize",
     "predict",
@@ -63,7 +68,7 @@ ENVIRONMENT = {
     "TINIEST_WEIGHTS_DIR",
 }
 
-ENTRYPOINT_ARGUMENTS = ["pretrained", "weights", "sources", "progress", "device", "offline"]
+ENTRYPOINT_ARGUMENTS = ["weights", "progress", "sources", "device", "offline"]
 
 
 def test_package_names() -> None:
@@ -71,6 +76,31 @@ def test_package_names() -> None:
     for name in tiniest.__all__:
         assert getattr(tiniest, name) is not None, name
     assert callable(tiniest.predict) and callable(tiniest.optimize) and callable(tiniest.preprocess)
+    assert callable(tiniest.evaluate) and callable(tiniest.layer)
+
+
+def test_every_public_name_is_listed_by_dir_and_help_before_any_is_used() -> None:
+    """In a fresh process: the lazy names are in dir() and help() without being imported by ``import tiniest``.
+
+    help() opens with the API index (the module docstring) before pydoc's full class pages: each nn.Module
+    class of ``__all__`` brings ~1,050 lines of inherited nn.Module methods, which pydoc cannot leave out.
+    """
+    script = (
+        "import pydoc, sys, tiniest\n"
+        "listed = [name for name in tiniest.__all__ if name in dir(tiniest)]\n"
+        "lazy = sorted(m for m in ('tiniest.inference', 'tiniest.evaluation', 'tiniest.fast') if m in sys.modules)\n"
+        "text = pydoc.render_doc(tiniest, renderer=pydoc.plaintext)\n"
+        "import json; print(json.dumps([listed, lazy, text]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed, imported_before_help, text = json.loads(done.stdout)
+    assert listed == tiniest.__all__ and imported_before_help == [], "all listed, none imported by import tiniest"
+    for name in ("predict(images", "preprocess(x", "class Preprocess", "evaluate(weights_or_model", "optimize(model"):
+        assert name in text, name
+    index = text[: text.index("PACKAGE CONTENTS")]
+    names = ("tiniest(", "predict(", "preprocess", "Preprocess", "evaluate(", "optimize(", "layer(")
+    assert all(f"``{name}" in index for name in names), index
 
 
 def test_hubconf_exposes_one_entrypoint_with_its_arguments() -> None:
@@ -83,7 +113,8 @@ def test_hubconf_exposes_one_entrypoint_with_its_arguments() -> None:
     assert public == ["tiniest"]
     parameters = inspect.signature(tiniest.tiniest).parameters
     assert list(parameters)[: len(ENTRYPOINT_ARGUMENTS)] == ENTRYPOINT_ARGUMENTS
-    assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in ENTRYPOINT_ARGUMENTS[1:])
+    assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in ENTRYPOINT_ARGUMENTS)
+    assert parameters["weights"].default is tiniest.TiniestWeights.DEFAULT
 
 
 def test_cli_commands_and_flags() -> None:

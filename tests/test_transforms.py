@@ -134,7 +134,8 @@ def test_decode_image_keeps_exact_uint8(pixels: np.ndarray, tmp_path: Path) -> N
         (np.zeros(10, np.uint8), r"expected a numpy array of shape \(H, W, C\)"),
         (
             {"image": 1},
-            "expected an image path, a PIL image, a numpy array, a tensor or a list of them, got builtins.dict",
+            "expected an image path, bytes, a binary file, a PIL image, a numpy array, a tensor or a list of them, "
+            "got builtins.dict",
         ),
         (Image.new("F", (32, 32)), "expected an 8- or 16-bit image .* got PIL mode 'F'"),
         (Image.new("I", (32, 32)), "expected an 8- or 16-bit image .* got PIL mode 'I'"),
@@ -488,3 +489,21 @@ print(tiniest.predict([{str(fifo)!r}], model=model, errors="report")[0].error)
                 preprocess(tmp_path / name)
     finally:
         server.close()
+
+
+def test_a_pipe_or_an_unseekable_stream_is_refused_before_any_read() -> None:
+    """Pillow would read a stream it cannot seek whole into memory, whatever its size: refused in one line."""
+    import io
+    import os
+
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb") as pipe, pytest.raises(PreprocessError, match=r"expected a regular file, got p"):
+        preprocess(pipe)
+    os.close(write_end)
+
+    class Upload(io.RawIOBase):  # a socket-like body: readable, not seekable
+        def readable(self) -> bool:
+            return True
+
+    with pytest.raises(PreprocessError, match="expected a seekable binary file, got a stream: read it into bytes"):
+        preprocess(Upload())

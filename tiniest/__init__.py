@@ -1,15 +1,26 @@
 """Tiniest: a 97,530-parameter CIFAR-10 classifier, pretrained, verified and one line away.
 
-``tiniest.tiniest()`` returns the published model; everything heavier (image decoding,
-datasets, training, exports) is imported only when first used, so that loading the model
-costs little beyond ``import torch``.
+The API, all of it here at the top level:
+
+* ``tiniest(weights=TiniestWeights.DEFAULT, ...)``: the model (a :class:`Tiniest`) with its weights;
+  ``weights=None`` is a random initialisation. ``load_weights``: the verified tensors alone.
+* ``predict(images, top_k=1, ...)``: class names and probabilities for paths, bytes, open files,
+  PIL images, arrays or tensors. ``preprocess`` / ``Preprocess``: the same inputs as the model's tensor.
+* ``evaluate(weights_or_model, data, split=...)``: accuracy, report and confusion matrix on a dataset.
+* ``optimize(model)``: the same model, faster on the CPU. ``layer(model, "2-4")``: a module by the
+  model card's layer index. ``TiniestWeights``, ``CLASSES``: the published release and its classes.
+
+``import tiniest`` costs little beyond ``import torch``: everything heavier (image decoding,
+datasets, training, exports) is imported when first used; ``predict``, ``preprocess``,
+``Preprocess``, ``evaluate`` and ``optimize`` are loaded on first access, yet listed by ``dir()``
+and seen by type checkers.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,32 +48,50 @@ from tiniest.layers import layer  # noqa: E402
 from tiniest.model import Block, LayerNorm2d, Tiniest  # noqa: E402
 from tiniest.weights import CLASSES, TiniestWeights, load_weights  # noqa: E402
 
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
+    from tiniest.evaluation import evaluate
+    from tiniest.fast import optimize
+    from tiniest.inference import predict
+    from tiniest.transforms import Preprocess, preprocess
+
 __version__ = "1.0.0"
 
-# Public names served lazily: name -> module that defines it.
+# Public names loaded on first access (their modules import Pillow, numpy or the data code): name -> module.
 _LAZY = {
     "Preprocess": "tiniest.transforms",
-    "preprocess": "tiniest.transforms",
-    "predict": "tiniest.inference",
+    "evaluate": "tiniest.evaluation",
     "optimize": "tiniest.fast",
+    "predict": "tiniest.inference",
+    "preprocess": "tiniest.transforms",
 }
 
 __all__ = [
     "CLASSES",
     "Block",
     "LayerNorm2d",
+    "Preprocess",
     "Tiniest",
     "TiniestWeights",
     "UnverifiedWeightsWarning",
     "WeightsNotFoundError",
+    "evaluate",
     "layer",
     "load_weights",
+    "optimize",
+    "predict",
+    "preprocess",
     "tiniest",
-    *_LAZY,
 ]
 
+if not TYPE_CHECKING:  # hidden from type checkers, which would take any misspelt name for Any otherwise
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tiniest' has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        if name not in _LAZY:
+            raise AttributeError(f"module 'tiniest' has no attribute {name!r}")
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # found directly from now on
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -42,6 +42,13 @@ class TiniestWarning(UserWarning):
     """The base of tiniest's own warnings."""
 
 
+class TiniestDeprecationWarning(TiniestWarning, DeprecationWarning):
+    """A way of calling tiniest that still works but will go: the message names its replacement.
+
+    A ``DeprecationWarning`` too, so that the usual filters (shown in ``__main__`` and under pytest) apply.
+    """
+
+
 class UsageError(TiniestError, ValueError):
     """An argument, option or environment variable tiniest cannot use as given."""
 
@@ -108,10 +115,6 @@ class CacheWarning(TiniestWarning, RuntimeWarning):
 
 class FastPathWarning(TiniestWarning, RuntimeWarning):
     """:func:`tiniest.optimize` runs its module uncompiled where the compiled package was wanted."""
-
-
-class TiniestDeprecationWarning(TiniestWarning, DeprecationWarning):
-    """A keyword or spelling that still works for now; the message names its replacement."""
 
 
 # Modules whose frames stand between the user and a warning: tiniest, the torch.hub entry points

@@ -1,7 +1,7 @@
 """Inference: class names and probabilities for your own pictures (``tiniest.predict``).
 
-``tiniest.predict(x)`` takes everything :func:`tiniest.preprocess` does (paths, PIL images, numpy
-arrays, tensors, lists of them) and returns one :class:`Prediction` per image. Inputs are read and
+``tiniest.predict(x)`` takes everything :func:`tiniest.preprocess` does (paths, bytes, binary files,
+PIL images, numpy arrays, tensors, lists of them) and returns one :class:`Prediction` per image. Inputs are read and
 reduced to the model's size a chunk at a time (JPEGs decoded at reduced scale), so a folder of
 large photos costs the memory of one photo, not of the folder. With ``errors="report"`` an input
 that cannot be read gives a :class:`Prediction` whose ``error`` says why, and the others still
@@ -16,15 +16,17 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
 from tiniest.devices import resolve_device
+from tiniest.env import env_text
 from tiniest.errors import PreprocessError, UsageError
-from tiniest.hub import tiniest
-from tiniest.weights import CLASSES
+from tiniest.hub import Weights, tiniest
+from tiniest.transforms import ImageInput, Images, image_items, preprocess
+from tiniest.weights import CLASSES, TiniestWeights
 
 __all__ = ["Prediction", "predict"]
 
@@ -60,8 +62,8 @@ class Prediction:
 
 
 @functools.lru_cache(maxsize=4)
-def _default_model(weights: str | None, eager: bool, build: bool, device: torch.device) -> nn.Module:
-    """The published (or ``weights``) model on ``device``, optimized unless ``eager``; loaded once per process.
+def _default_model(weights: TiniestWeights | str, eager: bool, build: bool, device: torch.device) -> nn.Module:
+    """The ``weights``' model on ``device``, optimized unless ``eager``; loaded once per process.
 
     ``build``: worth waiting for the compiled package if this machine has none (many images).
     The fast path is CPU code: on another device the plain model runs (said once per model).
@@ -73,23 +75,86 @@ def _default_model(weights: str | None, eager: bool, build: bool, device: torch.
     elif not eager:
         from tiniest.fast import optimize
 
-        model = optimize(model, build=build)
+        model = optimize(model, mode="compiled" if build else "cached")
     return model
 
 
-def _shared_model(weights: str | None, eager: bool, build: bool, device: torch.device) -> nn.Module:
-    """:func:`_default_model`, loaded by the first thread that asks while the others wait for it."""
+def _shared_model(weights: Weights, eager: bool, images: int, device: torch.device) -> nn.Module:
+    """:func:`_default_model` for a run over ``images`` inputs, loaded by the first thread that asks.
+
+    The others wait for it. ``TINIEST_WEIGHTS`` stands in for ``TiniestWeights.DEFAULT`` as in
+    :func:`tiniest.tiniest`; read here so that the cache follows it.
+    """
+    from tiniest.fast import worth_building
+
+    chosen = env_text("TINIEST_WEIGHTS") or weights if weights is TiniestWeights.DEFAULT else weights
     with _loading:
-        return _default_model(weights, eager, build, device)
+        key = chosen if isinstance(chosen, (str, TiniestWeights)) else os.fspath(chosen)
+        return _default_model(key, eager, worth_building(images), device)
+
+
+def _check_arguments(
+    top_k: int, weights: Weights | None, classes: Sequence[str] | None, errors: str, device: str | torch.device | None
+) -> torch.device:
+    """Refuse bad arguments before any input is read; the device to run on."""
+    if top_k < 1 or (classes is not None and top_k > len(classes)):
+        raise UsageError(f"expected top_k between 1 and {len(classes or CLASSES)}, got {top_k}")
+    if errors not in ("raise", "report"):
+        raise UsageError(f"expected errors='raise' or 'report', got {errors!r}")
+    if weights is None:  # None meant the published weights before weights=None became a random initialisation
+        raise UsageError(
+            "predict(weights=None): a random initialisation predicts nothing; leave weights= out for the "
+            "published release, or pass model=tiniest.tiniest(weights=None)"
+        )
+    return resolve_device(device)  # a device this machine lacks is refused before any input is read
+
+
+@dataclass
+class _Chunk:
+    """Some inputs, read: their images as batches, and per input its number of images or its error."""
+
+    batches: list[torch.Tensor]
+    slots: list[int | str]
+
+
+def _read(items: Sequence[ImageInput], errors: str) -> _Chunk:
+    """Each input as the model's input; one that cannot be read raises, or with ``errors="report"`` keeps its error."""
+    chunk = _Chunk([], [])
+    for item in items:
+        try:
+            chunk.batches.append(preprocess(item))
+        except PreprocessError as error:
+            if errors == "raise":
+                raise
+            chunk.slots.append(str(error))
+        else:
+            chunk.slots.append(chunk.batches[-1].shape[0])
+    return chunk
+
+
+def _answer(chunk: _Chunk, model: nn.Module | None, top_k: int, classes: Sequence[str] | None) -> list[Prediction]:
+    """One :class:`Prediction` per image of ``chunk``, and one per input that could not be read, in order."""
+    names = classes if classes is not None else getattr(model, "labels", CLASSES)
+    if top_k > len(names):
+        raise UsageError(f"expected top_k between 1 and {len(names)} (the model's classes), got {top_k}")
+    found = _classify(model, torch.cat(chunk.batches), top_k, names) if model is not None and chunk.batches else []
+    answers = iter(found)
+    results: list[Prediction] = []
+    for slot in chunk.slots:
+        if isinstance(slot, str):
+            results.append(Prediction((), error=slot))
+        else:
+            results.extend(next(answers) for _ in range(slot))
+    return results
 
 
 @torch.inference_mode()
 def predict(
-    images: Any,
+    images: Images,
     *,
     top_k: int = 1,
     model: nn.Module | None = None,
-    weights: str | os.PathLike[str] | None = None,
+    weights: Weights = TiniestWeights.DEFAULT,
     eager: bool = False,
     classes: Sequence[str] | None = None,
     errors: Literal["raise", "report"] = "raise",
@@ -97,55 +162,29 @@ def predict(
 ) -> list[Prediction]:
     """Classify ``images`` (any input :func:`tiniest.preprocess` accepts); one :class:`Prediction` per image.
 
-    ``model`` defaults to the published weights (or ``weights``, or ``$TINIEST_WEIGHTS``), made
-    faster by :func:`tiniest.optimize` unless ``eager``; it is loaded once and reused.
-    ``classes`` name the outputs; default: the model's ``labels`` (the weights' own class names).
-    ``errors``: ``"raise"`` stops at the first input that cannot be read (a
+    ``images``: paths, an image file's ``bytes``, binary file objects (``io.BytesIO``, an open file, a web
+    upload's ``.file``), PIL images, numpy arrays, tensors, or a list of them; bytes and files are decoded
+    as paths are (JPEGs at reduced scale). ``model`` defaults to ``tiniest.tiniest(weights=weights)``
+    (``weights``: anything :func:`tiniest.tiniest` takes but ``None``; by default the published release,
+    or ``$TINIEST_WEIGHTS``), made faster by :func:`tiniest.optimize` unless ``eager``; it is loaded
+    once and reused. ``classes`` name the outputs; default: the model's ``labels`` (the weights' own
+    class names). ``errors``: ``"raise"`` stops at the first input that cannot be read (a
     :class:`tiniest.errors.PreprocessError`); ``"report"`` gives that input (a file, or one
     item of a list) a :class:`Prediction` with ``error`` set instead, in its place, and goes on.
     ``device`` (``"cuda"``, ``"cuda:1"``, ``"mps"``...): where the model runs; a ``model`` given is
     moved there (``model.to``, in place). Default: the CPU, or the device of the ``model`` given.
     The fast path is CPU-only: elsewhere the plain model runs. Results are on the CPU.
     """
-    if top_k < 1 or (classes is not None and top_k > len(classes)):
-        raise UsageError(f"expected top_k between 1 and {len(classes or CLASSES)}, got {top_k}")
-    if errors not in ("raise", "report"):
-        raise UsageError(f"expected errors='raise' or 'report', got {errors!r}")
-    target = resolve_device(device)  # a device this machine lacks is refused before any input is read
+    target = _check_arguments(top_k, weights, classes, errors, device)
     if model is not None and device is not None:
         model.to(target)
-    from tiniest.transforms import preprocess
-
-    items = list(images) if isinstance(images, (list, tuple)) else [images]
-    if not items:
-        raise PreprocessError("expected at least one image, got an empty list")
+    items = image_items(images)
     results: list[Prediction] = []
-    for start in range(0, len(items), CHUNK):
-        batches: list[torch.Tensor] = []
-        slots: list[int | str] = []  # per input: its number of images, or its error
-        for item in items[start : start + CHUNK]:
-            try:
-                batches.append(preprocess(item))
-            except PreprocessError as error:
-                if errors == "raise":
-                    raise
-                slots.append(str(error))
-            else:
-                slots.append(batches[-1].shape[0])
-        if batches and model is None:  # loaded only once some input could be read
-            chosen = os.fspath(weights) if weights is not None else os.environ.get("TINIEST_WEIGHTS") or None
-            from tiniest.fast import worth_building
-
-            model = _shared_model(chosen, eager, worth_building(len(items)), target)
-        names = classes if classes is not None else getattr(model, "labels", CLASSES)
-        if top_k > len(names):
-            raise UsageError(f"expected top_k between 1 and {len(names)} (the model's classes), got {top_k}")
-        answers = iter(_classify(model, torch.cat(batches), top_k, names) if model is not None and batches else [])
-        for slot in slots:
-            if isinstance(slot, str):
-                results.append(Prediction((), error=slot))
-            else:
-                results.extend(next(answers) for _ in range(slot))
+    for start in range(0, len(items), CHUNK):  # read, reduced and classified a chunk at a time
+        chunk = _read(items[start : start + CHUNK], errors)
+        if chunk.batches and model is None:  # loaded only once some input could be read
+            model = _shared_model(weights, eager, len(items), target)
+        results.extend(_answer(chunk, model, top_k, classes))
     return results
 
 

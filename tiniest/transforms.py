@@ -5,18 +5,21 @@ it (``meta["preprocessing"]``) so that it travels with the weights, and :meth:`P
 reads it back. This module imports nothing of tiniest but errors, env, extras and files. Accepted inputs:
 
 * a path (``str`` or ``os.PathLike``) to an image file (a regular file: a FIFO, folder or device named
-  like an image is refused), or a ``PIL.Image.Image``: the EXIF orientation is applied; 1-bit,
+  like an image is refused), the file's bytes (``bytes``, ``bytearray``, ``memoryview``), a binary
+  file object open for reading and seekable (``io.BytesIO``, ``open(path, "rb")``, a web framework's
+  upload such as Starlette's ``UploadFile.file``; read from its start, left open), or a
+  ``PIL.Image.Image``: the EXIF orientation is applied; 1-bit,
   grayscale, palette, CMYK, YCbCr, LAB and HSV images become RGB by Pillow's conversion; transparent
   images (RGBA, LA, PA, palette with transparency, premultiplied RGBa and La) are composited onto white;
   16-bit images keep the high byte of each value (what Pillow itself does for 16-bit RGB); 32-bit
-  integer and float modes, whose range is unknown, are refused. JPEG files are decoded at a reduced
+  integer and float modes, whose range is unknown, are refused. JPEG files (and bytes) are decoded at a reduced
   scale (``Image.draft``, at least twice the target size, like ``Image.thumbnail``), so a 12-megapixel
   photo costs a few MB, not hundreds. An image larger than :data:`MAX_PIXELS` once decoded
   (``$TINIEST_MAX_PIXELS``) is refused from its header, before decoding; whatever the decoder
   raises on a broken file becomes a :class:`PreprocessError` naming it;
 * a numpy array, channels last: ``(H, W, C)`` or ``(N, H, W, C)``;
 * a torch tensor, channels first: ``(C, H, W)`` or ``(N, C, H, W)``;
-* a list or tuple of any of these (concatenated into one batch).
+* a list or tuple (any sequence but a string or bytes) of any of these (concatenated into one batch).
 
 Arrays and tensors are ``uint8`` (0..255) or floating point in [0, 1] (NaN and inf refused), with
 ``C`` = 3 (RGB), 1 (grayscale, repeated) or 4 (RGBA, composited onto white). Any other size than
@@ -26,10 +29,12 @@ CIFAR-10 images are square crops already): crop your picture first if its subjec
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +45,19 @@ from tiniest.errors import PreprocessError, TiniestError
 from tiniest.extras import require_extra
 from tiniest.files import open_regular
 
+if TYPE_CHECKING:
+    import numpy
+    from PIL.Image import Image as PILImage
+
 __all__ = [
     "INPUT_SHIFT",
     "INPUT_SIZE",
     "PREPROCESSING",
+    "ImageInput",
+    "Images",
     "Preprocess",
     "decode_image",
+    "image_items",
     "preprocess",
     "require_images_extra",
     "to_uint8_images",
@@ -63,6 +75,15 @@ PREPROCESSING: dict[str, Any] = {
     "shift": INPUT_SHIFT,
 }
 _RESIZE = "bilinear with antialiasing"  # what this code implements, whatever size the policy names
+
+ImageInput: TypeAlias = (
+    "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | PILImage | numpy.ndarray[Any, Any]"
+    " | torch.Tensor"
+)
+"""One input: a path, an encoded file's bytes or binary file object, a PIL image, an array or a tensor."""
+Images: TypeAlias = "ImageInput | Sequence[ImageInput]"
+"""What :func:`preprocess` and :func:`tiniest.predict` take: one input, or a list (any sequence) of them."""
+_BYTES = (bytes, bytearray, memoryview)
 
 # What each PIL mode becomes (tests/test_transforms.py checks them one by one).
 _STRAIGHT_ALPHA = {"RGBA", "LA", "PA"}  # composited onto white (palette transparency too)
@@ -198,18 +219,15 @@ def _pixels(image: Any, dtype: torch.dtype, channels: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(image.tobytes()), dtype=dtype).reshape(height, width, channels)
 
 
-def _read_file(path: str | os.PathLike[str], size: tuple[int, int]) -> torch.Tensor:
-    """The image file at ``path`` as ``(1, 3, *size)`` float RGB in [0, 1].
+def _decode(stream: IO[bytes], origin: str, size: tuple[int, int]) -> torch.Tensor:
+    """The encoded image in the seekable binary ``stream`` as ``(1, 3, *size)`` float RGB in [0, 1].
 
-    Only a regular file is opened (a FIFO named ``x.png`` would block for ever). JPEG files are
-    decoded at reduced scale (``draft``) before the pixel cap is checked, so large photos still work.
+    JPEG files are decoded at reduced scale (``draft``) before the pixel cap is checked, so large photos still work.
     """
-    require_images_extra()
     from PIL import Image
 
-    origin = f"cannot read image file {os.fspath(path)!r}"
     try:
-        with open_regular(path) as handle, Image.open(handle) as image:
+        with Image.open(stream) as image:  # a stream the caller opened stays open
             side = 2 * max(size)  # as Image.thumbnail's reducing_gap=2: scaled in the decoder, then resampled
             image.draft(None, (side, side))
             return _pil_to_unit(image, origin=origin, size=size)
@@ -217,6 +235,47 @@ def _read_file(path: str | os.PathLike[str], size: tuple[int, int]) -> torch.Ten
         raise
     except _decoder_errors() as error:  # opening and identifying the file
         raise PreprocessError(f"{origin}: expected a readable image ({error})") from None
+
+
+def _read_file(path: str | os.PathLike[str], size: tuple[int, int]) -> torch.Tensor:
+    """The image file at ``path``, decoded by :func:`_decode`.
+
+    Only a regular file is opened (a FIFO named ``x.png`` would block for ever).
+    """
+    require_images_extra()
+    origin = f"cannot read image file {os.fspath(path)!r}"
+    try:
+        handle = open_regular(path)
+    except OSError as error:
+        raise PreprocessError(f"{origin}: expected a readable image ({error})") from None
+    with handle:
+        return _decode(handle, origin, size)
+
+
+def _read_stream(stream: Any, size: tuple[int, int]) -> torch.Tensor:
+    """A binary file object's image, decoded by :func:`_decode` as a file of that name would be.
+
+    Read from its start and left open. It must be seekable (Pillow reads an image in several passes;
+    a pipe would have to be read whole into memory, whatever its size), and an open file a regular one.
+    """
+    require_images_extra()
+    name = getattr(stream, "name", None)
+    origin = f"cannot read image file {name!r}" if isinstance(name, str) else f"cannot read image {_describe(stream)}"
+    if isinstance(stream, io.TextIOBase):
+        raise PreprocessError(f"{origin}: expected a binary file (opened with 'rb'), got a text file")
+    raw = getattr(stream, "raw", stream)  # what open() gives; fileno() would write a spooled upload to disk
+    if isinstance(raw, io.FileIO) and not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+        raise PreprocessError(f"{origin}: expected a regular file, got {stat.filemode(os.fstat(raw.fileno()).st_mode)}")
+    seekable = getattr(stream, "seekable", None)
+    if not (seekable() if callable(seekable) else callable(getattr(stream, "seek", None))):
+        raise PreprocessError(f"{origin}: expected a seekable binary file, got a stream: read it into bytes first")
+    return _decode(stream, origin, size)
+
+
+def _read_bytes(data: bytes | bytearray | memoryview, size: tuple[int, int]) -> torch.Tensor:
+    """An encoded image file's bytes, decoded by :func:`_decode` as the file would be."""
+    require_images_extra()
+    return _decode(io.BytesIO(data), f"cannot read image bytes ({len(data):,} bytes)", size)
 
 
 def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
@@ -284,6 +343,12 @@ def _to_unit_batches(x: Any, size: tuple[int, int]) -> Iterator[torch.Tensor]:
     if isinstance(x, (str, os.PathLike)):
         yield _read_file(x, size)
         return
+    if isinstance(x, _BYTES):
+        yield _read_bytes(x, size)
+        return
+    if callable(getattr(x, "read", None)):
+        yield _read_stream(x, size)
+        return
     if isinstance(x, torch.Tensor):
         shape = tuple(x.shape)
         if x.dim() == 3:
@@ -297,10 +362,8 @@ def _to_unit_batches(x: Any, size: tuple[int, int]) -> Iterator[torch.Tensor]:
         layout = "(C, H, W)" if len(shape) == 3 else "(N, C, H, W)"
         yield _channels_first(x, origin="tensor", layout=layout, shape=shape, hint=hint)
         return
-    if isinstance(x, (list, tuple)):
-        if not x:
-            raise PreprocessError("expected at least one image, got an empty list")
-        for item in x:
+    if _is_sequence(x):
+        for item in image_items(x):
             yield from _to_unit_batches(item, size)
         return
     kind = type(x)
@@ -329,11 +392,26 @@ def _to_unit_batches(x: Any, size: tuple[int, int]) -> Iterator[torch.Tensor]:
         )
         return
     raise PreprocessError(
-        f"expected an image path, a PIL image, a numpy array, a tensor or a list of them, got {_describe(x)}"
+        "expected an image path, bytes, a binary file, a PIL image, a numpy array, a tensor or a list of them, "
+        f"got {_describe(x)}"
     )
 
 
-def to_uint8_images(x: Any) -> torch.Tensor:
+def _is_sequence(x: Any) -> bool:
+    return isinstance(x, Sequence) and not isinstance(x, (str, *_BYTES))
+
+
+def image_items(x: Images) -> list[ImageInput]:
+    """The inputs in ``x``: its items if it is a list (any sequence but a string or bytes), else ``[x]``."""
+    if not _is_sequence(x):
+        return [x]  # type: ignore[list-item]  # not a sequence: one input
+    items = list(x)  # type: ignore[arg-type]
+    if not items:
+        raise PreprocessError("expected at least one image, got an empty list")
+    return items
+
+
+def to_uint8_images(x: Images) -> torch.Tensor:
     """Any accepted input as ``(N, 3, 32, 32)`` uint8 RGB (for storing, not for the model)."""
     return _quantize(torch.cat([_resize(batch, INPUT_SIZE) for batch in _to_unit_batches(x, INPUT_SIZE)]))
 
@@ -367,7 +445,7 @@ class Preprocess(nn.Module):
             raise PreprocessError(f"preprocessing 'size': expected [height, width], got {size!r}")
         return cls(size=(int(size[0]), int(size[1])), shift=float(meta.get("shift", 0.0)))
 
-    def forward(self, x: Any) -> torch.Tensor:
+    def forward(self, x: Images) -> torch.Tensor:
         batches = [_resize(batch, self.size) for batch in _to_unit_batches(x, self.size)]
         return torch.cat(batches).add_(self.shift) if len(batches) > 1 else batches[0].add(self.shift)
 
@@ -378,8 +456,8 @@ class Preprocess(nn.Module):
 _DEFAULT = Preprocess()
 
 
-def preprocess(x: Any) -> torch.Tensor:
-    """``x`` (path, PIL image, numpy array, tensor, or a list of them) as the model's input.
+def preprocess(x: Images) -> torch.Tensor:
+    """``x`` (path, bytes, binary file, PIL image, numpy array, tensor, or a list of them) as the model's input.
 
     Uses the input contract (:data:`PREPROCESSING`), that of the published weights.
     """

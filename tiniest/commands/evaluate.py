@@ -29,6 +29,7 @@ from tiniest.hub import tiniest
 from tiniest.metrics import format_confusion_matrix
 from tiniest.names import printable
 from tiniest.transforms import require_images_extra
+from tiniest.weights import TiniestWeights
 
 HELP = "accuracy, classification report and confusion matrix on a dataset split"
 
@@ -117,7 +118,8 @@ def _load_data(args: argparse.Namespace) -> LabeledImages:
 
 def _load_model(args: argparse.Namespace, data: LabeledImages, device: torch.device) -> nn.Module:
     """The weights' model, checked against the data, optimized unless ``--eager`` (on the CPU only)."""
-    model = tiniest(weights=args.weights, progress=not args.quiet, device=device)
+    weights = TiniestWeights.DEFAULT if args.weights is None else args.weights  # the default: $TINIEST_WEIGHTS too
+    model = tiniest(weights=weights, progress=not args.quiet, device=device)
     align_labels(data, model.labels)  # refuse a dataset foreign to the weights before building the fast model
     if args.eager:
         return model

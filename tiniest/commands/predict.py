@@ -11,6 +11,7 @@ from tiniest.commands._common import add_device_argument
 from tiniest.inference import predict
 from tiniest.names import printable
 from tiniest.transforms import require_images_extra
+from tiniest.weights import TiniestWeights
 
 HELP = "classify image files: class names with probabilities"
 
@@ -35,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plots.require_matplotlib("--plot")  # before any work
     require_images_extra()  # one line naming the extra, not a traceback
+    weights = TiniestWeights.DEFAULT if args.weights is None else args.weights  # the default: $TINIEST_WEIGHTS too
     results = predict(
-        list(args.images), top_k=args.top_k, weights=args.weights, eager=args.eager, errors="report", device=args.device
+        list(args.images), top_k=args.top_k, weights=weights, eager=args.eager, errors="report", device=args.device
     )
     failed = [result.error for result in results if result.error is not None]
     for error in failed:  # every readable file still gets its answer on stdout

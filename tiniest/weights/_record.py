@@ -20,12 +20,15 @@ import urllib.parse
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiniest.env import env_text
 from tiniest.errors import ArtifactError, UsageError
 from tiniest.files import read_regular
 from tiniest.weights.artifact import sha256_hex
+
+if TYPE_CHECKING:  # the transforms are imported when asked for, not with the weights
+    from tiniest.transforms import Preprocess
 
 __all__ = [
     "CLASSES",
@@ -139,7 +142,7 @@ class Release:
         """The original torch checkpoint at its immutable, commit-pinned address."""
         return f"{github_base_url()}/{self.source_path}"
 
-    def transforms(self) -> Any:
+    def transforms(self) -> Preprocess:
         """The preprocessing these weights expect, as a module (see :mod:`tiniest.transforms`)."""
         from tiniest.transforms import Preprocess
 
@@ -219,7 +222,8 @@ class TiniestWeights(Enum):
     def url(self) -> str:
         return self.release.url
 
-    def transforms(self) -> Any:
+    def transforms(self) -> Preprocess:
+        """The preprocessing these weights expect (torchvision's ``weights.transforms()``)."""
         return self.release.transforms()
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
 from torch import nn
 
 __all__ = ["HubFolderMixin"]
@@ -27,14 +28,38 @@ class HubFolderMixin(nn.Module):
         meta: dict[str, Any]
 
     @classmethod
-    def from_pretrained(cls: type[Model], repo_id_or_folder: str | os.PathLike[str], **options: Any) -> Model:
-        """Verified weights from a Hub repo id or a local folder, in eval mode (:mod:`tiniest.weights.hub_folder`)."""
+    def from_pretrained(
+        cls: type[Model],
+        repo_id_or_folder: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+        device: str | torch.device | None = None,
+    ) -> Model:
+        """Verified weights from a Hub repo id (``owner/name``) or a local folder, in eval mode.
+
+        ``revision``, ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` are
+        ``huggingface_hub.snapshot_download``'s, for a repo id; ``device``: where to put the model.
+        See :mod:`tiniest.weights.hub_folder`.
+        """
         from tiniest.weights.hub_folder import from_pretrained
 
-        return from_pretrained(cls, repo_id_or_folder, **options)
+        return from_pretrained(
+            cls,
+            repo_id_or_folder,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
+            device=device,
+        )
 
-    def save_pretrained(self, folder: str | os.PathLike[str], **options: Any) -> Path:
-        """Write a Hub model folder: model.safetensors, config.json, README.md."""
+    def save_pretrained(self, folder: str | os.PathLike[str], *, repo_id: str | None = None) -> Path:
+        """Write a Hub model folder: model.safetensors, config.json, README.md (whose card names ``repo_id``)."""
         from tiniest.weights.hub_folder import save_pretrained
 
-        return save_pretrained(self.state_dict(), folder, labels=self.labels, meta=self.meta, **options)
+        return save_pretrained(self.state_dict(), folder, labels=self.labels, meta=self.meta, repo_id=repo_id)
