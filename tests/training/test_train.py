@@ -365,8 +365,44 @@ def test_a_failed_worker_of_nproc_per_node_is_one_line_without_a_traceback(tmp_p
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 2 and "broken.png" in lines[0], result.stderr  # rank 0's error, once; then the launcher's
-    assert lines[1] == "tiniest train: error: process 0 of 2 failed (exit code 1); its error is printed above"
+    assert lines[1] == "tiniest train: error: process 0 of 2 failed (exit code 1); its output is above"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_resume_hint_names_the_launcher_that_started_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone, a worker of torchrun, a worker of tiniest train --nproc-per-node (torch sets ROLE_NAME to its role)."""
+    from tiniest.training.loop import WORKER_ROLE, resume_command
+
+    run = Path("run 1")
+    assert resume_command(run) == "tiniest train --output 'run 1' --resume"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ROLE_NAME", "default")  # torchrun's role
+    assert resume_command(run) == "torchrun --nproc-per-node 2 -m tiniest train --output 'run 1' --resume"
+    monkeypatch.setenv("ROLE_NAME", WORKER_ROLE)
+    assert resume_command(run) == "tiniest train --output 'run 1' --resume --nproc-per-node 2"
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="finds the workers through /proc/<pid>/task/<pid>/children (Linux)")
+def test_a_killed_worker_of_nproc_per_node_is_named_in_one_line(tiny_data: Path, tmp_path: Path) -> None:
+    """Another rank than 0 (whose output is kept back) dies: the launcher names it and how it ended."""
+    command = [sys.executable, "-m", "tiniest", "train", "--data", str(tiny_data), "--output", str(tmp_path / "run"),
+               "--device", "cpu", "--epochs", "40", "--batch-size", "16", "--limit-train", "32", "--limit-test", "4",
+               "--no-progress", "--nproc-per-node", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _stream_until(process, "epoch 1/40", 240)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        ranks = {pid: Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in map(int, children)}
+        killed = [pid for pid, environ in ranks.items() if b"RANK=1" in environ]
+        assert len(killed) == 1, children
+        os.kill(killed[0], signal.SIGKILL)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "tiniest train: error: process 1 of 2 failed (killed by SIGKILL)", err
 
 
 def test_nproc_per_node_inside_a_torchrun_worker_is_refused(

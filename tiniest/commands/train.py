@@ -219,14 +219,18 @@ def _launch(args: argparse.Namespace, processes: int) -> int:
 
 
 def _failure(error: ChildFailedError, processes: int) -> str:
-    """The first failed worker: its rank, how it ended, and its error (rank 0's is on the console already)."""
-    rank, failure = min(error.failures.items())
+    """The worker that failed first (torch lists them as it saw them, then stops the rest): its rank, how it ended
+    and, for another rank than 0 (whose output is on the console already) that exited, the last line it wrote."""
+    rank, failure = next(iter(error.failures.items()))
     ended = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+    said = f"process {rank} of {processes} failed ({ended})"
     if rank == 0:
-        return f"process 0 of {processes} failed ({ended}); its error is printed above"
-    try:  # another rank's output went to its log file (beside torch's error file), read back here
+        return f"{said}; its output is above"
+    if failure.exitcode < 0:  # a signal ended it: whatever it wrote last is not why
+        return said
+    try:  # its output went to a log file beside torch's error file, read back here
         lines = Path(failure.error_file).with_name("stderr.log").read_text(errors="replace").splitlines()
     except OSError:
         lines = []
-    last = next((line.strip() for line in reversed(lines) if line.strip()), "it printed nothing")
-    return f"process {rank} of {processes} failed ({ended}): {printable(last.removeprefix('tiniest train: error: '))}"
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return f"{said}: {printable(last.removeprefix('tiniest train: error: '))}" if last else said
