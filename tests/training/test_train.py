@@ -317,6 +317,105 @@ def test_a_stopped_peer_ends_the_run_within_the_process_group_timeout(tiny_data:
     print(f"the run ended {elapsed:.0f} s after its peer stopped")
 
 
+def test_ctrl_c_of_a_run_started_with_nproc_per_node_is_one_line_that_resumes(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C reaches the whole foreground process group: launcher and workers end with one line and 130."""
+    run = tmp_path / "run 2"
+    command = [sys.executable, "-m", "tiniest", "train", "--data", str(tiny_data), "--output", str(run),
+               "--device", "cpu", "--epochs", "6", "--batch-size", "16", "--limit-train", "32", "--limit-test", "4",
+               "--no-progress", "--nproc-per-node", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        _stream_until(process, "epoch 1/6", 240)
+        os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        began = time.monotonic()
+        _, err = process.communicate(timeout=120)
+        print(f"the run ended {time.monotonic() - began:.1f} s after Ctrl-C")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    saved = load_checkpoint(run / "checkpoint.pt")["epoch"]
+    assert process.returncode == 130 and "Traceback" not in err, err
+    hints = [line for line in err.splitlines() if "continue with:" in line]
+    assert hints == [
+        f"interrupted. Last saved: epoch {saved} of 6 in {run / 'checkpoint.pt'}; continue with: "
+        f"tiniest train --output {shlex.quote(str(run))} --resume --nproc-per-node 2"
+    ], err
+    resume = shlex.split(hints[0].split("continue with: ", 1)[1])
+    assert resume[:2] == ["tiniest", "train"]
+    finish = [sys.executable, "-m", "tiniest", *resume[1:], "--no-progress"]  # the hint itself, run to the end
+    result = subprocess.run(finish, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    assert checkpoint["epoch"] == 6 and (run / "model.pt").is_file()
+    assert all(record["world_size"] == 2 for record in checkpoint["history"])
+    assert "finished: averaged weights" in result.stdout
+
+
+def test_a_failed_worker_of_nproc_per_node_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", train_per_class=4, test_per_class=1, classes=("a", "b"))
+    (data / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    command = [sys.executable, "-m", "tiniest", "train", "--data", str(data), "--output", str(tmp_path / "run"),
+               "--device", "cpu", "--epochs", "1", "--batch-size", "4", "--no-progress", "--nproc-per-node", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 2 and "broken.png" in lines[0], result.stderr  # rank 0's error, once; then the launcher's
+    assert lines[1] == "tiniest train: error: process 0 of 2 failed (exit code 1); its output is above"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_resume_hint_names_the_launcher_that_started_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone, a worker of torchrun, a worker of tiniest train --nproc-per-node (torch sets ROLE_NAME to its role)."""
+    from tiniest.training.loop import WORKER_ROLE, resume_command
+
+    run = Path("run 1")
+    assert resume_command(run) == "tiniest train --output 'run 1' --resume"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ROLE_NAME", "default")  # torchrun's role
+    assert resume_command(run) == "torchrun --nproc-per-node 2 -m tiniest train --output 'run 1' --resume"
+    monkeypatch.setenv("ROLE_NAME", WORKER_ROLE)
+    assert resume_command(run) == "tiniest train --output 'run 1' --resume --nproc-per-node 2"
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="finds the workers through /proc/<pid>/task/<pid>/children (Linux)")
+def test_a_killed_worker_of_nproc_per_node_is_named_in_one_line(tiny_data: Path, tmp_path: Path) -> None:
+    """Another rank than 0 (whose output is kept back) dies: the launcher names it and how it ended."""
+    command = [sys.executable, "-m", "tiniest", "train", "--data", str(tiny_data), "--output", str(tmp_path / "run"),
+               "--device", "cpu", "--epochs", "40", "--batch-size", "16", "--limit-train", "32", "--limit-test", "4",
+               "--no-progress", "--nproc-per-node", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _stream_until(process, "epoch 1/40", 240)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        ranks = {pid: Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in map(int, children)}
+        killed = [pid for pid, environ in ranks.items() if b"RANK=1" in environ]
+        assert len(killed) == 1, children
+        os.kill(killed[0], signal.SIGKILL)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "tiniest train: error: process 1 of 2 failed (killed by SIGKILL)", err
+
+
+def test_nproc_per_node_inside_a_torchrun_worker_is_refused(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as torchrun sets it in each worker
+    assert train(tiny_data, tmp_path / "run", "--nproc-per-node", "2") == 1
+    assert "already a worker of torchrun" in capsys.readouterr().err
+    assert train(tiny_data, tmp_path / "run", "--nproc-per-node", "0") == 1
+    assert "--nproc-per-node: expected a positive number of processes, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_one_step_warm_up_is_refused_with_the_flags_to_change() -> None:
     """torch's OneCycleLR divides by zero when its warm-up lasts exactly one step: say so before the run."""
     from tiniest.errors import UsageError

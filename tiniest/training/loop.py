@@ -1,4 +1,5 @@
-"""The training loop: one process, or one of many started by ``torchrun`` (DistributedDataParallel).
+"""The training loop: one process, or one of many (DistributedDataParallel) started by ``torchrun`` or by
+``tiniest train --nproc-per-node``.
 
 Reproducibility and exact resumption rest on one rule: all randomness of epoch ``e`` on rank
 ``r`` comes from generators seeded by ``(seed, e, r)`` at the start of the epoch (the shuffle:
@@ -34,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from tiniest.devices import resolve_device
-from tiniest.env import env_int, env_number
+from tiniest.env import env_int, env_number, env_text
 from tiniest.errors import DatasetError, PeerLostError, TiniestWarning, UsageError, warn
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically
@@ -53,10 +54,20 @@ from tiniest.weights.run_files import (
     state_dict_bytes,
 )
 
-__all__ = ["ProcessCountWarning", "RunOptions", "dist_timeout", "last_saved", "state_sha256", "train"]
+__all__ = [
+    "WORKER_ROLE",
+    "ProcessCountWarning",
+    "RunOptions",
+    "dist_timeout",
+    "last_saved",
+    "launched_by_tiniest",
+    "state_sha256",
+    "train",
+]
 
 RUN_FILES = (CHECKPOINT_NAME, MODEL_NAME, LOG_NAME, PLOT_NAME)
 EVAL_BATCH = 500
+WORKER_ROLE = "tiniest-train"  # the role tiniest train --nproc-per-node gives its workers (torch's ROLE_NAME)
 DIST_TIMEOUT = 600.0  # seconds a process waits for its peers (TINIEST_DIST_TIMEOUT), as NCCL's default
 _PEER_LOST = re.compile(r"Timed out|timeout|Connection (closed|reset)", re.IGNORECASE)
 logger = logging.getLogger(__name__)
@@ -363,22 +374,34 @@ def _peer_error(error: Exception, proc: _Process, options: RunOptions) -> PeerLo
     )
 
 
-def last_saved(output: Path) -> str:
-    """Where the run in ``output`` stands, and the command that continues it."""
+def last_saved(output: Path, processes: int | None = None) -> str:
+    """Where the run in ``output`` stands, and the command that continues it (see :func:`resume_command`)."""
     path = output / CHECKPOINT_NAME
     try:
         checkpoint = load_checkpoint(path)
     except (OSError, ValueError):
         return "No epoch was saved: start the run again."
     epoch, epochs = int(checkpoint["epoch"]), int(checkpoint["recipe"]["epochs"])
-    return f"Last saved: epoch {epoch} of {epochs} in {path}; continue with: {resume_command(output)}"
+    return f"Last saved: epoch {epoch} of {epochs} in {path}; continue with: {resume_command(output, processes)}"
 
 
-def resume_command(output: Path) -> str:
-    """The command that continues the run in ``output``, with as many processes as this one has."""
-    world_size = _world()[1]
-    launcher = f"torchrun --nproc-per-node {world_size} -m tiniest" if world_size > 1 else "tiniest"
-    return f"{launcher} train --output {shlex.quote(str(output))} --resume"  # pasted into a shell: quoted
+def launched_by_tiniest() -> bool:
+    """Whether this process is a worker that ``tiniest train --nproc-per-node`` started (torch sets ``ROLE_NAME``)."""
+    return env_text("ROLE_NAME") == WORKER_ROLE
+
+
+def resume_command(output: Path, processes: int | None = None) -> str:
+    """The command that continues the run in ``output`` the way this one was started, with as many processes.
+
+    ``processes``: the count of ``tiniest train --nproc-per-node``, given by the launcher itself;
+    by default this process's own run (alone, a worker of that launcher, or one of ``torchrun``).
+    """
+    arguments = f"train --output {shlex.quote(str(output))} --resume"  # pasted into a shell: quoted
+    if processes is None:
+        processes = _world()[1]
+        if processes > 1 and not launched_by_tiniest():
+            return f"torchrun --nproc-per-node {processes} -m tiniest {arguments}"
+    return f"tiniest {arguments}" + (f" --nproc-per-node {processes}" if processes > 1 else "")
 
 
 def _match_grad_strides(model: nn.Module) -> None:
