@@ -185,7 +185,8 @@ def run_user_session(python: Path, how: str, checkout: Path, data: Path, release
     weights_dir = Path(os.environ["TINIEST_WEIGHTS_DIR"])  # conftest's empty folder for this test
     weights_dir.mkdir(parents=True, exist_ok=True)
     (weights_dir / RELEASE.filename).write_bytes(release_bytes)
-    run = run_in(python, ["-c", USER_SESSION, how, str(checkout), str(data), str(tmp_path / "exported")], tmp_path)
+    args = ["-c", USER_SESSION, how, str(checkout), str(data), str(tmp_path / "exported")]
+    run = run_in(python, args, tmp_path, timeout=1500)  # torch 2.3 runs the 10,000 pictures uncompiled
     result = last_json(run)
     assert (result["sha256"], result["verified"]) == (RELEASE.sha256, True)
     assert (result["correct"], result["total"]) == (9463, 10000)
