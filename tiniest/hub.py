@@ -100,9 +100,11 @@ def tiniest(
             this machine lacks is refused in one line. Default: stays on the CPU.
         offline: never touch the network. Default: ``True`` when ``TINIEST_OFFLINE=1`` or
             ``HF_HUB_OFFLINE=1`` is set.
-        pretrained: deprecated, to be removed in tiniest 2.0 (a ``TiniestDeprecationWarning``):
-            ``pretrained=True`` is ``weights=TiniestWeights.DEFAULT``, ``pretrained=False`` is
-            ``weights=None``; refused together with ``weights=``.
+
+    The ``pretrained=`` of earlier versions (keyword, or the one positional argument) still works
+    until tiniest 2.0, with a ``TiniestDeprecationWarning``: ``pretrained=True`` is
+    ``weights=TiniestWeights.DEFAULT``, ``pretrained=False`` is ``weights=None``; it is refused
+    together with ``weights=``.
 
     Returns:
         A :class:`tiniest.Tiniest` in eval mode, on ``device``.

@@ -380,8 +380,9 @@ def optimize(
             C++ compiler; a torch that cannot build packages; a failed build), one warning line
             says why and the eager module runs. ``TINIEST_NO_COMPILE=1`` makes every mode
             ``"eager"``, silently: the machine's owner has chosen.
-        compile, build: deprecated: ``compile=False`` is ``mode="eager"``, ``build=False`` is
-            ``mode="cached"``.
+
+    The keywords ``compile=`` and ``build=`` of earlier versions still work, with a deprecation
+    warning: ``compile=False`` is ``mode="eager"``, ``build=False`` is ``mode="cached"``.
 
     Returns:
         An :class:`OptimizedTiniest` in eval mode, on ``model``'s device and dtype, without
