@@ -58,11 +58,11 @@ def test_hub_lists_only_the_entrypoint(hub_dir: Path) -> None:
 
 def test_help_explains_every_argument(hub_dir: Path) -> None:
     text = torch.hub.help(HUB_REPO, "tiniest", trust_repo=True, skip_validation=True)
-    for argument in ("weights", "progress", "sources", "device", "offline", "pretrained"):
+    for argument in ("weights", "progress", "sources", "device", "offline"):
         assert f"{argument}:" in text
     flat = " ".join(text.split())
     assert "``None`` for a random initialisation" in flat and "``TINIEST_WEIGHTS``" in flat
-    assert "pretrained: deprecated" in flat and "``pretrained=False`` is ``weights=None``" in flat
+    assert "``pretrained=`` of earlier versions" in flat and "``pretrained=False`` is ``weights=None``" in flat
 
 
 def test_local_load_returns_the_published_model_ready_for_inference(cached_release: Path) -> None:
