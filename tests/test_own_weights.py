@@ -175,7 +175,8 @@ warnings.simplefilter("error")  # verified: no warning of any kind
 import torch, tiniest
 from tiniest.errors import UsageError
 assert tiniest.__file__.startswith(sys.argv[1]), tiniest.__file__
-found = {str(name): list(tiniest.tiniest(weights=name).labels) for name in ("SHAPES12_4FCC507D", "DEFAULT", None)}
+found = {name: list(tiniest.tiniest(weights=name).labels) for name in ("SHAPES12_4FCC507D", "DEFAULT")}
+found["member"] = list(tiniest.tiniest(weights=tiniest.TiniestWeights.DEFAULT).labels)  # the default
 found["torch.hub"] = list(torch.hub.load(sys.argv[1], "tiniest", source="local", weights="SHAPES12_4FCC507D").labels)
 found["members"] = list(tiniest.TiniestWeights.__members__)
 try:
@@ -191,7 +192,7 @@ print(json.dumps(found))
     )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.splitlines()[-1])
-    for key in ("SHAPES12_4FCC507D", "DEFAULT", "None", "torch.hub"):
+    for key in ("SHAPES12_4FCC507D", "DEFAULT", "member", "torch.hub"):
         assert found[key] == list(SHAPES), (key, found)
     assert found["members"] == ["SHAPES12_4FCC507D", "DEFAULT"]
     # the upstream name is not rebound to the fork's file: refused, naming what the checkout pins
