@@ -527,6 +527,39 @@ def test_a_bad_entry_of_the_hugging_face_cache_is_removed_and_fetched_anew(
     assert hashlib.sha256(planted.read_bytes()).hexdigest() == RELEASE.sha256
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("ETag", '"../../../../victim/{name}"'),  # blobs/<etag> would climb out of the cache
+        ("X-Repo-Commit", "{victim}"),  # snapshots/<absolute commit> is that absolute folder
+        ("X-Repo-Commit", "../../../../victim"),
+    ],
+)
+def test_a_hostile_hub_mirror_cannot_make_us_delete_a_file_outside_the_cache(
+    header: str, value: str, server: LoopbackServer, release_bytes: bytes, tmp_path: Path
+) -> None:
+    """An etag or commit that is a path: refused before any path is built from it, the victim untouched."""
+    from tests.faults import hub_headers
+
+    victim = tmp_path / "victim" / RELEASE.hf_filename
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious, and not the release")
+    repo = tmp_path / "hf" / "hub" / f"models--{RELEASE.hf_repo_id.replace('/', '--')}"
+    for folder in ("blobs", "snapshots"):  # as an earlier download leaves them: ../ climbs from there
+        (repo / folder).mkdir(parents=True)
+    hostile = value.format(name=RELEASE.hf_filename, victim=victim.parent)
+    headers = {**hub_headers(release_bytes), header: hostile}
+    path = hf_resolve_path(RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename)
+    server.serve(path, release_bytes, headers=headers)
+    env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
+    assert victim.read_bytes() == b"precious, and not the release"
+    assert run.returncode != 0
+    expected = "a 40-digit hex commit" if header == "X-Repo-Commit" else "a 40- or 64-digit hex etag"
+    assert expected in run.stderr and repr(hostile.strip('"')) in run.stderr, run.stderr
+    assert not any(p.is_file() for p in (tmp_path / "hf").rglob("*"))
+
+
 def test_a_bad_hugging_face_cache_entry_met_by_the_cache_source_is_removed(
     release_bytes: bytes, tmp_path: Path
 ) -> None:
