@@ -161,6 +161,30 @@ def test_caller_url_is_downloaded(server: LoopbackServer, release_bytes: bytes) 
     assert (loaded.source, loaded.verified) == ("file", True)
 
 
+@pytest.mark.parametrize("spec", ["://x", "file://{folder}", "ftp://127.0.0.1/w.safetensors", "FILE:///etc/passwd"])
+def test_a_weights_url_other_than_http_is_one_usage_error(spec: str, tmp_path: Path) -> None:
+    """urllib would open file: URLs (a folder retried, a FIFO waited on forever) and choke on "://x"."""
+    url = spec.format(folder=tmp_path)
+    with pytest.raises(UsageError, match=rf"^expected an http\(s\) URL for the weights, got {re.escape(repr(url))}$"):
+        load_weights(url, progress=False)
+
+
+def test_a_weights_url_naming_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "w.safetensors")
+    code = f"from tiniest.weights import load_weights\nload_weights('file://{tmp_path}/w.safetensors')\n"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert "UsageError: expected an http(s) URL for the weights, got 'file://" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("url", ["://x", "http://127.0.0.1:port/w.safetensors", "http://[::1/w"])
+def test_a_url_urllib_refuses_is_a_download_error(url: str) -> None:
+    from tiniest.errors import DownloadError
+    from tiniest.weights.download import fetch
+
+    with pytest.raises(DownloadError, match=rf"^cannot download {re.escape(url)}: "):
+        fetch(url, max_bytes=1)
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

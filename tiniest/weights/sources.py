@@ -208,6 +208,8 @@ def _remember(data: bytes, release: Release) -> None:
 
 def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[bytes, str]:
     if "://" in spec:
+        if _url_scheme(spec) not in ("http", "https"):  # urllib would open file: (a FIFO, forever) and ftp:
+            raise UsageError(f"expected an http(s) URL for the weights, got {spec!r}")
         if offline:
             raise WeightsNotFoundError(f"weights URL {spec} given, but offline mode forbids downloads")
         return fetch(spec, progress=progress, max_bytes=max_download_bytes()), spec
@@ -222,6 +224,13 @@ def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[byt
     if not path.exists():
         raise WeightsNotFoundError(f"weights file {path} does not exist (expected a .safetensors or .pt file)")
     return read_regular(path, max_download_bytes()), str(path)
+
+
+def _url_scheme(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).scheme
+    except ValueError:  # "http://[::1": not a URL at all
+        return ""
 
 
 def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: bool) -> LoadedWeights:
