@@ -227,3 +227,21 @@ def test_bad_metrics_inherited_from_a_file_are_refused_naming_it(metrics: dict, 
     data = to_safetensors(state, artifact_metadata(meta, source_sha256=""))
     with pytest.raises(ArtifactError, match=rf"^mine\.safetensors: metrics: .*{re.escape(expected)}"):
         checkpoint_meta(data, state, origin="mine.safetensors")
+
+
+def test_the_pinned_repos_file_is_read_once_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pinned repo's model.safetensors past TINIEST_MAX_DOWNLOAD_MB is refused unread, not hashed whole first."""
+    monkeypatch.setenv("TINIEST_MAX_DOWNLOAD_MB", "1")
+    cache = hub_cache_snapshot(tmp_path, PINNED.hf_repo_id, {"model.safetensors": b""})
+    with open(next(cache.rglob("model.safetensors")), "wb") as handle:
+        handle.truncate(2 * 1024 * 1024)  # sparse: 2 MiB of zeros
+    with pytest.raises(WeightsNotFoundError, match=r"holds more than 1,048,576 bytes"):
+        Tiniest.from_pretrained(PINNED.hf_repo_id, local_files_only=True, cache_dir=cache)
+
+
+def test_a_config_json_larger_than_any_config_is_refused_unread(tmp_path: Path) -> None:
+    folder = Tiniest().save_pretrained(tmp_path / "mine")
+    config = folder / "config.json"
+    config.write_bytes(config.read_bytes() + b" " * 2 * 1024 * 1024)  # still valid JSON, past 1 MiB
+    with pytest.raises(OSError, match=r"config\.json' holds more than 1,048,576 bytes"):
+        Tiniest.from_pretrained(folder)
