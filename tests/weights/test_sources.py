@@ -283,6 +283,24 @@ def test_unknown_weights_name_lists_the_valid_ones(name: str, tmp_path: Path, mo
     assert "path" in message and "URL" in message
 
 
+@pytest.mark.parametrize(
+    ("value", "kind", "expected"),
+    [
+        ("modle", UsageError, "unknown weights 'modle': expected one of"),
+        ("{tmp}/missing.pt", WeightsNotFoundError, "weights file {tmp}/missing.pt does not exist"),
+        ("{tmp}", WeightsNotFoundError, "weights {tmp} is a folder"),
+        ("ftp://mirror/w.pt", UsageError, "expected an http(s) URL for the weights, got 'ftp://mirror/w.pt'"),
+    ],
+)
+def test_a_bad_tiniest_weights_is_named_in_the_error(
+    value: str, kind: type[Exception], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINIEST_WEIGHTS", value.format(tmp=tmp_path))
+    with pytest.raises(kind, match=f"^TINIEST_WEIGHTS: {re.escape(expected.format(tmp=tmp_path))}"):
+        load_weights(progress=False)
+
+
 def test_a_file_whose_name_looks_like_a_weights_name_is_still_a_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     torch.save(tiniest.Tiniest().state_dict(), tmp_path / "my_weights")

@@ -33,6 +33,7 @@ import torch
 
 from tiniest.env import env_flag, env_path, env_text, env_yes
 from tiniest.errors import (
+    ArtifactError,
     CacheWarning,
     IncompatibleWeightsError,
     RateLimitError,
@@ -472,11 +473,17 @@ def load_weights(
     never stops the chain: it is reported and the next source is tried. A bad environment
     variable is one :class:`UsageError` naming it.
     """
-    choice = _choose(weights)
-    release = choice.release if isinstance(choice, TiniestWeights) else TiniestWeights.DEFAULT.release
     offline = is_offline(offline)
-    if isinstance(choice, str):
-        return _load_user_weights(choice, release, progress=progress, offline=offline)
+    from_env = weights is None and env_text("TINIEST_WEIGHTS") is not None
+    try:
+        choice = _choose(weights)
+        release = choice.release if isinstance(choice, TiniestWeights) else TiniestWeights.DEFAULT.release
+        if isinstance(choice, str):
+            return _load_user_weights(choice, release, progress=progress, offline=offline)
+    except (UsageError, ArtifactError, WeightsNotFoundError) as error:
+        if from_env:  # say where the bad name or file came from
+            raise type(error)(f"TINIEST_WEIGHTS: {error}") from None
+        raise
 
     failures: list[str] = []
     for name in _parse_sources(sources):
