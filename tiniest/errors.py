@@ -2,7 +2,8 @@
 
 Each error derives from :class:`TiniestError` and keeps the standard exception a caller would
 catch without knowing tiniest (``ValueError`` for bad input, ``OSError`` for a failed download...).
-The command line prints a :class:`TiniestError` as one line; anything else is a bug and keeps
+The command line prints a :class:`TiniestError` as one line, and so an ``OSError`` (a file it
+cannot read or write, a full disk): the message names the path; anything else is a bug and keeps
 its traceback. Warnings derive from :class:`TiniestWarning` the same way, and :func:`warn` raises
 them at the caller's line, however deep inside tiniest they arise.
 """

@@ -735,3 +735,15 @@ def test_integer_or_non_finite_weights_are_refused_naming_the_tensor(change, exp
     path.write_bytes(to_safetensors(state, {}))
     with pytest.warns(UnverifiedWeightsWarning), pytest.raises(IncompatibleWeightsError, match=expected):
         tiniest.tiniest(weights=path)
+
+
+def test_a_bare_safetensors_is_not_told_to_use_the_safetensors(tmp_path: Path) -> None:
+    """The advice of NoClassNamesWarning fits a bare .safetensors too: a release's file carries the names."""
+    from tiniest.weights.metadata import NoClassNamesWarning
+
+    path = tmp_path / "bare.safetensors"
+    safetensors.torch.save_file(tiniest.Tiniest().state_dict(), str(path))
+    with pytest.warns(UnverifiedWeightsWarning), pytest.warns(NoClassNamesWarning) as caught:
+        tiniest.tiniest(weights=path)
+    (message,) = [str(w.message) for w in caught if w.category is NoClassNamesWarning]
+    assert "or use a release's .safetensors, which carries its names" in message, message

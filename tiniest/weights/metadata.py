@@ -66,7 +66,7 @@ def _warn_unnamed(origin: str, num_classes: int) -> None:
     warn(
         f"{origin} carries no class names (a bare state_dict, with no release.json or run checkpoint.pt beside it "
         f"that names it): its {num_classes} outputs are called class_0 ... class_{num_classes - 1}. Keep a "
-        "release's .pt beside its release.json (a run's model.pt in its run folder), or use the .safetensors, "
+        "release's .pt beside its release.json (a run's model.pt in its run folder), or use a release's .safetensors, "
         "which carries its names",
         NoClassNamesWarning)
 

@@ -1,10 +1,11 @@
-"""Where the weights come from: each source in turn until one yields the pinned bytes.
+"""Where the weights come from: the caller's file, or each source in turn until one yields the pinned bytes.
 
-Order: the caller's file or URL (or ``TINIEST_WEIGHTS``), the checkout's ``weights/``
-folder, the local caches, the GitHub release, the Hugging Face Hub, and finally the
-original torch checkpoint converted in memory. Every candidate is checked against the
-sha256 pinned in ``release.json``; a caller-given file that differs still loads, with a
-warning, because the caller chose it.
+A file or URL the caller names (or ``TINIEST_WEIGHTS`` names) is read alone: it loads or fails,
+never falling through to another source. If it differs from the pinned release it still loads,
+with a warning, because the caller chose it. Otherwise the pinned release is sought in order: the
+checkout's ``weights/`` folder, the local caches, the GitHub release, the Hugging Face Hub, and
+finally the original torch checkpoint converted in memory, each candidate checked against the
+sha256 pinned in ``release.json``.
 
 Network sources run under the cache's writer lock (:mod:`tiniest.storage`): a process that waited
 for a peer finds the file cached and downloads nothing. Bytes that fail the hash are never
@@ -468,7 +469,12 @@ def load_weights(
 ) -> LoadedWeights:
     """Find, verify and decode the weights; see the module docstring for the order.
 
-    ``weights``: a :class:`TiniestWeights`, its name as a string (``"DEFAULT"``), a path or a URL.
+    ``weights``: a :class:`TiniestWeights`, its name as a string (``"DEFAULT"``), a path or an
+    http(s) URL. ``None`` (the default) means ``TiniestWeights.DEFAULT``, or what ``TINIEST_WEIGHTS``
+    names when it is set; unlike ``tiniest.tiniest(weights=None)``, which is a random
+    initialisation. A member passed explicitly (``TiniestWeights.DEFAULT`` included) or a name given
+    as a string ignores ``TINIEST_WEIGHTS`` (``tiniest.tiniest`` passes ``None`` for the default
+    member, so that the variable stands in for it there).
     A failure inside one source (a network error, a missing optional module, unreadable bytes)
     never stops the chain: it is reported and the next source is tried. A bad environment
     variable is one :class:`UsageError` naming it.
