@@ -31,6 +31,7 @@ __all__ = [
     "UnverifiedWeightsWarning",
     "UsageError",
     "WeightsNotFoundError",
+    "first_line",
     "warn",
 ]
 
@@ -116,6 +117,16 @@ class CacheWarning(TiniestWarning, RuntimeWarning):
 
 class FastPathWarning(TiniestWarning, RuntimeWarning):
     """:func:`tiniest.optimize` runs its module uncompiled where the compiled package was wanted."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: first line of its message`` (at most ``limit`` characters of it), or ``Type`` alone.
+
+    How a library's exception is told inside one of tiniest's one-line errors, whatever its message holds.
+    """
+    lines = str(error).strip().splitlines()
+    name = type(error).__name__
+    return f"{name}: {lines[0][:limit]}" if lines else name
 
 
 # Modules whose frames stand between the user and a warning: tiniest, the torch.hub entry points

@@ -32,6 +32,7 @@ from tiniest.errors import (
     UnverifiedWeightsWarning,
     UsageError,
     WeightsNotFoundError,
+    first_line,
 )
 from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, save_atomically
@@ -360,10 +361,9 @@ def _download(repo_id: str, revision: str | None, **hub_options: Any) -> Path:
     try:
         path = snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME], **hub_options)
     except Exception as error:  # huggingface_hub raises many types: report them the same way
-        first = str(error).splitlines()[0] if str(error) else ""
         raise WeightsNotFoundError(
             f"could not get {WEIGHTS_NAME} of the Hugging Face repo {repo_id!r} "
-            f"(revision {revision or 'main'}): {type(error).__name__}: {first}"
+            f"(revision {revision or 'main'}): {first_line(error)}"
         ) from None
     return Path(path)
 

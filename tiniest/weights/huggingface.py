@@ -36,7 +36,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from tiniest.errors import CacheWarning, DownloadError, warn
+from tiniest.errors import CacheWarning, DownloadError, first_line, warn
 from tiniest.files import read_regular
 from tiniest.storage import CACHE_ERRNOS
 from tiniest.weights._record import Release, describe_mismatch
@@ -137,14 +137,9 @@ def _as_download_error(error: Exception, transient_errors: frozenset[str], statu
 
     if isinstance(error, HfHubHTTPError):
         status = error.response.status_code if error.response is not None else None
-        return DownloadError(_first_line(error), status=status, transient=status in statuses)
+        return DownloadError(first_line(error), status=status, transient=status in statuses)
     transient = any(kind.__name__ in transient_errors for kind in type(error).__mro__)
-    return DownloadError(_first_line(error), transient=transient)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+    return DownloadError(first_line(error), transient=transient)
 
 
 def _download(release: Release, progress: bool, timeout: float) -> tuple[Path, str | None]:

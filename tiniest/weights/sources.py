@@ -373,8 +373,8 @@ def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
         raise LookupError(
             f"{release.source_url} served the wrong bytes: {describe_mismatch(data, release, release.source_sha256)}"
         )
-    converted = build_artifact(data, release.meta, origin=release.source_url)
-    if sha256_hex(converted) != release.sha256:
+    converted = _pinned_bytes(data, release)
+    if converted is None:
         raise LookupError("the original checkpoint converted to different bytes than the pinned release")
     return converted, release.source_url
 
