@@ -39,3 +39,18 @@ def test_a_warning_on_entering_a_with_names_the_with(tmp_path: Path) -> None:
         assert access == "unusable"
     assert caught[0].filename == __file__, "not contextlib's line"
     assert issubclass(CacheWarning, RuntimeWarning), "code that caught the RuntimeWarning still does"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (ValueError("bad\nsecond line"), "ValueError: bad"),
+        (RuntimeError("  \n  "), "RuntimeError"),
+        (KeyError(), "KeyError"),
+        (OSError("x" * 400), "OSError: " + "x" * 300),
+    ],
+)
+def test_an_exception_is_told_in_one_bounded_line(error: BaseException, expected: str) -> None:
+    from tiniest.errors import first_line
+
+    assert first_line(error) == expected

@@ -141,3 +141,46 @@ def test_hub_folder_methods() -> None:
     assert inspect.ismethod(tiniest.Tiniest.from_pretrained)  # a classmethod
     assert callable(tiniest.Tiniest.save_pretrained)
     assert isinstance(tiniest.Tiniest(), torch.nn.Module)
+
+
+def test_every_library_the_tests_import_is_declared() -> None:
+    """A test's import must come from pyproject.toml: declared, or required by a declared library itself.
+
+    ``markdown_it`` came only through import-linter's rich: a step away from being dropped unnoticed.
+    """
+    from importlib import metadata
+
+    import tomllib
+
+    def name(requirement: str) -> str:
+        found = re.match(r"[A-Za-z0-9_.\-]+", requirement)
+        assert found is not None, requirement
+        return re.sub(r"[-_.]+", "-", found.group(0)).lower()
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {name(r) for r in project["dependencies"]}
+    declared |= {name(r) for extra in project["optional-dependencies"].values() for r in extra}
+    allowed = set(declared)
+    for dist in declared:
+        try:
+            allowed |= {name(r) for r in metadata.requires(dist) or [] if "extra ==" not in r}
+        except metadata.PackageNotFoundError:  # (an extra not installed here)
+            continue
+    providers = metadata.packages_distributions()
+    undeclared: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top in {"tiniest", "tests", "hubconf"}:
+                    continue
+                for dist in providers.get(top, [top]):
+                    if name(dist) not in allowed:
+                        undeclared.setdefault(name(dist), set()).add(path.relative_to(ROOT).as_posix())
+    assert undeclared == {}, f"imported by the tests but declared nowhere in pyproject.toml: {undeclared}"

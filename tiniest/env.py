@@ -54,11 +54,7 @@ def env_number(name: str, default: float, *, low: float, high: float = math.inf,
         number = float(value)
     except ValueError:
         number = math.nan
-    in_range = (number >= low if inclusive_low else number > low) and number <= high
-    if not (math.isfinite(number) and in_range):
-        bracket = "[" if inclusive_low else "("
-        upper = "" if math.isinf(high) else f"{high:g}"
-        raise UsageError(f"{name}: expected a number in {bracket}{low:g}, {upper or 'inf'}], got {value!r}")
+    _check_range(name, value, number, "a number", low, high, inclusive_low)
     return number
 
 
@@ -70,11 +66,30 @@ def env_int(name: str, default: int, *, low: int, high: int | None = None) -> in
     try:
         number = int(value)
     except ValueError:
-        number = low - 1
-    if number < low or (high is not None and number > high):
-        upper = "" if high is None else str(high)
-        raise UsageError(f"{name}: expected a whole number in [{low}, {upper or 'inf'}], got {value!r}")
+        number = None
+    _check_range(name, value, number, "a whole number", low, math.inf if high is None else high)
+    assert number is not None  # (checked above)
     return number
+
+
+def _check_range(
+    name: str, value: str, number: float | None, kind: str, low: float, high: float, inclusive_low: bool = True
+) -> None:
+    """One :class:`UsageError` naming the variable, the range and the text given, unless ``number`` is in range.
+
+    ``number`` is ``None`` (or NaN) where ``value`` did not parse.
+    """
+    above = number is not None and (number >= low if inclusive_low else number > low)
+    if above and number is not None and math.isfinite(number) and number <= high:
+        return
+    bracket = "[" if inclusive_low else "("
+    raise UsageError(f"{name}: expected {kind} in {bracket}{_bound(low)}, {_bound(high)}], got {value!r}")
+
+
+def _bound(limit: float) -> str:
+    if math.isinf(limit):
+        return "inf"
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
 
 
 def env_path(name: str) -> Path | None:

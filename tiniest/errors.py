@@ -2,7 +2,8 @@
 
 Each error derives from :class:`TiniestError` and keeps the standard exception a caller would
 catch without knowing tiniest (``ValueError`` for bad input, ``OSError`` for a failed download...).
-The command line prints a :class:`TiniestError` as one line; anything else is a bug and keeps
+The command line prints a :class:`TiniestError` as one line, and so an ``OSError`` (a file it
+cannot read or write, a full disk): the message names the path; anything else is a bug and keeps
 its traceback. Warnings derive from :class:`TiniestWarning` the same way, and :func:`warn` raises
 them at the caller's line, however deep inside tiniest they arise.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "UnverifiedWeightsWarning",
     "UsageError",
     "WeightsNotFoundError",
+    "first_line",
     "warn",
 ]
 
@@ -115,6 +117,16 @@ class CacheWarning(TiniestWarning, RuntimeWarning):
 
 class FastPathWarning(TiniestWarning, RuntimeWarning):
     """:func:`tiniest.optimize` runs its module uncompiled where the compiled package was wanted."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: first line of its message`` (at most ``limit`` characters of it), or ``Type`` alone.
+
+    How a library's exception is told inside one of tiniest's one-line errors, whatever its message holds.
+    """
+    lines = str(error).strip().splitlines()
+    name = type(error).__name__
+    return f"{name}: {lines[0][:limit]}" if lines else name
 
 
 # Modules whose frames stand between the user and a warning: tiniest, the torch.hub entry points

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from tiniest.errors import UsageError
+from tiniest.errors import UsageError, first_line
 
 __all__ = ["git_ref", "github_repo", "hf_repo_id", "markdown", "printable"]
 
@@ -59,7 +59,7 @@ def hf_repo_id(value: str, parameter: str) -> str:
     try:
         validate_repo_id(value)
     except HFValidationError as error:
-        reason = printable(str(error).splitlines()[0])  # it names the value
+        reason = printable(first_line(error))  # it names the value
         raise UsageError(f"{parameter}: expected a Hugging Face repo id OWNER/NAME: {reason}") from None
     return value
 

@@ -392,3 +392,15 @@ print(len(state), sum(t.numel() for t in state.values()), hashlib.sha256(again).
     theirs = safetensors.torch.load(release_bytes)
     assert int(count) == len(theirs) and int(parameters) == sum(t.numel() for t in theirs.values())
     assert TiniestWeights.DEFAULT.meta["num_params"] <= int(parameters)
+
+
+@pytest.mark.parametrize("blank", [b" ", b"\n", b"\t\r\n  "])
+def test_a_header_opening_with_json_whitespace_is_still_safetensors(blank: bytes) -> None:
+    """JSON allows blanks before the header's ``{``: the library reads such a file, so must we (not torch.load)."""
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    data = to_safetensors(state, {"format": "pt"})
+    (length,) = struct.unpack("<Q", data[:8])
+    padded = struct.pack("<Q", length + len(blank)) + blank + data[8:]
+    assert torch.equal(safetensors.torch.load(padded)["w"], state["w"])  # the library's verdict
+    assert torch.equal(read_state_dict(padded)["w"], state["w"])
+    assert read_metadata(padded) == {"format": "pt"}

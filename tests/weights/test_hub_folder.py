@@ -179,3 +179,69 @@ def test_model_card_shows_names_literally_and_its_front_matter_stays_valid() -> 
     assert "&lt;script&gt;alert(1)&lt;/script&gt;, **bold** | cell, [link](https://evil.example), two\\n# lines" in html
     with pytest.raises(UsageError, match="repo_id: expected a Hugging Face repo id"):
         model_card(meta, sha256="0" * 64, repo_id="alice/x y")
+
+
+BAD_METRICS = [
+    ({"test": {"accuracy": "95%"}}, "'test' accuracy: expected a finite number in [0, 1], got '95%'"),
+    ({"test": {"accuracy": 95}}, "'test' accuracy: expected a finite number in [0, 1], got 95"),
+    ({"test": {"accuracy": 0.9, "total": "10k"}}, "'test' total: expected a positive whole number, got '10k'"),
+    ({"test": {"accuracy": 0.9, "total": 0}}, "'test' total: expected a positive whole number, got 0"),
+    ({"test": {"accuracy": 0.9, "total": 5, "subset_of": 1.5}}, "'test' subset_of: expected a positive whole"),
+]
+
+
+@pytest.mark.parametrize(("metrics", "expected"), BAD_METRICS)
+def test_bad_metrics_are_refused_before_a_release_is_touched(
+    metrics: dict, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tiniest release --metrics`` over an earlier release: one line, and the earlier release left whole."""
+    from tiniest.commands import main
+
+    torch.manual_seed(0)
+    torch.save(Tiniest().state_dict(), tmp_path / "mine.pt")
+    out = tmp_path / "out"
+    mine = ["--github-repo", "someone/tiniest", "--hf-repo-id", "someone/tiniest-v2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (no class names: a bare state_dict)
+        assert main(["release", str(tmp_path / "mine.pt"), "--output", str(out), *mine]) == 0
+        before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+        (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+        torch.manual_seed(1)
+        torch.save(Tiniest().state_dict(), tmp_path / "mine.pt")
+        flags = ["--metrics", str(tmp_path / "metrics.json"), "--overwrite"]
+        assert main(["release", str(tmp_path / "mine.pt"), "--output", str(out), *mine, *flags]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"tiniest release: error: --metrics {tmp_path / 'metrics.json'}: ")
+    assert expected in error[0], error
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+@pytest.mark.parametrize(("metrics", "expected"), [*BAD_METRICS[:1], ({"x": {"accuracy": float("nan")}}, "got nan")])
+def test_bad_metrics_inherited_from_a_file_are_refused_naming_it(metrics: dict, expected: str, tmp_path: Path) -> None:
+    from tiniest.errors import ArtifactError
+    from tiniest.weights.artifact import artifact_metadata, to_safetensors
+    from tiniest.weights.metadata import checkpoint_meta
+
+    state = Tiniest().state_dict()
+    meta = {"categories": list(tiniest.CLASSES), "metrics": metrics}
+    data = to_safetensors(state, artifact_metadata(meta, source_sha256=""))
+    with pytest.raises(ArtifactError, match=rf"^mine\.safetensors: metrics: .*{re.escape(expected)}"):
+        checkpoint_meta(data, state, origin="mine.safetensors")
+
+
+def test_the_pinned_repos_file_is_read_once_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pinned repo's model.safetensors past TINIEST_MAX_DOWNLOAD_MB is refused unread, not hashed whole first."""
+    monkeypatch.setenv("TINIEST_MAX_DOWNLOAD_MB", "1")
+    cache = hub_cache_snapshot(tmp_path, PINNED.hf_repo_id, {"model.safetensors": b""})
+    with open(next(cache.rglob("model.safetensors")), "wb") as handle:
+        handle.truncate(2 * 1024 * 1024)  # sparse: 2 MiB of zeros
+    with pytest.raises(WeightsNotFoundError, match=r"holds more than 1,048,576 bytes"):
+        Tiniest.from_pretrained(PINNED.hf_repo_id, local_files_only=True, cache_dir=cache)
+
+
+def test_a_config_json_larger_than_any_config_is_refused_unread(tmp_path: Path) -> None:
+    folder = Tiniest().save_pretrained(tmp_path / "mine")
+    config = folder / "config.json"
+    config.write_bytes(config.read_bytes() + b" " * 2 * 1024 * 1024)  # still valid JSON, past 1 MiB
+    with pytest.raises(OSError, match=r"config\.json' holds more than 1,048,576 bytes"):
+        Tiniest.from_pretrained(folder)

@@ -161,6 +161,30 @@ def test_caller_url_is_downloaded(server: LoopbackServer, release_bytes: bytes) 
     assert (loaded.source, loaded.verified) == ("file", True)
 
 
+@pytest.mark.parametrize("spec", ["://x", "file://{folder}", "ftp://127.0.0.1/w.safetensors", "FILE:///etc/passwd"])
+def test_a_weights_url_other_than_http_is_one_usage_error(spec: str, tmp_path: Path) -> None:
+    """urllib would open file: URLs (a folder retried, a FIFO waited on forever) and choke on "://x"."""
+    url = spec.format(folder=tmp_path)
+    with pytest.raises(UsageError, match=rf"^expected an http\(s\) URL for the weights, got {re.escape(repr(url))}$"):
+        load_weights(url, progress=False)
+
+
+def test_a_weights_url_naming_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "w.safetensors")
+    code = f"from tiniest.weights import load_weights\nload_weights('file://{tmp_path}/w.safetensors')\n"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert "UsageError: expected an http(s) URL for the weights, got 'file://" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("url", ["://x", "http://127.0.0.1:port/w.safetensors", "http://[::1/w"])
+def test_a_url_urllib_refuses_is_a_download_error(url: str) -> None:
+    from tiniest.errors import DownloadError
+    from tiniest.weights.download import fetch
+
+    with pytest.raises(DownloadError, match=rf"^cannot download {re.escape(url)}: "):
+        fetch(url, max_bytes=1)
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -257,6 +281,24 @@ def test_unknown_weights_name_lists_the_valid_ones(name: str, tmp_path: Path, mo
     message = str(caught.value)
     assert message.startswith(f"unknown weights {name!r}: expected one of 'CIFAR10_V1', 'DEFAULT'"), message
     assert "path" in message and "URL" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "expected"),
+    [
+        ("modle", UsageError, "unknown weights 'modle': expected one of"),
+        ("{tmp}/missing.pt", WeightsNotFoundError, "weights file {tmp}/missing.pt does not exist"),
+        ("{tmp}", WeightsNotFoundError, "weights {tmp} is a folder"),
+        ("ftp://mirror/w.pt", UsageError, "expected an http(s) URL for the weights, got 'ftp://mirror/w.pt'"),
+    ],
+)
+def test_a_bad_tiniest_weights_is_named_in_the_error(
+    value: str, kind: type[Exception], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINIEST_WEIGHTS", value.format(tmp=tmp_path))
+    with pytest.raises(kind, match=f"^TINIEST_WEIGHTS: {re.escape(expected.format(tmp=tmp_path))}"):
+        load_weights(progress=False)
 
 
 def test_a_file_whose_name_looks_like_a_weights_name_is_still_a_file(tmp_path: Path, monkeypatch) -> None:
@@ -527,6 +569,39 @@ def test_a_bad_entry_of_the_hugging_face_cache_is_removed_and_fetched_anew(
     assert hashlib.sha256(planted.read_bytes()).hexdigest() == RELEASE.sha256
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("ETag", '"../../../../victim/{name}"'),  # blobs/<etag> would climb out of the cache
+        ("X-Repo-Commit", "{victim}"),  # snapshots/<absolute commit> is that absolute folder
+        ("X-Repo-Commit", "../../../../victim"),
+    ],
+)
+def test_a_hostile_hub_mirror_cannot_make_us_delete_a_file_outside_the_cache(
+    header: str, value: str, server: LoopbackServer, release_bytes: bytes, tmp_path: Path
+) -> None:
+    """An etag or commit that is a path: refused before any path is built from it, the victim untouched."""
+    from tests.faults import hub_headers
+
+    victim = tmp_path / "victim" / RELEASE.hf_filename
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious, and not the release")
+    repo = tmp_path / "hf" / "hub" / f"models--{RELEASE.hf_repo_id.replace('/', '--')}"
+    for folder in ("blobs", "snapshots"):  # as an earlier download leaves them: ../ climbs from there
+        (repo / folder).mkdir(parents=True)
+    hostile = value.format(name=RELEASE.hf_filename, victim=victim.parent)
+    headers = {**hub_headers(release_bytes), header: hostile}
+    path = hf_resolve_path(RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename)
+    server.serve(path, release_bytes, headers=headers)
+    env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
+    assert victim.read_bytes() == b"precious, and not the release"
+    assert run.returncode != 0
+    expected = "a 40-digit hex commit" if header == "X-Repo-Commit" else "a 40- or 64-digit hex etag"
+    assert expected in run.stderr and repr(hostile.strip('"')) in run.stderr, run.stderr
+    assert not any(p.is_file() for p in (tmp_path / "hf").rglob("*"))
+
+
 def test_a_bad_hugging_face_cache_entry_met_by_the_cache_source_is_removed(
     release_bytes: bytes, tmp_path: Path
 ) -> None:
@@ -660,3 +735,15 @@ def test_integer_or_non_finite_weights_are_refused_naming_the_tensor(change, exp
     path.write_bytes(to_safetensors(state, {}))
     with pytest.warns(UnverifiedWeightsWarning), pytest.raises(IncompatibleWeightsError, match=expected):
         tiniest.tiniest(weights=path)
+
+
+def test_a_bare_safetensors_is_not_told_to_use_the_safetensors(tmp_path: Path) -> None:
+    """The advice of NoClassNamesWarning fits a bare .safetensors too: a release's file carries the names."""
+    from tiniest.weights.metadata import NoClassNamesWarning
+
+    path = tmp_path / "bare.safetensors"
+    safetensors.torch.save_file(tiniest.Tiniest().state_dict(), str(path))
+    with pytest.warns(UnverifiedWeightsWarning), pytest.warns(NoClassNamesWarning) as caught:
+        tiniest.tiniest(weights=path)
+    (message,) = [str(w.message) for w in caught if w.category is NoClassNamesWarning]
+    assert "or use a release's .safetensors, which carries its names" in message, message

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tiniest.errors import UsageError
+from tiniest.weights.metadata import check_metrics
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
@@ -16,14 +17,12 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def read_metrics(path: Path | None) -> dict[str, Any] | None:
-    """The JSON object in the ``--metrics`` file, or None without one."""
+    """The JSON object in the ``--metrics`` file, its scores checked (before anything is written), or None."""
     if path is None:
         return None
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:
         raise UsageError(f"--metrics {path}: expected a JSON object ({error})") from None
-    if not isinstance(metrics, dict):
-        raise UsageError(f"--metrics {path}: expected a JSON object, got {type(metrics).__name__}")
-    return metrics
+    return check_metrics(metrics, f"--metrics {path}")
 

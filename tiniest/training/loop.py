@@ -36,7 +36,7 @@ from torch.utils.data import DistributedSampler
 
 from tiniest.devices import resolve_device
 from tiniest.env import env_int, env_number, env_text
-from tiniest.errors import DatasetError, PeerLostError, TiniestWarning, UsageError, warn
+from tiniest.errors import DatasetError, PeerLostError, TiniestWarning, UsageError, first_line, warn
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically
 from tiniest.training.augment import batch_augmentation, mix_up, mixup_loss
@@ -366,10 +366,9 @@ def _remove_if_empty(folder: Path) -> None:
 
 def _peer_error(error: Exception, proc: _Process, options: RunOptions) -> PeerLostError:
     """A multi-process failure, said plainly: which process, the timeout, and how to continue."""
-    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
     return PeerLostError(
         f"process {proc.rank} of {proc.world_size}: a peer process stopped answering within "
-        f"{dist_timeout():g} s (the process group's timeout, TINIEST_DIST_TIMEOUT) or failed ({first}). "
+        f"{dist_timeout():g} s (the process group's timeout, TINIEST_DIST_TIMEOUT) or failed ({first_line(error)}). "
         f"{last_saved(options.output)}"
     )
 

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import pickle
+import re
 import struct
 import sys
 import zipfile
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 _SAFETENSORS_ALIGN = 8
+_HEADER_START = re.compile(rb"[ \t\n\r]*\{")  # JSON's blanks, then the header object
 # the dtypes written, in the order safetensors lays tensors out (largest alignment first); built from
 # names, as an older torch lacks some (uint64 came with torch 2.3)
 _LAYOUT = [
@@ -95,10 +97,15 @@ def read_metadata(data: bytes, *, origin: str = "weights") -> dict[str, str]:
 
 
 def is_safetensors(data: bytes) -> bool:
+    """Whether ``data`` opens like a safetensors file: a header length that fits, then a JSON object.
+
+    JSON allows blanks before the ``{`` (the library reads such a file); they are skipped within the
+    header only, without copying it.
+    """
     if len(data) < 10:
         return False
     (header_len,) = struct.unpack("<Q", data[:8])
-    return header_len <= len(data) - 8 and data[8:9] == b"{"
+    return header_len <= len(data) - 8 and _HEADER_START.match(data, 8, 8 + header_len) is not None
 
 
 def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.Tensor]:

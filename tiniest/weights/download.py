@@ -126,13 +126,13 @@ def fetch(
 def _fetch_once(
     url: str, progress: bool, timeout: float, headers: Mapping[str, str] | None, max_bytes: int
 ) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "tiniest"})
-    for name, value in (headers or {}).items():
-        request.add_unredirected_header(name, value)
     budget = timeout * DEADLINE_FACTOR  # for the whole attempt; checked between reads, each bounded by timeout
     deadline = time.monotonic() + budget
     answered = False  # a silence before any answer is not retried (see the module docstring)
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": "tiniest"})
+        for name, value in (headers or {}).items():
+            request.add_unredirected_header(name, value)
         with urllib.request.urlopen(request, timeout=timeout) as response:
             answered = True
             expected = response.headers.get("Content-Length")
@@ -147,6 +147,8 @@ def _fetch_once(
         raise _http_error(url, error) from None
     except DownloadError:
         raise
+    except (ValueError, http.client.InvalidURL) as error:  # a URL urllib cannot send: asking again would not help
+        raise DownloadError(f"cannot download {url}: {error}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", None) or error
         if isinstance(reason, TimeoutError):

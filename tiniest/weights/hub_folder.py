@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,17 @@ from typing import Any
 import torch
 
 from tiniest import names
-from tiniest.errors import ArtifactError, IncompatibleWeightsError, UsageError, WeightsNotFoundError
+from tiniest.errors import (
+    ArtifactError,
+    IncompatibleWeightsError,
+    UnverifiedWeightsWarning,
+    UsageError,
+    WeightsNotFoundError,
+    first_line,
+)
+from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, save_atomically
-from tiniest.weights._record import CLASSES, TiniestWeights
+from tiniest.weights._record import CLASSES, MAX_RECORD_BYTES, TiniestWeights
 from tiniest.weights.artifact import artifact_metadata, sha256_hex, to_safetensors
 from tiniest.weights.metadata import (
     UNKNOWN_LICENSE,
@@ -352,10 +361,9 @@ def _download(repo_id: str, revision: str | None, **hub_options: Any) -> Path:
     try:
         path = snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME], **hub_options)
     except Exception as error:  # huggingface_hub raises many types: report them the same way
-        first = str(error).splitlines()[0] if str(error) else ""
         raise WeightsNotFoundError(
             f"could not get {WEIGHTS_NAME} of the Hugging Face repo {repo_id!r} "
-            f"(revision {revision or 'main'}): {type(error).__name__}: {first}"
+            f"(revision {revision or 'main'}): {first_line(error)}"
         ) from None
     return Path(path)
 
@@ -364,8 +372,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_NAME
     if not path.is_file():
         return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a config is about 1 KB: a larger one is refused unread (an OSError)
+        config = json.loads(read_regular(path, MAX_RECORD_BYTES))
     except ValueError as error:
         raise ArtifactError(f"{path}: expected JSON ({error})") from None
     if not isinstance(config, dict) or not isinstance(config.get("num_classes", 10), int):
@@ -402,15 +410,16 @@ def from_pretrained(
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{folder}: expected {WEIGHTS_NAME} (written by save_pretrained or tiniest release)")
-    if pinned_repo:
-        digest = sha256_hex(weights.read_bytes())
-        if digest != release.sha256:
-            raise WeightsNotFoundError(
-                f"{spec} served {WEIGHTS_NAME} with sha256 {digest}, expected the pinned "
-                f"{release.sha256}; refusing unverified weights from the pinned repo"
-            )
     config = _read_config(folder)
-    loaded = load_weights(weights=weights, progress=False, offline=True)
+    with warnings.catch_warnings():
+        if pinned_repo:  # refused below unless verified: not "loaded unverified" first
+            warnings.simplefilter("ignore", UnverifiedWeightsWarning)
+        loaded = load_weights(weights=weights, progress=False, offline=True)  # read once, bounded
+    if pinned_repo and not loaded.verified:
+        raise WeightsNotFoundError(
+            f"{spec} served {WEIGHTS_NAME} with sha256 {loaded.sha256}, expected the pinned "
+            f"{release.sha256}; refusing unverified weights from the pinned repo"
+        )
     meta = loaded_meta(loaded)
     outputs = num_outputs(loaded.state_dict, str(weights))
     if config.get("num_classes", outputs) != outputs:

@@ -28,6 +28,7 @@ The Hugging Face token (``HF_TOKEN``, ``hf auth login``) is sent only to an http
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -35,7 +36,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from tiniest.errors import CacheWarning, DownloadError, warn
+from tiniest.errors import CacheWarning, DownloadError, first_line, warn
 from tiniest.files import read_regular
 from tiniest.storage import CACHE_ERRNOS
 from tiniest.weights._record import Release, describe_mismatch
@@ -54,6 +55,10 @@ _TIMEOUTS = frozenset({"TimeoutException", "Timeout"})
 # ...of which hf_hub_download's transfer retries none itself (it resumes after the others)
 _UNRETRIED_ERRORS = frozenset({"ReadError", "WriteError", "CloseError"})
 _UNRETRIED_STATUS = TRANSIENT_STATUS - {408, 429}
+# what the Hub names a commit (a git sha1) and a file (its git sha1, or the sha256 of an LFS file): we
+# build cache paths from them, so anything else (a path, "../..") from a hostile endpoint is refused
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def download_from_hub(release: Release, progress: bool) -> tuple[bytes, str]:
@@ -98,10 +103,11 @@ def _token() -> bool | None:
     return None if urllib.parse.urlsplit(constants.ENDPOINT).scheme == "https" else False
 
 
-def _probe(url: str, timeout: float, release: Release) -> tuple[str | None, str]:
+def _probe(url: str, timeout: float, release: Release) -> tuple[str, str]:
     """The file's etag and commit from one metadata request, or a :class:`DownloadError` that says if a retry may help.
 
-    A file announced at another size than the pinned one is refused here, before it is fetched.
+    A file announced at another size than the pinned one is refused here, before it is fetched; so
+    are an etag and a commit that are not hex digests, before any cache path is built from them.
     """
     from huggingface_hub import get_hf_file_metadata
 
@@ -116,6 +122,10 @@ def _probe(url: str, timeout: float, release: Release) -> tuple[str | None, str]
             f"{url} did not answer like the Hugging Face Hub (no X-Repo-Commit header): "
             "a proxy, captive portal or wrong HF_ENDPOINT?"
         )
+    if not _COMMIT.fullmatch(metadata.commit_hash):
+        raise DownloadError(f"{url} answered with commit {metadata.commit_hash!r}; expected a 40-digit hex commit")
+    if metadata.etag is None or not _ETAG.fullmatch(metadata.etag):
+        raise DownloadError(f"{url} answered with etag {metadata.etag!r}; expected a 40- or 64-digit hex etag")
     if metadata.size != release.size:
         announced = "no size" if metadata.size is None else f"{metadata.size} bytes"
         raise DownloadError(f"{url} announces {announced}; the pinned file has {release.size}: not fetched")
@@ -127,14 +137,9 @@ def _as_download_error(error: Exception, transient_errors: frozenset[str], statu
 
     if isinstance(error, HfHubHTTPError):
         status = error.response.status_code if error.response is not None else None
-        return DownloadError(_first_line(error), status=status, transient=status in statuses)
+        return DownloadError(first_line(error), status=status, transient=status in statuses)
     transient = any(kind.__name__ in transient_errors for kind in type(error).__mro__)
-    return DownloadError(_first_line(error), transient=transient)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+    return DownloadError(first_line(error), transient=transient)
 
 
 def _download(release: Release, progress: bool, timeout: float) -> tuple[Path, str | None]:
@@ -239,13 +244,10 @@ def check_cache_entry(path: Path, release: Release) -> tuple[bytes | None, str]:
     return None, problem
 
 
-def _remove_bad_entries(release: Release, etag: str | None, commit: str) -> None:
+def _remove_bad_entries(release: Release, etag: str, commit: str) -> None:
     """Check what ``hf_hub_download`` would return without downloading: the snapshot entry and the blob."""
     storage, _ = _cache_folders(release)
-    entries = [storage / "snapshots" / commit / release.hf_filename]
-    if etag is not None:
-        entries.append(storage / "blobs" / etag)
-    for entry in entries:
+    for entry in (storage / "snapshots" / commit / release.hf_filename, storage / "blobs" / etag):
         if entry.is_symlink() or entry.exists():
             check_cache_entry(entry, release)
 
@@ -268,15 +270,13 @@ def _cache_folders(release: Release) -> tuple[Path, Path]:
     return cache / folder, cache / ".locks" / folder
 
 
-def _remove_leftovers(release: Release, etag: str | None, *, only_stale: bool = False) -> None:
+def _remove_leftovers(release: Release, etag: str, *, only_stale: bool = False) -> None:
     """Delete the ``.incomplete`` files and lock of ``etag`` (and the repo folders if they hold no file).
 
     Taken under huggingface_hub's own lock for that file, so that a download running in another
     program is never disturbed: if the lock is busy, nothing is removed. With ``only_stale``
     (before a download: leftovers of a killed process) the folders and lock file are kept.
     """
-    if etag is None:
-        return
     from filelock import FileLock, Timeout
 
     storage, locks = _cache_folders(release)

@@ -21,15 +21,16 @@ the held-out images the recorded scores were measured on.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import torch
 from torch import nn
 
 from tiniest.classes import CIFAR10_CLASSES, default_labels
-from tiniest.errors import IncompatibleWeightsError, TiniestWarning, UsageError, warn
+from tiniest.errors import ArtifactError, IncompatibleWeightsError, TiniestError, TiniestWarning, UsageError, warn
 from tiniest.storage import HF_PREFIX
 from tiniest.weights._record import TiniestWeights, release_beside
 from tiniest.weights.artifact import is_safetensors, read_metadata, sha256_hex
@@ -40,6 +41,7 @@ __all__ = [
     "ARCHITECTURE_CREDIT",
     "UNKNOWN_LICENSE",
     "NoClassNamesWarning",
+    "check_metrics",
     "checkpoint_meta",
     "dataset_name",
     "decode_metadata",
@@ -64,9 +66,46 @@ def _warn_unnamed(origin: str, num_classes: int) -> None:
     warn(
         f"{origin} carries no class names (a bare state_dict, with no release.json or run checkpoint.pt beside it "
         f"that names it): its {num_classes} outputs are called class_0 ... class_{num_classes - 1}. Keep a "
-        "release's .pt beside its release.json (a run's model.pt in its run folder), or use the .safetensors, "
+        "release's .pt beside its release.json (a run's model.pt in its run folder), or use a release's .safetensors, "
         "which carries its names",
         NoClassNamesWarning)
+
+
+def _metrics_problem(metrics: object) -> str | None:
+    """What is wrong with ``metrics`` for the model card (labels to scores, or a note), else None."""
+    if not isinstance(metrics, Mapping):
+        return f"expected a JSON object of named scores, got {type(metrics).__name__}"
+    for label, score in metrics.items():
+        if not isinstance(score, Mapping):
+            continue  # a note: shown as text
+        for key in ("total", "subset_of"):
+            value = score.get(key)
+            if key in score and (key != "subset_of" or value) and not _is_count(value):
+                return f"{label!r} {key}: expected a positive whole number, got {value!r}"
+        accuracy = score.get("accuracy")
+        if "accuracy" in score and not (_is_number(accuracy) and 0 <= accuracy <= 1):
+            return f"{label!r} accuracy: expected a finite number in [0, 1], got {accuracy!r}"
+    return None
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_metrics(metrics: object, where: str, error: type[TiniestError] = UsageError) -> dict[str, Any]:
+    """``metrics`` as a dict, or one ``error`` naming ``where`` and the score that the model card cannot show.
+
+    Checked where metrics come in (a maker's ``--metrics``, a file's metadata), before anything is written.
+    """
+    problem = _metrics_problem(metrics)
+    if problem is not None:
+        raise error(f"{where}: {problem}")
+    assert isinstance(metrics, Mapping)  # (checked above)
+    return dict(metrics)
 
 
 def decode_metadata(header: Mapping[str, str]) -> dict[str, Any]:
@@ -288,6 +327,10 @@ def weights_meta(
         for key in ("dataset", "recipe", "base_model", "metrics")
         if key in inherited and inherited[key] != release.meta.get(key)
     }
+    if "metrics" in claims:
+        claims["metrics"] = check_metrics(claims["metrics"], f"{origin}: metrics", ArtifactError)
+    if metrics is not None:
+        metrics = check_metrics(metrics, "metrics")
     if run is not None:
         claims = _run_facts(run)
     license = license or inherited.get("license") or UNKNOWN_LICENSE
@@ -298,7 +341,7 @@ def weights_meta(
         "num_params": sum(tensor.numel() for tensor in state_dict.values()),
         **{key: claims[key] for key in ("dataset", "recipe", "base_model") if key in claims},
         "preprocessing": dict(PREPROCESSING),
-        "metrics": dict(metrics) if metrics is not None else claims.get("metrics", {"note": "not measured"}),
+        "metrics": metrics if metrics is not None else claims.get("metrics", {"note": "not measured"}),
         "license": license,
         **({"license_link": license_link} if license_link else {}),
         "credit": ARCHITECTURE_CREDIT + ("; trained with `tiniest train`" if run is not None else ""),

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tiniest.errors import ArtifactError
+from tiniest.errors import ArtifactError, first_line
 from tiniest.weights.artifact import is_safetensors
 
 __all__ = [
@@ -41,10 +41,9 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # torch raises many types for foreign bytes
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else "no details"
         raise ArtifactError(
             f"{path}: expected a tiniest training checkpoint, could not read its "
-            f"{path.stat().st_size} bytes ({type(error).__name__}: {reason})"
+            f"{path.stat().st_size} bytes ({first_line(error)})"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from tiniest.errors import ArtifactError
+from tiniest.errors import ArtifactError, first_line
 
 __all__ = ["DTYPES", "HEADER_LIMIT", "Header", "read_header", "read_tensors"]
 
@@ -141,10 +141,9 @@ def read_tensors(data: bytes, *, origin: str = "weights") -> dict[str, torch.Ten
                 if sys.byteorder == "big" and tensor.element_size() > 1:
                     tensor = _swapped(tensor)
         except (RuntimeError, TypeError, ValueError, OverflowError) as error:  # a shape torch cannot hold
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ArtifactError(
                 f"{origin}: not a valid safetensors file: tensor {_show(name)} of shape {_dims(entry.shape)} "
-                f"cannot be made by torch ({first})"
+                f"cannot be made by torch ({first_line(error)})"
             ) from None
         tensors[name] = tensor
     return tensors

@@ -1,10 +1,11 @@
-"""Where the weights come from: each source in turn until one yields the pinned bytes.
+"""Where the weights come from: the caller's file, or each source in turn until one yields the pinned bytes.
 
-Order: the caller's file or URL (or ``TINIEST_WEIGHTS``), the checkout's ``weights/``
-folder, the local caches, the GitHub release, the Hugging Face Hub, and finally the
-original torch checkpoint converted in memory. Every candidate is checked against the
-sha256 pinned in ``release.json``; a caller-given file that differs still loads, with a
-warning, because the caller chose it.
+A file or URL the caller names (or ``TINIEST_WEIGHTS`` names) is read alone: it loads or fails,
+never falling through to another source. If it differs from the pinned release it still loads,
+with a warning, because the caller chose it. Otherwise the pinned release is sought in order: the
+checkout's ``weights/`` folder, the local caches, the GitHub release, the Hugging Face Hub, and
+finally the original torch checkpoint converted in memory, each candidate checked against the
+sha256 pinned in ``release.json``.
 
 Network sources run under the cache's writer lock (:mod:`tiniest.storage`): a process that waited
 for a peer finds the file cached and downloads nothing. Bytes that fail the hash are never
@@ -33,6 +34,7 @@ import torch
 
 from tiniest.env import env_flag, env_path, env_text, env_yes
 from tiniest.errors import (
+    ArtifactError,
     CacheWarning,
     IncompatibleWeightsError,
     RateLimitError,
@@ -208,6 +210,8 @@ def _remember(data: bytes, release: Release) -> None:
 
 def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[bytes, str]:
     if "://" in spec:
+        if _url_scheme(spec) not in ("http", "https"):  # urllib would open file: (a FIFO, forever) and ftp:
+            raise UsageError(f"expected an http(s) URL for the weights, got {spec!r}")
         if offline:
             raise WeightsNotFoundError(f"weights URL {spec} given, but offline mode forbids downloads")
         return fetch(spec, progress=progress, max_bytes=max_download_bytes()), spec
@@ -222,6 +226,13 @@ def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[byt
     if not path.exists():
         raise WeightsNotFoundError(f"weights file {path} does not exist (expected a .safetensors or .pt file)")
     return read_regular(path, max_download_bytes()), str(path)
+
+
+def _url_scheme(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).scheme
+    except ValueError:  # "http://[::1": not a URL at all
+        return ""
 
 
 def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: bool) -> LoadedWeights:
@@ -362,8 +373,8 @@ def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
         raise LookupError(
             f"{release.source_url} served the wrong bytes: {describe_mismatch(data, release, release.source_sha256)}"
         )
-    converted = build_artifact(data, release.meta, origin=release.source_url)
-    if sha256_hex(converted) != release.sha256:
+    converted = _pinned_bytes(data, release)
+    if converted is None:
         raise LookupError("the original checkpoint converted to different bytes than the pinned release")
     return converted, release.source_url
 
@@ -458,16 +469,27 @@ def load_weights(
 ) -> LoadedWeights:
     """Find, verify and decode the weights; see the module docstring for the order.
 
-    ``weights``: a :class:`TiniestWeights`, its name as a string (``"DEFAULT"``), a path or a URL.
+    ``weights``: a :class:`TiniestWeights`, its name as a string (``"DEFAULT"``), a path or an
+    http(s) URL. ``None`` (the default) means ``TiniestWeights.DEFAULT``, or what ``TINIEST_WEIGHTS``
+    names when it is set; unlike ``tiniest.tiniest(weights=None)``, which is a random
+    initialisation. A member passed explicitly (``TiniestWeights.DEFAULT`` included) or a name given
+    as a string ignores ``TINIEST_WEIGHTS`` (``tiniest.tiniest`` passes ``None`` for the default
+    member, so that the variable stands in for it there).
     A failure inside one source (a network error, a missing optional module, unreadable bytes)
     never stops the chain: it is reported and the next source is tried. A bad environment
     variable is one :class:`UsageError` naming it.
     """
-    choice = _choose(weights)
-    release = choice.release if isinstance(choice, TiniestWeights) else TiniestWeights.DEFAULT.release
     offline = is_offline(offline)
-    if isinstance(choice, str):
-        return _load_user_weights(choice, release, progress=progress, offline=offline)
+    from_env = weights is None and env_text("TINIEST_WEIGHTS") is not None
+    try:
+        choice = _choose(weights)
+        release = choice.release if isinstance(choice, TiniestWeights) else TiniestWeights.DEFAULT.release
+        if isinstance(choice, str):
+            return _load_user_weights(choice, release, progress=progress, offline=offline)
+    except (UsageError, ArtifactError, WeightsNotFoundError) as error:
+        if from_env:  # say where the bad name or file came from
+            raise type(error)(f"TINIEST_WEIGHTS: {error}") from None
+        raise
 
     failures: list[str] = []
     for name in _parse_sources(sources):
