@@ -45,6 +45,38 @@ def test_policy_comes_from_the_release_metadata() -> None:
     assert tiniest.preprocess is preprocess and tiniest.Preprocess is Preprocess
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"size": ["a", "b"]}, r"'size': expected \[height, width\], two whole numbers from 1 to 1024, got \['a', 'b'"),
+        ({"size": "ab"}, r"'size': expected \[height, width\].*got 'ab'"),
+        ({"size": [0, 0]}, r"'size': .*from 1 to 1024, got \[0, 0\]"),
+        ({"size": [-1, 32]}, r"'size': .*got \[-1, 32\]"),
+        ({"size": [32.5, 32]}, r"'size': .*got \[32.5, 32\]"),
+        ({"size": [True, 32]}, r"'size': .*got \[True, 32\]"),
+        ({"size": [10**9, 32]}, r"'size': .*got \[1000000000, 32\]"),
+        ({"shift": "x"}, r"'shift': expected a number from -1 to 1 .*got 'x'"),
+        ({"shift": float("nan")}, r"'shift': expected a number .*got nan"),
+        ({"shift": float("inf")}, r"'shift': expected a number .*got inf"),
+        ({"shift": 10**400}, r"'shift': expected a number .*got"),
+        ({"shift": None}, r"'shift': expected a number .*got None"),
+    ],
+)
+def test_a_policy_from_a_weights_file_is_checked_before_use(change: dict[str, object], message: str) -> None:
+    """Non-numbers raised bare ValueErrors (a traceback in the CLI); [0, 0] meant 'keep the input's size'."""
+    meta = {**TiniestWeights.DEFAULT.meta["preprocessing"], **change}
+    with pytest.raises(PreprocessError, match=r"^preprocessing " + message) as caught:
+        Preprocess.from_meta(meta)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize("policy", [["size", [32, 32]], "RGB", 3])
+def test_a_policy_that_is_not_a_mapping_is_refused_in_one_line(policy: object) -> None:
+    says = rf"^preprocessing: expected a JSON object \(a mapping\), got {type(policy).__name__}$"
+    with pytest.raises(PreprocessError, match=says):
+        Preprocess.from_meta(policy)  # type: ignore[arg-type]
+
+
 def test_every_input_kind_gives_the_same_tensor(pixels: np.ndarray, tmp_path: Path) -> None:
     path = tmp_path / "image.png"
     Image.fromarray(pixels).save(path)

@@ -134,8 +134,9 @@ def program_stem(checkpoint: bytes) -> str:
 
 def _input_policy(model: Tiniest) -> tuple[dict[str, Any], Preprocess]:
     """The weights' preprocessing (the input contract's if they state none), and the transform it describes."""
-    policy = dict(model.meta.get("preprocessing") or PREPROCESSING)
-    return policy, Preprocess.from_meta(policy)  # refuses a policy this version cannot describe
+    policy = model.meta.get("preprocessing") or PREPROCESSING
+    preprocess = Preprocess.from_meta(policy)  # refuses a policy this version cannot describe (or not a mapping)
+    return dict(policy), preprocess
 
 
 def export_info(model: Tiniest, *, weights_file: str, sha256: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import os
+import reprlib
 import stat
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -100,6 +101,9 @@ MAX_PIXELS = 2**25
 MAX_PIXELS_VARIABLE = "TINIEST_MAX_PIXELS"
 MAX_SIDE = 65535
 _STRIPE_PIXELS = 2**20
+# The largest input side a weights file's preprocessing may ask for: Tiniest was trained on 32x32, and an
+# input this large already costs 12 MB per image (float32 RGB) before the model runs.
+MAX_INPUT_SIDE = 1024
 
 
 def _decoder_errors() -> tuple[type[BaseException], ...]:
@@ -430,20 +434,42 @@ class Preprocess(nn.Module):
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Preprocess:
-        """Build from a release's ``meta["preprocessing"]``; refuse a policy this code does not implement."""
+        """Build from a release's ``meta["preprocessing"]``; refuse a policy this code does not implement.
+
+        It comes from a weights file, so anything may be there: a value of the wrong kind is a
+        :class:`PreprocessError` saying what was expected, never a bare ``ValueError`` or ``TypeError``.
+        """
+        if not isinstance(meta, Mapping):
+            raise PreprocessError(f"preprocessing: expected a JSON object (a mapping), got {type(meta).__name__}")
         for key in ("color", "scale"):
             if meta.get(key) != PREPROCESSING[key]:
                 raise PreprocessError(
                     f"preprocessing {key!r}: this version implements {PREPROCESSING[key]!r}, "
-                    f"the weights ask {meta.get(key)!r}"
+                    f"the weights ask {reprlib.repr(meta.get(key))}"
                 )
         resize = str(meta.get("resize", ""))
         if not resize.startswith(_RESIZE):
-            raise PreprocessError(f"preprocessing 'resize': this version implements {_RESIZE}, got {resize!r}")
+            raise PreprocessError(
+                f"preprocessing 'resize': this version implements {_RESIZE}, got {reprlib.repr(resize)}"
+            )
         size = meta.get("size")
-        if not (isinstance(size, Sequence) and len(size) == 2):
-            raise PreprocessError(f"preprocessing 'size': expected [height, width], got {size!r}")
-        return cls(size=(int(size[0]), int(size[1])), shift=float(meta.get("shift", 0.0)))
+        if not (
+            isinstance(size, Sequence)
+            and not isinstance(size, str)
+            and len(size) == 2
+            and all(type(side) is int and 1 <= side <= MAX_INPUT_SIDE for side in size)
+        ):
+            raise PreprocessError(
+                f"preprocessing 'size': expected [height, width], two whole numbers from 1 to {MAX_INPUT_SIDE}, "
+                f"got {reprlib.repr(size)}"
+            )
+        shift = meta.get("shift", 0.0)
+        if not (type(shift) in (int, float) and -1 <= shift <= 1):  # NaN fails the comparison too
+            raise PreprocessError(
+                f"preprocessing 'shift': expected a number from -1 to 1 (minus the mean of pixels in [0, 1]), "
+                f"got {reprlib.repr(shift)}"
+            )
+        return cls(size=(size[0], size[1]), shift=float(shift))
 
     def forward(self, x: Images) -> torch.Tensor:
         batches = [_resize(batch, self.size) for batch in _to_unit_batches(x, self.size)]

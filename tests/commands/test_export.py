@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 import tiniest
 from tiniest.commands import main
-from tiniest.export import FORMATS, export
+from tiniest.export import FORMATS, export, export_info
 from tiniest.model import Tiniest
 from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE
 from tiniest.weights import TiniestWeights
@@ -156,6 +157,7 @@ for name in ("torch", "tiniest"):
     sys.modules[name] = None  # any import of them fails: this reader has neither
 
 import json
+import struct
 
 import numpy as np
 import onnxruntime as ort
@@ -286,3 +288,35 @@ def test_the_command_line_offers_the_registrys_formats(capsys: pytest.CaptureFix
     assert "{" + ",".join(FORMATS) + "}" in text
     for spec in FORMATS.values():
         assert spec.suffix in text
+
+
+
+@pytest.mark.parametrize(
+    ("policy", "says"),
+    [
+        ({"size": ["a", "b"]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
+        ({"size": [0, 0]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
+        ({"shift": "x"}, "preprocessing 'shift': expected a number from -1 to 1"),
+        (["size", [32, 32]], "preprocessing: expected a JSON object (a mapping), got list"),
+    ],
+)
+def test_a_weights_files_preprocessing_is_checked_before_a_program_describes_it(
+    checkpoint: tuple[Path, Tiniest], tmp_path: Path, policy: Any, says: str
+) -> None:
+    """A model loaded from a release file keeps the file's policy: a bad one raised a bare ValueError
+    (non-numbers, a list), or described a program for any input size ([0, 0])."""
+    from safetensors.torch import load_file, save_file
+
+    release_file = export(checkpoint[0], tmp_path)
+    with open(release_file, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        metadata = json.loads(handle.read(length))["__metadata__"]
+    wanted = {**json.loads(metadata["preprocessing"]), **policy} if isinstance(policy, dict) else policy
+    metadata["preprocessing"] = json.dumps(wanted, sort_keys=True)
+    altered = tmp_path / "altered.safetensors"
+    save_file(load_file(release_file), altered, metadata=metadata)
+    with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
+        model = tiniest.tiniest(weights=altered)
+    with pytest.raises(tiniest.errors.PreprocessError) as caught:
+        export_info(model, weights_file=altered.name, sha256="0" * 64)
+    assert str(caught.value).startswith(says) and "\n" not in str(caught.value)
