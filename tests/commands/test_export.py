@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -157,6 +158,7 @@ for name in ("torch", "tiniest"):
     sys.modules[name] = None  # any import of them fails: this reader has neither
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -320,3 +322,28 @@ def test_a_weights_files_preprocessing_is_checked_before_a_program_describes_it(
     with pytest.raises(tiniest.errors.PreprocessError) as caught:
         export_info(model, weights_file=altered.name, sha256="0" * 64)
     assert str(caught.value).startswith(says) and "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript"])
+def test_a_fifo_or_an_oversized_file_is_refused_not_read(
+    checkpoint: tuple[Path, Tiniest], tmp_path: Path, fmt: str
+) -> None:
+    """export read the checkpoint with read_bytes(): a FIFO named model.pt hung it, any size was read whole."""
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "tiniest", "export", "--format", fmt, "--output", str(tmp_path / "out")]
+    try:
+        done = subprocess.run([*command, str(fifo)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("export blocked on a FIFO")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("tiniest export: error: "), done.stderr
+    assert "is a FIFO (named pipe), not a regular file" in done.stderr, done.stderr
+
+    size = checkpoint[0].stat().st_size
+    limit = {**os.environ, "TINIEST_MAX_DOWNLOAD_MB": str(size / 2 / 2**20)}
+    done = subprocess.run([*command, str(checkpoint[0])], capture_output=True, text=True, timeout=120, env=limit)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "holds more than" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
