@@ -539,3 +539,21 @@ def test_a_pipe_or_an_unseekable_stream_is_refused_before_any_read() -> None:
 
     with pytest.raises(PreprocessError, match="expected a seekable binary file, got a stream: read it into bytes"):
         preprocess(Upload())
+
+
+def test_a_closed_file_is_a_preprocess_error_so_report_mode_goes_on(pixels: np.ndarray, tmp_path: Path) -> None:
+    """fileno() or seekable() of a closed file raised a bare ValueError: predict failed even with errors='report'."""
+    import io
+
+    path = tmp_path / "x.png"
+    Image.fromarray(pixels).save(path)
+    with open(path, "rb") as handle:
+        pass
+    closed_buffer = io.BytesIO(path.read_bytes())
+    closed_buffer.close()
+    for closed, origin in [(handle, f"cannot read image file {str(path)!r}"), (closed_buffer, "cannot read image")]:
+        with pytest.raises(PreprocessError, match=rf"^{origin}.*: expected an open binary file, got a closed file$"):
+            preprocess(closed)
+    answers = tiniest.predict([handle, path, closed_buffer], model=tiniest.Tiniest().eval(), errors="report")
+    assert [answer.error is None for answer in answers] == [False, True, False]
+    assert answers[0].error is not None and answers[0].error.endswith("got a closed file")

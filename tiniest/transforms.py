@@ -267,6 +267,8 @@ def _read_stream(stream: Any, size: tuple[int, int]) -> torch.Tensor:
     origin = f"cannot read image file {name!r}" if isinstance(name, str) else f"cannot read image {_describe(stream)}"
     if isinstance(stream, io.TextIOBase):
         raise PreprocessError(f"{origin}: expected a binary file (opened with 'rb'), got a text file")
+    if getattr(stream, "closed", False):  # else fileno() or seekable() raise a bare ValueError
+        raise PreprocessError(f"{origin}: expected an open binary file, got a closed file")
     raw = getattr(stream, "raw", stream)  # what open() gives; fileno() would write a spooled upload to disk
     if isinstance(raw, io.FileIO) and not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
         raise PreprocessError(f"{origin}: expected a regular file, got {stat.filemode(os.fstat(raw.fileno()).st_mode)}")
