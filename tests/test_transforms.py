@@ -557,3 +557,13 @@ def test_a_closed_file_is_a_preprocess_error_so_report_mode_goes_on(pixels: np.n
     answers = tiniest.predict([handle, path, closed_buffer], model=tiniest.Tiniest().eval(), errors="report")
     assert [answer.error is None for answer in answers] == [False, True, False]
     assert answers[0].error is not None and answers[0].error.endswith("got a closed file")
+
+
+@pytest.mark.parametrize("size", [(0, 0), (5, 0), (0, 5)])
+def test_a_pil_image_without_pixels_is_refused_like_an_empty_array(size: tuple[int, int]) -> None:
+    """Height 0 made torch.cat([]) raise a RuntimeError, width 0 a ZeroDivisionError, outside the decode wrapping."""
+    width, height = size
+    with pytest.raises(PreprocessError, match=rf"^PIL image: expected a non-empty image, got {width}x{height} pixels$"):
+        preprocess(Image.new("RGB", size))
+    answers = tiniest.predict([Image.new("RGB", size)], model=tiniest.Tiniest().eval(), errors="report")
+    assert answers[0].error is not None and "non-empty image" in answers[0].error

@@ -141,9 +141,11 @@ def _describe(x: Any) -> str:
 
 
 def _check_pixels(image: Any, origin: str) -> None:
-    """Refuse, before decoding, an image larger than the caps: its header alone says how large it is."""
+    """Refuse, before decoding, an empty image or one larger than the caps: its header alone says its size."""
     cap = env_int(MAX_PIXELS_VARIABLE, MAX_PIXELS, low=1)
     width, height = image.size
+    if width == 0 or height == 0:  # nothing to resize (the stripes would be none, or of zero width)
+        raise PreprocessError(f"{origin}: expected a non-empty image, got {width}x{height} pixels")
     if width * height > cap or max(width, height) > MAX_SIDE:
         raise PreprocessError(
             f"{origin}: expected at most {cap:,} pixels ({MAX_PIXELS_VARIABLE}) and sides of at most "
