@@ -9,6 +9,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -561,3 +562,31 @@ def test_an_empty_class_folder_is_reported_as_empty(tmp_path: Path) -> None:
     (tmp_path / "test" / "emu").mkdir()
     split = load_split(tmp_path, "test")
     assert split.classes == CLASSES and split.empty_classes == ("emu",)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_the_dataset_cache_cleans_up_by_the_rule_of_every_write(tmp_path: Path) -> None:
+    """The dataset cache had its own rule (any temporary file over an hour old): it removed a live writer's,
+    and left a dead one's for an hour. Now: those no process holds, a minute after their creation."""
+    make_image_folder(tmp_path / "test")
+    folder = Path(os.environ["TINIEST_CACHE"]) / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    dead, live = folder / ".a.safetensors.0123.part", folder / ".b.safetensors.4567.part"
+    for part, age in [(dead, 120), (live, 7200)]:
+        part.write_bytes(b"half")
+        os.utime(part, (time.time() - age, time.time() - age))
+    holder = """
+import fcntl, os, sys, time
+handle = os.open(sys.argv[1], os.O_WRONLY)
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+    with subprocess.Popen([sys.executable, "-c", holder, str(live)], stdout=subprocess.PIPE, text=True) as writer:
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "held\n"
+            load_split(tmp_path, "test")
+            assert not dead.exists(), "no process holds it: its writer died"
+            assert live.exists(), "a live writer's, however slow"
+        finally:
+            writer.kill()

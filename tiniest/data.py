@@ -17,10 +17,11 @@ file read, its relative name, size and modification time (nanoseconds): stat-ing
 costs milliseconds where re-hashing their content would cost a read of the whole dataset on every
 run, and any copy, edit, addition or removal changes at least one of these. A changed source
 therefore misses the cache and replaces the stale file; writes go through a temporary file and
-``os.replace`` so that a crash never leaves a half-written cache (the temporary files of a killed
-writer are removed an hour later). A cache file is read whole into memory, never mapped (truncating a
-mapped file kills its reader with SIGBUS), and is used only if the sha256 of its tensors, stored in its
-metadata, matches: a truncated, altered or unreadable cache file is decoded again, never trusted.
+``os.replace`` so that a crash never leaves a half-written cache (the next load removes the temporary
+files of a killed writer: :func:`tiniest.storage.remove_stale_parts`). A cache file is read whole into
+memory, never mapped (truncating a mapped file kills its reader with SIGBUS), and is used only if the
+sha256 of its tensors, stored in its metadata, matches: a truncated, altered or unreadable cache file is
+decoded again, never trusted.
 
 The CIFAR pickles are read whole (at most 64 MiB, a batch is 31 MB), every length and memo index
 they declare is checked against their bytes before unpickling (``pickletools.genops``), then the
@@ -38,7 +39,6 @@ import os
 import pickle
 import pickletools
 import struct
-import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -51,7 +51,7 @@ from tiniest import names
 from tiniest.classes import CIFAR10_CLASSES
 from tiniest.errors import CacheWarning, DatasetError, PreprocessError, UsageError, warn
 from tiniest.files import read_regular
-from tiniest.storage import HF_PREFIX, PART_SUFFIX, cache_dir, save_atomically
+from tiniest.storage import HF_PREFIX, cache_dir, remove_stale_parts, save_atomically
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -442,9 +442,6 @@ def _hf_split_folder(spec: str, split: str) -> Path:
 # --------------------------------------------------------------------------- cache
 
 
-STALE_PART_S = 3600  # a cache file is written from memory in seconds: a temporary file this old lost its writer
-
-
 def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], LabeledImages]) -> LabeledImages:
     """``decode()``'s result, from the cache when ``fingerprint`` matches, else decoded and stored.
 
@@ -460,7 +457,7 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     folder = cache_dir() / "datasets"
     target = folder / f"{prefix}-{key[:16]}.safetensors"
-    _remove_stale_parts(folder)
+    remove_stale_parts(folder)  # of any source's cache file: a changed source writes under another name
     cached = _read_cache(target, key, most_images)
     if cached is not None:
         return cached
@@ -523,17 +520,3 @@ def _read_cache(target: Path, key: str, most_images: int) -> LabeledImages | Non
         logger.info("dataset cache %s not used: %s", target, error)
         return None
     return LabeledImages(images, labels, classes, skipped)
-
-
-def _remove_stale_parts(folder: Path) -> None:
-    """Delete the temporary files of writers killed before their rename (a live writer's are seconds old)."""
-    try:
-        parts = list(folder.glob(f".*{PART_SUFFIX}"))
-    except OSError:
-        return
-    for part in parts:
-        try:
-            if time.time() - part.lstat().st_mtime > STALE_PART_S:
-                part.unlink()
-        except OSError:
-            pass  # gone already, or not ours to remove: the next writer tries again
