@@ -111,7 +111,7 @@ def load_split(
     if not path.is_dir():
         raise DatasetError(f"expected a dataset folder or {HF_PREFIX}owner/name, got {text!r} (not a folder)")
     if (path / "batches.meta").is_file() or any(
-        (path / name).is_file() for names in CIFAR_BATCHES.values() for name in names
+        (path / name).is_file() for batches in CIFAR_BATCHES.values() for name in batches
     ):
         return _load_cifar_batches(path, split)
     if (path / split).is_dir():
@@ -180,12 +180,12 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
     class_folders = _class_folders(folder)
     if not class_folders:
         raise DatasetError(f"{os.fspath(folder)!r}: expected one subfolder of images per class, found none")
-    names = tuple(sorted({class_name(path.name) for path in class_folders}))
+    classes = tuple(sorted({class_name(path.name) for path in class_folders}))
     files: list[tuple[Path, int]] = []
     stats: list[list[Any]] = []
     identities: list[tuple[int, int, int]] = []
     for class_folder in class_folders:
-        label = names.index(class_name(class_folder.name))
+        label = classes.index(class_name(class_folder.name))
         with os.scandir(class_folder) as entries:
             images = sorted(
                 (e for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES),
@@ -198,7 +198,7 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
             identities.append((stat.st_dev, stat.st_ino, 0))
     fingerprint = {"kind": "imagefolder", "root": str(folder.resolve()), "files": stats}
     empty = tuple(class_name(path.name) for path in _class_folders(folder, with_empty=True)
-                  if class_name(path.name) not in names)
+                  if class_name(path.name) not in classes)
 
     def decode() -> LabeledImages:
         from tiniest.transforms import decode_image
@@ -215,7 +215,7 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
                 labels.append(label)
         if not images:
             raise DatasetError(f"{os.fspath(folder)!r}: none of its {len(files)} image files could be read")
-        return LabeledImages(torch.stack(images), torch.tensor(labels, dtype=torch.int64), names, tuple(skipped))
+        return LabeledImages(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes, tuple(skipped))
 
     result = _cached(fingerprint, len(files), decode)
     if result.skipped and not skip_unreadable:  # decoded earlier with skip_unreadable: still strict now
@@ -363,10 +363,10 @@ def _cifar_classes(folder: Path) -> tuple[str, ...]:
     meta = folder / "batches.meta"
     if not meta.is_file():
         return CIFAR10_CLASSES
-    names = _unpickle(meta).get("label_names")
-    if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
+    label_names = _unpickle(meta).get("label_names")
+    if not isinstance(label_names, list) or not all(isinstance(n, (bytes, str)) for n in label_names):
         raise DatasetError(f"{os.fspath(meta)!r}: expected 'label_names', a list of strings")
-    return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
+    return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in label_names)
 
 
 def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
