@@ -16,7 +16,7 @@ from PIL import Image
 
 import tiniest
 from tiniest.errors import PreprocessError, UsageError
-from tiniest.transforms import Preprocess, decode_image, preprocess, to_uint8_images
+from tiniest.transforms import Preprocess, decode_image, preprocess
 from tiniest.weights import TiniestWeights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def pixels() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+
+
+def as_uint8(x: object) -> torch.Tensor:
+    """Any input as ``(N, 3, 32, 32)`` uint8 RGB, rounded as :func:`decode_image` rounds."""
+    return Preprocess(shift=0.0)(x).mul_(255).round_().clamp_(0, 255).to(torch.uint8)  # type: ignore[arg-type]
 
 
 def reference(pixels: np.ndarray) -> torch.Tensor:
@@ -140,7 +145,7 @@ def test_other_sizes_are_resized_like_pils_antialiased_bilinear() -> None:
     assert torch.allclose(out, torch.from_numpy(pil).permute(2, 0, 1).unsqueeze(0), atol=1.5 / 255)
     flat = preprocess(np.full((7, 300, 3), 200, np.uint8))
     assert torch.allclose(flat, torch.full((1, 3, 32, 32), 200 / 255 - 0.5), atol=1e-6)
-    assert to_uint8_images(image).shape == (1, 3, 32, 32)
+    assert as_uint8(image).shape == (1, 3, 32, 32)
 
 
 def test_decode_image_keeps_exact_uint8(pixels: np.ndarray, tmp_path: Path) -> None:
@@ -264,7 +269,7 @@ def test_exif_orientation_is_applied_before_anything_else(tmp_path: Path, orient
     for name, value in {"path": tmp_path / "phone.jpg", "PIL": Image.open(tmp_path / "phone.jpg")}.items():
         got = preprocess(value)
         assert (got - expected).abs().max() <= tolerance, name
-    assert torch.equal(decode_image(tmp_path / "phone.jpg"), to_uint8_images(tmp_path / "phone.jpg")[0])
+    assert torch.equal(decode_image(tmp_path / "phone.jpg"), as_uint8(tmp_path / "phone.jpg")[0])
     sideways = preprocess(tmp_path / "untagged.jpg")
     assert (sideways - expected).abs().max() > 0.5, "without the tag the picture is not upright: the test can fail"
 
@@ -420,7 +425,7 @@ def expected_rgb(mode: str, color: object) -> tuple[int, int, int]:
 @pytest.mark.parametrize("mode", sorted(MODE_COLORS))
 def test_every_pil_mode_becomes_rgb_by_its_documented_conversion(mode: str) -> None:
     image = Image.new(mode, (40, 24), MODE_COLORS[mode])  # not 32x32: the resize is exercised too
-    out = to_uint8_images(image)
+    out = as_uint8(image)
     assert out.shape == (1, 3, 32, 32)
     got = tuple(int(v) for v in out[0, :, 0, 0])
     assert all(abs(g - e) <= 1 for g, e in zip(got, expected_rgb(mode, MODE_COLORS[mode]), strict=True)), got
@@ -430,7 +435,7 @@ def test_every_pil_mode_becomes_rgb_by_its_documented_conversion(mode: str) -> N
 def test_premultiplied_la_is_composited_onto_white_not_a_bare_value_error() -> None:
     with pytest.raises(ValueError):  # what Pillow does with it: the reason this mode is handled by hand
         Image.new("La", (2, 2), (100, 128)).convert("RGB")
-    assert to_uint8_images(Image.new("La", (32, 32), (100, 128)))[0, :, 5, 5].tolist() == [227, 227, 227]
+    assert as_uint8(Image.new("La", (32, 32), (100, 128)))[0, :, 5, 5].tolist() == [227, 227, 227]
 
 
 @pytest.mark.parametrize("mode", ["I", "F"])

@@ -61,7 +61,6 @@ __all__ = [
     "image_items",
     "preprocess",
     "require_images_extra",
-    "to_uint8_images",
 ]
 
 # The model's input contract: RGB, resized straight to 32x32, in [0, 1] minus 0.5 (release.json states
@@ -417,11 +416,6 @@ def image_items(x: Images) -> list[ImageInput]:
     if not items:
         raise PreprocessError("expected at least one image, got an empty list")
     return items
-
-
-def to_uint8_images(x: Images) -> torch.Tensor:
-    """Any accepted input as ``(N, 3, 32, 32)`` uint8 RGB (for storing, not for the model)."""
-    return _quantize(torch.cat([_resize(batch, INPUT_SIZE) for batch in _to_unit_batches(x, INPUT_SIZE)]))
 
 
 class Preprocess(nn.Module):
