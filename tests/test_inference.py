@@ -363,3 +363,33 @@ def test_weights_by_release_member_or_name(monkeypatch: pytest.MonkeyPatch, shar
     monkeypatch.setenv("TINIEST_WEIGHTS", "no-such-weights.safetensors")
     with pytest.raises(tiniest.WeightsNotFoundError, match="no-such-weights"):
         predict(x, top_k=2, eager=True)
+
+
+def test_a_weights_file_written_again_or_named_from_elsewhere_is_loaded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default model was cached on the path's text: a file exported again, or ``w.pt`` after a
+    ``chdir``, was answered by the model first loaded under that name."""
+    x = small_batch()
+
+    def write(path: Path, seed: int) -> list[Prediction]:
+        torch.manual_seed(seed)
+        made = tiniest.tiniest(weights=None)
+        path.parent.mkdir(exist_ok=True)
+        torch.save(made.state_dict(), path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # as an export does: a new file in place of the old
+        return predict(x, model=made, top_k=3)
+
+    monkeypatch.chdir(tmp_path)
+    first = write(tmp_path / "w.pt", 1)
+    with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
+        assert predict(x, weights="w.pt", top_k=3, eager=True) == first
+    second = write(tmp_path / "w.pt", 2)
+    assert second != first
+    with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
+        assert predict(x, weights="w.pt", top_k=3, eager=True) == second, "the file's new bytes"
+    third = write(tmp_path / "elsewhere" / "w.pt", 3)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
+        assert predict(x, weights="w.pt", top_k=3, eager=True) == third, "the file the name means here"
+    assert predict(x, weights="w.pt", top_k=3, eager=True) == third, "loaded once: no second warning"

@@ -15,13 +15,16 @@ import pytest
 
 from tiniest.storage import save_atomically, writer_lock
 
-# Holds the lock for the number of seconds given, after saying on stdout that it holds it.
+# Holds the lock for the number of seconds given, after saying on stdout that it holds it; the last thing
+# it does under the lock is to leave a file named <lock>.released.
 PEER = """
 import sys, time
+from pathlib import Path
 from filelock import FileLock
 with FileLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
+    Path(sys.argv[1] + ".released").touch()
 """
 
 
@@ -45,10 +48,9 @@ def test_waiting_for_a_peer_is_announced_as_it_begins(tmp_path: Path, caplog: py
     lock_file.parent.mkdir()
     peer = peer_holding(lock_file, 1.0)
     try:
-        started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="tiniest"), writer_lock(lock_file, timeout=60) as access:
             assert access == "locked"
-            assert time.monotonic() - started > 0.5, "the lock was ours only once the peer had let it go"
+            assert Path(f"{lock_file}.released").exists(), "the lock was ours only once the peer had let it go"
     finally:
         peer.kill()
         peer.wait()
@@ -62,11 +64,10 @@ def test_a_stuck_peer_is_given_up_on_after_the_timeout(tmp_path: Path) -> None:
     lock_file.parent.mkdir()
     peer = peer_holding(lock_file, 60)
     try:
-        started = time.monotonic()
         expected = r"waited 0\.5 s for .*a\.lock; going on without it"
         with pytest.warns(RuntimeWarning, match=expected), writer_lock(lock_file, timeout=0.5) as access:
             assert access == "unlocked"
-        assert time.monotonic() - started < 30
+            assert not Path(f"{lock_file}.released").exists(), "the peer still holds it"
     finally:
         peer.kill()
         peer.wait()
@@ -157,3 +158,14 @@ def test_the_part_file_of_a_live_writer_is_left_alone(tmp_path: Path) -> None:
             holder.stdout.close()
     save_atomically(target, b"again")
     assert not live.exists(), "once its writer is gone, it is"
+
+
+def test_a_stale_file_that_cannot_be_removed_does_not_stop_the_write(tmp_path: Path) -> None:
+    """Cleaning up after someone else is best effort: a failing unlink raised out of save_atomically."""
+    target = tmp_path / "file.bin"
+    odd = tmp_path / f".{target.name}.0123abcd.part"
+    odd.mkdir()  # unlink() fails on it (EISDIR), whoever runs the test, root included
+    hour_ago = time.time() - 3600
+    os.utime(odd, (hour_ago, hour_ago))
+    save_atomically(target, b"mine")
+    assert target.read_bytes() == b"mine" and odd.is_dir()

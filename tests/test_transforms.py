@@ -16,7 +16,7 @@ from PIL import Image
 
 import tiniest
 from tiniest.errors import PreprocessError, UsageError
-from tiniest.transforms import Preprocess, decode_image, preprocess, to_uint8_images
+from tiniest.transforms import Preprocess, decode_image, preprocess
 from tiniest.weights import TiniestWeights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def pixels() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+
+
+def as_uint8(x: object) -> torch.Tensor:
+    """Any input as ``(N, 3, 32, 32)`` uint8 RGB, rounded as :func:`decode_image` rounds."""
+    return Preprocess(shift=0.0)(x).mul_(255).round_().clamp_(0, 255).to(torch.uint8)  # type: ignore[arg-type]
 
 
 def reference(pixels: np.ndarray) -> torch.Tensor:
@@ -43,6 +48,38 @@ def test_policy_comes_from_the_release_metadata() -> None:
         Preprocess.from_meta({**meta, "resize": "nearest"})
     assert Preprocess.from_meta({**meta, "size": [48, 40], "shift": 0.0}).size == (48, 40)
     assert tiniest.preprocess is preprocess and tiniest.Preprocess is Preprocess
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"size": ["a", "b"]}, r"'size': expected \[height, width\], two whole numbers from 1 to 1024, got \['a', 'b'"),
+        ({"size": "ab"}, r"'size': expected \[height, width\].*got 'ab'"),
+        ({"size": [0, 0]}, r"'size': .*from 1 to 1024, got \[0, 0\]"),
+        ({"size": [-1, 32]}, r"'size': .*got \[-1, 32\]"),
+        ({"size": [32.5, 32]}, r"'size': .*got \[32.5, 32\]"),
+        ({"size": [True, 32]}, r"'size': .*got \[True, 32\]"),
+        ({"size": [10**9, 32]}, r"'size': .*got \[1000000000, 32\]"),
+        ({"shift": "x"}, r"'shift': expected a number from -1 to 1 .*got 'x'"),
+        ({"shift": float("nan")}, r"'shift': expected a number .*got nan"),
+        ({"shift": float("inf")}, r"'shift': expected a number .*got inf"),
+        ({"shift": 10**400}, r"'shift': expected a number .*got"),
+        ({"shift": None}, r"'shift': expected a number .*got None"),
+    ],
+)
+def test_a_policy_from_a_weights_file_is_checked_before_use(change: dict[str, object], message: str) -> None:
+    """Non-numbers raised bare ValueErrors (a traceback in the CLI); [0, 0] meant 'keep the input's size'."""
+    meta = {**TiniestWeights.DEFAULT.meta["preprocessing"], **change}
+    with pytest.raises(PreprocessError, match=r"^preprocessing " + message) as caught:
+        Preprocess.from_meta(meta)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize("policy", [["size", [32, 32]], "RGB", 3])
+def test_a_policy_that_is_not_a_mapping_is_refused_in_one_line(policy: object) -> None:
+    says = rf"^preprocessing: expected a JSON object \(a mapping\), got {type(policy).__name__}$"
+    with pytest.raises(PreprocessError, match=says):
+        Preprocess.from_meta(policy)  # type: ignore[arg-type]
 
 
 def test_every_input_kind_gives_the_same_tensor(pixels: np.ndarray, tmp_path: Path) -> None:
@@ -108,7 +145,7 @@ def test_other_sizes_are_resized_like_pils_antialiased_bilinear() -> None:
     assert torch.allclose(out, torch.from_numpy(pil).permute(2, 0, 1).unsqueeze(0), atol=1.5 / 255)
     flat = preprocess(np.full((7, 300, 3), 200, np.uint8))
     assert torch.allclose(flat, torch.full((1, 3, 32, 32), 200 / 255 - 0.5), atol=1e-6)
-    assert to_uint8_images(image).shape == (1, 3, 32, 32)
+    assert as_uint8(image).shape == (1, 3, 32, 32)
 
 
 def test_decode_image_keeps_exact_uint8(pixels: np.ndarray, tmp_path: Path) -> None:
@@ -232,7 +269,7 @@ def test_exif_orientation_is_applied_before_anything_else(tmp_path: Path, orient
     for name, value in {"path": tmp_path / "phone.jpg", "PIL": Image.open(tmp_path / "phone.jpg")}.items():
         got = preprocess(value)
         assert (got - expected).abs().max() <= tolerance, name
-    assert torch.equal(decode_image(tmp_path / "phone.jpg"), to_uint8_images(tmp_path / "phone.jpg")[0])
+    assert torch.equal(decode_image(tmp_path / "phone.jpg"), as_uint8(tmp_path / "phone.jpg")[0])
     sideways = preprocess(tmp_path / "untagged.jpg")
     assert (sideways - expected).abs().max() > 0.5, "without the tag the picture is not upright: the test can fail"
 
@@ -388,7 +425,7 @@ def expected_rgb(mode: str, color: object) -> tuple[int, int, int]:
 @pytest.mark.parametrize("mode", sorted(MODE_COLORS))
 def test_every_pil_mode_becomes_rgb_by_its_documented_conversion(mode: str) -> None:
     image = Image.new(mode, (40, 24), MODE_COLORS[mode])  # not 32x32: the resize is exercised too
-    out = to_uint8_images(image)
+    out = as_uint8(image)
     assert out.shape == (1, 3, 32, 32)
     got = tuple(int(v) for v in out[0, :, 0, 0])
     assert all(abs(g - e) <= 1 for g, e in zip(got, expected_rgb(mode, MODE_COLORS[mode]), strict=True)), got
@@ -398,7 +435,7 @@ def test_every_pil_mode_becomes_rgb_by_its_documented_conversion(mode: str) -> N
 def test_premultiplied_la_is_composited_onto_white_not_a_bare_value_error() -> None:
     with pytest.raises(ValueError):  # what Pillow does with it: the reason this mode is handled by hand
         Image.new("La", (2, 2), (100, 128)).convert("RGB")
-    assert to_uint8_images(Image.new("La", (32, 32), (100, 128)))[0, :, 5, 5].tolist() == [227, 227, 227]
+    assert as_uint8(Image.new("La", (32, 32), (100, 128)))[0, :, 5, 5].tolist() == [227, 227, 227]
 
 
 @pytest.mark.parametrize("mode", ["I", "F"])
@@ -507,3 +544,31 @@ def test_a_pipe_or_an_unseekable_stream_is_refused_before_any_read() -> None:
 
     with pytest.raises(PreprocessError, match="expected a seekable binary file, got a stream: read it into bytes"):
         preprocess(Upload())
+
+
+def test_a_closed_file_is_a_preprocess_error_so_report_mode_goes_on(pixels: np.ndarray, tmp_path: Path) -> None:
+    """fileno() or seekable() of a closed file raised a bare ValueError: predict failed even with errors='report'."""
+    import io
+
+    path = tmp_path / "x.png"
+    Image.fromarray(pixels).save(path)
+    with open(path, "rb") as handle:
+        pass
+    closed_buffer = io.BytesIO(path.read_bytes())
+    closed_buffer.close()
+    for closed, origin in [(handle, f"cannot read image file {str(path)!r}"), (closed_buffer, "cannot read image")]:
+        with pytest.raises(PreprocessError, match=rf"^{origin}.*: expected an open binary file, got a closed file$"):
+            preprocess(closed)
+    answers = tiniest.predict([handle, path, closed_buffer], model=tiniest.Tiniest().eval(), errors="report")
+    assert [answer.error is None for answer in answers] == [False, True, False]
+    assert answers[0].error is not None and answers[0].error.endswith("got a closed file")
+
+
+@pytest.mark.parametrize("size", [(0, 0), (5, 0), (0, 5)])
+def test_a_pil_image_without_pixels_is_refused_like_an_empty_array(size: tuple[int, int]) -> None:
+    """Height 0 made torch.cat([]) raise a RuntimeError, width 0 a ZeroDivisionError, outside the decode wrapping."""
+    width, height = size
+    with pytest.raises(PreprocessError, match=rf"^PIL image: expected a non-empty image, got {width}x{height} pixels$"):
+        preprocess(Image.new("RGB", size))
+    answers = tiniest.predict([Image.new("RGB", size)], model=tiniest.Tiniest().eval(), errors="report")
+    assert answers[0].error is not None and "non-empty image" in answers[0].error

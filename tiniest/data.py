@@ -17,10 +17,11 @@ file read, its relative name, size and modification time (nanoseconds): stat-ing
 costs milliseconds where re-hashing their content would cost a read of the whole dataset on every
 run, and any copy, edit, addition or removal changes at least one of these. A changed source
 therefore misses the cache and replaces the stale file; writes go through a temporary file and
-``os.replace`` so that a crash never leaves a half-written cache (the temporary files of a killed
-writer are removed an hour later). A cache file is read whole into memory, never mapped (truncating a
-mapped file kills its reader with SIGBUS), and is used only if the sha256 of its tensors, stored in its
-metadata, matches: a truncated, altered or unreadable cache file is decoded again, never trusted.
+``os.replace`` so that a crash never leaves a half-written cache (the next load removes the temporary
+files of a killed writer: :func:`tiniest.storage.remove_stale_parts`). A cache file is read whole into
+memory, never mapped (truncating a mapped file kills its reader with SIGBUS), and is used only if the
+sha256 of its tensors, stored in its metadata, matches: a truncated, altered or unreadable cache file is
+decoded again, never trusted.
 
 The CIFAR pickles are read whole (at most 64 MiB, a batch is 31 MB), every length and memo index
 they declare is checked against their bytes before unpickling (``pickletools.genops``), then the
@@ -29,6 +30,7 @@ arrays against CIFAR's layout (rows of 3072 uint8 values, at most 10,000 per bat
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -38,7 +40,6 @@ import os
 import pickle
 import pickletools
 import struct
-import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -51,7 +52,7 @@ from tiniest import names
 from tiniest.classes import CIFAR10_CLASSES
 from tiniest.errors import CacheWarning, DatasetError, PreprocessError, UsageError, warn
 from tiniest.files import read_regular
-from tiniest.storage import HF_PREFIX, PART_SUFFIX, cache_dir, save_atomically
+from tiniest.storage import HF_PREFIX, cache_dir, remove_stale_parts, save_atomically
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -110,7 +111,7 @@ def load_split(
     if not path.is_dir():
         raise DatasetError(f"expected a dataset folder or {HF_PREFIX}owner/name, got {text!r} (not a folder)")
     if (path / "batches.meta").is_file() or any(
-        (path / name).is_file() for names in CIFAR_BATCHES.values() for name in names
+        (path / name).is_file() for batches in CIFAR_BATCHES.values() for name in batches
     ):
         return _load_cifar_batches(path, split)
     if (path / split).is_dir():
@@ -179,12 +180,12 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
     class_folders = _class_folders(folder)
     if not class_folders:
         raise DatasetError(f"{os.fspath(folder)!r}: expected one subfolder of images per class, found none")
-    names = tuple(sorted({class_name(path.name) for path in class_folders}))
+    classes = tuple(sorted({class_name(path.name) for path in class_folders}))
     files: list[tuple[Path, int]] = []
     stats: list[list[Any]] = []
     identities: list[tuple[int, int, int]] = []
     for class_folder in class_folders:
-        label = names.index(class_name(class_folder.name))
+        label = classes.index(class_name(class_folder.name))
         with os.scandir(class_folder) as entries:
             images = sorted(
                 (e for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES),
@@ -197,7 +198,7 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
             identities.append((stat.st_dev, stat.st_ino, 0))
     fingerprint = {"kind": "imagefolder", "root": str(folder.resolve()), "files": stats}
     empty = tuple(class_name(path.name) for path in _class_folders(folder, with_empty=True)
-                  if class_name(path.name) not in names)
+                  if class_name(path.name) not in classes)
 
     def decode() -> LabeledImages:
         from tiniest.transforms import decode_image
@@ -214,7 +215,7 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
                 labels.append(label)
         if not images:
             raise DatasetError(f"{os.fspath(folder)!r}: none of its {len(files)} image files could be read")
-        return LabeledImages(torch.stack(images), torch.tensor(labels, dtype=torch.int64), names, tuple(skipped))
+        return LabeledImages(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes, tuple(skipped))
 
     result = _cached(fingerprint, len(files), decode)
     if result.skipped and not skip_unreadable:  # decoded earlier with skip_unreadable: still strict now
@@ -362,10 +363,10 @@ def _cifar_classes(folder: Path) -> tuple[str, ...]:
     meta = folder / "batches.meta"
     if not meta.is_file():
         return CIFAR10_CLASSES
-    names = _unpickle(meta).get("label_names")
-    if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
+    label_names = _unpickle(meta).get("label_names")
+    if not isinstance(label_names, list) or not all(isinstance(n, (bytes, str)) for n in label_names):
         raise DatasetError(f"{os.fspath(meta)!r}: expected 'label_names', a list of strings")
-    return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
+    return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in label_names)
 
 
 def _load_cifar_batches(folder: Path, split: str) -> LabeledImages:
@@ -442,9 +443,6 @@ def _hf_split_folder(spec: str, split: str) -> Path:
 # --------------------------------------------------------------------------- cache
 
 
-STALE_PART_S = 3600  # a cache file is written from memory in seconds: a temporary file this old lost its writer
-
-
 def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], LabeledImages]) -> LabeledImages:
     """``decode()``'s result, from the cache when ``fingerprint`` matches, else decoded and stored.
 
@@ -460,7 +458,7 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     folder = cache_dir() / "datasets"
     target = folder / f"{prefix}-{key[:16]}.safetensors"
-    _remove_stale_parts(folder)
+    remove_stale_parts(folder)  # of any source's cache file: a changed source writes under another name
     cached = _read_cache(target, key, most_images)
     if cached is not None:
         return cached
@@ -472,8 +470,7 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
         "skipped": json.dumps([list(entry) for entry in result.skipped]),
         "root": fingerprint["root"],
     }
-    payload = _split(save(tensors, metadata=metadata))[2]  # the tensor bytes, whatever the header says
-    data = save(tensors, metadata={**metadata, "sha256": hashlib.sha256(payload).hexdigest()})
+    data = save(tensors, metadata={**metadata, "sha256": _payload_sha256(tensors)})
     try:
         save_atomically(target, data)
         for stale in folder.glob(f"{prefix}-*.safetensors"):
@@ -482,6 +479,25 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
     except OSError as error:  # a read-only or full cache costs speed, not correctness
         warn(f"could not write the dataset cache {os.fspath(target)!r}: {error}", CacheWarning)
     return result
+
+
+def _payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """The sha256 of the bytes ``safetensors.torch.save(tensors)`` puts after its header, without serialising.
+
+    Serialising to hash, then again with the hash, held two copies of a split (2 x 154 MB for CIFAR-10's
+    train split). safetensors orders the tensors by dtype, then name: the order is read from the header of
+    a one-value stand-in of each, and each tensor (contiguous, on the CPU) is hashed where it lies.
+    """
+    from safetensors.torch import save
+
+    stand_in = save({name: torch.zeros(1, dtype=tensor.dtype) for name, tensor in tensors.items()})
+    header = _split(stand_in)[1]
+    digest = hashlib.sha256()
+    for name in sorted(tensors, key=lambda name: header[name]["data_offsets"][0]):
+        tensor = tensors[name]
+        if tensor.nbytes:
+            digest.update((ctypes.c_char * tensor.nbytes).from_address(tensor.data_ptr()))
+    return digest.hexdigest()
 
 
 def _split(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
@@ -523,17 +539,3 @@ def _read_cache(target: Path, key: str, most_images: int) -> LabeledImages | Non
         logger.info("dataset cache %s not used: %s", target, error)
         return None
     return LabeledImages(images, labels, classes, skipped)
-
-
-def _remove_stale_parts(folder: Path) -> None:
-    """Delete the temporary files of writers killed before their rename (a live writer's are seconds old)."""
-    try:
-        parts = list(folder.glob(f".*{PART_SUFFIX}"))
-    except OSError:
-        return
-    for part in parts:
-        try:
-            if time.time() - part.lstat().st_mtime > STALE_PART_S:
-                part.unlink()
-        except OSError:
-            pass  # gone already, or not ours to remove: the next writer tries again

@@ -38,12 +38,14 @@ from torch import nn
 from tiniest import __version__
 from tiniest.errors import UsageError
 from tiniest.extras import require_extra
+from tiniest.files import read_regular
 from tiniest.hub import check_architecture
 from tiniest.model import Tiniest
 from tiniest.storage import save_atomically
 from tiniest.transforms import PREPROCESSING, Preprocess
 from tiniest.weights import TiniestWeights, build_artifact
 from tiniest.weights.artifact import read_state_dict, sha256_hex
+from tiniest.weights.download import max_download_bytes
 from tiniest.weights.metadata import (
     ARCHITECTURE_CREDIT,
     UNKNOWN_LICENSE,
@@ -107,7 +109,7 @@ def export_safetensors(
 ) -> Path:
     """Write the release artifact for ``checkpoint_path`` into ``output_dir``; return its path."""
     release = TiniestWeights.DEFAULT.release
-    checkpoint = checkpoint_path.read_bytes()
+    checkpoint = _read_checkpoint(checkpoint_path)
     state_dict = read_state_dict(checkpoint, origin=str(checkpoint_path))
     meta = checkpoint_meta(checkpoint, state_dict, path=checkpoint_path, metrics=metrics, license=license)
     artifact = artifact_bytes(checkpoint, state_dict, meta, origin=str(checkpoint_path))
@@ -117,6 +119,12 @@ def export_safetensors(
     target = output_dir / filename
     save_atomically(target, artifact)
     return target
+
+
+def _read_checkpoint(path: Path) -> bytes:
+    """The bytes of the weights file ``path``: a regular file (a FIFO would block for ever) of at most
+    ``TINIEST_MAX_DOWNLOAD_MB``, the cap on weights from anywhere; an :class:`OSError` saying which not."""
+    return read_regular(path, max_download_bytes())
 
 
 def load_model(checkpoint: bytes, origin: str) -> Tiniest:
@@ -134,8 +142,9 @@ def program_stem(checkpoint: bytes) -> str:
 
 def _input_policy(model: Tiniest) -> tuple[dict[str, Any], Preprocess]:
     """The weights' preprocessing (the input contract's if they state none), and the transform it describes."""
-    policy = dict(model.meta.get("preprocessing") or PREPROCESSING)
-    return policy, Preprocess.from_meta(policy)  # refuses a policy this version cannot describe
+    policy = model.meta.get("preprocessing") or PREPROCESSING
+    preprocess = Preprocess.from_meta(policy)  # refuses a policy this version cannot describe (or not a mapping)
+    return dict(policy), preprocess
 
 
 def export_info(model: Tiniest, *, weights_file: str, sha256: str) -> dict[str, Any]:
@@ -250,7 +259,7 @@ def export_program(checkpoint_path: Path, output_dir: Path, fmt: str, *, filenam
         raise UsageError(f"program format: expected one of {programs}, got {fmt!r}")
     if spec.extra is not None:
         require_extra(spec.extra, *spec.modules, purpose=f"exporting to {fmt}")
-    checkpoint = checkpoint_path.read_bytes()
+    checkpoint = _read_checkpoint(checkpoint_path)
     model = load_model(checkpoint, str(checkpoint_path))
     info = export_info(model, weights_file=checkpoint_path.name, sha256=sha256_hex(checkpoint))
     documents = {INFO_KEY: json.dumps(info, sort_keys=True), LABELS_KEY: json.dumps(list(model.labels))}

@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -61,11 +62,18 @@ class Prediction:
         return self.top[0]
 
 
+FileStamp = tuple[int, int, int]  # a weights file's inode, size and modification time (ns)
+
+
 @functools.lru_cache(maxsize=4)
-def _default_model(weights: TiniestWeights | str, eager: bool, build: bool, device: torch.device) -> nn.Module:
+def _default_model(
+    weights: TiniestWeights | str, stamp: FileStamp | None, eager: bool, build: bool, device: torch.device
+) -> nn.Module:
     """The ``weights``' model on ``device``, optimized unless ``eager``; loaded once per process.
 
-    ``build``: worth waiting for the compiled package if this machine has none (many images).
+    ``stamp``: for a file, what tells its versions apart (part of the cache key only: a file
+    written again at the same path is loaded again). ``build``: worth waiting for the compiled
+    package if this machine has none (many images).
     The fast path is CPU code: on another device the plain model runs (said once per model).
     """
     model: nn.Module = tiniest(weights=weights, progress=False, device=device)
@@ -89,8 +97,28 @@ def _shared_model(weights: Weights, eager: bool, images: int, device: torch.devi
 
     chosen = env_text("TINIEST_WEIGHTS") or weights if weights is TiniestWeights.DEFAULT else weights
     with _loading:
-        key = chosen if isinstance(chosen, (str, TiniestWeights)) else os.fspath(chosen)
-        return _default_model(key, eager, worth_building(images), device)
+        return _default_model(*_weights_key(chosen), eager, worth_building(images), device)
+
+
+def _weights_key(chosen: TiniestWeights | str | os.PathLike[str]) -> tuple[TiniestWeights | str, FileStamp | None]:
+    """``chosen`` as :func:`_default_model` caches it: a file by its absolute path and :data:`FileStamp`.
+
+    So a relative path means the file it names now (after a ``chdir``), and a file exported again
+    to the same path is not answered by the model of its earlier bytes. A release name or URL is
+    its own key; a path that cannot be stat-ed is left for :func:`tiniest.tiniest` to refuse.
+    """
+    if isinstance(chosen, TiniestWeights):
+        return chosen, None
+    text = os.fspath(chosen)
+    named = text.removeprefix(f"{TiniestWeights.__name__}.") in TiniestWeights.__members__
+    if isinstance(chosen, str) and ("://" in text or named):
+        return text, None
+    path = Path(text).expanduser()
+    try:
+        info = path.stat()
+    except OSError:
+        return text, None
+    return str(path.resolve()), (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _check_arguments(

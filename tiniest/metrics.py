@@ -126,7 +126,11 @@ def classification_report(
 
 
 def format_confusion_matrix(confusion: torch.Tensor, classes: Sequence[str]) -> str:
-    """The matrix with class names: rows are true classes, columns predicted ones (names cut to 5 letters)."""
+    """The matrix with class names: rows are true classes, columns predicted ones.
+
+    Column headers are cut to one character less than a cell, which is 6 wide or one more than the
+    widest count; row names are shown whole.
+    """
     counts = confusion.tolist()
     cell = max(6, len(str(max(max(row) for row in counts))) + 1)
     classes = [printable(name) for name in classes]  # a name cannot move the cursor or add a row

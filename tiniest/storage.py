@@ -17,6 +17,7 @@ only those older than a day are.
 from __future__ import annotations
 
 import errno
+import glob
 import logging
 import os
 import stat
@@ -38,6 +39,7 @@ except ImportError:  # Windows
 __all__ = [
     "CACHE_ERRNOS",
     "HF_PREFIX",
+    "PART_SUFFIX",
     "cache_dir",
     "check_output_folder",
     "remove_stale_parts",
@@ -95,7 +97,7 @@ def save_atomically(path: Path, data: bytes) -> None:
         with os.fdopen(handle, "wb") as out:
             if fcntl is not None:  # held until closed (or the process dies): says "this file is being written"
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            remove_stale_parts(path)
+            remove_stale_parts(path.parent, path.name)
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
@@ -105,12 +107,25 @@ def save_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def remove_stale_parts(path: Path) -> None:
-    """Delete the temporary files that killed writers left beside ``path`` (those no live process holds)."""
-    for part in path.parent.glob(f".{path.name}.*{PART_SUFFIX}"):
+def remove_stale_parts(folder: Path, name: str | None = None) -> None:
+    """Delete the temporary files that killed writers left in ``folder`` (those no live process holds).
+
+    Those of the file ``name``, or of any file. Best effort: a file that cannot be removed (not ours,
+    or not a file) is left for the next writer; it never stops the write that came to clean up.
+    """
+    pattern = f".{glob.escape(name) if name is not None else '*'}.*{PART_SUFFIX}"
+    try:
+        parts = list(folder.glob(pattern))
+    except OSError:
+        return
+    for part in parts:
         if _is_stale(part):
-            logger.info("removing %s, left by a writer that was stopped", part)
-            part.unlink(missing_ok=True)
+            try:
+                part.unlink(missing_ok=True)
+            except OSError as error:
+                logger.info("could not remove %s, left by a writer that was stopped: %s", part, error)
+            else:
+                logger.info("removed %s, left by a writer that was stopped", part)
 
 
 def _is_stale(part: Path) -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import os
+import reprlib
 import stat
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -60,7 +61,6 @@ __all__ = [
     "image_items",
     "preprocess",
     "require_images_extra",
-    "to_uint8_images",
 ]
 
 # The model's input contract: RGB, resized straight to 32x32, in [0, 1] minus 0.5 (release.json states
@@ -100,6 +100,9 @@ MAX_PIXELS = 2**25
 MAX_PIXELS_VARIABLE = "TINIEST_MAX_PIXELS"
 MAX_SIDE = 65535
 _STRIPE_PIXELS = 2**20
+# The largest input side a weights file's preprocessing may ask for: Tiniest was trained on 32x32, and an
+# input this large already costs 12 MB per image (float32 RGB) before the model runs.
+MAX_INPUT_SIDE = 1024
 
 
 def _decoder_errors() -> tuple[type[BaseException], ...]:
@@ -137,9 +140,11 @@ def _describe(x: Any) -> str:
 
 
 def _check_pixels(image: Any, origin: str) -> None:
-    """Refuse, before decoding, an image larger than the caps: its header alone says how large it is."""
+    """Refuse, before decoding, an empty image or one larger than the caps: its header alone says its size."""
     cap = env_int(MAX_PIXELS_VARIABLE, MAX_PIXELS, low=1)
     width, height = image.size
+    if width == 0 or height == 0:  # nothing to resize (the stripes would be none, or of zero width)
+        raise PreprocessError(f"{origin}: expected a non-empty image, got {width}x{height} pixels")
     if width * height > cap or max(width, height) > MAX_SIDE:
         raise PreprocessError(
             f"{origin}: expected at most {cap:,} pixels ({MAX_PIXELS_VARIABLE}) and sides of at most "
@@ -263,6 +268,8 @@ def _read_stream(stream: Any, size: tuple[int, int]) -> torch.Tensor:
     origin = f"cannot read image file {name!r}" if isinstance(name, str) else f"cannot read image {_describe(stream)}"
     if isinstance(stream, io.TextIOBase):
         raise PreprocessError(f"{origin}: expected a binary file (opened with 'rb'), got a text file")
+    if getattr(stream, "closed", False):  # else fileno() or seekable() raise a bare ValueError
+        raise PreprocessError(f"{origin}: expected an open binary file, got a closed file")
     raw = getattr(stream, "raw", stream)  # what open() gives; fileno() would write a spooled upload to disk
     if isinstance(raw, io.FileIO) and not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
         raise PreprocessError(f"{origin}: expected a regular file, got {stat.filemode(os.fstat(raw.fileno()).st_mode)}")
@@ -411,11 +418,6 @@ def image_items(x: Images) -> list[ImageInput]:
     return items
 
 
-def to_uint8_images(x: Images) -> torch.Tensor:
-    """Any accepted input as ``(N, 3, 32, 32)`` uint8 RGB (for storing, not for the model)."""
-    return _quantize(torch.cat([_resize(batch, INPUT_SIZE) for batch in _to_unit_batches(x, INPUT_SIZE)]))
-
-
 class Preprocess(nn.Module):
     """Images in any accepted form (see module docs) to the model's ``(N, 3, 32, 32)`` float input.
 
@@ -430,20 +432,42 @@ class Preprocess(nn.Module):
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Preprocess:
-        """Build from a release's ``meta["preprocessing"]``; refuse a policy this code does not implement."""
+        """Build from a release's ``meta["preprocessing"]``; refuse a policy this code does not implement.
+
+        It comes from a weights file, so anything may be there: a value of the wrong kind is a
+        :class:`PreprocessError` saying what was expected, never a bare ``ValueError`` or ``TypeError``.
+        """
+        if not isinstance(meta, Mapping):
+            raise PreprocessError(f"preprocessing: expected a JSON object (a mapping), got {type(meta).__name__}")
         for key in ("color", "scale"):
             if meta.get(key) != PREPROCESSING[key]:
                 raise PreprocessError(
                     f"preprocessing {key!r}: this version implements {PREPROCESSING[key]!r}, "
-                    f"the weights ask {meta.get(key)!r}"
+                    f"the weights ask {reprlib.repr(meta.get(key))}"
                 )
         resize = str(meta.get("resize", ""))
         if not resize.startswith(_RESIZE):
-            raise PreprocessError(f"preprocessing 'resize': this version implements {_RESIZE}, got {resize!r}")
+            raise PreprocessError(
+                f"preprocessing 'resize': this version implements {_RESIZE}, got {reprlib.repr(resize)}"
+            )
         size = meta.get("size")
-        if not (isinstance(size, Sequence) and len(size) == 2):
-            raise PreprocessError(f"preprocessing 'size': expected [height, width], got {size!r}")
-        return cls(size=(int(size[0]), int(size[1])), shift=float(meta.get("shift", 0.0)))
+        if not (
+            isinstance(size, Sequence)
+            and not isinstance(size, str)
+            and len(size) == 2
+            and all(type(side) is int and 1 <= side <= MAX_INPUT_SIDE for side in size)
+        ):
+            raise PreprocessError(
+                f"preprocessing 'size': expected [height, width], two whole numbers from 1 to {MAX_INPUT_SIDE}, "
+                f"got {reprlib.repr(size)}"
+            )
+        shift = meta.get("shift", 0.0)
+        if not (type(shift) in (int, float) and -1 <= shift <= 1):  # NaN fails the comparison too
+            raise PreprocessError(
+                f"preprocessing 'shift': expected a number from -1 to 1 (minus the mean of pixels in [0, 1]), "
+                f"got {reprlib.repr(shift)}"
+            )
+        return cls(size=(size[0], size[1]), shift=float(shift))
 
     def forward(self, x: Images) -> torch.Tensor:
         batches = [_resize(batch, self.size) for batch in _to_unit_batches(x, self.size)]

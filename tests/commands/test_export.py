@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 
 import tiniest
 from tiniest.commands import main
-from tiniest.export import FORMATS, export
+from tiniest.export import FORMATS, export, export_info
 from tiniest.model import Tiniest
 from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE
 from tiniest.weights import TiniestWeights
@@ -126,7 +128,9 @@ def test_every_program_takes_any_batch_and_only_32x32(programs: dict[str, Path])
     refusal = r"expected an input of shape \[batch, 3, 32, 32\] \(NCHW\), got \[1, 3, 64, 64\]"
     with pytest.raises(torch.jit.Error, match=refusal):
         torch.jit.load(str(programs["torchscript"]))(large)
-    with pytest.raises(Exception, match="32"):
+    # torch.export's shape guard: an AssertionError since torch made its guards asserts, a RuntimeError before.
+    guard = r"^Guard failed: x\.size\(\)\[2\] == 32$|^Expected input at .*\[2\] to be equal to 32, but got 64"
+    with pytest.raises((AssertionError, RuntimeError), match=guard):
         exported.module()(large)
 
 
@@ -156,6 +160,8 @@ for name in ("torch", "tiniest"):
     sys.modules[name] = None  # any import of them fails: this reader has neither
 
 import json
+import os
+import struct
 
 import numpy as np
 import onnxruntime as ort
@@ -286,3 +292,60 @@ def test_the_command_line_offers_the_registrys_formats(capsys: pytest.CaptureFix
     assert "{" + ",".join(FORMATS) + "}" in text
     for spec in FORMATS.values():
         assert spec.suffix in text
+
+
+
+@pytest.mark.parametrize(
+    ("policy", "says"),
+    [
+        ({"size": ["a", "b"]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
+        ({"size": [0, 0]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
+        ({"shift": "x"}, "preprocessing 'shift': expected a number from -1 to 1"),
+        (["size", [32, 32]], "preprocessing: expected a JSON object (a mapping), got list"),
+    ],
+)
+def test_a_weights_files_preprocessing_is_checked_before_a_program_describes_it(
+    checkpoint: tuple[Path, Tiniest], tmp_path: Path, policy: Any, says: str
+) -> None:
+    """A model loaded from a release file keeps the file's policy: a bad one raised a bare ValueError
+    (non-numbers, a list), or described a program for any input size ([0, 0])."""
+    from safetensors.torch import load_file, save_file
+
+    release_file = export(checkpoint[0], tmp_path)
+    with open(release_file, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        metadata = json.loads(handle.read(length))["__metadata__"]
+    wanted = {**json.loads(metadata["preprocessing"]), **policy} if isinstance(policy, dict) else policy
+    metadata["preprocessing"] = json.dumps(wanted, sort_keys=True)
+    altered = tmp_path / "altered.safetensors"
+    save_file(load_file(release_file), altered, metadata=metadata)
+    with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
+        model = tiniest.tiniest(weights=altered)
+    with pytest.raises(tiniest.errors.PreprocessError) as caught:
+        export_info(model, weights_file=altered.name, sha256="0" * 64)
+    assert str(caught.value).startswith(says) and "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript"])
+def test_a_fifo_or_an_oversized_file_is_refused_not_read(
+    checkpoint: tuple[Path, Tiniest], tmp_path: Path, fmt: str
+) -> None:
+    """export read the checkpoint with read_bytes(): a FIFO named model.pt hung it, any size was read whole."""
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "tiniest", "export", "--format", fmt, "--output", str(tmp_path / "out")]
+    try:
+        done = subprocess.run([*command, str(fifo)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("export blocked on a FIFO")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("tiniest export: error: "), done.stderr
+    assert "is a FIFO (named pipe), not a regular file" in done.stderr, done.stderr
+
+    size = checkpoint[0].stat().st_size
+    limit = {**os.environ, "TINIEST_MAX_DOWNLOAD_MB": str(size / 2 / 2**20)}
+    done = subprocess.run([*command, str(checkpoint[0])], capture_output=True, text=True, timeout=120, env=limit)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "holds more than" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
+import sysconfig
 import threading
 import warnings
 from collections.abc import Iterator
@@ -335,19 +336,33 @@ def test_no_compiler_says_so_in_one_line_and_announces_nothing(tmp_path: Path) -
 def test_the_package_check_ignores_a_tiniest_in_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 19: ``python -m`` put the working directory first, so a planted ``tiniest/`` ran and faked the check."""
+    """Issue 19: ``python -m`` put the working directory first, so a planted ``tiniest/`` ran and faked the check.
+
+    Besides a fake ``tiniest``, each place gets what an interpreter that is not isolated runs from it:
+    ``typing_extensions`` (which torch imports) from the working directory, ``sitecustomize`` from
+    ``PYTHONPATH``, ``usercustomize`` from the user's site packages (``$PYTHONUSERBASE/lib/pythonX.Y/
+    site-packages``; an interpreter in a venv reads none). Each writes a marker and ends the child
+    with status 0, which the check would take for a pass.
+    """
+    user_site = sysconfig.get_path("purelib", sysconfig.get_preferred_scheme("user"), vars={"userbase": "USERBASE"})
+    folders = {
+        "cwd": (tmp_path / "cwd", "typing_extensions.py"),
+        "pythonpath": (tmp_path / "pythonpath", "sitecustomize.py"),
+        "usersite": (tmp_path / "userbase" / Path(user_site).relative_to("USERBASE"), "usercustomize.py"),
+    }
     planted = []
-    for place in ("cwd", "pythonpath", "usersite"):
+    for place, (folder, hook) in folders.items():
         marker = tmp_path / f"ran-from-{place}"
-        fake = tmp_path / place / "tiniest"
+        fake = folder / "tiniest"
         (fake / "fast").mkdir(parents=True)
         code = f"open({str(marker)!r}, 'w').close()\nraise SystemExit(0)\n"
         for name in ("__init__.py", "fast/__init__.py", "fast/_package_check.py"):
             (fake / name).write_text(code)
+        (folder / hook).write_text(code)
         planted.append(marker)
     monkeypatch.chdir(tmp_path / "cwd")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "pythonpath"))
-    monkeypatch.setenv("PYTHONUSERBASE", str(tmp_path / "usersite"))
+    monkeypatch.setenv("PYTHONUSERBASE", str(tmp_path / "userbase"))
     package = tmp_path / "bad.pt2"
     package.write_bytes(b"not a package")
     with pytest.raises(RuntimeError, match="failed its check"):

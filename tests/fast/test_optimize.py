@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -16,7 +19,7 @@ import tiniest
 from tiniest import Block, Tiniest
 from tiniest.errors import TiniestDeprecationWarning, UsageError
 from tiniest.fast import compiled
-from tiniest.fast.compiled import compiled_cache_dir, package_key
+from tiniest.fast.compiled import compiled_cache_dir, package_key, why_no_build
 from tiniest.fast.optimized import (
     BUILD_MIN_IMAGES,
     CHUNK,
@@ -176,6 +179,10 @@ def test_package_key_follows_the_weights_and_the_build() -> None:
 
 
 def test_failed_build_means_the_eager_fallback_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not compiler_available():
+        pytest.skip("no C++ compiler: optimize() never tries a build, tested above")
+    if (reason := why_no_build()) is not None:
+        pytest.skip(f"{reason}: optimize() never tries a build")
     def failing_build(module: nn.Module, chunk: int, target: Path) -> None:
         target.write_bytes(b"half a package")
         raise RuntimeError("the C++ compiler crashed")
@@ -349,3 +356,20 @@ def test_evaluate_of_a_small_folder_builds_nothing(
         assert main(["evaluate", "--data", str(tmp_path), "--weights", str(shared_checkpoint), "--quiet"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.endswith("4 images, tiniest.optimize's module run eagerly (not compiled)")
+
+
+def test_looking_for_a_package_does_not_import_inductor(tmp_path: Path) -> None:
+    """package_key asked Inductor's config whether the thread count is dynamic: a 2 s import on every
+    load_cached, which open_package goes out of its way to avoid. Inductor is imported to build only."""
+    script = """
+import sys
+from tiniest import Tiniest
+from tiniest.fast.compiled import load_cached
+from tiniest.fast.optimized import CHUNK, FastTiniest
+assert load_cached(FastTiniest(Tiniest().eval()), CHUNK) is None, "an empty cache"
+print(sorted(name for name in sys.modules if name.startswith("torch._inductor")))
+"""
+    environment = {**os.environ, "TINIEST_COMPILED_CACHE": str(tmp_path / "compiled")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

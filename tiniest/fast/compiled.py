@@ -87,20 +87,18 @@ def find_compiler() -> str:
 def why_no_build() -> str | None:
     """Why this torch cannot build a package (one clause), or None if it can.
 
-    Imports Inductor (about 2 s), so it is asked only when a build is about to happen.
+    Imports Inductor (about 2 s), so it is asked only when a build is about to happen. A package
+    leaves the thread count of its loops to run time (``cpp.dynamic_threads``), so that one package
+    serves every thread count and :func:`package_key` need not import Inductor to ask.
     """
     import torch._inductor
+    import torch._inductor.config
 
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         return f"torch {torch.__version__} cannot build AOTInductor packages (torch >= 2.6 can)"
+    if not hasattr(torch._inductor.config.cpp, "dynamic_threads"):
+        return f"torch {torch.__version__}'s Inductor would bake the thread count into the package"
     return None
-
-
-def _dynamic_threads() -> bool:
-    """Whether Inductor can leave the thread count of its loops to run time (else it is baked in)."""
-    import torch._inductor.config
-
-    return hasattr(torch._inductor.config.cpp, "dynamic_threads")
 
 
 def _source_digest(module: nn.Module) -> str:
@@ -123,8 +121,6 @@ def package_key(module: nn.Module, chunk: int) -> str:
         "module": type(module).__qualname__,
         "source": _source_digest(module),  # a changed forward must never load an old package
     }
-    if not _dynamic_threads():  # an older Inductor bakes the thread count into the generated loops
-        build["threads"] = torch.get_num_threads()
     digest.update(json.dumps(build, sort_keys=True).encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
@@ -146,11 +142,9 @@ def _build(module: nn.Module, chunk: int, target: Path) -> None:
     example = torch.zeros(chunk, 3, *INPUT_SIZE).contiguous(memory_format=torch.channels_last)
     # Freezing makes the weights constants, prepacked for oneDNN's convolutions and matmuls; Inductor
     # applies it only where autograd is off, so the compile call needs no_grad as much as the export.
-    # Dynamic threads: the loops follow torch.get_num_threads() of the process that runs them.
-    options: dict[str, object] = {"freezing": True}
-    if _dynamic_threads():
-        options["cpp.dynamic_threads"] = True
-    with torch.no_grad(), torch._inductor.config.patch(options):
+    # Dynamic threads: the loops follow torch.get_num_threads() of the process that runs them (the
+    # thread count is no part of the package key; why_no_build refuses an Inductor without the option).
+    with torch.no_grad(), torch._inductor.config.patch({"freezing": True, "cpp.dynamic_threads": True}):
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
         torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(target))
 
