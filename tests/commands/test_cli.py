@@ -45,7 +45,8 @@ def test_a_bug_keeps_its_traceback(bug: type[Exception], tmp_path: Path, monkeyp
 
 
 def test_tiniest_warnings_are_one_line(tmp_path: Path) -> None:
-    """An unverified weights file warns in one line, named after the command, without Python's source line."""
+    """Each warning is one line named after the command, without Python's source line: a bare safetensors file is
+    not the pinned release, and it names no classes."""
     from safetensors.torch import save_file
 
     import tiniest
@@ -60,7 +61,11 @@ def test_tiniest_warnings_are_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"tiniest predict: warning: {weights} is not the pinned release")
+    assert len(lines) == 2, run.stderr
+    assert all(line.startswith("tiniest predict: warning: ") for line in lines), run.stderr
+    assert not any(line.startswith(" ") or "warnings.warn" in line or ".py:" in line for line in lines), run.stderr
+    assert lines[0].startswith(f"tiniest predict: warning: {weights} is not the pinned release")
+    assert lines[1].startswith(f"tiniest predict: warning: {weights} carries no class names")
 
 
 def _gray_png() -> bytes:
