@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiniest.commands import main
+from tiniest.commands import build_parser, main
 
 
 def test_a_tiniest_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,3 +163,54 @@ def test_an_error_naming_a_file_is_escaped(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err
     _assert_inert(err)
     assert len(err.splitlines()) == 1 and f"already holds {ESCAPED[0]}{ESCAPED[2]}:" in err
+
+
+def test_only_the_chosen_command_is_imported() -> None:
+    """``tiniest --help`` lists every command with its help; running one imports its module alone."""
+    code = (
+        "import contextlib, sys\n"
+        "from tiniest.commands import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "main(['predict', 'cat.png', '--top-k', '0'])\n"
+        "print(sorted(name for name in sys.modules if name.startswith('tiniest.commands.')))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "['tiniest.commands._common', 'tiniest.commands.predict']"
+    listed = " ".join(run.stdout.split())
+    for name, text in build_parser()._subparsers._group_actions[0].choices.items():
+        assert f"{name} {' '.join(text.description.split())}" in listed, name
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_ctrl_c_ends_a_command_with_one_line(command: str, tmp_path: Path) -> None:
+    """Ctrl-C while the weights download (a server that accepts and never answers): one line and code 130."""
+    import signal
+    import socket
+
+    from tests.test_evaluation import tiny_folder
+
+    picture = tmp_path / "gray.png"
+    picture.write_bytes(_gray_png())
+    tiny_folder(tmp_path / "data", ("a", "b"))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(120)
+        weights = f"http://127.0.0.1:{listener.getsockname()[1]}/mine.safetensors"
+        arguments = [str(picture)] if command == "predict" else ["--data", str(tmp_path / "data"), "--quiet"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tiniest", command, "--weights", weights, "--eager", *arguments],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+            env={**os.environ, "TINIEST_TIMEOUT": "600"},
+        )  # fmt: skip
+        try:
+            connection, _ = listener.accept()  # the command is inside its download: well past start-up
+            with connection:
+                process.send_signal(signal.SIGINT)
+                _, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"tiniest {command}: interrupted", err

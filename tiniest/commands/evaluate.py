@@ -31,8 +31,6 @@ from tiniest.names import printable
 from tiniest.transforms import require_images_extra
 from tiniest.weights import TiniestWeights
 
-HELP = "accuracy, classification report and confusion matrix on a dataset split"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

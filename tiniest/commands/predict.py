@@ -13,8 +13,6 @@ from tiniest.names import printable
 from tiniest.transforms import require_images_extra
 from tiniest.weights import TiniestWeights
 
-HELP = "classify image files: class names with probabilities"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

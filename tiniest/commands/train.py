@@ -32,7 +32,6 @@ from tiniest.names import printable
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-HELP = "train Tiniest with the published recipe (resumable; several processes with --nproc-per-node)"
 # Recipe fields that no flag sets: the rest each have the flag of their name (--batch-size for batch_size).
 FIXED_RECIPE_FIELDS = frozenset({"shift"})
 
