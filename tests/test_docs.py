@@ -127,3 +127,24 @@ def test_every_page_is_in_the_site() -> None:
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     pages = {page.name for page in (ROOT / "docs").iterdir() if page.suffix in (".md", ".ipynb")}
     assert pages and all(f": {name}" in nav for name in pages), pages
+
+
+def _headings(page: Path) -> set[str]:
+    return {line.lstrip("#").strip().lower() for line in page.read_text(encoding="utf-8").splitlines()
+            if line.startswith("#")}
+
+
+def test_the_commands_help_points_at_sections_that_exist() -> None:
+    """A flag's help that sends the reader to a page names a section of it ("docs/PAGE.md, 'Heading'"), which
+    must still be there; "the README's <section>" likewise."""
+    from tiniest.commands import build_parser
+
+    subparsers = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    helps = [action.help or "" for sub in subparsers.values() for action in sub._actions]
+    text = "\n".join(helps)
+    places = [(ROOT / page, heading) for page, heading in re.findall(r"(docs/[\w-]+\.md), '([^']+)'", text)]
+    places += [(ROOT / "README.md", heading) for heading in re.findall(r"the README's ([\w ]+)", text)]
+    assert places, "no help points at a section"
+    missing = [f"{page.name}: {heading}" for page, heading in places
+               if not page.is_file() or heading.lower() not in _headings(page)]
+    assert not missing, missing

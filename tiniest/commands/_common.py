@@ -1,4 +1,5 @@
-"""What commands share: ``--device``, and reading ``--metrics`` (export, release)."""
+"""What commands share: ``--device``, ``--weights`` and ``--eager`` (predict, evaluate), reading ``--metrics``
+(export, release)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,23 @@ from pathlib import Path
 from typing import Any
 
 from tiniest.errors import UsageError
+from tiniest.weights import TiniestWeights
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
     """``--device``, checked by :func:`tiniest.devices.resolve_device` where it is used."""
     parser.add_argument("--device", help=f"where the model runs: cpu, cuda, cuda:1, mps, xpu ... (default: {default})")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--weights`` (read with :func:`chosen_weights`) and ``--eager``."""
+    parser.add_argument("--weights", help="weights file or URL (default: the pinned release, or $TINIEST_WEIGHTS)")
+    parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
+
+
+def chosen_weights(args: argparse.Namespace) -> str | TiniestWeights:
+    """``--weights``, else the default release, which ``$TINIEST_WEIGHTS`` replaces where it is set."""
+    return TiniestWeights.DEFAULT if args.weights is None else args.weights
 
 
 def read_metrics(path: Path | None) -> dict[str, Any] | None:

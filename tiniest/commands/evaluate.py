@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tiniest import plots
-from tiniest.commands._common import add_device_argument
+from tiniest.commands._common import add_device_argument, add_model_arguments, chosen_weights
 from tiniest.data import LabeledImages, load_split
 from tiniest.devices import resolve_device
 from tiniest.errors import PreprocessError, UsageError
@@ -29,7 +29,6 @@ from tiniest.hub import tiniest
 from tiniest.metrics import format_confusion_matrix
 from tiniest.names import printable
 from tiniest.transforms import require_images_extra
-from tiniest.weights import TiniestWeights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every number to FILE as JSON")
-    parser.add_argument("--weights", help="weights file or URL (default: the pinned release, or $TINIEST_WEIGHTS)")
     parser.add_argument("--batch-size", type=int, default=500, help="images per batch (default: 500)")
-    parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
+    add_model_arguments(parser)
     add_device_argument(parser, "cpu; the fast path runs on the CPU only")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -116,8 +114,7 @@ def _load_data(args: argparse.Namespace) -> LabeledImages:
 
 def _load_model(args: argparse.Namespace, data: LabeledImages, device: torch.device) -> nn.Module:
     """The weights' model, checked against the data, optimized unless ``--eager`` (on the CPU only)."""
-    weights = TiniestWeights.DEFAULT if args.weights is None else args.weights  # the default: $TINIEST_WEIGHTS too
-    model = tiniest(weights=weights, progress=not args.quiet, device=device)
+    model = tiniest(weights=chosen_weights(args), progress=not args.quiet, device=device)
     align_labels(data, model.labels)  # refuse a dataset foreign to the weights before building the fast model
     if args.eager:
         return model
