@@ -214,3 +214,59 @@ def test_ctrl_c_ends_a_command_with_one_line(command: str, tmp_path: Path) -> No
             process.kill()
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == f"tiniest {command}: interrupted", err
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_evaluate_refuses_a_report_it_cannot_write_before_any_work(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A report file under a file (not a folder) is refused before the data are read: nothing evaluated first."""
+    pytest.importorskip("matplotlib")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    report = blocker / ("report.json" if flag == "--json" else "matrix.png")
+    assert main(["evaluate", "--data", str(tmp_path / "no-data"), "--eager", "--quiet", flag, str(report)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [f"tiniest evaluate: error: {flag} {report}: the folder {blocker} is a file; "
+                                         "expected a folder (created if absent)"]
+
+
+def test_evaluate_refuses_a_plot_format_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    args = ["evaluate", "--data", str(tmp_path / "no-data"), "--quiet", "--plot", str(tmp_path / "matrix.foo")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tiniest evaluate: error: {tmp_path / 'matrix.foo'}: expected a picture file ending in ")
+    assert ".png" in err and err.rstrip().endswith("got .foo")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE (a file-size limit: a full disk stood in for)")
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_a_report_is_written_whole_or_the_old_one_kept(flag: str, tmp_path: Path) -> None:
+    """A disk that fills while the report is written (a file-size limit) leaves the earlier report as it was."""
+    import resource
+
+    import tiniest
+    from tests.test_evaluation import tiny_folder
+
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
+    tiny_folder(tmp_path / "data", ("a", "b"))
+    folder = tiniest.Tiniest(2, labels=["a", "b"]).save_pretrained(tmp_path / "weights")
+    report = tmp_path / ("report.json" if flag == "--json" else "matrix.png")
+    command = [sys.executable, "-m", "tiniest", "evaluate", "--data", str(tmp_path / "data"), "--eager", "--quiet",
+               "--weights", str(folder / "model.safetensors"), flag, str(report)]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)  # decodes, caches the data
+    assert first.returncode == 0 and report.stat().st_size > 1000, first.stderr
+    earlier = report.read_bytes()
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    full = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, preexec_fn=small_disk)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    assert full.stderr.splitlines()[-1].startswith("tiniest evaluate: error: ") and "too large" in full.stderr
+    assert report.read_bytes() == earlier
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["data", "weights", report.name])

@@ -1,5 +1,5 @@
-"""What commands share: ``--device``, ``--weights`` and ``--eager`` (predict, evaluate), reading ``--metrics``
-(export, release)."""
+"""What commands share: ``--device``, ``--weights`` and ``--eager`` (predict, evaluate), checking a file to
+write (``--json``, ``--plot``), reading ``--metrics`` (export, release)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tiniest.errors import UsageError
+from tiniest.storage import check_output_folder
 from tiniest.weights import TiniestWeights
 
 
@@ -26,6 +27,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def chosen_weights(args: argparse.Namespace) -> str | TiniestWeights:
     """``--weights``, else the default release, which ``$TINIEST_WEIGHTS`` replaces where it is set."""
     return TiniestWeights.DEFAULT if args.weights is None else args.weights
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse, before any work, a file to write that is a folder or whose folder cannot be made or written."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; expected a file name")
+    check_output_folder(path.absolute().parent, f"{flag} {path}: the folder")
 
 
 def read_metrics(path: Path | None) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tiniest import plots
-from tiniest.commands._common import add_device_argument, add_model_arguments, chosen_weights
+from tiniest.commands._common import add_device_argument, add_model_arguments, check_output_file, chosen_weights
 from tiniest.data import LabeledImages, load_split
 from tiniest.devices import resolve_device
 from tiniest.errors import PreprocessError, UsageError
@@ -28,6 +28,7 @@ from tiniest.evaluation import Evaluation, align_labels, evaluate
 from tiniest.hub import tiniest
 from tiniest.metrics import format_confusion_matrix
 from tiniest.names import printable
+from tiniest.storage import save_atomically
 from tiniest.transforms import require_images_extra
 
 
@@ -90,18 +91,23 @@ def run(args: argparse.Namespace) -> int:
     _print_report(args, data, result, kind, seconds)
     if args.json is not None:
         record = _json_record(args, data, result, kind, device, seconds)
-        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        save_atomically(args.json, (json.dumps(record, indent=2) + "\n").encode())  # whole, or the old one kept
     if args.plot is not None:
         plots.save_confusion_matrix(args.plot, result.confusion, result.classes)
     return 0
 
 
 def _check_early(args: argparse.Namespace) -> None:
-    """Refuse what would fail only after the data are decoded: a bad batch size, a missing extra."""
+    """Refuse what would fail only after the data are decoded: a bad batch size, a missing extra, a report file
+    that cannot be written."""
     if args.batch_size < 1:
         raise UsageError(f"expected a positive batch size, got {args.batch_size}")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     if args.plot is not None:
         plots.require_matplotlib("--plot")
+        plots.file_format(args.plot)
+        check_output_file(args.plot, "--plot")
     require_images_extra(*(() if args.quiet else ("tqdm",)))  # one line naming the extra, not a traceback
 
 
