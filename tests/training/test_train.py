@@ -84,11 +84,11 @@ def test_refuses_to_overwrite_or_to_resume_with_another_recipe(
     assert train(tiny_data, tmp_path / "nothing", "--resume") == 1
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["train", "--output", str(run)]) == 1
-    assert "data is required to start a run (resume reads it from the checkpoint)" in capsys.readouterr().err
+    assert "data (--data) is required to start a run; resume (--resume) reads it" in capsys.readouterr().err
     assert train(tiny_data, run, "--epochs", "2", "--batch-size", "80", "--limit-test", "4", "--stop-after", "1") == 0
     before = (run / "checkpoint.pt").read_bytes()
     assert train(tiny_data, run, "--epochs", "2") == 1
-    assert "continue it with resume" in capsys.readouterr().err
+    assert "continue it with resume (--resume), start it afresh with overwrite (--overwrite;" in capsys.readouterr().err
     assert train(tiny_data, run, "--resume", "--epochs", "3") == 1
     assert "epochs: checkpoint 2, asked 3" in capsys.readouterr().err
     other = make_dataset(tmp_path / "other-data", train_per_class=4)
@@ -190,6 +190,18 @@ def test_recipe_defaults_are_the_published_ones() -> None:
     assert [recipe.mixup_strength(e) for e in (0, 75, 150, 299)] == [0.0, 0.25, 0.5, 0.5]
 
 
+def test_a_recipe_error_says_for_each_value_what_was_expected() -> None:
+    """Only the values that must be positive say so; a fraction says its own range, once."""
+    from tiniest.errors import UsageError
+
+    with pytest.raises(UsageError) as refused:
+        Recipe(lr=-1.0, val_fraction=1.5, limit_train=0)
+    assert str(refused.value) == (
+        "invalid training recipe: lr=-1.0 (expected a positive value), limit_train=0 (expected a positive number of "
+        "images), val_fraction=1.5 (expected a fraction in (0, 1))"
+    )
+
+
 def test_no_silent_overwrite_and_arguments_checked_before_the_first_step(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -204,7 +216,8 @@ def test_no_silent_overwrite_and_arguments_checked_before_the_first_step(
     assert "already holds a run (model.pt, log.jsonl)" in err and "start it afresh with overwrite" in err
     assert (run / "model.pt").read_bytes() == b"older weights"
     assert train(data, run, *flags, "--resume", "--overwrite") == 1
-    assert "choose one" in capsys.readouterr().err
+    assert "resume (--resume) continues the run in output and overwrite (--overwrite) replaces it: choose one" in \
+        capsys.readouterr().err
     assert train(data, run, *flags, "--overwrite") == 0
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1 and (run / "model.pt").read_bytes() != b"older weights"
     assert len((run / "log.jsonl").read_text().splitlines()) == 1
@@ -530,7 +543,7 @@ def test_init_from_a_run_folder_keeps_the_head_of_the_same_classes_and_refuses_o
     assert "is a folder without model.pt" in capsys.readouterr().err
     assert not (tmp_path / "third").exists()
     assert train(data, tmp_path / "second", "--resume", "--init", "DEFAULT") == 1
-    assert "a resumed run continues its checkpoint" in capsys.readouterr().err
+    assert "init (--init) chooses the weights a new run starts from; a resumed run (--resume)" in capsys.readouterr().err
 
 
 def test_a_split_folder_as_root_is_never_scored_as_its_own_test_set(
@@ -540,11 +553,11 @@ def test_a_split_folder_as_root_is_never_scored_as_its_own_test_set(
     data = make_dataset(tmp_path / "trainonly", train_per_class=10, test_per_class=0, classes=("a", "b", "c"))
     assert train(data / "train", tmp_path / "run", "--epochs", "1", "--batch-size", "10") == 1
     err = capsys.readouterr().err
-    assert "30 of the 30 test images are training images too (the same files)" in err and "val_fraction" in err
+    assert "30 of the 30 test images are training images too (the same files)" in err and "--val-fraction" in err
     assert not (tmp_path / "run").exists()
     # a root without test/ says how to hold images out
     assert train(data, tmp_path / "run", "--epochs", "1", "--batch-size", "10") == 1
-    assert "without a test split: hold out part of train with val_fraction" in capsys.readouterr().err
+    assert "without a test split: hold out part of train with val_fraction, --val-fraction" in capsys.readouterr().err
     # test/ made of links to train/'s files (other names, same files): refused as well
     for name in ("a", "b", "c"):
         (data / "test" / name).mkdir(parents=True, exist_ok=True)  # make_dataset left it empty

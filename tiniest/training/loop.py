@@ -96,11 +96,13 @@ class RunOptions:
 
     def __post_init__(self) -> None:  # refused here, before the run folder is made
         if self.data is None and not self.resume:
-            raise UsageError("data is required to start a run (resume reads it from the checkpoint)")
+            raise UsageError("data (--data) is required to start a run; resume (--resume) reads it from the checkpoint")
         if self.resume and self.overwrite:
-            raise UsageError("resume continues the run in output and overwrite replaces it: choose one")
+            raise UsageError("resume (--resume) continues the run in output and overwrite (--overwrite) replaces it: "
+                             "choose one")
         if self.resume and self.init is not None:
-            raise UsageError("init chooses the weights a new run starts from; a resumed run continues its checkpoint")
+            raise UsageError("init (--init) chooses the weights a new run starts from; a resumed run (--resume) "
+                             "continues its checkpoint")
         if self.stop_after is not None and self.stop_after <= 0:
             raise UsageError(f"stop_after: expected a positive number of epochs, got {self.stop_after}")
         if self.limit_test is not None and self.limit_test <= 0:
@@ -333,12 +335,12 @@ def train(options: RunOptions, overrides: dict[str, Any] | None = None) -> Path:
     check_output_folder(options.output, "output")
     checkpoint_path = options.output / CHECKPOINT_NAME
     if options.resume and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"resume: no checkpoint at {checkpoint_path} (start without resume)")
+        raise FileNotFoundError(f"resume (--resume): no checkpoint at {checkpoint_path} (start without it)")
     existing = [name for name in RUN_FILES if (options.output / name).exists()]
     if not options.resume and existing and not options.overwrite:
         raise FileExistsError(
-            f"{options.output} already holds a run ({', '.join(existing)}): continue it with resume, "
-            "start it afresh with overwrite (its files are replaced), or choose another output"
+            f"{options.output} already holds a run ({', '.join(existing)}): continue it with resume (--resume), "
+            "start it afresh with overwrite (--overwrite; its files are replaced), or choose another output"
         )
     dist_timeout()  # a bad TINIEST_DIST_TIMEOUT is refused now
     device = _training_device(options.device)  # as is a GPU this process cannot have
