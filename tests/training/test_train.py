@@ -543,7 +543,7 @@ def test_init_from_a_run_folder_keeps_the_head_of_the_same_classes_and_refuses_o
     assert "is a folder without model.pt" in capsys.readouterr().err
     assert not (tmp_path / "third").exists()
     assert train(data, tmp_path / "second", "--resume", "--init", "DEFAULT") == 1
-    assert "init (--init) chooses the weights a new run starts from; a resumed run (--resume)" in capsys.readouterr().err
+    assert "a new run starts from; a resumed run (--resume) continues" in capsys.readouterr().err
 
 
 def test_a_split_folder_as_root_is_never_scored_as_its_own_test_set(
