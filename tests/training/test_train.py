@@ -671,3 +671,26 @@ def test_every_recipe_field_has_its_flag() -> None:
     train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("train"))
     dests = {action.dest for action in train_parser._actions}
     assert {field.name for field in fields(Recipe)} - FIXED_RECIPE_FIELDS <= dests
+
+
+def test_a_failed_rank_other_than_0_is_told_with_the_last_line_it_wrote(tmp_path: Path) -> None:
+    """The launcher's one line: rank 0's output is on the console already; another rank's last line is quoted from
+    the stderr.log torch keeps beside its error file (unless a signal ended it, or it wrote nothing)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from tiniest.commands.train import _failure
+
+    def failed(rank: int, exitcode: int, stderr: str | None) -> str:
+        folder = tmp_path / f"{rank}{exitcode}{stderr is None}"
+        folder.mkdir()
+        if stderr is not None:
+            (folder / "stderr.log").write_text(stderr)
+        failure = ProcessFailure(local_rank=rank, pid=4242, exitcode=exitcode, error_file=str(folder / "error.json"))
+        return _failure(ChildFailedError("tiniest-train", {rank: failure}), 2)
+
+    log = "epoch 1/4 ...\ntiniest train: error: the data of rank 1 \x1b[2Jvanished\n\n"
+    assert failed(1, 1, log) == "process 1 of 2 failed (exit code 1): the data of rank 1 \\x1b[2Jvanished"
+    assert failed(1, -9, log) == "process 1 of 2 failed (killed by SIGKILL)"
+    assert failed(1, 1, None) == "process 1 of 2 failed (exit code 1)"
+    assert failed(1, 1, "\n \n") == "process 1 of 2 failed (exit code 1)"
+    assert failed(0, 1, log) == "process 0 of 2 failed (exit code 1); its output is above"

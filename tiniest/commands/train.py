@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiniest.commands._common import add_device_argument
-from tiniest.env import env_int, env_text
+from tiniest.env import env_text
 from tiniest.errors import UsageError
 from tiniest.extras import require_extra
 from tiniest.names import printable
@@ -115,7 +115,7 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     # before any work: a minimal install ends in one line naming the extra
     require_extra("train", "PIL", "kornia", "tqdm", *(("matplotlib",) if args.plot else ()), purpose="training")
-    from tiniest.training.loop import RunOptions, last_saved, launched_by_tiniest, train  # torch: only when training
+    from tiniest.training.loop import RunOptions, last_saved, launched_by_tiniest, train, world  # torch: only now
 
     options = RunOptions(  # refuses a bad flag before any process starts
         data=args.data,
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                              "torchrun: give the count to one of the two")
         if processes > 1:
             return _launch(args, processes)
-    main_process = env_int("RANK", 0, low=0) == 0  # under torchrun every process runs this: one report in all
+    main_process = world()[0] == 0  # under torchrun every process runs this: one report in all
     try:
         with _printed_log(main_process):
             train(options, recipe_overrides(args))
