@@ -148,3 +148,14 @@ def test_the_commands_help_points_at_sections_that_exist() -> None:
     missing = [f"{page.name}: {heading}" for page, heading in places
                if not page.is_file() or heading.lower() not in _headings(page)]
     assert not missing, missing
+
+
+def test_the_training_page_uploads_what_publish_uploads() -> None:
+    """A new release's .pt names no classes: its release.json travels with it, on the page as in PUBLISH.md."""
+    from tiniest.release import RECORD_NAME
+
+    page = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    command = next(line for line in page.splitlines() if line.startswith("gh release create "))
+    uploaded = command.split()[4: command.split().index("--repo")]
+    assert uploaded == ["build/try/tiniest-<sha8>.safetensors", "build/try/tiniest-<sha8>.pt",
+                        f"build/try/{RECORD_NAME}"]
