@@ -159,3 +159,23 @@ def test_the_training_page_uploads_what_publish_uploads() -> None:
     uploaded = command.split()[4: command.split().index("--repo")]
     assert uploaded == ["build/try/tiniest-<sha8>.safetensors", "build/try/tiniest-<sha8>.pt",
                         f"build/try/{RECORD_NAME}"]
+
+
+def test_the_code_layout_names_every_module_and_every_layer() -> None:
+    """CONTRIBUTING.md's "How the code is laid out": each module of tiniest/ named, the layers as lint-imports has
+    them."""
+    import tomllib
+
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8").split("## How the code is laid out", 1)[1]
+    tree, _, diagram = text.split("```")[1:4]
+    from tiniest.commands import COMMANDS
+
+    package = ROOT / "tiniest"
+    modules = [path.relative_to(package) for path in package.rglob("*.py")]
+    named = [path for path in modules if not (len(path.parts) > 1 and path.name == "__init__.py")  # its folder
+             and not (path.parent.name == "commands" and path.stem in COMMANDS)]  # "one thin module per command"
+    unnamed = [str(path) for path in named if not re.search(rf"(?<![\w.]){re.escape(path.name)}", tree)]
+    assert not unnamed, unnamed
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    layers = [layer.replace("tiniest.", "") for layer in contracts["contracts"][0]["layers"]]
+    assert [" ".join(part.split()) for part in diagram.split(">")] == layers
