@@ -179,3 +179,13 @@ def test_the_code_layout_names_every_module_and_every_layer() -> None:
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
     layers = [layer.replace("tiniest.", "") for layer in contracts["contracts"][0]["layers"]]
     assert [" ".join(part.split()) for part in diagram.split(">")] == layers
+
+
+def test_the_api_reference_has_what_the_pages_tell_users_to_call() -> None:
+    """Every top-level name is listed; train(RunOptions(...)) and make_release, which pages name, have entries."""
+    import tiniest
+
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert [name for name in tiniest.__all__ if f"`tiniest.{name}`" not in api] == []
+    entries = set(re.findall(r"^::: (\S+)", api, flags=re.MULTILINE))
+    assert {"tiniest.training.train", "tiniest.training.RunOptions", "tiniest.release.make_release"} <= entries
