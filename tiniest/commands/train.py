@@ -209,7 +209,7 @@ def _launch(args: argparse.Namespace, processes: int) -> int:
             print(f"\n{said}. {last_saved(args.output, processes)}", file=sys.stderr, flush=True)
             return 128 + number  # 130 for Ctrl-C, as the shell says it
         except ChildFailedError as error:
-            print(f"tiniest train: error: {_failure(error, processes)}", file=sys.stderr, flush=True)
+            print(f"tiniest train: error: {_failure(error, processes, Path(logs))}", file=sys.stderr, flush=True)
             return 1
         finally:
             for name in omp:
@@ -217,9 +217,13 @@ def _launch(args: argparse.Namespace, processes: int) -> int:
     return 0
 
 
-def _failure(error: ChildFailedError, processes: int) -> str:
+def _failure(error: ChildFailedError, processes: int, logs: Path) -> str:
     """The worker that failed first (torch lists them as it saw them, then stops the rest): its rank, how it ended
-    and, for another rank than 0 (whose output is on the console already) that exited, the last line it wrote."""
+    and, for another rank than 0 (whose output is on the console already) that exited, the last line it wrote.
+
+    Its output is in ``logs``, as torch's launcher lays it out: ``<run>/attempt_<n>/<rank>/stderr.log``. (The
+    failure's ``error_file`` says where only when the worker wrote torch's error file, which tiniest's don't.)
+    """
     rank, failure = next(iter(error.failures.items()))
     ended = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
     said = f"process {rank} of {processes} failed ({ended})"
@@ -227,8 +231,9 @@ def _failure(error: ChildFailedError, processes: int) -> str:
         return f"{said}; its output is above"
     if failure.exitcode < 0:  # a signal ended it: whatever it wrote last is not why
         return said
-    try:  # its output went to a log file beside torch's error file, read back here
-        lines = Path(failure.error_file).with_name("stderr.log").read_text(errors="replace").splitlines()
+    found = sorted(logs.glob(f"*/attempt_*/{rank}/stderr.log"))
+    try:
+        lines = found[-1].read_text(errors="replace").splitlines() if found else []
     except OSError:
         lines = []
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
