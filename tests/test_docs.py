@@ -127,3 +127,65 @@ def test_every_page_is_in_the_site() -> None:
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     pages = {page.name for page in (ROOT / "docs").iterdir() if page.suffix in (".md", ".ipynb")}
     assert pages and all(f": {name}" in nav for name in pages), pages
+
+
+def _headings(page: Path) -> set[str]:
+    return {line.lstrip("#").strip().lower() for line in page.read_text(encoding="utf-8").splitlines()
+            if line.startswith("#")}
+
+
+def test_the_commands_help_points_at_sections_that_exist() -> None:
+    """A flag's help that sends the reader to a page names a section of it ("docs/PAGE.md, 'Heading'"), which
+    must still be there; "the README's <section>" likewise."""
+    from tiniest.commands import build_parser
+
+    subparsers = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    helps = [action.help or "" for sub in subparsers.values() for action in sub._actions]
+    text = "\n".join(helps)
+    places = [(ROOT / page, heading) for page, heading in re.findall(r"(docs/[\w-]+\.md), '([^']+)'", text)]
+    places += [(ROOT / "README.md", heading) for heading in re.findall(r"the README's ([\w ]+)", text)]
+    assert places, "no help points at a section"
+    missing = [f"{page.name}: {heading}" for page, heading in places
+               if not page.is_file() or heading.lower() not in _headings(page)]
+    assert not missing, missing
+
+
+def test_the_training_page_uploads_what_publish_uploads() -> None:
+    """A new release's .pt names no classes: its release.json travels with it, on the page as in PUBLISH.md."""
+    from tiniest.release import RECORD_NAME
+
+    page = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    command = next(line for line in page.splitlines() if line.startswith("gh release create "))
+    uploaded = command.split()[4: command.split().index("--repo")]
+    assert uploaded == ["build/try/tiniest-<sha8>.safetensors", "build/try/tiniest-<sha8>.pt",
+                        f"build/try/{RECORD_NAME}"]
+
+
+def test_the_code_layout_names_every_module_and_every_layer() -> None:
+    """CONTRIBUTING.md's "How the code is laid out": each module of tiniest/ named, the layers as lint-imports has
+    them."""
+    import tomllib
+
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8").split("## How the code is laid out", 1)[1]
+    tree, _, diagram = text.split("```")[1:4]
+    from tiniest.commands import COMMANDS
+
+    package = ROOT / "tiniest"
+    modules = [path.relative_to(package) for path in package.rglob("*.py")]
+    named = [path for path in modules if not (len(path.parts) > 1 and path.name == "__init__.py")  # its folder
+             and not (path.parent.name == "commands" and path.stem in COMMANDS)]  # "one thin module per command"
+    unnamed = [str(path) for path in named if not re.search(rf"(?<![\w.]){re.escape(path.name)}", tree)]
+    assert not unnamed, unnamed
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    layers = [layer.replace("tiniest.", "") for layer in contracts["contracts"][0]["layers"]]
+    assert [" ".join(part.split()) for part in diagram.split(">")] == layers
+
+
+def test_the_api_reference_has_what_the_pages_tell_users_to_call() -> None:
+    """Every top-level name is listed; train(RunOptions(...)) and make_release, which pages name, have entries."""
+    import tiniest
+
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert [name for name in tiniest.__all__ if f"`tiniest.{name}`" not in api] == []
+    entries = set(re.findall(r"^::: (\S+)", api, flags=re.MULTILINE))
+    assert {"tiniest.training.train", "tiniest.training.RunOptions", "tiniest.release.make_release"} <= entries

@@ -2,7 +2,8 @@
 
 matplotlib is an optional extra (``pip install "tiniest[plot]"``): it is imported here only when a
 picture is drawn, onto an Agg canvas of its own, so that no display is needed and the caller's
-pyplot backend (a notebook's, say) is left alone. Figures have a fixed size in pixels.
+pyplot backend (a notebook's, say) is left alone. Figures have a fixed size in pixels, and are
+written whole or not at all (:func:`tiniest.storage.save_atomically`).
 
 Names in any script: matplotlib's default font has no Chinese, Japanese or Korean glyphs, and would
 draw boxes with one warning per missing glyph. An installed font that has them is used as a
@@ -12,6 +13,7 @@ that no installed font has is written as its code (``\\u732b``), with one :class
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -22,9 +24,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tiniest.errors import PreprocessError, TiniestWarning, warn
+from tiniest.errors import PreprocessError, TiniestWarning, UsageError, warn
 from tiniest.extras import require_extra
 from tiniest.names import printable
+from tiniest.storage import save_atomically
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MissingGlyphsWarning",
     "confusion_matrix_figure",
+    "file_format",
     "predictions_figure",
     "require_matplotlib",
     "save_confusion_matrix",
@@ -104,6 +108,30 @@ def require_matplotlib(purpose: str = "plotting") -> None:
     require_extra("plot", "matplotlib", purpose=purpose)
 
 
+def file_format(path: str | os.PathLike[str]) -> str:
+    """The picture format ``path``'s suffix names (matplotlib's default without one); a UsageError for a suffix
+    matplotlib cannot write, so that a command refuses it before its work."""
+    require_matplotlib()
+    from matplotlib import rcParams
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.removeprefix(".").lower()
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in supported:
+        raise UsageError(
+            f"{printable(os.fspath(path))}: expected a picture file ending in "
+            f"{', '.join('.' + kind for kind in sorted(supported))}; got .{printable(suffix)}"
+        )
+    return suffix or str(rcParams["savefig.format"])
+
+
+def _save(figure: Figure, path: str | os.PathLike[str]) -> None:
+    """Write ``figure`` to ``path`` whole: an interruption or a full disk leaves any earlier file as it was."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=file_format(path), dpi=DPI)
+    save_atomically(Path(path), buffer.getvalue())
+
+
 def _figure(inches: tuple[float, float]) -> Figure:
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -165,7 +193,7 @@ def predictions_figure(images: torch.Tensor, titles: Sequence[str]) -> Figure:
 
 def save_confusion_matrix(path: str | os.PathLike[str], confusion: torch.Tensor, classes: Sequence[str]) -> None:
     """Draw :func:`confusion_matrix_figure` to ``path`` (the format follows the suffix, e.g. ``.png``)."""
-    confusion_matrix_figure(confusion, classes).savefig(path, dpi=DPI)
+    _save(confusion_matrix_figure(confusion, classes), path)
 
 
 def save_predictions(
@@ -185,4 +213,4 @@ def save_predictions(
             pixels.append(torch.ones(3, *INPUT_SIZE))
         lines = [f"{printable(name)} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN]] or ["cannot be read"]
         titles.append("\n".join([printable(Path(image).name)[:28], *lines]))
-    predictions_figure(torch.stack(pixels), titles).savefig(path, dpi=DPI)
+    _save(predictions_figure(torch.stack(pixels), titles), path)

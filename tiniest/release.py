@@ -43,6 +43,7 @@ from tiniest.weights.run_files import (
 __all__ = ["HF_FOLDER", "INSTRUCTIONS_NAME", "RECORD_NAME", "Source", "make_release", "publish_commands", "read_source"]
 
 HF_FOLDER = "huggingface"
+HF_CLI_VERSION = "1.5"  # the first huggingface_hub whose hf command has `hf repos` (0.34 to 1.4: `hf repo`)
 INSTRUCTIONS_NAME = "PUBLISH.md"
 
 
@@ -111,7 +112,8 @@ gh release create {tag} {quoted} --repo {repo} --title {tag} --notes {notes}
 A plain `.pt` holds no class names: they are in `{RECORD_NAME}`, uploaded beside it. Whoever downloads
 the `.pt` keeps it beside that file, and tiniest finds its names there.
 
-Hugging Face model repo (token: `hf auth login` or HF_TOKEN):
+Hugging Face model repo (the `hf` command of huggingface_hub {HF_CLI_VERSION} or later, which names `hf repos`:
+`pip install -U "huggingface_hub>={HF_CLI_VERSION}"`; token: `hf auth login` or HF_TOKEN):
 
 ```bash
 hf upload {shlex.quote(hf_repo)} {hf_folder} . --commit-message {shlex.quote("Tiniest " + record["name"])}

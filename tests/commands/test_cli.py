@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiniest.commands import main
+from tiniest.commands import build_parser, main
 
 
 def test_a_tiniest_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,7 +45,8 @@ def test_a_bug_keeps_its_traceback(bug: type[Exception], tmp_path: Path, monkeyp
 
 
 def test_tiniest_warnings_are_one_line(tmp_path: Path) -> None:
-    """An unverified weights file warns in one line, named after the command, without Python's source line."""
+    """Each warning is one line named after the command, without Python's source line: a bare safetensors file is
+    not the pinned release, and it names no classes."""
     from safetensors.torch import save_file
 
     import tiniest
@@ -60,7 +61,11 @@ def test_tiniest_warnings_are_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"tiniest predict: warning: {weights} is not the pinned release")
+    assert len(lines) == 2, run.stderr
+    assert all(line.startswith("tiniest predict: warning: ") for line in lines), run.stderr
+    assert not any(line.startswith(" ") or "warnings.warn" in line or ".py:" in line for line in lines), run.stderr
+    assert lines[0].startswith(f"tiniest predict: warning: {weights} is not the pinned release")
+    assert lines[1].startswith(f"tiniest predict: warning: {weights} carries no class names")
 
 
 def _gray_png() -> bytes:
@@ -158,3 +163,110 @@ def test_an_error_naming_a_file_is_escaped(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err
     _assert_inert(err)
     assert len(err.splitlines()) == 1 and f"already holds {ESCAPED[0]}{ESCAPED[2]}:" in err
+
+
+def test_only_the_chosen_command_is_imported() -> None:
+    """``tiniest --help`` lists every command with its help; running one imports its module alone."""
+    code = (
+        "import contextlib, sys\n"
+        "from tiniest.commands import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "main(['predict', 'cat.png', '--top-k', '0'])\n"
+        "print(sorted(name for name in sys.modules if name.startswith('tiniest.commands.')))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "['tiniest.commands._common', 'tiniest.commands.predict']"
+    listed = " ".join(run.stdout.split())
+    for name, text in build_parser()._subparsers._group_actions[0].choices.items():
+        assert f"{name} {' '.join(text.description.split())}" in listed, name
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_ctrl_c_ends_a_command_with_one_line(command: str, tmp_path: Path) -> None:
+    """Ctrl-C while the weights download (a server that accepts and never answers): one line and code 130."""
+    import signal
+    import socket
+
+    from tests.test_evaluation import tiny_folder
+
+    picture = tmp_path / "gray.png"
+    picture.write_bytes(_gray_png())
+    tiny_folder(tmp_path / "data", ("a", "b"))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(120)
+        weights = f"http://127.0.0.1:{listener.getsockname()[1]}/mine.safetensors"
+        arguments = [str(picture)] if command == "predict" else ["--data", str(tmp_path / "data"), "--quiet"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tiniest", command, "--weights", weights, "--eager", *arguments],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+            env={**os.environ, "TINIEST_TIMEOUT": "600"},
+        )  # fmt: skip
+        try:
+            connection, _ = listener.accept()  # the command is inside its download: well past start-up
+            with connection:
+                process.send_signal(signal.SIGINT)
+                _, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"tiniest {command}: interrupted", err
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_evaluate_refuses_a_report_it_cannot_write_before_any_work(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A report file under a file (not a folder) is refused before the data are read: nothing evaluated first."""
+    pytest.importorskip("matplotlib")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    report = blocker / ("report.json" if flag == "--json" else "matrix.png")
+    assert main(["evaluate", "--data", str(tmp_path / "no-data"), "--eager", "--quiet", flag, str(report)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [f"tiniest evaluate: error: {flag} {report}: the folder {blocker} is a file; "
+                                         "expected a folder (created if absent)"]
+
+
+def test_evaluate_refuses_a_plot_format_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    args = ["evaluate", "--data", str(tmp_path / "no-data"), "--quiet", "--plot", str(tmp_path / "matrix.foo")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tiniest evaluate: error: {tmp_path / 'matrix.foo'}: expected a picture file ending in ")
+    assert ".png" in err and err.rstrip().endswith("got .foo")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE (a file-size limit: a full disk stood in for)")
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_a_report_is_written_whole_or_the_old_one_kept(flag: str, tmp_path: Path) -> None:
+    """A disk that fills while the report is written (a file-size limit) leaves the earlier report as it was."""
+    import resource
+
+    import tiniest
+    from tests.test_evaluation import tiny_folder
+
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
+    tiny_folder(tmp_path / "data", ("a", "b"))
+    folder = tiniest.Tiniest(2, labels=["a", "b"]).save_pretrained(tmp_path / "weights")
+    report = tmp_path / ("report.json" if flag == "--json" else "matrix.png")
+    command = [sys.executable, "-m", "tiniest", "evaluate", "--data", str(tmp_path / "data"), "--eager", "--quiet",
+               "--weights", str(folder / "model.safetensors"), flag, str(report)]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)  # decodes, caches the data
+    assert first.returncode == 0 and report.stat().st_size > 1000, first.stderr
+    earlier = report.read_bytes()
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    full = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, preexec_fn=small_disk)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    assert full.stderr.splitlines()[-1].startswith("tiniest evaluate: error: ") and "too large" in full.stderr
+    assert report.read_bytes() == earlier
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["data", "weights", report.name])

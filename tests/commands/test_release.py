@@ -360,3 +360,30 @@ def test_hub_licence_ids_stay_ids(weights: Path, tmp_path: Path, given: str, exp
     assert release(weights, tmp_path / "out", *MINE, "--license", given) == 0
     data = read_card(tmp_path / "out" / "huggingface").data.to_dict()
     assert {key: data[key] for key in data if key.startswith("license")} == expected
+
+
+def test_publish_names_the_huggingface_hub_its_hf_commands_need(tmp_path: Path) -> None:
+    """``hf auth login`` and ``hf upload`` came with huggingface_hub 0.34, ``hf repos`` with 1.5 (``hf repo``
+    before, and no ``hf`` at all before 0.34): PUBLISH.md says which it needs, and that one knows the commands."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    from tiniest.release import HF_CLI_VERSION
+
+    record = {
+        "name": "N", "filename": "tiniest-x.safetensors", "sha256": "0" * 64,
+        "github": {"repo": "alice/x", "tag": "v1"},
+        "huggingface": {"repo_id": "alice/x", "revision": "v1", "filename": "model.safetensors"},
+    }
+    text = publish_commands(record, tmp_path, [tmp_path / "tiniest-x.safetensors"])
+    assert f"the `hf` command of huggingface_hub {HF_CLI_VERSION} or later" in text
+    assert f'pip install -U "huggingface_hub>={HF_CLI_VERSION}"' in text
+    hf = Path(sys.executable).with_name("hf")
+    if Version(version("huggingface_hub")) < Version(HF_CLI_VERSION) or not hf.is_file():
+        pytest.skip(f"the installed huggingface_hub is older than {HF_CLI_VERSION}, or has no hf command here")
+    for words in (["auth", "login"], ["upload"], ["repos", "tag", "create"]):
+        assert f"hf {' '.join(words)}" in text, words
+        run = subprocess.run([str(hf), *words, "--help"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"})
+        assert run.returncode == 0, (words, run.stdout, run.stderr)

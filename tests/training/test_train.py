@@ -84,11 +84,11 @@ def test_refuses_to_overwrite_or_to_resume_with_another_recipe(
     assert train(tiny_data, tmp_path / "nothing", "--resume") == 1
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["train", "--output", str(run)]) == 1
-    assert "data is required to start a run (resume reads it from the checkpoint)" in capsys.readouterr().err
+    assert "data (--data) is required to start a run; resume (--resume) reads it" in capsys.readouterr().err
     assert train(tiny_data, run, "--epochs", "2", "--batch-size", "80", "--limit-test", "4", "--stop-after", "1") == 0
     before = (run / "checkpoint.pt").read_bytes()
     assert train(tiny_data, run, "--epochs", "2") == 1
-    assert "continue it with resume" in capsys.readouterr().err
+    assert "continue it with resume (--resume), start it afresh with overwrite (--overwrite;" in capsys.readouterr().err
     assert train(tiny_data, run, "--resume", "--epochs", "3") == 1
     assert "epochs: checkpoint 2, asked 3" in capsys.readouterr().err
     other = make_dataset(tmp_path / "other-data", train_per_class=4)
@@ -190,6 +190,18 @@ def test_recipe_defaults_are_the_published_ones() -> None:
     assert [recipe.mixup_strength(e) for e in (0, 75, 150, 299)] == [0.0, 0.25, 0.5, 0.5]
 
 
+def test_a_recipe_error_says_for_each_value_what_was_expected() -> None:
+    """Only the values that must be positive say so; a fraction says its own range, once."""
+    from tiniest.errors import UsageError
+
+    with pytest.raises(UsageError) as refused:
+        Recipe(lr=-1.0, val_fraction=1.5, limit_train=0)
+    assert str(refused.value) == (
+        "invalid training recipe: lr=-1.0 (expected a positive value), limit_train=0 (expected a positive number of "
+        "images), val_fraction=1.5 (expected a fraction in (0, 1))"
+    )
+
+
 def test_no_silent_overwrite_and_arguments_checked_before_the_first_step(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -204,7 +216,8 @@ def test_no_silent_overwrite_and_arguments_checked_before_the_first_step(
     assert "already holds a run (model.pt, log.jsonl)" in err and "start it afresh with overwrite" in err
     assert (run / "model.pt").read_bytes() == b"older weights"
     assert train(data, run, *flags, "--resume", "--overwrite") == 1
-    assert "choose one" in capsys.readouterr().err
+    assert "resume (--resume) continues the run in output and overwrite (--overwrite) replaces it: choose one" in \
+        capsys.readouterr().err
     assert train(data, run, *flags, "--overwrite") == 0
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1 and (run / "model.pt").read_bytes() != b"older weights"
     assert len((run / "log.jsonl").read_text().splitlines()) == 1
@@ -364,8 +377,12 @@ def test_a_failed_worker_of_nproc_per_node_is_one_line_without_a_traceback(tmp_p
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert len(lines) == 2 and "broken.png" in lines[0], result.stderr  # rank 0's error, once; then the launcher's
-    assert lines[1] == "tiniest train: error: process 0 of 2 failed (exit code 1); its output is above"
+    # rank 0's error, once, then the launcher's line; or, where rank 1 failed first, its error quoted in that line
+    if lines[-1].startswith("tiniest train: error: process 1 of 2 failed (exit code 1): "):
+        assert "broken.png" in lines[-1] and len(lines) <= 2, result.stderr
+    else:
+        assert len(lines) == 2 and "broken.png" in lines[0], result.stderr
+        assert lines[1] == "tiniest train: error: process 0 of 2 failed (exit code 1); its output is above"
     assert not (tmp_path / "run").exists()
 
 
@@ -530,7 +547,7 @@ def test_init_from_a_run_folder_keeps_the_head_of_the_same_classes_and_refuses_o
     assert "is a folder without model.pt" in capsys.readouterr().err
     assert not (tmp_path / "third").exists()
     assert train(data, tmp_path / "second", "--resume", "--init", "DEFAULT") == 1
-    assert "a resumed run continues its checkpoint" in capsys.readouterr().err
+    assert "a new run starts from; a resumed run (--resume) continues" in capsys.readouterr().err
 
 
 def test_a_split_folder_as_root_is_never_scored_as_its_own_test_set(
@@ -540,11 +557,11 @@ def test_a_split_folder_as_root_is_never_scored_as_its_own_test_set(
     data = make_dataset(tmp_path / "trainonly", train_per_class=10, test_per_class=0, classes=("a", "b", "c"))
     assert train(data / "train", tmp_path / "run", "--epochs", "1", "--batch-size", "10") == 1
     err = capsys.readouterr().err
-    assert "30 of the 30 test images are training images too (the same files)" in err and "val_fraction" in err
+    assert "30 of the 30 test images are training images too (the same files)" in err and "--val-fraction" in err
     assert not (tmp_path / "run").exists()
     # a root without test/ says how to hold images out
     assert train(data, tmp_path / "run", "--epochs", "1", "--batch-size", "10") == 1
-    assert "without a test split: hold out part of train with val_fraction" in capsys.readouterr().err
+    assert "without a test split: hold out part of train with val_fraction, --val-fraction" in capsys.readouterr().err
     # test/ made of links to train/'s files (other names, same files): refused as well
     for name in ("a", "b", "c"):
         (data / "test" / name).mkdir(parents=True, exist_ok=True)  # make_dataset left it empty
@@ -658,3 +675,28 @@ def test_every_recipe_field_has_its_flag() -> None:
     train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("train"))
     dests = {action.dest for action in train_parser._actions}
     assert {field.name for field in fields(Recipe)} - FIXED_RECIPE_FIELDS <= dests
+
+
+def test_a_failed_rank_other_than_0_is_told_with_the_last_line_it_wrote(tmp_path: Path) -> None:
+    """The launcher's one line: rank 0's output is on the console already; another rank's last line is quoted from
+    the stderr.log torch keeps beside its error file (unless a signal ended it, or it wrote nothing)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from tiniest.commands.train import _failure
+
+    def failed(rank: int, exitcode: int, stderr: str | None) -> str:
+        logs = tmp_path / f"{rank}{exitcode}{stderr is None}{len(stderr or '')}"
+        folder = logs / "run-id_x1" / "attempt_0" / str(rank)  # as torch's DefaultLogsSpecs lays it out
+        folder.mkdir(parents=True)
+        if stderr is not None:
+            (folder / "stderr.log").write_text(stderr)
+        # the worker wrote no torch error file (tiniest's don't), so the failure knows no file of it
+        failure = ProcessFailure(local_rank=rank, pid=4242, exitcode=exitcode, error_file=str(folder / "error.json"))
+        return _failure(ChildFailedError("tiniest-train", {rank: failure}), 2, logs)
+
+    log = "epoch 1/4 ...\ntiniest train: error: the data of rank 1 \x1b[2Jvanished\n\n"
+    assert failed(1, 1, log) == "process 1 of 2 failed (exit code 1): the data of rank 1 \\x1b[2Jvanished"
+    assert failed(1, -9, log) == "process 1 of 2 failed (killed by SIGKILL)"
+    assert failed(1, 1, None) == "process 1 of 2 failed (exit code 1)"
+    assert failed(1, 1, "\n \n") == "process 1 of 2 failed (exit code 1)"
+    assert failed(0, 1, log) == "process 0 of 2 failed (exit code 1); its output is above"

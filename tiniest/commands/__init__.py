@@ -1,12 +1,14 @@
 """Command line: ``tiniest <command>`` / ``python -m tiniest <command>``.
 
-Each command lives in its own module of this package, named as the command, exposing ``HELP``,
+Each command lives in its own module of this package, named as the command, exposing
 ``add_arguments(parser)`` and ``run(args) -> int``; it turns the arguments into keyword arguments
-of library functions. A module is imported only when its command is chosen or help is shown.
+of library functions. Its one-line help is in :data:`COMMANDS`, so that ``tiniest --help`` lists
+every command while only the chosen command's module is imported.
 
 A :class:`tiniest.errors.TiniestError` or an ``OSError`` (a missing file, a folder that cannot be
 written) is printed as one line, ``tiniest CMD: error: ...``; anything else is a bug and keeps its
-traceback. tiniest's own warnings are printed the same way, ``tiniest CMD: warning: ...``.
+traceback. tiniest's own warnings are printed the same way, ``tiniest CMD: warning: ...``, and
+Ctrl-C ends any command with ``tiniest CMD: interrupted`` and the shell's code 130.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import importlib
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 
 from tiniest import __version__
@@ -23,20 +25,32 @@ from tiniest.errors import TiniestError, TiniestWarning
 from tiniest.fast.allocator import keep_freed_memory
 from tiniest.names import printable
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "INTERRUPTED", "build_parser", "main"]
 
-COMMANDS = ("export", "predict", "evaluate", "train", "release")
+# each command's module (tiniest.commands.<name>) and its one-line help
+COMMANDS: dict[str, str] = {
+    "export": "turn a state_dict checkpoint into the release file (safetensors with metadata) or a portable program",
+    "predict": "classify image files: class names with probabilities",
+    "evaluate": "accuracy, classification report and confusion matrix on a dataset split",
+    "train": "train Tiniest with the published recipe (resumable; several processes with --nproc-per-node)",
+    "release": "build the release asset, the Hugging Face model folder and the release record from a run or "
+    "checkpoint",
+}
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(loaded: Collection[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The command line; the commands in ``loaded`` get their arguments (their modules are imported), and every
+    command is listed with its help."""
     parser = argparse.ArgumentParser(prog="tiniest", description="The Tiniest CIFAR-10 classifier.")
     parser.add_argument("--version", action="version", version=f"tiniest {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        module = importlib.import_module(f"{__name__}.{name}")
-        sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+    for name, text in COMMANDS.items():
+        sub = commands.add_parser(name, help=text, description=text)
+        if name in loaded:
+            module = importlib.import_module(f"{__name__}.{name}")
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 
@@ -61,7 +75,10 @@ def _one_line_warnings(command: str) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # the command is the first word that is not an option: tiniest's own options (--help, --version) take no value
+    chosen = next((word for word in words if not word.startswith("-")), None)
+    args = build_parser(loaded=[chosen] if chosen is not None else []).parse_args(words)
     keep_freed_memory()  # the command owns its process: let batches reuse freed activation memory
     try:
         with _one_line_warnings(args.command):
@@ -69,3 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TiniestError, OSError) as error:
         print(f"tiniest {args.command}: error: {printable(str(error))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a failure to explain with a traceback
+        print(f"\ntiniest {args.command}: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED

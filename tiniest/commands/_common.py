@@ -1,4 +1,5 @@
-"""What commands share: ``--device``, and reading ``--metrics`` (export, release)."""
+"""What commands share: ``--device``, ``--weights`` and ``--eager`` (predict, evaluate), checking a file to
+write (``--json``, ``--plot``), reading ``--metrics`` (export, release)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,32 @@ from pathlib import Path
 from typing import Any
 
 from tiniest.errors import UsageError
+from tiniest.storage import check_output_folder
+from tiniest.weights import TiniestWeights
 from tiniest.weights.metadata import check_metrics
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
     """``--device``, checked by :func:`tiniest.devices.resolve_device` where it is used."""
     parser.add_argument("--device", help=f"where the model runs: cpu, cuda, cuda:1, mps, xpu ... (default: {default})")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--weights`` (read with :func:`chosen_weights`) and ``--eager``."""
+    parser.add_argument("--weights", help="weights file or URL (default: the pinned release, or $TINIEST_WEIGHTS)")
+    parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
+
+
+def chosen_weights(args: argparse.Namespace) -> str | TiniestWeights:
+    """``--weights``, else the default release, which ``$TINIEST_WEIGHTS`` replaces where it is set."""
+    return TiniestWeights.DEFAULT if args.weights is None else args.weights
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse, before any work, a file to write that is a folder or whose folder cannot be made or written."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; expected a file name")
+    check_output_folder(path.absolute().parent, f"{flag} {path}: the folder")
 
 
 def read_metrics(path: Path | None) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tiniest import plots
-from tiniest.commands._common import add_device_argument
+from tiniest.commands._common import add_device_argument, add_model_arguments, check_output_file, chosen_weights
 from tiniest.data import LabeledImages, load_split
 from tiniest.devices import resolve_device
 from tiniest.errors import PreprocessError, UsageError
@@ -28,10 +28,8 @@ from tiniest.evaluation import Evaluation, align_labels, evaluate
 from tiniest.hub import tiniest
 from tiniest.metrics import format_confusion_matrix
 from tiniest.names import printable
+from tiniest.storage import save_atomically
 from tiniest.transforms import require_images_extra
-from tiniest.weights import TiniestWeights
-
-HELP = "accuracy, classification report and confusion matrix on a dataset split"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every number to FILE as JSON")
-    parser.add_argument("--weights", help="weights file or URL (default: the pinned release, or $TINIEST_WEIGHTS)")
     parser.add_argument("--batch-size", type=int, default=500, help="images per batch (default: 500)")
-    parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
+    add_model_arguments(parser)
     add_device_argument(parser, "cpu; the fast path runs on the CPU only")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -94,18 +91,23 @@ def run(args: argparse.Namespace) -> int:
     _print_report(args, data, result, kind, seconds)
     if args.json is not None:
         record = _json_record(args, data, result, kind, device, seconds)
-        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        save_atomically(args.json, (json.dumps(record, indent=2) + "\n").encode())  # whole, or the old one kept
     if args.plot is not None:
         plots.save_confusion_matrix(args.plot, result.confusion, result.classes)
     return 0
 
 
 def _check_early(args: argparse.Namespace) -> None:
-    """Refuse what would fail only after the data are decoded: a bad batch size, a missing extra."""
+    """Refuse what would fail only after the data are decoded: a bad batch size, a missing extra, a report file
+    that cannot be written."""
     if args.batch_size < 1:
         raise UsageError(f"expected a positive batch size, got {args.batch_size}")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     if args.plot is not None:
         plots.require_matplotlib("--plot")
+        plots.file_format(args.plot)
+        check_output_file(args.plot, "--plot")
     require_images_extra(*(() if args.quiet else ("tqdm",)))  # one line naming the extra, not a traceback
 
 
@@ -118,8 +120,7 @@ def _load_data(args: argparse.Namespace) -> LabeledImages:
 
 def _load_model(args: argparse.Namespace, data: LabeledImages, device: torch.device) -> nn.Module:
     """The weights' model, checked against the data, optimized unless ``--eager`` (on the CPU only)."""
-    weights = TiniestWeights.DEFAULT if args.weights is None else args.weights  # the default: $TINIEST_WEIGHTS too
-    model = tiniest(weights=weights, progress=not args.quiet, device=device)
+    model = tiniest(weights=chosen_weights(args), progress=not args.quiet, device=device)
     align_labels(data, model.labels)  # refuse a dataset foreign to the weights before building the fast model
     if args.eager:
         return model

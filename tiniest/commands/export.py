@@ -12,8 +12,6 @@ from tiniest.commands._common import read_metrics
 from tiniest.export import FORMATS, export
 from tiniest.weights.artifact import sha256_hex
 
-HELP = "turn a state_dict checkpoint into the release file (safetensors with metadata) or a portable program"
-
 
 def _formats_help() -> str:
     kinds = [f"{name} ({spec.suffix}, for {spec.loaded_by})" for name, spec in FORMATS.items()]

@@ -5,27 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tiniest import plots
-from tiniest.commands._common import add_device_argument
+from tiniest.commands._common import add_device_argument, add_model_arguments, check_output_file, chosen_weights
 from tiniest.inference import predict
 from tiniest.names import printable
 from tiniest.transforms import require_images_extra
-from tiniest.weights import TiniestWeights
-
-HELP = "classify image files: class names with probabilities"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="image files (any size; see the README's input policy)"
+        "images", nargs="+", metavar="IMAGE", help="image files (any size; see docs/classify.md, 'What the model sees')"
     )
     parser.add_argument(
         "--top-k", type=int, default=1, metavar="K", help="show the K most probable classes (default: 1)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--weights", help="weights file or URL (default: the pinned release, or $TINIEST_WEIGHTS)")
-    parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
+    add_model_arguments(parser)
     add_device_argument(parser, "cpu; the fast path runs on the CPU only")
     parser.add_argument(
         "--plot", metavar="FILE", help="also draw the images, as the model sees them, with their top classes to FILE"
@@ -33,12 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot is not None:
-        plots.require_matplotlib("--plot")  # before any work
+    if args.plot is not None:  # before any work
+        plots.require_matplotlib("--plot")
+        plots.file_format(args.plot)
+        check_output_file(Path(args.plot), "--plot")
     require_images_extra()  # one line naming the extra, not a traceback
-    weights = TiniestWeights.DEFAULT if args.weights is None else args.weights  # the default: $TINIEST_WEIGHTS too
     results = predict(
-        list(args.images), top_k=args.top_k, weights=weights, eager=args.eager, errors="report", device=args.device
+        list(args.images), top_k=args.top_k, weights=chosen_weights(args), eager=args.eager, errors="report",
+        device=args.device,
     )
     failed = [result.error for result in results if result.error is not None]
     for error in failed:  # every readable file still gets its answer on stdout

@@ -13,8 +13,6 @@ from tiniest import names
 from tiniest.commands._common import read_metrics
 from tiniest.release import HF_FOLDER, INSTRUCTIONS_NAME, RECORD_NAME, make_release
 
-HELP = "build the release asset, the Hugging Face model folder and the release record from a run or checkpoint"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, metavar="RUN_DIR_OR_CHECKPOINT",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiniest.commands._common import add_device_argument
-from tiniest.env import env_int, env_text
+from tiniest.env import env_text
 from tiniest.errors import UsageError
 from tiniest.extras import require_extra
 from tiniest.names import printable
@@ -32,7 +32,6 @@ from tiniest.names import printable
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-HELP = "train Tiniest with the published recipe (resumable; several processes with --nproc-per-node)"
 # Recipe fields that no flag sets: the rest each have the flag of their name (--batch-size for batch_size).
 FIXED_RECIPE_FIELDS = frozenset({"shift"})
 
@@ -116,7 +115,7 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     # before any work: a minimal install ends in one line naming the extra
     require_extra("train", "PIL", "kornia", "tqdm", *(("matplotlib",) if args.plot else ()), purpose="training")
-    from tiniest.training.loop import RunOptions, last_saved, launched_by_tiniest, train  # torch: only when training
+    from tiniest.training.loop import RunOptions, last_saved, launched_by_tiniest, train, world  # torch: only now
 
     options = RunOptions(  # refuses a bad flag before any process starts
         data=args.data,
@@ -140,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                              "torchrun: give the count to one of the two")
         if processes > 1:
             return _launch(args, processes)
-    main_process = env_int("RANK", 0, low=0) == 0  # under torchrun every process runs this: one report in all
+    main_process = world()[0] == 0  # under torchrun every process runs this: one report in all
     try:
         with _printed_log(main_process):
             train(options, recipe_overrides(args))
@@ -210,7 +209,7 @@ def _launch(args: argparse.Namespace, processes: int) -> int:
             print(f"\n{said}. {last_saved(args.output, processes)}", file=sys.stderr, flush=True)
             return 128 + number  # 130 for Ctrl-C, as the shell says it
         except ChildFailedError as error:
-            print(f"tiniest train: error: {_failure(error, processes)}", file=sys.stderr, flush=True)
+            print(f"tiniest train: error: {_failure(error, processes, Path(logs))}", file=sys.stderr, flush=True)
             return 1
         finally:
             for name in omp:
@@ -218,9 +217,13 @@ def _launch(args: argparse.Namespace, processes: int) -> int:
     return 0
 
 
-def _failure(error: ChildFailedError, processes: int) -> str:
+def _failure(error: ChildFailedError, processes: int, logs: Path) -> str:
     """The worker that failed first (torch lists them as it saw them, then stops the rest): its rank, how it ended
-    and, for another rank than 0 (whose output is on the console already) that exited, the last line it wrote."""
+    and, for another rank than 0 (whose output is on the console already) that exited, the last line it wrote.
+
+    Its output is in ``logs``, as torch's launcher lays it out: ``<run>/attempt_<n>/<rank>/stderr.log``. (The
+    failure's ``error_file`` says where only when the worker wrote torch's error file, which tiniest's don't.)
+    """
     rank, failure = next(iter(error.failures.items()))
     ended = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
     said = f"process {rank} of {processes} failed ({ended})"
@@ -228,8 +231,9 @@ def _failure(error: ChildFailedError, processes: int) -> str:
         return f"{said}; its output is above"
     if failure.exitcode < 0:  # a signal ended it: whatever it wrote last is not why
         return said
-    try:  # its output went to a log file beside torch's error file, read back here
-        lines = Path(failure.error_file).with_name("stderr.log").read_text(errors="replace").splitlines()
+    found = sorted(logs.glob(f"*/attempt_*/{rank}/stderr.log"))
+    try:
+        lines = found[-1].read_text(errors="replace").splitlines() if found else []
     except OSError:
         lines = []
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")

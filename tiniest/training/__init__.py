@@ -3,6 +3,8 @@
 * :mod:`~tiniest.training.recipe`: what decides the weights (:class:`Recipe`) and its optimizer, schedule, average;
 * :mod:`~tiniest.training.augment`: batch augmentation and mix-up (kornia);
 * :mod:`~tiniest.training.loop`: the loop, its checkpoints and ``torchrun`` processes;
+* :mod:`~tiniest.training.rundata`: the images a run trains on and the held-out ones it scores;
+* :mod:`~tiniest.training.start`: the weights a run starts from (``init``, fine-tuning);
 * :mod:`~tiniest.training.runlog`: the per-epoch log, console line and curves.
 
 The files a run leaves are read as weights by :mod:`tiniest.weights.run_files`.

@@ -63,6 +63,7 @@ __all__ = [
     "launched_by_tiniest",
     "state_sha256",
     "train",
+    "world",
 ]
 
 RUN_FILES = (CHECKPOINT_NAME, MODEL_NAME, LOG_NAME, PLOT_NAME)
@@ -96,11 +97,13 @@ class RunOptions:
 
     def __post_init__(self) -> None:  # refused here, before the run folder is made
         if self.data is None and not self.resume:
-            raise UsageError("data is required to start a run (resume reads it from the checkpoint)")
+            raise UsageError("data (--data) is required to start a run; resume (--resume) reads it from the checkpoint")
         if self.resume and self.overwrite:
-            raise UsageError("resume continues the run in output and overwrite replaces it: choose one")
+            raise UsageError("resume (--resume) continues the run in output and overwrite (--overwrite) replaces it: "
+                             "choose one")
         if self.resume and self.init is not None:
-            raise UsageError("init chooses the weights a new run starts from; a resumed run continues its checkpoint")
+            raise UsageError("init (--init) chooses the weights a new run starts from; a resumed run (--resume) "
+                             "continues its checkpoint")
         if self.stop_after is not None and self.stop_after <= 0:
             raise UsageError(f"stop_after: expected a positive number of epochs, got {self.stop_after}")
         if self.limit_test is not None and self.limit_test <= 0:
@@ -128,7 +131,7 @@ def _training_device(device: str | torch.device | None) -> torch.device:
     return chosen
 
 
-def _world() -> tuple[int, int]:
+def world() -> tuple[int, int]:
     """``(RANK, WORLD_SIZE)`` as ``torchrun`` sets them; ``(0, 1)`` for a process started alone."""
     world_size = env_int("WORLD_SIZE", 1, low=1)
     return env_int("RANK", 0, low=0, high=world_size - 1), world_size
@@ -137,7 +140,7 @@ def _world() -> tuple[int, int]:
 @contextmanager
 def _process_group(device: torch.device) -> Iterator[_Process]:
     """This process's place in a ``torchrun`` job (or a job of one) on ``device``, with the process group set up."""
-    rank, world_size = _world()
+    rank, world_size = world()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:
@@ -241,6 +244,27 @@ def _check_process_count(saved: dict[str, Any], proc: _Process) -> None:
             ProcessCountWarning)
 
 
+@dataclass(frozen=True)
+class _Batches:
+    """How each epoch is cut: this process's shuffled share of the images, in steps of its part of the batch."""
+
+    sampler: DistributedSampler[int]
+    per_process: int  # images per step in this process: the global batch split evenly
+    steps: int
+
+
+def _batches(recipe: Recipe, images: int, proc: _Process) -> _Batches:
+    per_process = recipe.batch_size // proc.world_size
+    indices: Any = range(images)  # the sampler only needs len()
+    sampler: DistributedSampler[int] = DistributedSampler(
+        indices, num_replicas=proc.world_size, rank=proc.rank, shuffle=True, seed=recipe.seed, drop_last=True
+    )
+    steps = len(sampler) // per_process
+    if steps == 0:
+        raise UsageError(f"batch_size {recipe.batch_size} is larger than the {images} training images")
+    return _Batches(sampler, per_process, steps)
+
+
 @dataclass
 class _State:
     model: Tiniest
@@ -333,12 +357,12 @@ def train(options: RunOptions, overrides: dict[str, Any] | None = None) -> Path:
     check_output_folder(options.output, "output")
     checkpoint_path = options.output / CHECKPOINT_NAME
     if options.resume and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"resume: no checkpoint at {checkpoint_path} (start without resume)")
+        raise FileNotFoundError(f"resume (--resume): no checkpoint at {checkpoint_path} (start without it)")
     existing = [name for name in RUN_FILES if (options.output / name).exists()]
     if not options.resume and existing and not options.overwrite:
         raise FileExistsError(
-            f"{options.output} already holds a run ({', '.join(existing)}): continue it with resume, "
-            "start it afresh with overwrite (its files are replaced), or choose another output"
+            f"{options.output} already holds a run ({', '.join(existing)}): continue it with resume (--resume), "
+            "start it afresh with overwrite (--overwrite; its files are replaced), or choose another output"
         )
     dist_timeout()  # a bad TINIEST_DIST_TIMEOUT is refused now
     device = _training_device(options.device)  # as is a GPU this process cannot have
@@ -397,7 +421,7 @@ def resume_command(output: Path, processes: int | None = None) -> str:
     """
     arguments = f"train --output {shlex.quote(str(output))} --resume"  # pasted into a shell: quoted
     if processes is None:
-        processes = _world()[1]
+        processes = world()[1]
         if processes > 1 and not launched_by_tiniest():
             return f"torchrun --nproc-per-node {processes} -m tiniest {arguments}"
     return f"tiniest {arguments}" + (f" --nproc-per-node {processes}" if processes > 1 else "")
@@ -479,16 +503,8 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
     if saved is not None:
         _check_process_count(saved, proc)
     data, limit_test = _load_data(options, recipe, saved, proc, checkpoint_path)
-
-    per_process = recipe.batch_size // proc.world_size
-    indices: Any = range(len(data.train))  # the sampler only needs len()
-    sampler: DistributedSampler[int] = DistributedSampler(
-        indices, num_replicas=proc.world_size, rank=proc.rank, shuffle=True, seed=recipe.seed, drop_last=True
-    )
-    steps = len(sampler) // per_process
-    if steps == 0:
-        raise UsageError(f"batch_size {recipe.batch_size} is larger than the {len(data.train)} training images")
-    state = _build_state(options, recipe, data, saved, proc, steps)
+    batches = _batches(recipe, len(data.train), proc)
+    state = _build_state(options, recipe, data, saved, proc, batches.steps)
     if options.overwrite and proc.main:
         for name in RUN_FILES:  # the arguments and data are good: the old run goes now
             (options.output / name).unlink(missing_ok=True)
@@ -498,10 +514,10 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
         logger.info(
             "training %d images of %s (%d classes): epochs %d..%d/%d (%d steps of %d per epoch, %d process(es) on "
             "%s); %s scored each epoch; run folder %s", len(data.train), data.location, len(data.train.classes),
-            state.epoch + 1, last, recipe.epochs, steps, recipe.batch_size, proc.world_size, proc.device,
+            state.epoch + 1, last, recipe.epochs, batches.steps, recipe.batch_size, proc.world_size, proc.device,
             data.held_out_record["split"], options.output,
         )
-    _run_epochs(state, recipe, data, sampler, steps, last, options, proc, limit_test)
+    _run_epochs(state, recipe, data, batches, last, options, proc, limit_test)
     if proc.main:
         _finish(state, recipe, options)
     if proc.world_size > 1:
@@ -509,12 +525,54 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
     return checkpoint_path
 
 
+def _trained_module(model: Tiniest, proc: _Process) -> nn.Module:
+    """What the steps run: the model itself, or for several processes its DistributedDataParallel wrapper."""
+    if proc.world_size == 1:
+        return model
+    _match_grad_strides(model)
+    device_ids = [proc.device.index] if proc.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """What one epoch measured."""
+
+    loss: float  # mean over the steps of every process
+    mixup: float
+    correct: int  # held-out images the averaged weights classify right
+    train_seconds: float
+    eval_seconds: float  # scoring and the replicas' hashes
+    replicas: list[str]  # each process's hash of its weights
+
+
+def _epoch_record(
+    state: _State, recipe: Recipe, data: RunData, proc: _Process, steps: int, measured: _Epoch
+) -> dict[str, Any]:
+    """The epoch's line of the log (and of the checkpoint's history)."""
+    return {
+        "epoch": state.epoch,
+        "epochs": recipe.epochs,
+        "loss": measured.loss,
+        "lr": float(state.scheduler.get_last_lr()[0]),
+        "mixup": measured.mixup,
+        "split": data.held_out_record["split"],  # the scored images: "test" or "validation"
+        "test_accuracy": measured.correct / len(data.held_out),
+        "test_correct": measured.correct,
+        "test_total": len(data.held_out),
+        "images_per_second": steps * recipe.batch_size / measured.train_seconds,
+        "train_seconds": measured.train_seconds,
+        "eval_seconds": measured.eval_seconds,
+        "world_size": proc.world_size,
+        "replica_sha256": measured.replicas,
+    }
+
+
 def _run_epochs(
     state: _State,
     recipe: Recipe,
     data: RunData,
-    sampler: DistributedSampler[int],
-    steps: int,
+    batches: _Batches,
     last: int,
     options: RunOptions,
     proc: _Process,
@@ -524,29 +582,24 @@ def _run_epochs(
     from tqdm import tqdm
 
     train_images, train_labels = data.train.images.to(proc.device), data.train.labels.to(proc.device)
-    per_process = recipe.batch_size // proc.world_size
-    trained: nn.Module = state.model
-    if proc.world_size > 1:
-        _match_grad_strides(state.model)
-        device_ids = [proc.device.index] if proc.device.type == "cuda" else None
-        trained = nn.parallel.DistributedDataParallel(state.model, device_ids=device_ids)
+    trained = _trained_module(state.model, proc)
     augmentation = batch_augmentation() if recipe.augment else nn.Identity()
     rng_devices = [proc.device] if proc.device.type == "cuda" else []
     progress = options.progress and proc.main
     while state.epoch < last:
         epoch = state.epoch
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.int64)
+        batches.sampler.set_epoch(epoch)
+        order = torch.tensor(list(batches.sampler), dtype=torch.int64)
         strength = recipe.mixup_strength(epoch)
         trained.train()
         loss_sum = torch.zeros((), device=proc.device)
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
+        bar = tqdm(total=batches.steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
                    disable=not progress, file=sys.stderr)
         _synchronize(proc.device)
         started = time.perf_counter()
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(_epoch_seed(recipe.seed, epoch, proc.rank))
-            for batch in order[: steps * per_process].split(per_process):
+            for batch in order[: batches.steps * batches.per_process].split(batches.per_process):
                 inputs = augmentation(train_images[batch].float().div_(255))
                 loss_sum += _step(trained, state, inputs, train_labels[batch], strength, recipe.shift)
                 bar.update()
@@ -559,22 +612,9 @@ def _run_epochs(
         correct = _evaluate(state.ema.module, data.held_out.images, data.held_out.labels, recipe.shift, proc)
         state.epoch = epoch + 1
         replicas = _replica_hashes(state, proc)
-        record = {
-            "epoch": state.epoch,
-            "epochs": recipe.epochs,
-            "loss": float(loss_sum) / (steps * proc.world_size),
-            "lr": float(state.scheduler.get_last_lr()[0]),
-            "mixup": strength,
-            "split": data.held_out_record["split"],  # the scored images: "test" or "validation"
-            "test_accuracy": correct / len(data.held_out),
-            "test_correct": correct,
-            "test_total": len(data.held_out),
-            "images_per_second": steps * recipe.batch_size / train_seconds,
-            "train_seconds": train_seconds,
-            "eval_seconds": time.perf_counter() - started,
-            "world_size": proc.world_size,
-            "replica_sha256": replicas,
-        }
+        measured = _Epoch(float(loss_sum) / (batches.steps * proc.world_size), strength, correct, train_seconds,
+                          time.perf_counter() - started, replicas)
+        record = _epoch_record(state, recipe, data, proc, batches.steps, measured)
         state.history.append(record)
         if len(set(replicas)) > 1:
             warn(f"epoch {state.epoch}: the processes hold different weights", TiniestWarning)

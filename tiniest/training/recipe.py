@@ -45,7 +45,7 @@ class Recipe:
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         positive["final_div_factor"] = self.final_div_factor
-        bad = [f"{name}={value}" for name, value in positive.items() if value <= 0]
+        bad = [f"{name}={value} (expected a positive value)" for name, value in positive.items() if value <= 0]
         if not 0.0 <= self.warmup < 1.0:
             bad.append(f"warmup={self.warmup} (expected a fraction in [0, 1))")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -53,11 +53,11 @@ class Recipe:
         if not 0.0 <= self.mixup <= 1.0:
             bad.append(f"mixup={self.mixup} (expected [0, 1])")
         if self.limit_train is not None and self.limit_train <= 0:
-            bad.append(f"limit_train={self.limit_train}")
+            bad.append(f"limit_train={self.limit_train} (expected a positive number of images)")
         if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             bad.append(f"val_fraction={self.val_fraction} (expected a fraction in (0, 1))")
         if bad:
-            raise UsageError(f"invalid training recipe: {', '.join(bad)} (expected positive values)")
+            raise UsageError(f"invalid training recipe: {', '.join(bad)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

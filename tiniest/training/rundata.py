@@ -74,8 +74,8 @@ def _check_disjoint(data: str, trained: LabeledImages, scored: LabeledImages, sp
     if shared:
         raise DatasetError(
             f"{data}: {shared} of the {len(scored)} {split} images are training images too (the same files), so "
-            "their score would not be a held-out score; hold out part of the training images with val_fraction, "
-            "or give a dataset whose test/ holds other images"
+            "their score would not be a held-out score; hold out part of the training images with val_fraction "
+            "(--val-fraction), or give a dataset whose test/ holds other images"
         )
 
 
@@ -83,8 +83,9 @@ def _test_split(data: str, progress: bool, skip_unreadable: bool) -> LabeledImag
     try:
         return load_split(data, "test", progress=progress, skip_unreadable=skip_unreadable)
     except DatasetError as error:
-        raise DatasetError(f"{error} (a dataset without a test split: hold out part of train with val_fraction)") \
-            from None
+        raise DatasetError(
+            f"{error} (a dataset without a test split: hold out part of train with val_fraction, --val-fraction)"
+        ) from None
 
 
 def load_run_data(

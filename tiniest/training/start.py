@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tiniest.errors import UnverifiedWeightsWarning, WeightsNotFoundError
+from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
 from tiniest.weights import TiniestWeights, load_strictly, load_weights
 from tiniest.weights.metadata import loaded_meta, num_outputs
 from tiniest.weights.run_files import MODEL_NAME
@@ -55,9 +55,13 @@ def _name(spec: str | TiniestWeights, location: str, verified: bool) -> str:
 
 
 def _member(spec: str | TiniestWeights) -> TiniestWeights | None:
+    """The published weights ``spec`` names, or None for a file or URL."""
     if isinstance(spec, TiniestWeights):
         return spec
-    return TiniestWeights.__members__.get(spec.removeprefix(f"{TiniestWeights.__name__}."))
+    try:
+        return TiniestWeights.from_name(spec)
+    except UsageError:  # not a member's name
+        return None
 
 
 def load_start(
