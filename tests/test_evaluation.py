@@ -75,11 +75,15 @@ def tiny_folder(root: Path, classes: tuple[str, ...]) -> None:
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "test" / name / f"{i}.png")
 
 
-def test_evaluate_maps_dataset_classes_onto_the_models(tmp_path: Path) -> None:
-    tiny_folder(tmp_path, ("cat", "dog", "ship"))
-    data = load_split(tmp_path, "test")
+def three_classes_and_a_random_model(root: Path) -> tuple[LabeledImages, torch.nn.Module]:
+    """Six pictures of cat, dog and ship, and a seeded random initialisation of the model."""
+    tiny_folder(root, ("cat", "dog", "ship"))
     torch.manual_seed(0)
-    model = tiniest.tiniest(weights=None)
+    return load_split(root, "test"), tiniest.tiniest(weights=None)
+
+
+def test_evaluate_maps_dataset_classes_onto_the_models(tmp_path: Path) -> None:
+    data, model = three_classes_and_a_random_model(tmp_path)
     result = evaluate(model, data, batch_size=4)
     assert result.labels.tolist() == [3, 3, 5, 5, 8, 8]
     with torch.no_grad():
@@ -206,10 +210,7 @@ needs_cuda = pytest.mark.skipif(not CUDA_HERE, reason="no CUDA device here (torc
 
 
 def test_evaluate_runs_on_the_device_asked_for(tmp_path: Path) -> None:
-    tiny_folder(tmp_path, ("cat", "dog", "ship"))
-    data = load_split(tmp_path, "test")
-    torch.manual_seed(0)
-    model = tiniest.tiniest(weights=None)
+    data, model = three_classes_and_a_random_model(tmp_path)
     expected = evaluate(model, data, batch_size=4)
     on_cpu = evaluate(model, data, batch_size=4, device="cpu")
     assert torch.equal(on_cpu.predictions, expected.predictions) and on_cpu.report == expected.report

@@ -620,13 +620,18 @@ def test_resume_accepts_the_same_files_moved_and_says_where_a_lost_path_came_fro
     assert_same_state(straight["ema"], resumed["ema"], "ema")
 
 
+def stop_after_the_first_of_two_epochs(data: Path, run: Path, *, limit_train: int) -> None:
+    """A short run interrupted half-way, as a resume test needs."""
+    assert train(data, run, "--epochs", "2", "--batch-size", "16", "--limit-train", str(limit_train),
+                 "--limit-test", "4", "--stop-after", "1") == 0  # fmt: skip
+
+
 def test_a_run_resumed_with_another_process_count_says_the_result_will_differ(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A 2-process run resumed with 1 process continues, with one warning line (it silently differed before)."""
     run = tmp_path / "run"
-    assert train(tiny_data, run, "--epochs", "2", "--batch-size", "16", "--limit-train", "32", "--limit-test", "4",
-                 "--stop-after", "1") == 0
+    stop_after_the_first_of_two_epochs(tiny_data, run, limit_train=32)
     checkpoint = load_checkpoint(run / "checkpoint.pt")
     checkpoint["history"][-1]["world_size"] = 2  # as torchrun --nproc-per-node 2 records it
     torch.save(checkpoint, run / "checkpoint.pt")
@@ -657,8 +662,7 @@ def test_a_disagreeing_no_augment_is_named_as_the_setting_it_is(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    assert train(tiny_data, run, "--epochs", "2", "--batch-size", "16", "--limit-train", "16", "--limit-test", "4",
-                 "--stop-after", "1") == 0
+    stop_after_the_first_of_two_epochs(tiny_data, run, limit_train=16)
     assert train(tiny_data, run, "--resume", "--no-augment") == 1
     err = capsys.readouterr().err
     assert "augment: checkpoint True, asked False" in err and "--augment" not in err
