@@ -48,7 +48,15 @@ def shared_path(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def compiled_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder of AOTInductor packages for the session: each costs tens of seconds to build."""
+    """One folder of AOTInductor packages for the run: each costs tens of seconds to build.
+
+    Under pytest-xdist every worker has a session of its own, so the folder sits beside their
+    temporary folders, shared (the cache takes a writer's lock, as for processes of one user).
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "compiled"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("compiled")
 
 
