@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tiniest import plots
 from tiniest.errors import UsageError
 from tiniest.storage import check_output_folder
 from tiniest.weights import TiniestWeights
@@ -35,6 +36,14 @@ def check_output_file(path: Path, flag: str) -> None:
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder; expected a file name")
     check_output_folder(path.absolute().parent, f"{flag} {path}: the folder")
+
+
+def check_plot_file(path: Path) -> None:
+    """Refuse, before any work, a ``--plot`` that could not be drawn or written: no matplotlib, a format it
+    cannot write, a folder that cannot be written."""
+    plots.require_matplotlib("--plot")
+    plots.file_format(path)
+    check_output_file(path, "--plot")
 
 
 def read_metrics(path: Path | None) -> dict[str, Any] | None:

@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from tiniest import plots
-from tiniest.commands._common import add_device_argument, add_model_arguments, check_output_file, chosen_weights
+from tiniest.commands._common import (
+    add_device_argument,
+    add_model_arguments,
+    check_output_file,
+    check_plot_file,
+    chosen_weights,
+)
 from tiniest.data import LabeledImages, load_split
 from tiniest.devices import resolve_device
 from tiniest.errors import PreprocessError, UsageError
@@ -105,9 +111,7 @@ def _check_early(args: argparse.Namespace) -> None:
     if args.json is not None:
         check_output_file(args.json, "--json")
     if args.plot is not None:
-        plots.require_matplotlib("--plot")
-        plots.file_format(args.plot)
-        check_output_file(args.plot, "--plot")
+        check_plot_file(args.plot)
     require_images_extra(*(() if args.quiet else ("tqdm",)))  # one line naming the extra, not a traceback
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tiniest import plots
-from tiniest.commands._common import add_device_argument, add_model_arguments, check_output_file, chosen_weights
+from tiniest.commands._common import add_device_argument, add_model_arguments, check_plot_file, chosen_weights
 from tiniest.inference import predict
 from tiniest.names import printable
 from tiniest.transforms import require_images_extra
@@ -31,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.plot is not None:  # before any work
-        plots.require_matplotlib("--plot")
-        plots.file_format(args.plot)
-        check_output_file(Path(args.plot), "--plot")
+        check_plot_file(Path(args.plot))
     require_images_extra()  # one line naming the extra, not a traceback
     results = predict(
         list(args.images), top_k=args.top_k, weights=chosen_weights(args), eager=args.eager, errors="report",

@@ -23,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tiniest.commands import INTERRUPTED
 from tiniest.commands._common import add_device_argument
 from tiniest.env import env_text
 from tiniest.errors import UsageError
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if main_process and not launched_by_tiniest():  # tiniest's launcher says it once for all
             print(f"\ninterrupted. {last_saved(args.output)}", file=sys.stderr, flush=True)
-        return 130  # the shell's code for a run ended by Ctrl-C
+        return INTERRUPTED
     return 0
 
 

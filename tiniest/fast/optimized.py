@@ -401,7 +401,7 @@ def optimize(
     reason = None
     if mode != "eager" and device.type != "cpu":
         reason = f"the compiled fast path is CPU-only; the model stays on {device} and runs the folded module"
-    elif mode != "eager" and not compiler_available():  # (TINIEST_NO_COMPILE made the mode "eager" above)
+    elif mode != "eager" and not find_compiler():  # (TINIEST_NO_COMPILE made the mode "eager" above)
         reason = "no C++ compiler (Inductor uses $CXX, else g++); the folded module runs uncompiled"
     if reason is not None:
         warn(f"tiniest.optimize: {reason}", FastPathWarning)
