@@ -43,15 +43,16 @@ from tiniest.hub import check_architecture
 from tiniest.model import Tiniest
 from tiniest.storage import save_atomically
 from tiniest.transforms import PREPROCESSING, Preprocess
-from tiniest.weights import TiniestWeights, build_artifact
-from tiniest.weights.artifact import read_state_dict, sha256_hex
-from tiniest.weights.download import max_download_bytes
+from tiniest.weights import TiniestWeights
+from tiniest.weights.artifact import build_artifact
+from tiniest.weights.fetch import max_download_bytes
+from tiniest.weights.formats import read_state_dict, sha256_hex
+from tiniest.weights.loading import model_from_weights
 from tiniest.weights.metadata import (
     ARCHITECTURE_CREDIT,
     UNKNOWN_LICENSE,
     checkpoint_meta,
     is_published,
-    model_from_weights,
 )
 
 __all__ = [

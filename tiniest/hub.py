@@ -19,7 +19,7 @@ from tiniest.devices import resolve_device
 from tiniest.errors import TiniestDeprecationWarning, UsageError, warn
 from tiniest.model import Tiniest
 from tiniest.weights import TiniestWeights, load_strictly, load_weights
-from tiniest.weights.metadata import loaded_meta, model_from_weights
+from tiniest.weights.loading import model_from_weights
 
 __all__ = ["Weights", "check_architecture", "tiniest"]
 
@@ -94,7 +94,7 @@ def tiniest(
             ``"local"`` (the checkout's ``weights/`` folder), ``"cache"`` (torch.hub's checkpoints
             folder, then the Hugging Face cache), ``"github"`` (the release asset; base URL from
             ``TINIEST_GITHUB_URL``), ``"huggingface"`` (``hf_hub_download``; honours ``HF_ENDPOINT``,
-            ``HF_HOME``, tokens) and ``"original"`` (the publisher's .pt, converted in memory).
+            ``HF_HOME``, tokens) and ``"original"`` (the publisher's .pt, verified by its own sha256).
             Default: all of them, in that order. A list or a comma-separated string.
         device: where to put the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...); a device
             this machine lacks is refused in one line. Default: stays on the CPU.
@@ -116,7 +116,7 @@ def tiniest(
         loaded = load_weights(
             None if weights is TiniestWeights.DEFAULT else weights, sources=sources, progress=progress, offline=offline
         )
-        model = model_from_weights(Tiniest, loaded.state_dict, loaded_meta(loaded), origin=loaded.location)
+        model = model_from_weights(Tiniest, loaded.state_dict, loaded.meta, origin=loaded.location)
     model.eval()
     return model.to(target) if target is not None else model
 

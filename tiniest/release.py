@@ -28,7 +28,7 @@ from tiniest.export import artifact_bytes
 from tiniest.storage import check_output_folder, save_atomically
 from tiniest.weights import TiniestWeights
 from tiniest.weights._record import RECORD_NAME, Release, check_release_name
-from tiniest.weights.artifact import read_state_dict, sha256_hex
+from tiniest.weights.formats import read_state_dict, sha256_hex
 from tiniest.weights.hub_folder import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, hub_license, write_model_folder
 from tiniest.weights.metadata import checkpoint_meta, dataset_name, is_cifar10, is_published
 from tiniest.weights.run_files import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tiniest.commands._common import read_metrics
 from tiniest.export import FORMATS, export
-from tiniest.weights.artifact import sha256_hex
+from tiniest.weights.formats import sha256_hex
 
 
 def _formats_help() -> str:

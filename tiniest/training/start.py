@@ -20,7 +20,7 @@ from torch import nn
 
 from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
 from tiniest.weights import TiniestWeights, load_strictly, load_weights
-from tiniest.weights.metadata import loaded_meta, num_outputs
+from tiniest.weights.loading import num_outputs
 from tiniest.weights.run_files import MODEL_NAME
 
 __all__ = ["HEAD", "load_start"]
@@ -84,7 +84,7 @@ def load_start(
         loaded = load_weights(spec, progress=progress)
     origin = f"init {loaded.location}"
     source_classes = num_outputs(loaded.state_dict, origin)
-    names = loaded_meta(loaded).get("categories")
+    names = loaded.meta.get("categories")
     same = list(names) == list(classes) if names is not None else source_classes == len(classes)
     state = dict(loaded.state_dict)
     if not same:  # the trunk from the weights, the head from the model's own seeded initialisation

@@ -1,25 +1,20 @@
-"""The weights: the pinned release, where its bytes come from, the file format and Hub model folders.
+"""The weights: the pinned release, where its bytes come from, and how files become tensors.
 
 * :mod:`~tiniest.weights._record`: the pinned record (``release.json``), :class:`TiniestWeights`, :data:`CLASSES`;
-* :mod:`~tiniest.weights.sources`: :func:`load_weights`, each source in turn until one yields the pinned bytes;
-  :mod:`~tiniest.weights.download` (HTTP) and :mod:`~tiniest.weights.huggingface` (the Hub) serve it;
-* :mod:`~tiniest.weights.artifact`: the safetensors release file; :mod:`~tiniest.weights.metadata`: what
-  weights say about themselves; :mod:`~tiniest.weights.run_files`: a training run's files as weights;
-* :mod:`~tiniest.weights.hub_mixin` and :mod:`~tiniest.weights.hub_folder`: ``from_pretrained`` /
-  ``save_pretrained``.
+* :mod:`~tiniest.weights.sources`: :func:`load_weights`, each source in turn until one yields the pinned bytes,
+  served by :mod:`~tiniest.weights.fetch` (HTTP) and :mod:`~tiniest.weights.huggingface` (the Hub);
+* :mod:`~tiniest.weights.formats`: safetensors and ``.pt`` bytes as tensors (the library, else
+  :mod:`~tiniest.weights.safetensors_fallback`); :mod:`~tiniest.weights.loading`: tensors into a model;
+* publishing: :mod:`~tiniest.weights.artifact` (the release file), :mod:`~tiniest.weights.metadata`,
+  :mod:`~tiniest.weights.run_files`, and :mod:`~tiniest.weights.hub_mixin` / :mod:`~tiniest.weights.hub_folder`
+  (``from_pretrained`` / ``save_pretrained``). None of these is imported to load the weights.
 
 This package checks bytes and keys; it never imports the model: callers pass the model class.
 """
 
 from tiniest.weights._record import CLASSES, RECORD_PATH, Release, TiniestWeights
-from tiniest.weights.sources import (
-    SOURCES,
-    LoadedWeights,
-    build_artifact,
-    load_strictly,
-    load_weights,
-    torch_cache_path,
-)
+from tiniest.weights.loading import LoadedWeights, load_strictly
+from tiniest.weights.sources import SOURCES, load_weights, torch_cache_path
 
 __all__ = [
     "CLASSES",
@@ -28,7 +23,6 @@ __all__ = [
     "LoadedWeights",
     "Release",
     "TiniestWeights",
-    "build_artifact",
     "load_strictly",
     "load_weights",
     "torch_cache_path",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tiniest.env import env_text
 from tiniest.errors import ArtifactError, UsageError
 from tiniest.files import read_regular
-from tiniest.weights.artifact import sha256_hex
+from tiniest.weights.formats import sha256_hex
 
 if TYPE_CHECKING:  # the transforms are imported when asked for, not with the weights
     from tiniest.transforms import Preprocess

@@ -1,44 +1,30 @@
-"""The release artifact: a state_dict as safetensors with descriptive, reproducible metadata.
+"""The release artifact: a state_dict as safetensors, with descriptive, reproducible metadata.
 
-:func:`to_safetensors` writes the format itself (an 8-byte header length, a JSON header, the raw
-little-endian tensors), because ``safetensors.torch.save`` needs numpy, which neither torch nor
-tiniest installs. It lays the tensors out as safetensors does (by dtype, largest first, then by
-name; a test compares the two byte for byte) and writes the header with sorted keys, so that the
-same checkpoint always gives the same bytes and the same sha256. Reading is
-:mod:`tiniest.weights.safetensors_format`'s, in plain Python and torch, in every environment: the
-torch.hub user who has only torch runs the same reader as the tests, which hold it to the library.
+Written here rather than by ``safetensors.torch.save``: the library lays tensors out in a fixed
+order, but writes the metadata in hash-map order, which changes from one process to the next, so
+the same checkpoint would not give the same sha256 twice. This writer uses the library's layout
+(by dtype, largest first, then by name; a test compares the tensor bytes) and a sorted header: the
+same checkpoint always gives the bytes pinned in ``release.json``. Loading never converts anything.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import io
 import json
-import pickle
-import re
 import struct
 import sys
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from tiniest.errors import ArtifactError
-from tiniest.weights.safetensors_format import DTYPES, read_header, read_tensors
+from tiniest.weights.formats import read_state_dict, sha256_hex
+from tiniest.weights.safetensors_fallback import DTYPES
 
-__all__ = [
-    "artifact_metadata",
-    "is_safetensors",
-    "read_metadata",
-    "read_state_dict",
-    "sha256_hex",
-    "to_safetensors",
-]
+__all__ = ["artifact_metadata", "build_artifact", "to_safetensors"]
 
 _SAFETENSORS_ALIGN = 8
-_HEADER_START = re.compile(rb"[ \t\n\r]*\{")  # JSON's blanks, then the header object
 # the dtypes written, in the order safetensors lays tensors out (largest alignment first); built from
 # names, as an older torch lacks some (uint64 came with torch 2.3)
 _LAYOUT = [
@@ -49,8 +35,6 @@ _DTYPES = {DTYPES[name]: name for name in _LAYOUT if name in DTYPES}
 _LAYOUT_RANK = {dtype: rank for rank, dtype in enumerate(_DTYPES)}
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def artifact_metadata(meta: Mapping[str, Any], *, source_sha256: str) -> dict[str, str]:
@@ -91,57 +75,11 @@ def _raw_bytes(tensor: torch.Tensor) -> bytes:
     return ctypes.string_at(tensor.data_ptr(), tensor.nbytes) if tensor.nbytes else b""
 
 
-def read_metadata(data: bytes, *, origin: str = "weights") -> dict[str, str]:
-    """The ``__metadata__`` block of a safetensors file, the whole header checked, the tensors not built."""
-    return read_header(data, origin=origin).metadata
+def build_artifact(checkpoint: bytes, meta: Mapping[str, Any], *, origin: str = "checkpoint") -> bytes:
+    """A state_dict checkpoint (.pt or .safetensors bytes) as release bytes.
 
-
-def is_safetensors(data: bytes) -> bool:
-    """Whether ``data`` opens like a safetensors file: a header length that fits, then a JSON object.
-
-    JSON allows blanks before the ``{`` (the library reads such a file); they are skipped within the
-    header only, without copying it.
+    Only bytes and keys are read here: the caller checks that the tensors fit the architecture
+    (:func:`tiniest.hub.check_architecture`), or compares the result with a pinned hash.
     """
-    if len(data) < 10:
-        return False
-    (header_len,) = struct.unpack("<Q", data[:8])
-    return header_len <= len(data) - 8 and _HEADER_START.match(data, 8, 8 + header_len) is not None
-
-
-def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.Tensor]:
-    """Tensors from safetensors bytes or a torch state_dict (never unpickling code)."""
-    if is_safetensors(data):
-        return read_tensors(data, origin=origin)
-    try:
-        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign bytes
-        raise ArtifactError(_unreadable(data, origin, error)) from None
-    if isinstance(loaded, Mapping) and str(loaded.get("format", "")).startswith("tiniest-train-checkpoint"):
-        raise ArtifactError(
-            f"{origin}: this is a `tiniest train` checkpoint (weights, optimizer, history), not a state_dict: "
-            "pass the run's model.pt (written when the run finishes), or `tiniest release` the run or this file"
-        )
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ArtifactError(f"{origin}: expected a state_dict of tensors, got {type(loaded).__name__}")
-    return dict(loaded)
-
-
-def _unreadable(data: bytes, origin: str, error: Exception) -> str:
-    """Why torch.load refused ``data``: code or objects in a torch archive, or bytes of another kind."""
-    reason = _torch_reason(error)
-    if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(io.BytesIO(data)):
-        return (
-            f"{origin}: refused: this .pt file holds more than tensors (pickled objects or code), and tiniest "
-            f"reads .pt files only with torch.load(weights_only=True). torch says: {reason}"
-        )
-    return (
-        f"{origin}: expected a .safetensors file or a torch state_dict, "
-        f"got {len(data)} bytes that are neither ({type(error).__name__}: {reason})"
-    )
-
-
-def _torch_reason(error: BaseException) -> str:
-    """torch's explanation, whole, on one line; without its advice to load with weights_only=False."""
-    paragraphs = [" ".join(p.split()) for p in str(error).split("\n\n") if p.strip()]
-    kept = [p for p in paragraphs if "weights_only` set to `False`" not in p]
-    return " ".join(kept or paragraphs)
+    state_dict = read_state_dict(checkpoint, origin=origin)
+    return to_safetensors(state_dict, artifact_metadata(meta, source_sha256=sha256_hex(checkpoint)))

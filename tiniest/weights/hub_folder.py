@@ -37,16 +37,10 @@ from tiniest.errors import (
 from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, save_atomically
 from tiniest.weights._record import CLASSES, MAX_RECORD_BYTES, TiniestWeights
-from tiniest.weights.artifact import artifact_metadata, sha256_hex, to_safetensors
-from tiniest.weights.metadata import (
-    UNKNOWN_LICENSE,
-    M,
-    is_cifar10,
-    loaded_meta,
-    model_from_weights,
-    num_outputs,
-    weights_meta,
-)
+from tiniest.weights.artifact import artifact_metadata, to_safetensors
+from tiniest.weights.formats import sha256_hex
+from tiniest.weights.loading import model_from_weights, num_outputs
+from tiniest.weights.metadata import UNKNOWN_LICENSE, M, is_cifar10, weights_meta
 from tiniest.weights.sources import load_weights
 
 __all__ = [
@@ -420,7 +414,7 @@ def from_pretrained(
             f"{spec} served {WEIGHTS_NAME} with sha256 {loaded.sha256}, expected the pinned "
             f"{release.sha256}; refusing unverified weights from the pinned repo"
         )
-    meta = loaded_meta(loaded)
+    meta = loaded.meta
     outputs = num_outputs(loaded.state_dict, str(weights))
     if config.get("num_classes", outputs) != outputs:
         raise IncompatibleWeightsError(

@@ -20,9 +20,8 @@ the held-out images the recorded scores were measured on.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
@@ -30,45 +29,27 @@ import torch
 from torch import nn
 
 from tiniest.classes import CIFAR10_CLASSES, default_labels
-from tiniest.errors import ArtifactError, IncompatibleWeightsError, TiniestError, TiniestWarning, UsageError, warn
+from tiniest.errors import ArtifactError, IncompatibleWeightsError, TiniestError, UsageError, warn
 from tiniest.storage import HF_PREFIX
 from tiniest.weights._record import TiniestWeights, release_beside
-from tiniest.weights.artifact import is_safetensors, read_metadata, sha256_hex
+from tiniest.weights.formats import is_safetensors, read_weights, sha256_hex
+from tiniest.weights.loading import NoClassNamesWarning, decode_metadata, num_outputs
 from tiniest.weights.run_files import run_beside
-from tiniest.weights.sources import LoadedWeights, load_strictly
 
 __all__ = [
     "ARCHITECTURE_CREDIT",
     "UNKNOWN_LICENSE",
-    "NoClassNamesWarning",
     "check_metrics",
     "checkpoint_meta",
     "dataset_name",
-    "decode_metadata",
     "is_cifar10",
     "is_published",
-    "loaded_meta",
-    "model_from_weights",
-    "num_outputs",
     "weights_meta",
 ]
 
 ARCHITECTURE_CREDIT = "Architecture and training recipe by github.com/xvel/cifar10-tiniest"
 UNKNOWN_LICENSE = "unknown"  # the Hub's name for a licence nobody stated
 M = TypeVar("M", bound=nn.Module)
-
-
-class NoClassNamesWarning(TiniestWarning):
-    """Weights whose file, and whatever lies beside it, name none of their classes: outputs are ``class_<i>``."""
-
-
-def _warn_unnamed(origin: str, num_classes: int) -> None:
-    warn(
-        f"{origin} carries no class names (a bare state_dict, with no release.json or run checkpoint.pt beside it "
-        f"that names it): its {num_classes} outputs are called class_0 ... class_{num_classes - 1}. Keep a "
-        "release's .pt beside its release.json (a run's model.pt in its run folder), or use a release's .safetensors, "
-        "which carries its names",
-        NoClassNamesWarning)
 
 
 def _metrics_problem(metrics: object) -> str | None:
@@ -108,92 +89,8 @@ def check_metrics(metrics: object, where: str, error: type[TiniestError] = Usage
     return dict(metrics)
 
 
-def decode_metadata(header: Mapping[str, str]) -> dict[str, Any]:
-    """The inverse of :func:`tiniest.weights.artifact.artifact_metadata`: JSON values decoded, ``format`` dropped.
-
-    A value is decoded only where encoding it again gives the same text, so the metadata written
-    back is byte-identical.
-    """
-    meta: dict[str, Any] = {}
-    for key, text in header.items():
-        if key == "format":
-            continue
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        exact = not isinstance(value, str) and json.dumps(value, sort_keys=True) == text
-        meta[key] = value if exact else text
-    return meta
-
-
 def is_cifar10(categories: Sequence[str]) -> bool:
     return tuple(categories) == CIFAR10_CLASSES
-
-
-def num_outputs(state_dict: Mapping[str, torch.Tensor], origin: str = "weights") -> int:
-    """The class count of Tiniest weights: the rows of their ``fc.weight``."""
-    fc = state_dict.get("fc.weight")
-    if not isinstance(fc, torch.Tensor) or fc.dim() != 2 or fc.shape[0] < 1:
-        found = f"of shape {tuple(fc.shape)}" if isinstance(fc, torch.Tensor) else "absent"
-        names = ", ".join(list(state_dict)[:3]) + (", ..." if len(state_dict) > 3 else "")
-        raise IncompatibleWeightsError(
-            f"{origin}: expected Tiniest weights, whose fc.weight has shape (classes, 80); got {len(state_dict)} "
-            f"tensors ({names or 'none'}) and fc.weight {found}"
-        )
-    return int(fc.shape[0])
-
-
-def _labels(meta: Mapping[str, Any], num_classes: int, origin: str) -> list[str] | None:
-    names = meta.get("categories")
-    if names is None:
-        return None
-    if (
-        not isinstance(names, list)
-        or not all(isinstance(name, str) for name in names)
-        or len(names) != num_classes
-        or len(set(names)) != len(names)
-    ):
-        raise IncompatibleWeightsError(
-            f"{origin}: expected {num_classes} distinct class names in the metadata's categories "
-            f"(one per output of the weights), got {names!r}"
-        )
-    return names
-
-
-def model_from_weights(
-    cls: Callable[..., M], state_dict: dict[str, torch.Tensor], meta: Mapping[str, Any], *, origin: str = "weights"
-) -> M:
-    """An eval-mode ``cls`` with as many outputs as the weights, their labels, and ``meta`` kept on it.
-
-    ``cls`` is the model class (called as ``cls(num_classes, labels=..., meta=...)``); loading is
-    strict, so weights that do not fit its architecture are refused.
-    """
-    num_classes = num_outputs(state_dict, origin)
-    labels = _labels(meta, num_classes, origin)
-    if labels is None:
-        _warn_unnamed(origin, num_classes)
-    model = cls(num_classes, labels=labels, meta=meta)
-    load_strictly(model, state_dict, origin)
-    return model.eval()
-
-
-def _meta_beside(path: Path, sha256: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """What lies beside a bare state_dict file about it: its release's record, else its run's classes."""
-    release = release_beside(path, sha256)
-    if release is not None:
-        return dict(release.meta)
-    run = run_beside(path, state_dict)
-    return {"categories": list(run["classes"])} if run is not None else {}
-
-
-def loaded_meta(loaded: LoadedWeights) -> dict[str, Any]:
-    """What a loaded file says of its weights, plus its ``sha256``; for a bare ``.pt``, what lies beside it."""
-    if loaded.metadata:
-        return {**decode_metadata(loaded.metadata), "sha256": loaded.sha256}
-    if "://" in loaded.location:
-        return {}
-    return _meta_beside(Path(loaded.location), loaded.sha256, loaded.state_dict)
 
 
 def _recipe_text(recipe: Mapping[str, Any], reached: int | None = None) -> str:
@@ -316,7 +213,8 @@ def weights_meta(
     num_classes = num_outputs(state_dict, origin)
     categories = list(labels or (run["classes"] if run else None) or inherited.get("categories") or [])
     if not categories:
-        _warn_unnamed(origin, num_classes)
+        warn(f"{origin} carries no class names: its {num_classes} outputs are called class_0 ... "
+             f"class_{num_classes - 1}", NoClassNamesWarning)
         categories = list(default_labels(num_classes))
     if len(categories) != num_classes:
         raise IncompatibleWeightsError(
@@ -375,7 +273,7 @@ def checkpoint_meta(
         if metrics is not None or license is not None or license_link is not None:
             raise UsageError("metrics and license are for new weights; the published ones keep their pinned record")
         return dict(TiniestWeights.DEFAULT.release.meta)
-    inherited = decode_metadata(read_metadata(checkpoint)) if is_safetensors(checkpoint) else {}
+    inherited = decode_metadata(read_weights(checkpoint)[1]) if is_safetensors(checkpoint) else {}
     if run is None and path is not None and not inherited:
         release = release_beside(path, sha256_hex(checkpoint))
         if release is not None:

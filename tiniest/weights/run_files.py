@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from tiniest.errors import ArtifactError, first_line
-from tiniest.weights.artifact import is_safetensors
+from tiniest.weights.formats import is_safetensors
 
 __all__ = [
     "CHECKPOINT_FORMAT",
