@@ -95,7 +95,8 @@ def model_card() -> str:
 @pytest.fixture(scope="session")
 def release_bytes() -> bytes:
     """The release artifact exported from ../shared/weights/tiniest.pt (built, never committed)."""
-    from tiniest.weights import TiniestWeights, build_artifact
+    from tiniest.weights import TiniestWeights
+    from tiniest.weights.artifact import build_artifact
 
     checkpoint = shared_path(SHARED_CHECKPOINT)
     return build_artifact(checkpoint.read_bytes(), TiniestWeights.DEFAULT.meta)

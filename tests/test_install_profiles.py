@@ -30,7 +30,7 @@ from tests.conftest import ROOT, copy_checkout
 from tests.loopback import LoopbackServer
 from tiniest.model import Tiniest
 from tiniest.weights import TiniestWeights
-from tiniest.weights.artifact import read_state_dict
+from tiniest.weights.formats import read_state_dict
 
 RELEASE = TiniestWeights.DEFAULT.release
 INPUT = torch.linspace(-0.5, 0.5, 3 * 32 * 32).reshape(1, 3, 32, 32)

@@ -25,8 +25,8 @@ from tests.tiny_runs import make_dataset, train
 from tiniest import Tiniest
 from tiniest.commands import main
 from tiniest.errors import TiniestWarning, UnverifiedWeightsWarning, WeightsNotFoundError
-from tiniest.weights.artifact import read_metadata, sha256_hex
-from tiniest.weights.metadata import NoClassNamesWarning
+from tiniest.weights.formats import read_metadata, sha256_hex
+from tiniest.weights.loading import NoClassNamesWarning
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ("circle", "square", "triangle")

@@ -54,7 +54,8 @@ CHILD = textwrap.dedent(
     except Exception as error:
         out["error"] = f"{{type(error).__name__}}: {{error}}"
     else:
-        from tiniest.weights.artifact import read_metadata, to_safetensors
+        from tiniest.weights.formats import read_metadata
+        from tiniest.weights.artifact import to_safetensors
         meta = read_metadata(open(sys.argv[3], "rb").read())
         out["sha256"] = hashlib.sha256(to_safetensors(model.state_dict(), meta)).hexdigest()
         out["code"] = sys.modules["tiniest"].__file__

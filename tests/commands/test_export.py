@@ -232,7 +232,7 @@ def test_published_checkpoint_exports_keep_the_pinned_bytes_and_names(
     release = TiniestWeights.DEFAULT.release
     safetensors = export_cli(shared_checkpoint, "safetensors", tmp_path, capsys)
     assert safetensors.name == release.filename
-    from tiniest.weights.artifact import sha256_hex
+    from tiniest.weights.formats import sha256_hex
 
     assert sha256_hex(safetensors.read_bytes()) == release.sha256
     onnx_file = export_cli(shared_checkpoint, "onnx", tmp_path, capsys)
@@ -264,7 +264,7 @@ def test_metrics_only_apply_to_safetensors(
 def test_only_the_published_checkpoint_carries_the_publishers_credit(
     checkpoint: tuple[Path, Tiniest], shared_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tiniest.weights.artifact import read_metadata
+    from tiniest.weights.formats import read_metadata
 
     path, _ = checkpoint
     mine = read_metadata(export_cli(path, "safetensors", tmp_path / "mine", capsys).read_bytes())

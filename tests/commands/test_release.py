@@ -21,8 +21,9 @@ from tiniest.commands import main
 from tiniest.errors import UnverifiedWeightsWarning
 from tiniest.model import Tiniest
 from tiniest.release import publish_commands
-from tiniest.weights import RECORD_PATH, Release, TiniestWeights, build_artifact
-from tiniest.weights.artifact import read_metadata, sha256_hex
+from tiniest.weights import RECORD_PATH, Release, TiniestWeights
+from tiniest.weights.artifact import build_artifact
+from tiniest.weights.formats import read_metadata, sha256_hex
 from tiniest.weights.run_files import load_checkpoint
 
 MINE = ("--github-repo", "someone/tiniest", "--hf-repo-id", "someone/tiniest-v2")

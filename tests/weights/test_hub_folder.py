@@ -18,7 +18,7 @@ import tiniest
 from tests.loopback import LoopbackServer
 from tiniest import Tiniest, TiniestWeights
 from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
-from tiniest.weights.artifact import read_metadata, sha256_hex
+from tiniest.weights.formats import read_metadata, sha256_hex
 
 ROOT = Path(__file__).resolve().parents[2]
 PINNED = TiniestWeights.DEFAULT.release

@@ -25,7 +25,8 @@ from tiniest.errors import (
     WeightsNotFoundError,
 )
 from tiniest.weights import TiniestWeights, load_weights, torch_cache_path
-from tiniest.weights.artifact import read_metadata, sha256_hex, to_safetensors
+from tiniest.weights.artifact import to_safetensors
+from tiniest.weights.formats import read_metadata, sha256_hex
 
 RELEASE = TiniestWeights.DEFAULT.release
 
@@ -178,8 +179,9 @@ def test_a_weights_url_naming_a_fifo_is_refused_not_waited_on(tmp_path: Path) ->
 
 @pytest.mark.parametrize("url", ["://x", "http://127.0.0.1:port/w.safetensors", "http://[::1/w"])
 def test_a_url_urllib_refuses_is_a_download_error(url: str) -> None:
-    from tiniest.errors import DownloadError
     from tiniest.weights.download import fetch
+
+    from tiniest.errors import DownloadError
 
     with pytest.raises(DownloadError, match=rf"^cannot download {re.escape(url)}: "):
         fetch(url, max_bytes=1)
@@ -739,7 +741,7 @@ def test_integer_or_non_finite_weights_are_refused_naming_the_tensor(change, exp
 
 def test_a_bare_safetensors_is_not_told_to_use_the_safetensors(tmp_path: Path) -> None:
     """The advice of NoClassNamesWarning fits a bare .safetensors too: a release's file carries the names."""
-    from tiniest.weights.metadata import NoClassNamesWarning
+    from tiniest.weights.loading import NoClassNamesWarning
 
     path = tmp_path / "bare.safetensors"
     safetensors.torch.save_file(tiniest.Tiniest().state_dict(), str(path))

@@ -62,7 +62,11 @@ def read_header(data: bytes, *, origin: str = "weights") -> Header:
         raise refuse(f"a header of {length:,} bytes in a file of {len(data):,} (at most {MAX_HEADER_BYTES:,} read)")
     try:
         header = json.loads(
-            data[8 : 8 + length].decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant
+            data[8 : 8 + length].decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+            parse_float=_no_float,
+            parse_int=_whole_number,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise refuse(f"a header that is not JSON ({type(error).__name__}: {str(error)[:200]})") from None
@@ -71,6 +75,8 @@ def read_header(data: bytes, *, origin: str = "weights") -> Header:
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise refuse("__metadata__ to map names to strings")
+    if not all(_is_unicode(text) for text in (*header, *metadata, *metadata.values())):
+        raise refuse("names and metadata in Unicode (a lone surrogate escape is not)")
     entries = {name: _entry(name, info, refuse) for name, info in header.items()}
     offset = 0
     for name, entry in sorted(entries.items(), key=lambda item: (item[1].start, item[1].end)):
@@ -105,6 +111,8 @@ def _entry(name: str, info: Any, refuse: Any) -> Entry:
     shape, offsets = _whole_numbers(info["shape"]), _whole_numbers(info["data_offsets"])
     if shape is None or offsets is None or len(offsets) != 2 or offsets[0] > offsets[1]:
         raise refuse(f"tensor {shown}: expected a shape and two increasing data_offsets of whole numbers")
+    if math.prod(n for n in shape if n) >= 2**63:  # torch's sizes are signed 64-bit
+        raise refuse(f"tensor {shown}: expected a shape torch can hold, got {shape[:8]}")
     size = math.prod(shape) * dtype.itemsize
     if offsets[1] - offsets[0] != size:
         raise refuse(
@@ -120,6 +128,14 @@ def _whole_numbers(value: Any) -> list[int] | None:
     return value if good else None
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _kind(value: Any) -> str:
     return f"keys {sorted(value)[:5]}" if isinstance(value, dict) else type(value).__name__
 
@@ -133,3 +149,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+def _no_float(text: str) -> None:
+    """Sizes and offsets are whole numbers and metadata is text: no number with a point or exponent is valid."""
+    raise ValueError(f"{text[:40]}: expected a whole number")
+
+
+def _whole_number(text: str) -> int:
+    """A non-negative whole number (``-0`` included in the refusal, as the library refuses it)."""
+    if text.startswith("-"):
+        raise ValueError(f"{text[:40]}: expected a non-negative whole number")
+    return int(text)
