@@ -13,6 +13,7 @@ bound each wait, not the whole). docs/reliability.md says so.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["download_from_hub"]
 
+_HEX = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
 
 def download_from_hub(release: Release) -> tuple[bytes, str]:
     """The release's bytes from the Hub, verified, and the cached path that holds them."""
@@ -37,9 +40,17 @@ def download_from_hub(release: Release) -> tuple[bytes, str]:
     url = hf_hub_url(repo_id, filename, revision=revision)
     token = False if urllib.parse.urlsplit(url).scheme == "http" else None  # a token goes over https only
     try:
-        announced = get_hf_file_metadata(url, token=token).size
-        if announced is not None and announced != release.size:
-            raise LookupError(f"{url} announces {announced:,} bytes; the pinned file has {release.size:,}: not fetched")
+        announced = get_hf_file_metadata(url, token=token)
+        if announced.size is not None and announced.size != release.size:
+            raise LookupError(
+                f"{url} announces {announced.size:,} bytes; the pinned file has {release.size:,}: not fetched"
+            )
+        # huggingface_hub builds cache paths from these two answers: a server's "../.." must never become one
+        if not _HEX.fullmatch(announced.commit_hash or "0" * 40) or not _HEX.fullmatch(announced.etag or "0" * 40):
+            raise LookupError(
+                f"{url} did not answer like the Hugging Face Hub: expected a hex commit and etag, "
+                f"got {announced.commit_hash!r:.80} and {announced.etag!r:.80}; not fetched"
+            )
         problem = ""
         for force in (False, True):
             path = Path(hf_hub_download(repo_id, filename, revision=revision, token=token, force_download=force))

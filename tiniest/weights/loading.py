@@ -105,8 +105,8 @@ def model_from_weights(
         warn(
             f"{origin} carries no class names (a bare state_dict, with no release.json or run checkpoint.pt beside "
             f"it that names it): its {num_classes} outputs are called class_0 ... class_{num_classes - 1}. Keep a "
-            "release's .pt beside its release.json (a run's model.pt in its run folder), or use a .safetensors file, "
-            "which carries its names",
+            "release's .pt beside its release.json (a run's model.pt in its run folder), or use a release's "
+            ".safetensors, which carries its names",
             NoClassNamesWarning,
         )
     model = cls(num_classes, labels=labels, meta=meta)
