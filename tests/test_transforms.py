@@ -572,3 +572,29 @@ def test_a_pil_image_without_pixels_is_refused_like_an_empty_array(size: tuple[i
         preprocess(Image.new("RGB", size))
     answers = tiniest.predict([Image.new("RGB", size)], model=tiniest.Tiniest().eval(), errors="report")
     assert answers[0].error is not None and "non-empty image" in answers[0].error
+
+
+def test_an_unidentified_image_is_named_by_its_path_or_size_never_a_descriptor(tmp_path: Path) -> None:
+    """Pillow's "cannot identify image file <_io.BufferedReader name=3>" named a file descriptor."""
+    fake = tmp_path / "page.png"
+    fake.write_bytes(b"<!DOCTYPE html><html></html>")
+    cases = [(fake, f"cannot read image file {str(fake)!r}"), (fake.read_bytes(), "image bytes (28 bytes)")]
+    for value, origin in cases:
+        with pytest.raises(PreprocessError) as caught:
+            preprocess(value)
+        message = str(caught.value)
+        assert origin in message and "<!DOCTYP" in message and "\n" not in message
+        assert "_io." not in message and "name=" not in message, message
+
+
+def test_quantize_leaves_its_input_alone_and_rounds_as_before() -> None:
+    """In-place ops on a tiny tensor went through the intra-op thread pool (41 ms a call on a loaded machine)."""
+    from tiniest.transforms import _quantize
+
+    unit = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    unit[0, 0, 0, :5] = torch.tensor([0.0, 0.5 / 255, 1.5 / 255, 254.5 / 255, 1.0])
+    kept = unit.clone()
+    quantized = _quantize(unit)
+    assert torch.equal(unit, kept), "the input was overwritten"
+    assert torch.equal(quantized, kept.mul(255).round().clamp(0, 255).to(torch.uint8))
+    assert quantized.dtype == torch.uint8 and quantized[0, 0, 0, :5].tolist() == [0, 0, 2, 254, 255]

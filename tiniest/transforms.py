@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import reprlib
 import stat
 import struct
@@ -181,7 +182,8 @@ def _pil_to_unit(image: Any, *, origin: str, size: tuple[int, int]) -> torch.Ten
     except TiniestError:  # ours, already saying what went wrong
         raise
     except _decoder_errors() as error:
-        raise PreprocessError(f"{origin}: expected a readable image ({type(error).__name__}: {error})") from None
+        message = _without_file_objects(error)
+        raise PreprocessError(f"{origin}: expected a readable image ({type(error).__name__}: {message})") from None
     return _upright(_resize(torch.cat(stripes, dim=2), (height, width)), orientation)
 
 
@@ -238,8 +240,31 @@ def _decode(stream: IO[bytes], origin: str, size: tuple[int, int]) -> torch.Tens
             return _pil_to_unit(image, origin=origin, size=size)
     except TiniestError:  # ours, already saying what went wrong
         raise
+    except Image.UnidentifiedImageError:  # its message names Pillow's file object ("name=3"), not the file
+        raise PreprocessError(
+            f"{origin}: expected a readable image in a format Pillow reads (PNG, JPEG, BMP, GIF, WebP, TIFF, ...), "
+            f"got data it cannot identify, starting {_head(stream)!r}"
+        ) from None
     except _decoder_errors() as error:  # opening and identifying the file
-        raise PreprocessError(f"{origin}: expected a readable image ({error})") from None
+        raise PreprocessError(f"{origin}: expected a readable image ({_without_file_objects(error)})") from None
+
+
+def _head(stream: IO[bytes]) -> bytes:
+    """The first 8 bytes of ``stream`` (what a file starts with tells what it is: ``<!DOCTYP``, ``PK``...)."""
+    try:
+        stream.seek(0)
+        return stream.read(8)
+    except (OSError, ValueError):
+        return b""
+
+
+_FILE_OBJECT = re.compile(r"<_?io\.\w+ (name=[^>]*|object at 0x[0-9a-f]+)>")
+
+
+def _without_file_objects(error: BaseException) -> str:
+    """A decoder's message without the repr of the file object it was given (``<_io.BufferedReader name=3>``):
+    the origin already names the path or the bytes, and a descriptor number says nothing to the reader."""
+    return _FILE_OBJECT.sub("the image", str(error))
 
 
 def _read_file(path: str | os.PathLike[str], size: tuple[int, int]) -> torch.Tensor:
