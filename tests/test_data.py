@@ -697,3 +697,25 @@ def test_real_batches_with_file_names_fit_the_pickle_allow_list(tmp_path: Path) 
         assert test.labels.tolist() == labels
         assert torch.equal(test.images, torch.from_numpy(data).reshape(-1, 3, 32, 32))
 
+
+
+def test_the_dataset_cache_is_read_by_safetensors_alone_and_hashed_without_raw_pointers(tmp_path: Path) -> None:
+    """data.py held a third safetensors header parser and hashed tensor memory through ctypes; the cache is
+    now read with ``safetensors.torch.load`` only, and its digest is of the tensors' bytes, chunk by chunk."""
+    source = Path(data_module.__file__).read_text()
+    assert "ctypes" not in source and "struct.unpack" not in source and "import struct" not in source
+    generator = torch.Generator().manual_seed(1)
+    tensors = {"images": torch.randint(0, 256, (1500, 3, 32, 32), dtype=torch.uint8, generator=generator),
+               "labels": torch.arange(1500) % 10}  # 4.6 MB: more than one hashing chunk
+    header = json.dumps([["images", "torch.uint8", [1500, 3, 32, 32]], ["labels", "torch.int64", [1500]]]).encode()
+    expected = hashlib.sha256(header + tensors["images"].numpy().tobytes() + tensors["labels"].numpy().tobytes())
+    assert data_module._tensors_sha256(tensors) == expected.hexdigest()
+    make_image_folder(tmp_path / "test")
+    first = load_split(tmp_path, "test")
+    (cache,) = cache_files()
+    from safetensors.torch import load
+
+    stored = load(cache.read_bytes())
+    meta = json.loads(bytes(stored["meta"].tolist()))
+    assert meta["sha256"] == data_module._tensors_sha256({"images": first.images, "labels": first.labels})
+    assert meta["classes"] == list(CLASSES)

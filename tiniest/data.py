@@ -19,8 +19,9 @@ run, and any copy, edit, addition or removal changes at least one of these. A ch
 therefore misses the cache and replaces the stale file; writes go through a temporary file and
 ``os.replace`` so that a crash never leaves a half-written cache (the next load removes the temporary
 files of a killed writer: :func:`tiniest.storage.remove_stale_parts`). A cache file is read whole into
-memory, never mapped (truncating a mapped file kills its reader with SIGBUS), and is used only if the
-sha256 of its tensors, stored in its metadata, matches: a truncated, altered or unreadable cache file is
+memory, never mapped (truncating a mapped file kills its reader with SIGBUS), read by the safetensors
+library (the project's one safetensors reader), and is used only if the sha256 of its tensors, stored in
+its metadata (a ``meta`` tensor holding JSON), matches: a truncated, altered or unreadable cache file is
 decoded again, never trusted.
 
 The CIFAR pickles are read whole (at most 64 MiB, a batch is 31 MB) and scanned before unpickling
@@ -32,7 +33,6 @@ the arrays are checked against CIFAR's layout (rows of 3072 uint8 values, at mos
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import io
 import json
@@ -41,7 +41,6 @@ import math
 import os
 import pickle
 import pickletools
-import struct
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -68,7 +67,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # 2: EXIF orientation and reduced-scale JPEG decoding; skipped files recorded; 3: sha256
+CACHE_FORMAT = 4  # 2: EXIF orientation and reduced-scale JPEG decoding; skipped files recorded; 3: sha256;
+# 4: read with the safetensors library alone, metadata in a "meta" tensor, sha256 of names, shapes and bytes
 # A CIFAR-10 batch: 10,000 rows of 3072 uint8 values, a 31,035,704-byte pickle; anything larger is not one.
 CIFAR_ROWS = 10_000
 MAX_PICKLE_BYTES = 64 * 2**20
@@ -554,11 +554,13 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
     tensors = {"images": result.images.contiguous(), "labels": result.labels.contiguous()}
     metadata = {
         "key": key,
-        "classes": json.dumps(list(result.classes)),
-        "skipped": json.dumps([list(entry) for entry in result.skipped]),
+        "classes": list(result.classes),
+        "skipped": [list(entry) for entry in result.skipped],
         "root": fingerprint["root"],
+        "sha256": _tensors_sha256(tensors),
     }
-    data = save(tensors, metadata={**metadata, "sha256": _payload_sha256(tensors)})
+    meta = torch.frombuffer(bytearray(json.dumps(metadata).encode()), dtype=torch.uint8)
+    data = save({**tensors, "meta": meta})
     try:
         save_atomically(target, data)
         for stale in folder.glob(f"{prefix}-*.safetensors"):
@@ -569,61 +571,58 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
     return result
 
 
-def _payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """The sha256 of the bytes ``safetensors.torch.save(tensors)`` puts after its header, without serialising.
+_HASH_CHUNK = 4 * 2**20
 
-    Serialising to hash, then again with the hash, held two copies of a split (2 x 154 MB for CIFAR-10's
-    train split). safetensors orders the tensors by dtype, then name: the order is read from the header of
-    a one-value stand-in of each, and each tensor (contiguous, on the CPU) is hashed where it lies.
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """The sha256 of the tensors' names, dtypes, shapes and bytes, in name order, a few MiB at a time.
+
+    A chunk is copied into a ``bytearray`` viewed as a tensor and hashed there: no numpy (not a core
+    dependency), no raw pointers, and no second copy of a split (154 MB for CIFAR-10's train split).
     """
-    from safetensors.torch import save
-
-    stand_in = save({name: torch.zeros(1, dtype=tensor.dtype) for name, tensor in tensors.items()})
-    header = _split(stand_in)[1]
     digest = hashlib.sha256()
-    for name in sorted(tensors, key=lambda name: header[name]["data_offsets"][0]):
-        tensor = tensors[name]
-        if tensor.nbytes:
-            digest.update((ctypes.c_char * tensor.nbytes).from_address(tensor.data_ptr()))
+    digest.update(json.dumps([[name, str(t.dtype), list(t.shape)] for name, t in sorted(tensors.items())]).encode())
+    buffer = bytearray(_HASH_CHUNK)
+    window = torch.frombuffer(buffer, dtype=torch.uint8)
+    for _, tensor in sorted(tensors.items()):
+        flat = tensor.contiguous().reshape(-1).view(torch.uint8)
+        for start in range(0, flat.numel(), _HASH_CHUNK):
+            chunk = flat[start : start + _HASH_CHUNK]
+            window[: chunk.numel()].copy_(chunk)
+            digest.update(memoryview(buffer)[: chunk.numel()])
     return digest.hexdigest()
 
 
-def _split(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
-    """A safetensors file's header length, header and tensor bytes; ``ValueError`` when it is not one."""
-    if len(data) < 8:
-        raise ValueError("shorter than a safetensors header")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > len(data) - 8:
-        raise ValueError(f"a header of {length} bytes in a file of {len(data)}")
-    header = json.loads(data[8 : 8 + length])
-    if not isinstance(header, dict):
-        raise ValueError("a header that is not an object")
-    return length, header, memoryview(data)[8 + length :]
-
-
 def _read_cache(target: Path, key: str, most_images: int) -> LabeledImages | None:
-    """The cache file ``target`` if it is whole and ours (``key``, sha256, shapes), else ``None``."""
+    """The cache file ``target`` if it is whole and ours (``key``, sha256, shapes), else ``None``.
+
+    Read with the safetensors library from bytes read whole (never mapped: a file truncated under a mapping
+    kills its reader with SIGBUS); its ``meta`` tensor (JSON) holds the key, the classes and the sha256.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     limit = most_images * (3 * 32 * 32 + 8 + 4096) + 2**20  # pixels, a label and a skipped file's reason each
     try:
-        data = read_regular(target, limit)
-        _, header, payload = _split(data)
-        meta = header.get("__metadata__") or {}
-        if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(payload).hexdigest():
+        tensors = load(read_regular(target, limit))
+        images, labels, meta_bytes = tensors["images"], tensors["labels"], tensors["meta"]
+        if meta_bytes.dtype != torch.uint8 or meta_bytes.dim() != 1:
+            raise ValueError(f"a meta tensor of {meta_bytes.dtype} {tuple(meta_bytes.shape)}, expected uint8 JSON")
+        meta = json.loads(bytes(meta_bytes.tolist()))
+        if not isinstance(meta, dict):
+            raise ValueError("a meta tensor that is not a JSON object")
+        digest = _tensors_sha256({"images": images, "labels": labels})
+        if meta.get("key") != key or meta.get("sha256") != digest:
             raise ValueError("not the file written for this source, or altered since")
-        tensors = load(data)
-        images, labels = tensors["images"], tensors["labels"]
-        classes = tuple(str(name) for name in json.loads(meta["classes"]))
-        skipped = tuple((str(f), str(r)) for f, r in json.loads(meta.get("skipped", "[]")))
+        classes = tuple(str(name) for name in meta["classes"])
+        skipped = tuple((str(f), str(r)) for f, r in meta.get("skipped", []))
         if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, 32, 32) or labels.shape != images.shape[:1]:
             raise ValueError(f"tensors of shapes {tuple(images.shape)} and {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
             raise ValueError(f"labels outside 0..{len(classes) - 1}")
     except FileNotFoundError:
         return None
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as error:  # decoded again and replaced
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as error:  # decoded again
         logger.info("dataset cache %s not used: %s", target, error)
         return None
     return LabeledImages(images, labels, classes, skipped)
