@@ -614,3 +614,108 @@ def test_writing_the_cache_holds_one_serialised_copy_of_the_split(tmp_path: Path
 
     again = data_module._cached(fingerprint, count, must_not_decode)
     assert torch.equal(again.images, images) and torch.equal(again.labels, split.labels)
+
+
+# --------------------------------------------------------------------------- pickle memory bombs
+
+
+def _unicode(text: str) -> bytes:
+    return b"\x8c" + bytes([len(text)]) + text.encode()  # SHORT_BINUNICODE
+
+
+def frombuffer_bomb(declared: int) -> bytes:
+    """110 bytes: ``_frombuffer(<int>, dtype("u1"), (declared,), "C")``, where the buffer's bytes belong."""
+    array = b"cnumpy._core.numeric\n_frombuffer\n(J" + struct.pack("<i", declared)
+    array += b"cnumpy\ndtype\n" + _unicode("u1") + b"\x85RJ" + struct.pack("<i", declared) + b"\x85" + _unicode("C")
+    return b"\x80\x04}(" + _unicode("data") + array + b"tR" + _unicode("labels") + b"]u."
+
+
+def reencode_bomb(copies: int) -> bytes:
+    """One memoized 1 MiB string, turned into bytes ``copies`` times by ``_codecs.encode`` (1 MiB each)."""
+    payload = b"\x80\x02]q\x00(c_codecs\nencode\nq\x01X" + struct.pack("<I", 2**20) + b"a" * 2**20 + b"q\x02"
+    payload += b"X\x06\x00\x00\x00latin1q\x03" + b"h\x01h\x02h\x03\x86R" * copies
+    return payload + b"e."
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("frombuffer", "expected bytes for a numpy array's buffer, got int 1073741824"),
+        ("empty_sets", "expected only the opcodes of a CIFAR batch .* got EMPTY_SET at opcode 2"),
+        ("empty_lists", "expected at most 256 dicts, lists and marks"),
+        ("reencode", "it makes more bytes than the file holds"),
+    ],
+)
+def test_pickle_memory_bombs_are_refused_in_bounded_memory(tmp_path: Path, name: str, message: str) -> None:
+    """A 110-byte file declaring 1 GiB through ``_frombuffer`` (1.25 GB peak; 2 GiB: a raw MemoryError),
+    4 MiB of EMPTY_SET or EMPTY_LIST opcodes (1.17 GB), one string re-encoded 2,000 times (2 GB): each is a
+    one-line DatasetError. The child runs under an address-space limit 1 GiB above what it holds once
+    imported, so a regression fails with a MemoryError instead of eating the machine."""
+    payloads = {
+        "frombuffer": lambda: frombuffer_bomb(2**30),
+        "empty_sets": lambda: b"\x80\x04" + b"\x8f" * 2**22 + b".",
+        "empty_lists": lambda: b"\x80\x04" + b"]" * 2**22 + b".",
+        "reencode": lambda: reencode_bomb(2000),
+    }
+    folder = tmp_path / "cifar-10-batches-py"
+    make_cifar_batches(folder)
+    (folder / "test_batch").write_bytes(payloads[name]())
+    script = f"""
+import resource, torch
+from tiniest.data import load_split
+from tiniest.errors import DatasetError
+held = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (held + 2**30, resource.RLIM_INFINITY))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_split({str(folder)!r}, "test")
+except DatasetError as error:
+    print(error)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    error, grown_mb = done.stdout.strip().splitlines()
+    assert "test_batch': expected a CIFAR-10 python batch" in error
+    assert __import__("re").search(message, error), error
+    assert int(grown_mb) < 100, f"{grown_mb} MB more at the peak"
+
+
+def test_real_batches_with_file_names_fit_the_pickle_allow_list(tmp_path: Path) -> None:
+    """CIFAR-10's batches also hold 10,000 file names: at protocol 2 from Python 3 (a ``_codecs.encode`` call
+    each, the most verbose form) they stay within the opcode and container bounds."""
+    folder = tmp_path / "cifar-10-batches-py"
+    make_cifar_batches(folder)
+    rows = data_module.CIFAR_ROWS
+    data = np.random.default_rng(5).integers(0, 256, size=(rows, 3072), dtype=np.uint8)
+    labels = [i % 10 for i in range(rows)]
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": labels, b"data": data,
+             b"filenames": [f"image_{i:05d}.png".encode() for i in range(rows)]}
+    for protocol in (2, 5):
+        (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+        test = load_split(folder, "test")
+        assert test.labels.tolist() == labels
+        assert torch.equal(test.images, torch.from_numpy(data).reshape(-1, 3, 32, 32))
+
+
+
+def test_the_dataset_cache_is_read_by_safetensors_alone_and_hashed_without_raw_pointers(tmp_path: Path) -> None:
+    """data.py held a third safetensors header parser and hashed tensor memory through ctypes; the cache is
+    now read with ``safetensors.torch.load`` only, and its digest is of the tensors' bytes, chunk by chunk."""
+    source = Path(data_module.__file__).read_text()
+    assert "ctypes" not in source and "struct.unpack" not in source and "import struct" not in source
+    generator = torch.Generator().manual_seed(1)
+    tensors = {"images": torch.randint(0, 256, (1500, 3, 32, 32), dtype=torch.uint8, generator=generator),
+               "labels": torch.arange(1500) % 10}  # 4.6 MB: more than one hashing chunk
+    header = json.dumps([["images", "torch.uint8", [1500, 3, 32, 32]], ["labels", "torch.int64", [1500]]]).encode()
+    expected = hashlib.sha256(header + tensors["images"].numpy().tobytes() + tensors["labels"].numpy().tobytes())
+    assert data_module._tensors_sha256(tensors) == expected.hexdigest()
+    make_image_folder(tmp_path / "test")
+    first = load_split(tmp_path, "test")
+    (cache,) = cache_files()
+    from safetensors.torch import load
+
+    stored = load(cache.read_bytes())
+    meta = json.loads(bytes(stored["meta"].tolist()))
+    assert meta["sha256"] == data_module._tensors_sha256({"images": first.images, "labels": first.labels})
+    assert meta["classes"] == list(CLASSES)

@@ -572,3 +572,85 @@ def test_a_pil_image_without_pixels_is_refused_like_an_empty_array(size: tuple[i
         preprocess(Image.new("RGB", size))
     answers = tiniest.predict([Image.new("RGB", size)], model=tiniest.Tiniest().eval(), errors="report")
     assert answers[0].error is not None and "non-empty image" in answers[0].error
+
+
+def test_an_unidentified_image_is_named_by_its_path_or_size_never_a_descriptor(tmp_path: Path) -> None:
+    """Pillow's "cannot identify image file <_io.BufferedReader name=3>" named a file descriptor."""
+    fake = tmp_path / "page.png"
+    fake.write_bytes(b"<!DOCTYPE html><html></html>")
+    cases = [(fake, f"cannot read image file {str(fake)!r}"), (fake.read_bytes(), "image bytes (28 bytes)")]
+    for value, origin in cases:
+        with pytest.raises(PreprocessError) as caught:
+            preprocess(value)
+        message = str(caught.value)
+        assert origin in message and "<!DOCTYP" in message and "\n" not in message
+        assert "_io." not in message and "name=" not in message, message
+
+
+def test_quantize_leaves_its_input_alone_and_rounds_as_before() -> None:
+    """In-place ops on a tiny tensor went through the intra-op thread pool (41 ms a call on a loaded machine)."""
+    from tiniest.transforms import _quantize
+
+    unit = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    unit[0, 0, 0, :5] = torch.tensor([0.0, 0.5 / 255, 1.5 / 255, 254.5 / 255, 1.0])
+    kept = unit.clone()
+    quantized = _quantize(unit)
+    assert torch.equal(unit, kept), "the input was overwritten"
+    assert torch.equal(quantized, kept.mul(255).round().clamp(0, 255).to(torch.uint8))
+    assert quantized.dtype == torch.uint8 and quantized[0, 0, 0, :5].tolist() == [0, 0, 2, 254, 255]
+
+
+def icon_holding(png: bytes, kind: str) -> bytes:
+    """An ICO (directory saying 256x256) or ICNS (an ``ic10`` block, 1024x1024) whose one frame is ``png``."""
+    if kind == "ico":
+        entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22)
+        return b"\0\0\1\0" + struct.pack("<H", 1) + entry + png
+    return b"icns" + struct.pack(">I", 16 + len(png)) + b"ic10" + struct.pack(">I", 8 + len(png)) + png
+
+
+def progressive_jpeg(width: int, height: int) -> bytes:
+    """A tiny progressive JPEG whose frame header (SOF2) is made to announce ``width`` x ``height``."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buffer, "JPEG", progressive=True)
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc2")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["ico", "icns", "progressive"])
+def test_images_are_refused_from_what_their_decoder_will_decode_before_decoding(tmp_path: Path, kind: str) -> None:
+    """An ICO or ICNS (named .png) holding a 13000x13000 PNG was decoded whole before being refused (+660 MB,
+    20 s) or not refused at all; a progressive JPEG announcing 16000x16000 passed the cap at its reduced draft
+    size while libjpeg held every coefficient of the full image (+1.0 GB). With Pillow's own limit off,
+    each is one PreprocessError, at +20 MB at most."""
+    path = tmp_path / "icon.png"
+    if kind == "progressive":
+        path.write_bytes(progressive_jpeg(16000, 16000))
+    else:
+        declared_png(tmp_path / "frame.png", 13000, 13000)
+        path.write_bytes(icon_holding((tmp_path / "frame.png").read_bytes(), kind))
+    assert path.stat().st_size < 2_000_000
+    script = f"""
+import resource, warnings, tiniest
+from PIL import Image
+Image.MAX_IMAGE_PIXELS = None  # what many ML scripts do: our cap must hold alone
+warnings.simplefilter("ignore")
+tiniest.preprocess(tiniest.preprocess.__globals__["torch"].zeros(3, 64, 64))
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    tiniest.preprocess({str(path)!r})
+except tiniest.errors.PreprocessError as error:
+    print(error)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2, f"not refused: {done.stdout}"
+    message, grown = lines
+    assert "icon.png': expected at most 33,554,432 pixels" in message, message
+    assert ("16000x16000" if kind == "progressive" else "13000x13000") in message
+    assert int(grown) < 20, f"peak memory grew by {grown} MB"

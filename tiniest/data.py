@@ -19,18 +19,20 @@ run, and any copy, edit, addition or removal changes at least one of these. A ch
 therefore misses the cache and replaces the stale file; writes go through a temporary file and
 ``os.replace`` so that a crash never leaves a half-written cache (the next load removes the temporary
 files of a killed writer: :func:`tiniest.storage.remove_stale_parts`). A cache file is read whole into
-memory, never mapped (truncating a mapped file kills its reader with SIGBUS), and is used only if the
-sha256 of its tensors, stored in its metadata, matches: a truncated, altered or unreadable cache file is
+memory, never mapped (truncating a mapped file kills its reader with SIGBUS), read by the safetensors
+library (the project's one safetensors reader), and is used only if the sha256 of its tensors, stored in
+its metadata (a ``meta`` tensor holding JSON), matches: a truncated, altered or unreadable cache file is
 decoded again, never trusted.
 
-The CIFAR pickles are read whole (at most 64 MiB, a batch is 31 MB), every length and memo index
-they declare is checked against their bytes before unpickling (``pickletools.genops``), then the
-arrays against CIFAR's layout (rows of 3072 uint8 values, at most 10,000 per batch).
+The CIFAR pickles are read whole (at most 64 MiB, a batch is 31 MB) and scanned before unpickling
+(``pickletools.genops``): only the opcodes and globals CIFAR's batches are written with are accepted, at
+most as many as a batch needs (containers counted apart), and every length and memo index they declare
+must fit in their bytes. Unpickling then checks the type of every argument the numpy stand-ins get, and
+the arrays are checked against CIFAR's layout (rows of 3072 uint8 values, at most 10,000 per batch).
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import io
 import json
@@ -39,12 +41,11 @@ import math
 import os
 import pickle
 import pickletools
-import struct
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -66,7 +67,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # 2: EXIF orientation and reduced-scale JPEG decoding; skipped files recorded; 3: sha256
+CACHE_FORMAT = 4  # 2: EXIF orientation and reduced-scale JPEG decoding; skipped files recorded; 3: sha256;
+# 4: read with the safetensors library alone, metadata in a "meta" tensor, sha256 of names, shapes and bytes
 # A CIFAR-10 batch: 10,000 rows of 3072 uint8 values, a 31,035,704-byte pickle; anything larger is not one.
 CIFAR_ROWS = 10_000
 MAX_PICKLE_BYTES = 64 * 2**20
@@ -244,45 +246,43 @@ class _ArrayStub:
     def __init__(self, *args: Any) -> None:
         self.state: tuple[Any, ...] | None = None
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError(f"expected a numpy array's state (5 values), got {_kind(state)}")
         self.state = state
+
+
+def _reconstruct(cls: Any, shape: Any, typecode: Any) -> _ArrayStub:
+    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b"b")``: an empty array whose state ``BUILD`` sets."""
+    if cls is not _ArrayStub or not isinstance(shape, tuple) or not isinstance(typecode, (bytes, str)):
+        raise pickle.UnpicklingError(
+            f"expected _reconstruct(ndarray, a shape, a type code), got _reconstruct({_kind(cls)}, {_kind(shape)}, "
+            f"{_kind(typecode)})"
+        )
+    return _ArrayStub()
 
 
 class _DTypeStub:
     """Stands for a numpy dtype in a pickle: remembers its name (``u1``, ``i8``, ...)."""
 
-    def __init__(self, name: str | bytes, *args: Any) -> None:
-        self.name = name.decode("ascii") if isinstance(name, bytes) else str(name)
+    def __init__(self, name: Any, *args: Any) -> None:
+        if not (isinstance(name, (str, bytes)) and 0 < len(name) <= 8) or len(args) > 2:
+            raise pickle.UnpicklingError(f"expected dtype(a short type name such as 'u1'), got dtype({_kind(name)})")
+        self.name = name.decode("latin1") if isinstance(name, bytes) else name
         self.byteorder = "|"
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        order = state[1] if len(state) > 1 else "|"
-        self.byteorder = order.decode("ascii") if isinstance(order, bytes) else str(order)
+    def __setstate__(self, state: Any) -> None:
+        order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+        if not isinstance(order, (str, bytes)) or len(order) != 1:
+            raise pickle.UnpicklingError(f"expected a dtype's state (version, byte order, ...), got {_kind(state)}")
+        self.byteorder = order.decode("latin1") if isinstance(order, bytes) else order
 
 
-def _from_buffer(buffer: Any, dtype: Any, shape: Any, order: str = "C") -> _ArrayStub:
-    """Pickle protocol 5 writes a numpy array as ``_frombuffer(bytes, dtype, shape, order)``: record it the same way."""
-    array = _ArrayStub()
-    array.state = (1, shape, dtype, order == "F", bytes(buffer))
-    return array
-
-
-def _latin1(text: str, encoding: str = "latin1") -> bytes:
-    """Python 3 pickles bytes at protocol 2 as ``_codecs.encode(text, "latin1")``: only that, nothing else."""
-    if not isinstance(text, str) or encoding != "latin1":
-        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
-    return text.encode("latin1")
-
-
-_DATA_ONLY: dict[tuple[str, str], Callable[..., Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): _ArrayStub,
-    ("numpy._core.multiarray", "_reconstruct"): _ArrayStub,
-    ("numpy", "ndarray"): _ArrayStub,
-    ("numpy", "dtype"): _DTypeStub,
-    ("numpy.core.numeric", "_frombuffer"): _from_buffer,
-    ("numpy._core.numeric", "_frombuffer"): _from_buffer,
-    ("_codecs", "encode"): _latin1,
-}
+def _kind(value: Any) -> str:
+    """A short, bounded description of a value found in a pickle, for the messages."""
+    if isinstance(value, (int, str, bytes)) and len(repr(value)) <= 40:
+        return f"{type(value).__name__} {value!r}"
+    return type(value).__name__.lstrip("_")
 
 
 class DataOnlyUnpickler(pickle.Unpickler):
@@ -290,15 +290,59 @@ class DataOnlyUnpickler(pickle.Unpickler):
 
     The CIFAR batches hold dicts, lists, ints, bytes and numpy arrays. The names a numpy array is
     pickled with (``_reconstruct``, ``ndarray``, ``dtype``, and ``_frombuffer`` from protocol 5 on)
-    resolve to inert local stubs that only record the raw bytes, shape and dtype; every other name
-    is refused.
+    resolve to inert local stubs that check their arguments' types and only record the raw bytes, shape
+    and dtype; every other name is refused. The bytes the stubs make (``_codecs.encode`` of Python 3's
+    protocol 2) are counted: together they may not exceed the pickle's own size, as in any real batch.
     """
 
+    def __init__(self, file: IO[bytes], *, budget: int = MAX_PICKLE_BYTES, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.budget = budget
+        self.stubs: dict[tuple[str, str], Callable[..., Any]] = {
+            ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy", "ndarray"): _ArrayStub,
+            ("numpy", "dtype"): _DTypeStub,
+            ("numpy.core.numeric", "_frombuffer"): self._from_buffer,
+            ("numpy._core.numeric", "_frombuffer"): self._from_buffer,
+            ("_codecs", "encode"): self._latin1,
+        }
+
     def find_class(self, module: str, name: str) -> Any:
-        stub = _DATA_ONLY.get((module, name))
+        stub = self.stubs.get((module, name))
         if stub is None:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data is accepted")
         return stub
+
+    def _spend(self, size: int) -> None:
+        self.budget -= size
+        if self.budget < 0:
+            raise pickle.UnpicklingError("it makes more bytes than the file holds: expected one array per batch")
+
+    def _from_buffer(self, buffer: Any, dtype: Any, shape: Any, order: Any = "C") -> _ArrayStub:
+        """Protocol 5 writes an array as ``_frombuffer(bytes, dtype, shape, order)``: recorded the same way.
+
+        The buffer must be bytes: an int there made ``bytes(n)`` allocate whatever the file declared.
+        """
+        if not isinstance(buffer, (bytes, bytearray)):
+            raise pickle.UnpicklingError(f"expected bytes for a numpy array's buffer, got {_kind(buffer)}")
+        if not isinstance(dtype, _DTypeStub) or not isinstance(shape, tuple) or order not in ("C", "F"):
+            raise pickle.UnpicklingError(
+                f"expected _frombuffer(bytes, dtype, shape, 'C' or 'F'), got a {_kind(dtype)}, {_kind(shape)}, "
+                f"{_kind(order)}"
+            )
+        array = _ArrayStub()
+        array.state = (1, shape, dtype, order == "F", buffer)  # the buffer itself, not a copy
+        return array
+
+    def _latin1(self, text: Any, encoding: Any = "latin1") -> bytes:
+        """Python 3 pickles bytes at protocol 2 as ``_codecs.encode(text, "latin1")``: only that, nothing else."""
+        if not isinstance(text, str) or encoding != "latin1":
+            raise pickle.UnpicklingError(
+                f"expected _codecs.encode(str, 'latin1'), got ({_kind(text)}, {_kind(encoding)})"
+            )
+        self._spend(len(text))
+        return text.encode("latin1")
 
 
 _DTYPES = {"u1": torch.uint8, "i1": torch.int8, "i2": torch.int16, "i4": torch.int32, "i8": torch.int64}
@@ -319,28 +363,71 @@ def _to_tensor(value: Any, *, what: str) -> torch.Tensor:
         raise DatasetError(f"{what}: expected little-endian raw bytes, got byte order {dtype.byteorder!r}")
     if not (isinstance(shape, tuple) and len(shape) <= 4 and all(isinstance(s, int) and s >= 0 for s in shape)):
         raise DatasetError(f"{what}: expected a shape of at most 4 non-negative ints, got {shape!r}")
-    data = raw.encode("latin1") if isinstance(raw, str) else bytes(raw)
     itemsize = _DTYPES[dtype.name].itemsize
-    if len(data) != math.prod(shape) * itemsize:
-        raise DatasetError(f"{what}: {len(data)} bytes do not fill the shape {shape} of {itemsize}-byte values")
+    size = len(raw)  # a str's latin1 encoding has one byte per character
+    if size != math.prod(shape) * itemsize:
+        raise DatasetError(f"{what}: {size} bytes do not fill the shape {shape} of {itemsize}-byte values")
+    data = bytearray(raw.encode("latin1") if isinstance(raw, str) else raw)
     kind = _DTYPES[dtype.name]
-    return (torch.frombuffer(bytearray(data), dtype=kind) if data else torch.empty(0, dtype=kind)).reshape(shape)
+    return (torch.frombuffer(data, dtype=kind) if data else torch.empty(0, dtype=kind)).reshape(shape)
+
+
+# The opcodes CIFAR-10's batches are written with, by Python 2's cPickle (protocol 2) and Python 3's pickle
+# (protocols 2 to 5): nothing else is unpickled. Sets, frozensets, persistent ids, NEWOBJ, extension codes,
+# the text protocols 0 and 1 are refused before the unpickler runs.
+_SCALARS = {"NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "LONG1"}
+_DATA = {"SHORT_BINSTRING", "BINSTRING", "SHORT_BINUNICODE", "BINUNICODE", "SHORT_BINBYTES", "BINBYTES",
+         "BINBYTES8", "BYTEARRAY8"}
+_CONTAINERS = {"EMPTY_DICT", "EMPTY_LIST", "MARK"}  # the only opcodes that open a container that grows
+_STRUCTURE = {"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "APPENDS", "APPEND", "SETITEMS", "SETITEM", "GLOBAL",
+              "STACK_GLOBAL", "REDUCE", "BUILD", "BINPUT", "LONG_BINPUT", "MEMOIZE", "BINGET", "LONG_BINGET",
+              "PROTO", "FRAME", "STOP"}
+_CIFAR_OPCODES = _SCALARS | _DATA | _CONTAINERS | _STRUCTURE
+# A batch with labels and file names, 10,000 each, pickled at protocol 2 by Python 3 (the most verbose form,
+# each name a _codecs.encode call) takes 90,152 opcodes and 23 containers (dicts, lists, MARKs).
+MAX_PICKLE_OPCODES = 10 * CIFAR_ROWS + 1000
+MAX_PICKLE_CONTAINERS = 256
+_GLOBALS = {
+    "numpy.core.multiarray _reconstruct", "numpy._core.multiarray _reconstruct", "numpy ndarray", "numpy dtype",
+    "numpy.core.numeric _frombuffer", "numpy._core.numeric _frombuffer", "_codecs encode",
+}
 
 
 def _check_pickle(data: bytes) -> None:
-    """Refuse a pickle that declares more than it holds, before unpickling it.
+    """Refuse, before unpickling, a pickle that is not made of what a CIFAR batch is made of.
 
     The C unpickler allocates a declared length before reading it (a 116-byte file asks for 2 GB) and
     grows its memo to any index it is given: every length must fit in the bytes that follow
     (``pickletools.genops`` checks that as it reads) and every memo index in the opcodes seen so far.
+    Cheap opcodes amplify: 4 MiB of EMPTY_SET took 1.17 GB. So only the opcodes of CIFAR's batches are
+    accepted (:data:`_CIFAR_OPCODES`), and at most as many as a batch needs, containers counted apart.
     """
-    memo = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+    memo = {"BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET"}
+    containers = 0
     for count, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(data)), start=1):
+        name = opcode.name
+        if name not in _CIFAR_OPCODES:
+            raise pickle.UnpicklingError(
+                f"expected only the opcodes of a CIFAR batch (dicts, lists, tuples, ints, bytes, numpy arrays), "
+                f"got {name} at opcode {count}"
+            )
+        if count > MAX_PICKLE_OPCODES:
+            raise pickle.UnpicklingError(f"expected at most {MAX_PICKLE_OPCODES:,} opcodes (a CIFAR batch), got more")
+        containers += name in _CONTAINERS
+        if containers > MAX_PICKLE_CONTAINERS:
+            raise pickle.UnpicklingError(
+                f"expected at most {MAX_PICKLE_CONTAINERS} dicts, lists and marks (a CIFAR batch has a few dozen), "
+                "got more"
+            )
         number = arg if isinstance(arg, int) else 0
-        if opcode.name in memo and not 0 <= number <= count:
+        if name in memo and not 0 <= number <= count:
             raise pickle.UnpicklingError(f"memo index {arg} after {count} opcodes")
-        if opcode.name == "FRAME" and number > len(data):
+        if name == "FRAME" and number > len(data):
             raise pickle.UnpicklingError(f"a frame of {arg} bytes in a file of {len(data)}")
+        if name == "PROTO" and not 2 <= number <= 5:
+            raise pickle.UnpicklingError(f"expected pickle protocol 2 to 5, got protocol {arg}")
+        if name == "GLOBAL" and arg not in _GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {str(arg).replace(' ', '.')}: only plain data is accepted")
 
 
 def _unpickle(path: Path) -> dict[str, Any]:
@@ -351,9 +438,10 @@ def _unpickle(path: Path) -> dict[str, Any]:
         raise DatasetError(f"cannot read {name!r}, expected a CIFAR-10 python batch: {error}") from None
     try:
         _check_pickle(data)
-        obj = DataOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as error:
-        raise DatasetError(f"{name!r}: expected a CIFAR-10 python batch (plain-data pickle): {error}") from None
+        obj = DataOnlyUnpickler(io.BytesIO(data), budget=len(data), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as error:
+        message = " ".join(str(error).split())  # one line
+        raise DatasetError(f"{name!r}: expected a CIFAR-10 python batch (plain-data pickle): {message}") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{name!r}: expected a dict, got {type(obj).__name__}")
     return {key.decode("latin1") if isinstance(key, bytes) else str(key): value for key, value in obj.items()}
@@ -466,11 +554,13 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
     tensors = {"images": result.images.contiguous(), "labels": result.labels.contiguous()}
     metadata = {
         "key": key,
-        "classes": json.dumps(list(result.classes)),
-        "skipped": json.dumps([list(entry) for entry in result.skipped]),
+        "classes": list(result.classes),
+        "skipped": [list(entry) for entry in result.skipped],
         "root": fingerprint["root"],
+        "sha256": _tensors_sha256(tensors),
     }
-    data = save(tensors, metadata={**metadata, "sha256": _payload_sha256(tensors)})
+    meta = torch.frombuffer(bytearray(json.dumps(metadata).encode()), dtype=torch.uint8)
+    data = save({**tensors, "meta": meta})
     try:
         save_atomically(target, data)
         for stale in folder.glob(f"{prefix}-*.safetensors"):
@@ -481,61 +571,58 @@ def _cached(fingerprint: dict[str, Any], most_images: int, decode: Callable[[], 
     return result
 
 
-def _payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """The sha256 of the bytes ``safetensors.torch.save(tensors)`` puts after its header, without serialising.
+_HASH_CHUNK = 4 * 2**20
 
-    Serialising to hash, then again with the hash, held two copies of a split (2 x 154 MB for CIFAR-10's
-    train split). safetensors orders the tensors by dtype, then name: the order is read from the header of
-    a one-value stand-in of each, and each tensor (contiguous, on the CPU) is hashed where it lies.
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """The sha256 of the tensors' names, dtypes, shapes and bytes, in name order, a few MiB at a time.
+
+    A chunk is copied into a ``bytearray`` viewed as a tensor and hashed there: no numpy (not a core
+    dependency), no raw pointers, and no second copy of a split (154 MB for CIFAR-10's train split).
     """
-    from safetensors.torch import save
-
-    stand_in = save({name: torch.zeros(1, dtype=tensor.dtype) for name, tensor in tensors.items()})
-    header = _split(stand_in)[1]
     digest = hashlib.sha256()
-    for name in sorted(tensors, key=lambda name: header[name]["data_offsets"][0]):
-        tensor = tensors[name]
-        if tensor.nbytes:
-            digest.update((ctypes.c_char * tensor.nbytes).from_address(tensor.data_ptr()))
+    digest.update(json.dumps([[name, str(t.dtype), list(t.shape)] for name, t in sorted(tensors.items())]).encode())
+    buffer = bytearray(_HASH_CHUNK)
+    window = torch.frombuffer(buffer, dtype=torch.uint8)
+    for _, tensor in sorted(tensors.items()):
+        flat = tensor.contiguous().reshape(-1).view(torch.uint8)
+        for start in range(0, flat.numel(), _HASH_CHUNK):
+            chunk = flat[start : start + _HASH_CHUNK]
+            window[: chunk.numel()].copy_(chunk)
+            digest.update(memoryview(buffer)[: chunk.numel()])
     return digest.hexdigest()
 
 
-def _split(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
-    """A safetensors file's header length, header and tensor bytes; ``ValueError`` when it is not one."""
-    if len(data) < 8:
-        raise ValueError("shorter than a safetensors header")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > len(data) - 8:
-        raise ValueError(f"a header of {length} bytes in a file of {len(data)}")
-    header = json.loads(data[8 : 8 + length])
-    if not isinstance(header, dict):
-        raise ValueError("a header that is not an object")
-    return length, header, memoryview(data)[8 + length :]
-
-
 def _read_cache(target: Path, key: str, most_images: int) -> LabeledImages | None:
-    """The cache file ``target`` if it is whole and ours (``key``, sha256, shapes), else ``None``."""
+    """The cache file ``target`` if it is whole and ours (``key``, sha256, shapes), else ``None``.
+
+    Read with the safetensors library from bytes read whole (never mapped: a file truncated under a mapping
+    kills its reader with SIGBUS); its ``meta`` tensor (JSON) holds the key, the classes and the sha256.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     limit = most_images * (3 * 32 * 32 + 8 + 4096) + 2**20  # pixels, a label and a skipped file's reason each
     try:
-        data = read_regular(target, limit)
-        _, header, payload = _split(data)
-        meta = header.get("__metadata__") or {}
-        if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(payload).hexdigest():
+        tensors = load(read_regular(target, limit))
+        images, labels, meta_bytes = tensors["images"], tensors["labels"], tensors["meta"]
+        if meta_bytes.dtype != torch.uint8 or meta_bytes.dim() != 1:
+            raise ValueError(f"a meta tensor of {meta_bytes.dtype} {tuple(meta_bytes.shape)}, expected uint8 JSON")
+        meta = json.loads(bytes(meta_bytes.tolist()))
+        if not isinstance(meta, dict):
+            raise ValueError("a meta tensor that is not a JSON object")
+        digest = _tensors_sha256({"images": images, "labels": labels})
+        if meta.get("key") != key or meta.get("sha256") != digest:
             raise ValueError("not the file written for this source, or altered since")
-        tensors = load(data)
-        images, labels = tensors["images"], tensors["labels"]
-        classes = tuple(str(name) for name in json.loads(meta["classes"]))
-        skipped = tuple((str(f), str(r)) for f, r in json.loads(meta.get("skipped", "[]")))
+        classes = tuple(str(name) for name in meta["classes"])
+        skipped = tuple((str(f), str(r)) for f, r in meta.get("skipped", []))
         if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, 32, 32) or labels.shape != images.shape[:1]:
             raise ValueError(f"tensors of shapes {tuple(images.shape)} and {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
             raise ValueError(f"labels outside 0..{len(classes) - 1}")
     except FileNotFoundError:
         return None
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as error:  # decoded again and replaced
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as error:  # decoded again
         logger.info("dataset cache %s not used: %s", target, error)
         return None
     return LabeledImages(images, labels, classes, skipped)
