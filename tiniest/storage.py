@@ -20,6 +20,7 @@ import errno
 import glob
 import logging
 import os
+import shutil
 import stat
 import time
 import uuid
@@ -107,11 +108,13 @@ def save_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def remove_stale_parts(folder: Path, name: str | None = None) -> None:
+def remove_stale_parts(folder: Path, name: str | None = None, *, folders: bool = False) -> None:
     """Delete the temporary files that killed writers left in ``folder`` (those no live process holds).
 
     Those of the file ``name``, or of any file. Best effort: a file that cannot be removed (not ours,
     or not a file) is left for the next writer; it never stops the write that came to clean up.
+    ``folders``: temporary folders too, removed whole (a compiled package's builds, each locked by its
+    builder the same way); otherwise a folder is left alone.
     """
     pattern = f".{glob.escape(name) if name is not None else '*'}.*{PART_SUFFIX}"
     try:
@@ -121,7 +124,10 @@ def remove_stale_parts(folder: Path, name: str | None = None) -> None:
     for part in parts:
         if _is_stale(part):
             try:
-                part.unlink(missing_ok=True)
+                if folders and stat.S_ISDIR(part.lstat().st_mode):
+                    shutil.rmtree(part)
+                else:
+                    part.unlink(missing_ok=True)
             except OSError as error:
                 logger.info("could not remove %s, left by a writer that was stopped: %s", part, error)
             else:

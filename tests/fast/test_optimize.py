@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -137,7 +139,14 @@ def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(
         with torch.no_grad():
             torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
     (package,) = compiled_cache_dir().glob("*.pt2")
-    assert [p.name for p in compiled_cache_dir().iterdir() if p.name != ".locks"] == [package.name], "no leftovers"
+    record = package.with_name(f"{package.name}.sha256")
+    assert sorted(p.name for p in compiled_cache_dir().iterdir() if p.name != ".locks") == [
+        package.name,
+        record.name,
+    ], "the package and its sha256 record, no leftovers"
+    assert record.read_text().strip() == hashlib.sha256(package.read_bytes()).hexdigest()
+    modes = [stat.S_IMODE(p.stat().st_mode) for p in (compiled_cache_dir(), package, record)]
+    assert modes == [0o700, 0o600, 0o600], "private to this user"
     with zipfile.ZipFile(package) as archive:
         (wrapper,) = [archive.read(name).decode() for name in archive.namelist() if name.endswith(".wrapper.cpp")]
     # Frozen weights: all 13 matmuls and 14 convolutions run oneDNN's prepacked kernels, none plain addmm.
@@ -156,8 +165,10 @@ def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(
     x = inputs(3)
     torch.testing.assert_close(again(x), optimized(x), rtol=0, atol=0)
 
-    package.write_bytes(package.read_bytes()[: package.stat().st_size // 2])  # a torn or damaged file
-    with pytest.warns(UserWarning, match="could not be loaded"):
+    data = bytearray(package.read_bytes())  # 40 bytes changed (the made every picture 'cat 1.000')
+    data[len(data) // 3 : len(data) // 3 + 40] = bytes(b ^ 0xFF for b in data[len(data) // 3 : len(data) // 3 + 40])
+    package.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="not loading the compiled package .*: its sha256 is"):
         rebuilt = optimize(model)
     assert rebuilt.compiled
     torch.testing.assert_close(rebuilt(x), optimized(x), rtol=0, atol=0)

@@ -12,13 +12,20 @@ and land by atomic rename, so concurrent processes build once and no reader sees
 A new package is first run in a child process on every batch size it serves
 (:func:`check_in_child`): a bad one crashes that child, not the caller, and is never cached.
 
-Loading a package runs native code this library compiled on this machine: trust the cache folder
-as you trust the Python environment.
+Loading a package runs native code, so a package is loaded only if this user built it: its
+folder must be this user's and writable by no one else (a new one is made ``0o700``), and its
+bytes must match the sha256 that the build wrote beside it (``<package>.sha256``, also this
+user's, also writable by no one else). A folder in ``/tmp`` or a group's scratch space, a package
+someone changed or planted, one without a record: each is refused with one warning and rebuilt
+(or the eager module runs), never loaded. The folder's parents are not checked. Temporary build
+folders of builders that were killed are removed by the next build (see
+:func:`tiniest.storage.remove_stale_parts`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import inspect
 import json
@@ -27,10 +34,12 @@ import os
 import platform
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -38,7 +47,7 @@ from torch import nn
 
 from tiniest.env import env_path, env_text
 from tiniest.errors import CacheWarning, warn
-from tiniest.storage import cache_dir, writer_lock
+from tiniest.storage import PART_SUFFIX, cache_dir, remove_stale_parts, writer_lock
 from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE
 
 __all__ = [
@@ -58,7 +67,10 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 logger = logging.getLogger(__name__)
 
 # Bump when the build options change (the module's source file is already part of the key).
-PACKAGE_FORMAT = 4
+# 5: each package has a sha256 record beside it (packages of format 4 had none: not loadable now).
+PACKAGE_FORMAT = 5
+# The record of a package's sha256, written by the build beside the package: ``<package>.sha256``.
+RECORD_SUFFIX = ".sha256"
 # A peer's build takes tens of seconds; wait this long before building alongside it.
 LOCK_TIMEOUT_S = 600.0
 # The child process that tries a new package: interpreter start, torch import, load and 15 calls.
@@ -164,21 +176,136 @@ def open_package(path: Path) -> Runner:
     return lambda x: loader.boxed_run([x])[0]
 
 
-def _load(path: Path, *, remove_broken: bool = False) -> Runner | None:
-    """The package at ``path``, or None if it is absent or unreadable.
+class _Refused(Exception):
+    """A file or folder this user's build did not make, or that others could have changed: one clause why."""
 
-    ``remove_broken`` (only under the writer lock, so no peer's fresh package is hit): warn about
-    and delete a package that cannot be loaded, so that it gets rebuilt.
+
+def _check_private(info: os.stat_result) -> None:
+    """Raise :class:`_Refused` unless ``info`` is of something this user owns and no one else can write.
+
+    Where there are no POSIX owners (Windows), only the sha256 record vouches for a package.
     """
-    if not path.is_file():
+    if not hasattr(os, "geteuid"):
+        return
+    if info.st_uid != os.geteuid():
+        raise _Refused(f"owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise _Refused(f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})")
+
+
+def _private_folder(folder: Path, *, create: bool) -> bool:
+    """Whether packages may be loaded from (and built into) ``folder``; warns once where not.
+
+    ``create``: make it first, ``0o700``, if absent (a folder that cannot be made is left to the
+    writer lock, which says why). An absent folder holds nothing to load: True.
+    """
+    if create:
+        with suppress(OSError):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return True
+    if not stat.S_ISDIR(info.st_mode):
+        return True  # nothing loads from a file; the writer lock reports it if a build is wanted
+    try:
+        _check_private(info)
+    except _Refused as refused:
+        _warn_once(
+            f"not using the compiled-package cache {folder}: it is {refused}; expected a folder of this user's "
+            "that no one else can write (chmod go-w it, or set TINIEST_COMPILED_CACHE)"
+        )
+        return False
+    return True
+
+
+def _private_bytes(path: Path, *, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, read through one handle that was checked: a regular file (no link), private.
+
+    Raises FileNotFoundError if it is absent, :class:`_Refused` if it is not to be trusted, or more
+    than ``limit`` bytes.
+    """
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise _Refused("a symbolic link") from None
+        raise
+    with os.fdopen(handle, "rb") as file:
+        info = os.fstat(handle)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Refused("not a regular file")
+        _check_private(info)
+        if limit is not None and info.st_size > limit:
+            raise _Refused(f"{info.st_size} bytes long, expected at most {limit}")
+        return file.read()
+
+
+def _record_of(package: Path) -> Path:
+    return package.with_name(package.name + RECORD_SUFFIX)
+
+
+def _check_package(path: Path) -> None:
+    """Raise :class:`_Refused` unless ``path`` holds the bytes this user's build recorded beside it."""
+    record = _record_of(path)
+    try:
+        expected = _private_bytes(record, limit=256).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        raise _Refused(f"no record of its sha256 beside it ({record.name}, written by this user's build)") from None
+    except _Refused as refused:
+        raise _Refused(f"its sha256 record {record.name} is {refused}") from None
+    try:
+        found = hashlib.sha256(_private_bytes(path)).hexdigest()
+    except _Refused as refused:
+        raise _Refused(f"it is {refused}") from None
+    if found != expected:
+        raise _Refused(f"its sha256 is {found}, expected {expected[:64]!r} (its record, written at its build)")
+
+
+def _seal(package: Path) -> None:
+    """Make a freshly built ``package`` private (``0o600``) and write its sha256 record beside it, ``0o600`` too."""
+    os.chmod(package, 0o600)
+    digest = hashlib.sha256(package.read_bytes()).hexdigest()
+    handle = os.open(_record_of(package), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(handle, "w", encoding="ascii") as out:
+        out.write(digest + "\n")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One :class:`CacheWarning` per problem and process: the cache is looked at several times per ``optimize``."""
+    if message not in _warned:
+        _warned.add(message)
+        warn(message, CacheWarning)
+
+
+def _load(path: Path, *, remove_broken: bool = False) -> Runner | None:
+    """The package at ``path``, or None if it is absent, not this user's build, or unreadable (warned once).
+
+    ``remove_broken`` (only under the writer lock, so no peer's fresh package is hit): delete a
+    package that is refused, and its record, so that it gets rebuilt.
+    """
+    if not os.path.lexists(path):
         return None
     try:
+        _check_package(path)
         return open_package(path)
-    except Exception as error:  # a truncated or foreign file: rebuild rather than fail
-        if remove_broken:
-            warn(f"compiled package {path} could not be loaded ({error}); rebuilding it", CacheWarning)
-            path.unlink(missing_ok=True)
+    except FileNotFoundError:  # removed since: a peer replacing it
         return None
+    except _Refused as refused:
+        reason = str(refused)
+    except Exception as error:  # a foreign or damaged file that matches its record: rebuild rather than fail
+        reason = f"it could not be loaded ({error})"
+    _warn_once(f"not loading the compiled package {path}: {reason}")
+    if remove_broken:
+        for stale in (path, _record_of(path)):
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError as error:
+                logger.info("could not remove %s: %s", stale, error)
+    return None
 
 
 def _package_path(module: nn.Module, chunk: int) -> Path:
@@ -186,51 +313,93 @@ def _package_path(module: nn.Module, chunk: int) -> Path:
 
 
 def load_cached(module: nn.Module, chunk: int) -> Runner | None:
-    """The package for ``module`` if this machine has already built it, else None; never builds."""
-    return _load(_package_path(module, chunk))
+    """The package for ``module`` if this user has already built it here, else None; never builds."""
+    path = _package_path(module, chunk)
+    return _load(path) if _private_folder(path.parent, create=False) else None
 
 
 def load_or_build(module: nn.Module, chunk: int) -> Runner:
-    """The cached package for ``module``, building it first if this machine has none.
+    """The cached package for ``module``, building it first if this user has none here.
 
     A build is announced in one log line (a warning, so that it shows without logging set up) once
     this process holds the lock and knows it builds: it takes tens of seconds, and the caller would
     otherwise see a silent pause. A process that waits for a peer's build is told so by the lock.
+    Where the cache folder is not this user's alone, or cannot be written, the package is built in
+    a private temporary folder, loaded, and not kept.
     Raises whatever export or compilation raises; the caller decides on a fallback (and asks
     :func:`why_no_build` first where a build cannot even start).
     """
     target = _package_path(module, chunk)
     folder = target.parent
-    runner = _load(target)
-    if runner is not None:
-        return runner
-    with writer_lock(folder / ".locks" / f"{target.name}.lock", LOCK_TIMEOUT_S) as access:
-        runner = _load(target, remove_broken=access == "locked")  # a peer may have built it meanwhile
+    if _private_folder(folder, create=True):
+        runner = _load(target)
         if runner is not None:
             return runner
-        # Measured: 26-28 s on 2 idle cores, 60-85 s on 2 busy ones.
-        logger.warning(
-            "tiniest: compiling the fast model for these weights, once per machine (about 30 s on 2 idle cores, "
-            "longer on a busy machine); later runs load it from %s",
-            folder,
-        )
-        if access == "unusable":  # build where we can, load, and keep nothing
-            with tempfile.TemporaryDirectory(prefix="tiniest-compiled-") as scratch:
-                _build_checked(module, chunk, Path(scratch) / target.name)
-                return _loaded(Path(scratch) / target.name)
-        scratch_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
-        try:
-            _build_checked(module, chunk, scratch_dir / target.name)
-            os.replace(scratch_dir / target.name, target)
-        finally:
-            shutil.rmtree(scratch_dir, ignore_errors=True)
-        return _loaded(target)
+        with writer_lock(folder / ".locks" / f"{target.name}.lock", LOCK_TIMEOUT_S) as access:
+            if access == "locked":
+                remove_stale_parts(folder, folders=True)  # the build folders of builders that were killed
+            runner = _load(target, remove_broken=access == "locked")  # a peer may have built it meanwhile
+            if runner is not None:
+                return runner
+            if access != "unusable":
+                _announce_build(f"later runs load it from {folder}")
+                return _build_into(folder, module, chunk, target)
+    _announce_build("it is not kept: the cache folder cannot be used")
+    with tempfile.TemporaryDirectory(prefix="tiniest-compiled-") as scratch:
+        package = Path(scratch) / target.name
+        _build_checked(module, chunk, package)
+        return _loaded(package)
+
+
+def _announce_build(where: str) -> None:
+    # Measured: 26-28 s on 2 idle cores, 60-85 s on 2 busy ones.
+    logger.warning(
+        "tiniest: compiling the fast model for these weights, once per machine (about 30 s on 2 idle cores, "
+        "longer on a busy machine); %s",
+        where,
+    )
+
+
+def _build_into(folder: Path, module: nn.Module, chunk: int, target: Path) -> Runner:
+    """Build in a temporary folder beside ``target``, then rename the record and the package into place.
+
+    The temporary folder (``.<name>.<random>.part``) is locked while the build runs, so that a
+    later build knows it is stale once its builder is dead. The record goes first: a reader between
+    the two renames finds a record and no package, which reads as "not built yet".
+    """
+    scratch_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=PART_SUFFIX, dir=folder))
+    try:
+        with _held(scratch_dir):
+            package = scratch_dir / target.name
+            _build_checked(module, chunk, package)
+            os.replace(_record_of(package), _record_of(target))
+            os.replace(package, target)
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+    return _loaded(target)
+
+
+@contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """Hold an ``flock`` on ``folder`` for the block (where flock exists): "a live builder uses it"."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: stale folders are told by their age alone
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(handle)
 
 
 def _build_checked(module: nn.Module, chunk: int, target: Path) -> None:
-    """Build into ``target``, then try it in a child process; the caller deletes it if either raises."""
+    """Build into ``target``, try it in a child process, then seal it; the caller deletes it if any step raises."""
     _build(module, chunk, target)
     check_in_child(target, module, chunk)
+    _seal(target)
 
 
 def check_in_child(path: Path, module: nn.Module, chunk: int) -> None:
