@@ -55,7 +55,7 @@ def compiled_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = tmp_path_factory.getbasetemp().parent / "compiled"
-        shared.mkdir(exist_ok=True)
+        shared.mkdir(mode=0o700, exist_ok=True)  # the compiled cache refuses a folder others may write
         return shared
     return tmp_path_factory.mktemp("compiled")
 

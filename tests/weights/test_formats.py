@@ -445,3 +445,15 @@ def test_the_legacy_format_and_other_bytes_are_refused_in_one_line(tmp_path: Pat
         with pytest.raises(ArtifactError, match=r"^x: expected a \.safetensors file or a torch zip archive") as caught:
             read_state_dict(data, origin="x")
         assert "\n" not in str(caught.value)
+
+
+def test_a_training_checkpoint_is_read_through_the_same_archive_check(tmp_path: Path) -> None:
+    """``train --resume`` reads checkpoint.pt with load_checkpoint: a deflated bomb is refused there too."""
+    from tiniest.weights.run_files import CHECKPOINT_FORMAT, load_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "w": torch.zeros(16 * 2**20)}, path)
+    assert load_checkpoint(path)["format"] == CHECKPOINT_FORMAT
+    path.write_bytes(_recompressed(path.read_bytes()))
+    with pytest.raises(ArtifactError, match=r"expected a tiniest training checkpoint \(.*is compressed; expected stored"):
+        load_checkpoint(path)

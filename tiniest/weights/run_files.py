@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from tiniest.errors import ArtifactError, first_line
-from tiniest.weights.formats import is_safetensors
+from tiniest.files import read_regular
+from tiniest.weights.formats import is_safetensors, load_torch_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -30,6 +31,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "tiniest-train-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
+MAX_CHECKPOINT_BYTES = 2**30  # a Tiniest run's checkpoint is ~2 MB; with 200,000 classes, ~200 MB
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -38,13 +40,10 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         raise FileNotFoundError(f"no training checkpoint at {path}")
     if path.stat().st_size == 0:
         raise ArtifactError(f"{path}: expected a tiniest training checkpoint, got an empty file (0 bytes)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # torch raises many types for foreign bytes
-        raise ArtifactError(
-            f"{path}: expected a tiniest training checkpoint, could not read its "
-            f"{path.stat().st_size} bytes ({first_line(error)})"
-        ) from None
+    try:  # read through the archive check: a deflated record could ask torch.load for gigabytes
+        state = load_torch_file(read_regular(path, MAX_CHECKPOINT_BYTES), origin=str(path), map_location=device)
+    except (ArtifactError, OSError) as error:
+        raise ArtifactError(f"{path}: expected a tiniest training checkpoint ({first_line(error)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ArtifactError(f"{path}: expected a checkpoint of format {CHECKPOINT_FORMAT!r}, got {found!r}")
@@ -56,8 +55,8 @@ def training_checkpoint(data: bytes) -> dict[str, Any] | None:
     if is_safetensors(data):  # a state_dict, never a training checkpoint
         return None
     try:
-        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception:  # not a torch file at all: reading it as weights reports it properly
+        loaded = load_torch_file(data)
+    except ArtifactError:  # not a torch file at all: reading it as weights reports it properly
         return None
     return loaded if isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT else None
 

@@ -1,0 +1,47 @@
+"""What ``torch.hub.load`` runs: a few hundred statements, and none of the publishing or training code."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+BUDGET = 700  # statements (ast.stmt nodes) of hubconf.py and every tiniest module a load imports
+NOT_ON_THE_PATH = ("tiniest.release", "tiniest.training", "tiniest.weights.metadata", "tiniest.weights.run_files",
+                   "tiniest.weights.hub_folder", "tiniest.weights.artifact", "tiniest.commands", "tiniest.export")  # fmt: skip
+
+LOAD = """
+import json, sys, torch
+model = torch.hub.load(sys.argv[1], "tiniest", source="local", trust_repo=True, progress=False)
+assert model.labels[3] == "cat"
+print(json.dumps(sorted(name for name in sys.modules if name == "tiniest" or name.startswith("tiniest."))))
+"""
+
+
+def statements(path: Path) -> int:
+    return sum(isinstance(node, ast.stmt) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+
+def test_the_torch_hub_load_path_is_small_and_imports_no_publishing_code(
+    shared_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Loaded from a weights folder holding the publisher's .pt: the local source, the .pt reader, the model."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "tiniest.pt").write_bytes(shared_checkpoint.read_bytes())
+    env = {"TINIEST_WEIGHTS_DIR": str(folder), "TINIEST_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", LOAD, str(ROOT)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    modules = json.loads(run.stdout.strip().splitlines()[-1])
+    imported = [name for name in modules if name.startswith(NOT_ON_THE_PATH)]
+    assert imported == [], f"publishing or training code on the load path: {imported}"
+    files = [ROOT / "hubconf.py"]
+    for name in modules:
+        base = ROOT.joinpath(*name.split("."))
+        files.append(base / "__init__.py" if base.is_dir() else base.with_suffix(".py"))
+    total = sum(statements(path) for path in files)
+    assert total <= BUDGET, f"{total} statements in {len(files)} files: {', '.join(modules)}"
