@@ -143,15 +143,15 @@ def _release_name(categories: list[str], run: dict[str, Any] | None, sha8: str) 
 
 
 def _check_license(license: str | None, license_link: str | None) -> None:
-    """A licence outside the Hub's list needs a link to its text (the card's ``license_link``)."""
+    """A licence named otherwise than by an id needs a link to its text (the card's ``license_link``)."""
     if license_link is not None:
         parts = urllib.parse.urlsplit(license_link)
         if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in license_link):
             raise UsageError(f"--license-link: expected an http(s) URL of the licence text, got {license_link!r}")
     if license is not None and hub_license(license) is None and license_link is None:
         raise UsageError(
-            f"--license {license!r} is not one of the Hub's licence ids (such as mit, apache-2.0, cc-by-4.0): "
-            "pass --license-link URL of its text too, for the card's license: other"
+            f"--license {license!r} is no licence id (letters, digits, '.', '-', '+', such as mit, apache-2.0, "
+            "cc-by-4.0): pass --license-link URL of its text too, for the card's license: other"
         )
 
 

@@ -21,11 +21,17 @@ from tiniest.commands import main
 from tiniest.errors import UnverifiedWeightsWarning
 from tiniest.model import Tiniest
 from tiniest.release import publish_commands
-from tiniest.weights import RECORD_PATH, Release, TiniestWeights, build_artifact
-from tiniest.weights.artifact import read_metadata, sha256_hex
+from tiniest.weights import RECORD_PATH, Release, TiniestWeights
+from tiniest.weights.artifact import build_artifact
+from tiniest.weights.formats import read_weights, sha256_hex
 from tiniest.weights.run_files import load_checkpoint
 
 MINE = ("--github-repo", "someone/tiniest", "--hf-repo-id", "someone/tiniest-v2")
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The safetensors metadata of ``data``, as its strings."""
+    return read_weights(data)[1]
 
 
 def release(source: Path, output: Path, *flags: str) -> int:

@@ -18,10 +18,15 @@ import tiniest
 from tests.loopback import LoopbackServer
 from tiniest import Tiniest, TiniestWeights
 from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
-from tiniest.weights.artifact import read_metadata, sha256_hex
+from tiniest.weights.formats import read_weights, sha256_hex
 
 ROOT = Path(__file__).resolve().parents[2]
 PINNED = TiniestWeights.DEFAULT.release
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The safetensors metadata of ``data``, as its strings."""
+    return read_weights(data)[1]
 
 
 def hub_cache_snapshot(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
