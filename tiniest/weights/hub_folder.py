@@ -15,6 +15,7 @@ folder or repo loads with an ``UnverifiedWeightsWarning``), and the state_dict l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import torch
 from tiniest import names
 from tiniest.errors import (
     ArtifactError,
+    DownloadError,
     IncompatibleWeightsError,
     UnverifiedWeightsWarning,
     UsageError,
@@ -38,6 +40,7 @@ from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, save_atomically
 from tiniest.weights._record import CLASSES, MAX_RECORD_BYTES, TiniestWeights
 from tiniest.weights.artifact import artifact_metadata, to_safetensors
+from tiniest.weights.fetch import max_download_bytes
 from tiniest.weights.formats import sha256_hex
 from tiniest.weights.loading import model_from_weights, num_outputs
 from tiniest.weights.metadata import (
@@ -301,22 +304,59 @@ def save_pretrained(
     return write_model_folder(Path(folder), artifact, kept, repo_id=repo_id)
 
 
-def _download(repo_id: str, revision: str | None, **hub_options: Any) -> Path:
+def _announced_sizes(repo_id: str, revision: str | None, token: str | bool | None) -> tuple[str, dict[str, int | None]]:
+    """The commit ``revision`` names and the size the Hub announces for each file, asked before any download."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
+    if not isinstance(info.sha, str) or not re.fullmatch(r"[0-9a-f]{40}", info.sha):
+        raise ValueError(f"the Hub named no commit for revision {revision or 'main'} (got {str(info.sha)[:60]!r})")
+    return info.sha, {sibling.rfilename: sibling.size for sibling in info.siblings or []}
+
+
+def _download(repo_id: str, revision: str | None, *, token: str | bool | None = None, local_files_only: bool = False,
+              **hub_options: Any) -> Path:
+    """The folder of ``model.safetensors`` (and ``config.json``, if the repo has one) of a Hub repo, bounded.
+
+    Online, the sizes the Hub announces are read first (``model_info``), and a file announced larger
+    than ``TINIEST_MAX_DOWNLOAD_MB`` is refused before a byte of it is fetched; then only those two
+    files are downloaded, from the commit the sizes were read at. Offline, the cached files are read
+    bounded by :func:`~tiniest.weights.sources.load_weights` and :func:`_read_config`.
+    """
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError:
         raise WeightsNotFoundError(f"{repo_id}: Hub repos need huggingface_hub (pip install huggingface_hub)") from None
     names.hf_repo_id(repo_id, "repo_id_or_folder")  # the revision names a file in the Hub cache: no '..'
     if revision is not None:
         names.git_ref(revision, "revision")
+    cap = max_download_bytes()
+    local_files_only = local_files_only or constants.HF_HUB_OFFLINE  # offline: the cache alone, as huggingface_hub
+    where = f"the Hugging Face repo {repo_id!r} (revision {revision or 'main'})"
     try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME], **hub_options)
+        sizes: dict[str, int | None] = {}
+        if not local_files_only:
+            revision, sizes = _announced_sizes(repo_id, revision, token)
+            if WEIGHTS_NAME not in sizes:
+                raise WeightsNotFoundError(f"{where} holds no {WEIGHTS_NAME}")
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                size = sizes.get(name)
+                if size is not None and size > cap:
+                    raise DownloadError(
+                        f"{where}: {name} is announced as {size:,} bytes, more than the {cap:,} allowed "
+                        "(TINIEST_MAX_DOWNLOAD_MB); not downloaded"
+                    )
+        options = {"revision": revision, "token": token, "local_files_only": local_files_only, **hub_options}
+        weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, **options))
+        if local_files_only or CONFIG_NAME in sizes:
+            with contextlib.suppress(EntryNotFoundError, LocalEntryNotFoundError):  # config.json is optional
+                hf_hub_download(repo_id, CONFIG_NAME, **options)  # beside the weights: the same snapshot folder
+    except (DownloadError, WeightsNotFoundError):
+        raise
     except Exception as error:  # huggingface_hub raises many types: report them the same way
-        raise WeightsNotFoundError(
-            f"could not get {WEIGHTS_NAME} of the Hugging Face repo {repo_id!r} "
-            f"(revision {revision or 'main'}): {first_line(error)}"
-        ) from None
-    return Path(path)
+        raise WeightsNotFoundError(f"could not get {WEIGHTS_NAME} of {where}: {first_line(error)}") from None
+    return weights.parent
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -325,8 +365,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
         return {}
     try:  # a config is about 1 KB: a larger one is refused unread (an OSError)
         config = json.loads(read_regular(path, MAX_RECORD_BYTES))
-    except ValueError as error:
-        raise ArtifactError(f"{path}: expected JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+        raise ArtifactError(f"{path}: expected JSON of a config ({first_line(error, 120)})") from None
     if not isinstance(config, dict) or not isinstance(config.get("num_classes", 10), int):
         raise ArtifactError(f"{path}: expected an object with an integer num_classes, got {str(config)[:200]}")
     return config
