@@ -314,6 +314,9 @@ def test_a_hub_file_announced_larger_than_the_cap_is_refused_before_any_download
         info = {"id": repo_id, "sha": commit, "siblings": siblings, "private": False}
         for route in (f"/api/models/{repo_id}", f"/api/models/{repo_id}/revision/main"):
             server.serve(route, json.dumps(info).encode())
+        tree = [{"type": "file", "path": sibling["rfilename"], "size": sibling["size"], "oid": "0" * 40}
+                for sibling in siblings]
+        server.serve(f"/api/models/{repo_id}/tree/{commit}", json.dumps(tree).encode())  # what snapshot_download asks
         serve_like_the_hub(server, repo_id, commit, "model.safetensors", data)
     script = (
         "import sys, warnings; warnings.simplefilter('ignore'); from tiniest import Tiniest\n"
@@ -325,6 +328,8 @@ def test_a_hub_file_announced_larger_than_the_cap_is_refused_before_any_download
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TINIEST_MAX_DOWNLOAD_MB": "1"}
     done = subprocess.run([sys.executable, "-c", script, "someone/big", "someone/small"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
+    requested = server.paths_requested()
+    assert hf_resolve_path("someone/big", commit, "model.safetensors") not in requested, requested
     lines = done.stdout.splitlines()
     assert len(lines) == 2, done.stdout + done.stderr
     assert lines[0] == (
@@ -332,7 +337,5 @@ def test_a_hub_file_announced_larger_than_the_cap_is_refused_before_any_download
         "10,737,418,240 bytes, more than the 1,048,576 allowed (TINIEST_MAX_DOWNLOAD_MB); not downloaded"
     ), lines
     assert lines[1] == "loaded 10", done.stdout + done.stderr  # a small repo loads, README.md never fetched
-    requested = server.paths_requested()
-    assert hf_resolve_path("someone/big", commit, "model.safetensors") not in requested, requested
     assert hf_resolve_path("someone/small", commit, "model.safetensors") in requested
     assert not any(path.endswith("README.md") for path in requested), requested
