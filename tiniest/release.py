@@ -71,6 +71,18 @@ class _Built:
     pinned: bool
 
 
+def _read_capped(path: Path) -> bytes:
+    """The bytes of a source file: a regular file of at most TINIEST_MAX_DOWNLOAD_MB, as ``export`` reads it."""
+    cap = max_download_bytes()
+    try:
+        return read_regular(path, cap)
+    except OSError as error:
+        raise OSError(
+            f"{error.strerror or error} (expected a state_dict or checkpoint file of at most {cap:,} bytes, "
+            "TINIEST_MAX_DOWNLOAD_MB)"
+        ) from None
+
+
 def read_source(path: Path) -> Source:
     """A run folder (its ``model.pt``), a training ``checkpoint.pt`` or a state_dict file.
 
@@ -81,7 +93,7 @@ def read_source(path: Path) -> Source:
         model_path, checkpoint_path = path / MODEL_NAME, path / CHECKPOINT_NAME
         run = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
         if model_path.is_file():
-            return Source(read_regular(model_path, max_download_bytes()), str(model_path), run)
+            return Source(_read_capped(model_path), str(model_path), run)
         if run is not None:
             raise UsageError(
                 f"{path}: the run stopped after epoch {run['epoch']} of {run['recipe']['epochs']} and has no "
@@ -91,7 +103,7 @@ def read_source(path: Path) -> Source:
         raise FileNotFoundError(f"{path}: expected a training run folder holding {MODEL_NAME} and {CHECKPOINT_NAME}")
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (expected a run folder, a checkpoint.pt or a state_dict file)")
-    data = read_regular(path, max_download_bytes())  # a FIFO says so; a file past the cap is refused unread
+    data = _read_capped(path)  # a FIFO says so; a file past the cap is refused unread
     run = training_checkpoint(data)
     if run is None:
         return Source(data, str(path), None)
