@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from tiniest import names
-from tiniest.errors import UsageError
+from tiniest.errors import TiniestWarning, UsageError, first_line, warn
 from tiniest.export import artifact_bytes
+from tiniest.files import read_regular
 from tiniest.storage import check_output_folder, save_atomically
 from tiniest.weights import TiniestWeights
-from tiniest.weights._record import RECORD_NAME, Release, check_release_name
+from tiniest.weights._record import MAX_RECORD_BYTES, RECORD_NAME, Release, check_release_name
+from tiniest.weights.fetch import max_download_bytes
 from tiniest.weights.formats import read_state_dict, sha256_hex
 from tiniest.weights.hub_folder import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, hub_license, write_model_folder
 from tiniest.weights.metadata import checkpoint_meta, dataset_name, is_cifar10, is_published
@@ -40,7 +42,10 @@ from tiniest.weights.run_files import (
     training_checkpoint,
 )
 
-__all__ = ["HF_FOLDER", "INSTRUCTIONS_NAME", "RECORD_NAME", "Source", "make_release", "publish_commands", "read_source"]
+__all__ = [
+    "HF_FOLDER", "INSTRUCTIONS_NAME", "RECORD_NAME", "KeptFileWarning", "Source", "make_release", "publish_commands",
+    "read_source",
+]
 
 HF_FOLDER = "huggingface"
 HF_CLI_VERSION = "1.5"  # the first huggingface_hub whose hf command has `hf repos` (0.34 to 1.4: `hf repo`)
@@ -66,13 +71,29 @@ class _Built:
     pinned: bool
 
 
+def _read_capped(path: Path) -> bytes:
+    """The bytes of a source file: a regular file of at most TINIEST_MAX_DOWNLOAD_MB, as ``export`` reads it."""
+    cap = max_download_bytes()
+    try:
+        return read_regular(path, cap)
+    except OSError as error:
+        raise OSError(
+            f"{error.strerror or error} (expected a state_dict or checkpoint file of at most {cap:,} bytes, "
+            "TINIEST_MAX_DOWNLOAD_MB)"
+        ) from None
+
+
 def read_source(path: Path) -> Source:
-    """A run folder (its ``model.pt``), a training ``checkpoint.pt`` or a state_dict file."""
+    """A run folder (its ``model.pt``), a training ``checkpoint.pt`` or a state_dict file.
+
+    Read as ``export`` reads them: regular files only, at most ``TINIEST_MAX_DOWNLOAD_MB``
+    (:func:`tiniest.weights.fetch.max_download_bytes`), refused unread beyond.
+    """
     if path.is_dir():
         model_path, checkpoint_path = path / MODEL_NAME, path / CHECKPOINT_NAME
         run = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
         if model_path.is_file():
-            return Source(model_path.read_bytes(), str(model_path), run)
+            return Source(_read_capped(model_path), str(model_path), run)
         if run is not None:
             raise UsageError(
                 f"{path}: the run stopped after epoch {run['epoch']} of {run['recipe']['epochs']} and has no "
@@ -80,9 +101,9 @@ def read_source(path: Path) -> Source:
                 "to publish its current averaged weights"
             )
         raise FileNotFoundError(f"{path}: expected a training run folder holding {MODEL_NAME} and {CHECKPOINT_NAME}")
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (expected a run folder, a checkpoint.pt or a state_dict file)")
-    data = path.read_bytes()
+    data = _read_capped(path)  # a FIFO says so; a file past the cap is refused unread
     run = training_checkpoint(data)
     if run is None:
         return Source(data, str(path), None)
@@ -143,15 +164,15 @@ def _release_name(categories: list[str], run: dict[str, Any] | None, sha8: str) 
 
 
 def _check_license(license: str | None, license_link: str | None) -> None:
-    """A licence outside the Hub's list needs a link to its text (the card's ``license_link``)."""
+    """A licence named otherwise than by an id needs a link to its text (the card's ``license_link``)."""
     if license_link is not None:
         parts = urllib.parse.urlsplit(license_link)
         if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in license_link):
             raise UsageError(f"--license-link: expected an http(s) URL of the licence text, got {license_link!r}")
     if license is not None and hub_license(license) is None and license_link is None:
         raise UsageError(
-            f"--license {license!r} is not one of the Hub's licence ids (such as mit, apache-2.0, cc-by-4.0): "
-            "pass --license-link URL of its text too, for the card's license: other"
+            f"--license {license!r} is no licence id (letters, digits, '.', '-', '+', such as mit, apache-2.0, "
+            "cc-by-4.0): pass --license-link URL of its text too, for the card's license: other"
         )
 
 
@@ -169,29 +190,66 @@ def _check_names(name: str | None, github_repo: str | None, tag: str | None, hf_
             names.git_ref(value, flag)
 
 
-def _previous_release(output: Path) -> list[Path]:
-    """The files that the release record in ``output`` lists (its asset and original), to be replaced.
+class KeptFileWarning(TiniestWarning):
+    """``--overwrite`` left a file that the earlier record names: not the bytes it recorded, or outside ``--output``."""
 
-    Only those: a file the record does not name stays, whatever it is called.
+
+def _recorded(record: dict[str, Any]) -> list[tuple[object, object, object]]:
+    """``(name, sha256, size)`` of each file the record says its release wrote: the asset, and an original beside it."""
+    listed = [(record["filename"], record["sha256"], record["size"])]
+    downloads = f"{record['github']['repo']}/releases/download/{record['github']['tag']}/"
+    source = record["source"]
+    if source["path"].startswith(downloads):  # an original published beside the asset
+        listed.append((source["path"].removeprefix(downloads), source["sha256"], source["size"]))
+    return listed
+
+
+def _is_recorded_file(path: Path, output: Path, sha256: object, size: object) -> str:
+    """Why ``path`` is not the file its record describes (``""`` when it is): outside ``output``, or other bytes."""
+    if not path.resolve().is_relative_to(output.resolve()) or path.is_symlink():
+        return "is a link or lies outside the folder"
+    if not isinstance(size, int) or isinstance(size, bool) or not isinstance(sha256, str):
+        return "has no recorded sha256 and size"
+    try:
+        data = read_regular(path, size)
+    except OSError as error:
+        return f"is not the recorded {size:,} bytes ({first_line(error)})"
+    if len(data) != size or sha256_hex(data) != sha256:
+        return f"is not the recorded file ({len(data):,} bytes, sha256 {sha256_hex(data)[:16]}...)"
+    return ""
+
+
+def _previous_release(output: Path) -> list[Path]:
+    """The files of the release recorded in ``output`` (its asset and original), to be replaced.
+
+    Only those, and only while each holds the bytes the record gives (size and sha256) and lies
+    inside ``output``: a record copied from elsewhere deletes nothing else; a file it names that
+    differs stays, with a :class:`KeptFileWarning`.
     """
     path = output / RECORD_NAME
     if not path.is_file():
         return []
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        listed = [record["filename"]]
-        downloads = f"{record['github']['repo']}/releases/download/{record['github']['tag']}/"
-        if record["source"]["path"].startswith(downloads):  # an original published beside the asset
-            listed.append(record["source"]["path"].removeprefix(downloads))
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        record = json.loads(read_regular(path, MAX_RECORD_BYTES))
+        listed = _recorded(record)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OSError) as error:
         raise UsageError(
-            f"--overwrite: {path} is not a release record ({type(error).__name__}: {error}); "
+            f"--overwrite: {path} is not a release record ({first_line(error, 120)}); "
             "remove it or choose another --output"
         ) from None
-    for name in listed:
+    replaced = []
+    for name, sha256, size in listed:
         if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
             raise UsageError(f"--overwrite: {path} lists {name!r}; expected a file name in {output}")
-    return [output / name for name in listed if (output / name).is_file() or (output / name).is_symlink()]
+        old = output / name
+        if not (old.is_file() or old.is_symlink()):
+            continue
+        problem = _is_recorded_file(old, output, sha256, size)
+        if problem:
+            warn(f"--overwrite: kept {names.printable(str(old))}, named by {path}: it {problem}", KeptFileWarning)
+        else:
+            replaced.append(old)
+    return replaced
 
 
 def _refuse_links(paths: list[Path]) -> None:

@@ -23,10 +23,15 @@ from tiniest.model import Tiniest
 from tiniest.release import publish_commands
 from tiniest.weights import RECORD_PATH, Release, TiniestWeights
 from tiniest.weights.artifact import build_artifact
-from tiniest.weights.formats import read_metadata, sha256_hex
+from tiniest.weights.formats import read_weights, sha256_hex
 from tiniest.weights.run_files import load_checkpoint
 
 MINE = ("--github-repo", "someone/tiniest", "--hf-repo-id", "someone/tiniest-v2")
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The safetensors metadata of ``data``, as its strings."""
+    return read_weights(data)[1]
 
 
 def release(source: Path, output: Path, *flags: str) -> int:
@@ -388,3 +393,110 @@ def test_publish_names_the_huggingface_hub_its_hf_commands_need(tmp_path: Path) 
         run = subprocess.run([str(hf), *words, "--help"], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"})
         assert run.returncode == 0, (words, run.stdout, run.stderr)
+
+
+# --- hostile parent files, records and sources ---------------------------------------------------------------------
+
+
+def parent_file(path: Path, **meta: object) -> Path:
+    """A safetensors whose metadata is ``meta`` over CIFAR-10's names, as a parent file would carry it."""
+    from tiniest.weights.artifact import artifact_metadata, to_safetensors
+
+    torch.manual_seed(2)
+    full = {"categories": list(TiniestWeights.DEFAULT.meta["categories"]), **meta}
+    path.write_bytes(to_safetensors(Tiniest().state_dict(), artifact_metadata(full, source_sha256="")))
+    return path
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_base_model_repo_id_that_is_markup_never_reaches_the_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An inherited base_model.hf_repo_id went into the card's Markdown as a link: <img onerror>, javascript:."""
+    base = {"name": "x", "sha256": "0" * 64, "hf_repo_id": "a/b)<img src=x onerror=alert(1)>[c](javascript:alert(1))"}
+    parent = parent_file(tmp_path / "parent.safetensors", base_model=base)
+    assert release(parent, tmp_path / "out", *MINE) == 1
+    line = one_error_line(capsys)
+    assert "parent.safetensors: base_model: hf_repo_id: expected a Hugging Face repo id" in line, line
+    assert not (tmp_path / "out" / "huggingface" / "README.md").exists()
+
+
+@pytest.mark.parametrize("categories", ["abcdefghij", 15055, ["a", 1, "b", "c", "d", "e", "f", "g", "h", "i"]])
+def test_categories_that_are_no_list_of_names_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], categories: object
+) -> None:
+    """A string gave one class per letter (ten letters: ten "classes"), written by export and then unloadable."""
+    parent = parent_file(tmp_path / "parent.safetensors", categories=categories)
+    assert release(parent, tmp_path / "out", *MINE) == 1
+    assert "parent.safetensors: categories: expected a list of class names, got" in one_error_line(capsys)
+    assert main(["export", str(parent), "--output", str(tmp_path / "exported")]) == 1
+    assert "categories: expected a list of class names" in one_error_line(capsys)
+    assert not list((tmp_path / "exported").glob("*.safetensors")) if (tmp_path / "exported").exists() else True
+
+
+def test_a_release_json_nested_past_the_parser_is_one_line(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "release.json").write_text("[" * 100_000)
+    assert release(weights, out, *MINE, "--overwrite") == 1
+    line = one_error_line(capsys)
+    assert "release.json is not a release record (RecursionError" in line, line
+
+
+def test_overwrite_deletes_only_the_recorded_bytes_inside_the_folder(weights: Path, tmp_path: Path) -> None:
+    """A release.json copied from elsewhere named files that --overwrite deleted unchecked: only files of the
+    recorded size and sha256, inside --output, are replaced; any other stays, and the command says so."""
+    out = tmp_path / "out"
+    assert release(weights, out, *MINE) == 0
+    record = json.loads((out / "release.json").read_text())
+    asset, original = out / record["filename"], out / Path(record["source"]["path"]).name
+    asset.write_bytes(b"my own notes, not the release")  # the name the record gives, other bytes
+    elsewhere = tmp_path / "elsewhere.pt"
+    elsewhere.write_bytes(original.read_bytes())  # the recorded bytes, but outside the folder, behind a link
+    original.unlink()
+    original.symlink_to(elsewhere)
+    torch.manual_seed(1)
+    torch.save(Tiniest().state_dict(), weights)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert release(weights, out, *MINE, "--overwrite") == 0
+    assert asset.read_bytes() == b"my own notes, not the release" and original.is_symlink() and elsewhere.exists()
+    from tiniest.release import KeptFileWarning
+
+    warned = [str(warning.message) for warning in caught if issubclass(warning.category, KeptFileWarning)]
+    assert len(warned) == 2, warned
+    assert "is not the recorded file" in warned[0] and "is a link or lies outside the folder" in warned[1]
+
+    # the new release's own files match its record: a second --overwrite replaces them
+    new = json.loads((out / "release.json").read_text())
+    torch.manual_seed(3)
+    torch.save(Tiniest().state_dict(), weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeptFileWarning)  # nothing kept: the record's own bytes
+        assert release(weights, out, *MINE, "--overwrite") == 0
+    assert not (out / new["filename"]).exists()
+
+
+def test_the_source_is_read_bounded_and_a_fifo_says_it_is_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """release read the whole source (a 3 GiB file: 3.37 GB RSS) where export stops at TINIEST_MAX_DOWNLOAD_MB;
+    a FIFO was reported as "does not exist"."""
+    monkeypatch.setenv("TINIEST_MAX_DOWNLOAD_MB", "1")
+    big = tmp_path / "big.pt"
+    with open(big, "wb") as handle:
+        handle.truncate(3 * 1024**3)  # sparse: 3 GiB of zeros
+    assert release(big, tmp_path / "out", *MINE) == 1
+    assert "holds more than 1,048,576 bytes" in one_error_line(capsys)
+    fifo = tmp_path / "weights.pt"
+    os.mkfifo(fifo)
+    assert release(fifo, tmp_path / "out", *MINE) == 1
+    line = one_error_line(capsys)
+    assert "is a FIFO (named pipe), not a regular file" in line and "does not exist" not in line, line

@@ -18,10 +18,15 @@ import tiniest
 from tests.loopback import LoopbackServer
 from tiniest import Tiniest, TiniestWeights
 from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
-from tiniest.weights.formats import read_metadata, sha256_hex
+from tiniest.weights.formats import read_weights, sha256_hex
 
 ROOT = Path(__file__).resolve().parents[2]
 PINNED = TiniestWeights.DEFAULT.release
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The safetensors metadata of ``data``, as its strings."""
+    return read_weights(data)[1]
 
 
 def hub_cache_snapshot(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
@@ -245,3 +250,92 @@ def test_a_config_json_larger_than_any_config_is_refused_unread(tmp_path: Path) 
     config.write_bytes(config.read_bytes() + b" " * 2 * 1024 * 1024)  # still valid JSON, past 1 MiB
     with pytest.raises(OSError, match=r"config\.json' holds more than 1,048,576 bytes"):
         Tiniest.from_pretrained(folder)
+
+
+# --- hostile parent files and Hub repos ---------------------------------------------------------------------------
+
+HOSTILE_REPO_ID = "a/b)<img src=x onerror=alert(1)>[click](javascript:alert(1))"
+
+
+def parent_folder(folder: Path, **meta: object) -> Path:
+    """A Hub folder whose model.safetensors carries ``meta`` as a parent file's metadata would."""
+    from tiniest.weights.artifact import artifact_metadata, to_safetensors
+
+    folder.mkdir()
+    full = {"categories": list(tiniest.CLASSES), **meta}
+    data = to_safetensors(Tiniest().state_dict(), artifact_metadata(full, source_sha256=""))
+    (folder / "model.safetensors").write_bytes(data)
+    return folder
+
+
+def test_save_pretrained_refuses_a_base_model_repo_id_that_is_markup(tmp_path: Path) -> None:
+    """An inherited base_model.hf_repo_id went into the card as a link: HTML and a javascript: link on the Hub page."""
+    from tiniest.errors import ArtifactError
+
+    base = {"name": "x", "sha256": "0" * 64, "hf_repo_id": HOSTILE_REPO_ID}
+    with pytest.warns(UnverifiedWeightsWarning):
+        model = Tiniest.from_pretrained(parent_folder(tmp_path / "parent", base_model=base))
+    with pytest.raises(ArtifactError, match=r"^the weights' metadata: base_model: hf_repo_id: expected a Hugging Face"):
+        model.save_pretrained(tmp_path / "again")
+    assert not (tmp_path / "again" / "README.md").exists()
+
+
+def test_save_pretrained_refuses_metrics_that_are_no_numbers_in_one_line(tmp_path: Path) -> None:
+    from tiniest.errors import ArtifactError
+
+    with pytest.warns(UnverifiedWeightsWarning):
+        model = Tiniest.from_pretrained(parent_folder(tmp_path / "parent", metrics={"test": {"accuracy": "high"}}))
+    expected = r"metrics: 'test' accuracy: expected a finite number in \[0, 1\], got 'high'"
+    with pytest.raises(ArtifactError, match=expected):
+        model.save_pretrained(tmp_path / "again")
+
+
+def test_a_config_json_nested_past_the_parser_is_one_artifact_error(tmp_path: Path) -> None:
+    from tiniest.errors import ArtifactError
+
+    folder = Tiniest().save_pretrained(tmp_path / "mine")
+    (folder / "config.json").write_text("[" * 100_000)  # 100 KB: within the size bound, past Python's recursion
+    with pytest.raises(ArtifactError, match=r"config\.json: expected JSON of a config \(RecursionError"):
+        Tiniest.from_pretrained(folder)
+
+
+def test_a_hub_file_announced_larger_than_the_cap_is_refused_before_any_download(
+    tmp_path: Path, server: LoopbackServer
+) -> None:
+    """snapshot_download fetched whatever the repo held (a 300 MB disk filled in 3 s against 10 GB announced):
+    the sizes the Hub announces are read first, and a file past TINIEST_MAX_DOWNLOAD_MB is never requested."""
+    from tests.loopback import hf_resolve_path, serve_like_the_hub
+
+    commit = "c" * 40
+    big, small = 10 * 1024**3, Tiniest().save_pretrained(tmp_path / "small")
+    data = (small / "model.safetensors").read_bytes()
+    for repo_id, size in (("someone/big", big), ("someone/small", len(data))):
+        siblings = [{"rfilename": "model.safetensors", "size": size}, {"rfilename": "README.md", "size": 10}]
+        info = {"id": repo_id, "sha": commit, "siblings": siblings, "private": False}
+        for route in (f"/api/models/{repo_id}", f"/api/models/{repo_id}/revision/main"):
+            server.serve(route, json.dumps(info).encode())
+        tree = [{"type": "file", "path": sibling["rfilename"], "size": sibling["size"], "oid": "0" * 40}
+                for sibling in siblings]
+        server.serve(f"/api/models/{repo_id}/tree/{commit}", json.dumps(tree).encode())  # what snapshot_download asks
+        serve_like_the_hub(server, repo_id, commit, "model.safetensors", data)
+    script = (
+        "import sys, warnings; warnings.simplefilter('ignore'); from tiniest import Tiniest\n"
+        "for repo_id in sys.argv[1:]:\n"
+        "    try:\n        print('loaded', Tiniest.from_pretrained(repo_id).fc.out_features)\n"
+        "    except Exception as error:\n        print(type(error).__name__, str(error).splitlines()[0])\n"
+    )
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TINIEST_MAX_DOWNLOAD_MB": "1"}
+    done = subprocess.run([sys.executable, "-c", script, "someone/big", "someone/small"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    requested = server.paths_requested()
+    assert hf_resolve_path("someone/big", commit, "model.safetensors") not in requested, requested
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout + done.stderr
+    assert lines[0] == (
+        "DownloadError the Hugging Face repo 'someone/big' (revision main): model.safetensors is announced as "
+        "10,737,418,240 bytes, more than the 1,048,576 allowed (TINIEST_MAX_DOWNLOAD_MB); not downloaded"
+    ), lines
+    assert lines[1] == "loaded 10", done.stdout + done.stderr  # a small repo loads, README.md never fetched
+    assert hf_resolve_path("someone/small", commit, "model.safetensors") in requested
+    assert not any(path.endswith("README.md") for path in requested), requested

@@ -15,6 +15,7 @@ folder or repo loads with an ``UnverifiedWeightsWarning``), and the state_dict l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import torch
 from tiniest import names
 from tiniest.errors import (
     ArtifactError,
+    DownloadError,
     IncompatibleWeightsError,
     UnverifiedWeightsWarning,
     UsageError,
@@ -38,9 +40,18 @@ from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, save_atomically
 from tiniest.weights._record import CLASSES, MAX_RECORD_BYTES, TiniestWeights
 from tiniest.weights.artifact import artifact_metadata, to_safetensors
+from tiniest.weights.fetch import max_download_bytes
 from tiniest.weights.formats import sha256_hex
 from tiniest.weights.loading import model_from_weights, num_outputs
-from tiniest.weights.metadata import UNKNOWN_LICENSE, M, is_cifar10, weights_meta
+from tiniest.weights.metadata import (
+    UNKNOWN_LICENSE,
+    M,
+    check_base_model,
+    check_categories,
+    check_metrics,
+    is_cifar10,
+    weights_meta,
+)
 from tiniest.weights.sources import load_weights
 
 __all__ = [
@@ -73,30 +84,23 @@ def model_config(meta: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-# The Hub's licence ids (huggingface.co/docs/hub/repositories-licenses; huggingface_hub has no list of them).
-# Any other licence is ``license: other`` with ``license_name`` and ``license_link``, as the Hub asks.
-HUB_LICENSES = frozenset({
-    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
-    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
-    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
-    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
-    "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
-    "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0",
-    "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1",
-    "lgpl-3.0", "isc", "lppl-1.3c", "ms-pl", "mpl-2.0", "odc-by", "odbl", "openrail++", "osl-3.0", "postgresql",
-    "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr", "unknown", "other",
-})
+# A licence as the Hub writes its ids: lowercase, SPDX-like (mit, apache-2.0, cc-by-nc-4.0, openrail++).
+# huggingface_hub keeps no list of the ids the Hub takes (it asks the Hub, online, in ModelCard.validate,
+# which push_to_hub calls), so none is kept here: an id-shaped licence goes to the card's ``license`` as
+# is; any other name is ``license: other`` with ``license_name`` and ``license_link``, as the Hub asks.
+_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+CARD_TEMPLATE = Path(__file__).with_name("model_card.md")  # the card's text, filled by ModelCard.from_template
 README_INSTALL = 'pip install "tiniest @ git+https://github.com/{repo}"'  # the install line of the README
 
 
 def hub_license(text: str) -> str | None:
-    """The Hub's id of a licence named ``text`` (``MIT`` is ``mit``), or None when the Hub lists none such."""
+    """The Hub-style id of a licence named ``text`` (``MIT`` is ``mit``), or None when it is no id but a name."""
     candidate = text.strip().lower()
-    return candidate if candidate in HUB_LICENSES - {"other"} else None
+    return candidate if _LICENSE_ID.fullmatch(candidate) and candidate != "other" else None
 
 
 def _card_license(meta: Mapping[str, Any]) -> dict[str, str]:
-    """The card's licence fields: a Hub id as is; any other as ``other`` with its name and link."""
+    """The card's licence fields: an id as is; any other name as ``other`` with its slug and link."""
     text = str(meta.get("license") or UNKNOWN_LICENSE)
     known = hub_license(text)
     if known is not None:
@@ -157,13 +161,13 @@ def _card_data(meta: Mapping[str, Any], name: str) -> Any:
 
     dataset = _hub_dataset(meta)
     results, _ = _results(meta, dataset)
-    base = meta.get("base_model")
+    base = check_base_model(meta.get("base_model"), "the weights' metadata: base_model")
     license = _card_license(meta)
     return ModelCardData(
         license=license["license"],
         license_name=license.get("license_name"),
         license_link=license.get("license_link"),
-        base_model=base.get("hf_repo_id") if isinstance(base, Mapping) else None,
+        base_model=base.get("hf_repo_id") if base else None,
         library_name="pytorch",
         pipeline_tag="image-classification",
         tags=["image-classification", *(["cifar10"] if is_cifar10(meta["categories"]) else []), "tiniest",
@@ -175,57 +179,13 @@ def _card_data(meta: Mapping[str, Any], name: str) -> Any:
     )
 
 
-def _usage(sha256: str, repo_id: str | None) -> str:
-    """How to install the code, load the weights, and where that code is."""
-    code_repo = TiniestWeights.DEFAULT.release.github_repo
-    pinned = sha256 == TiniestWeights.DEFAULT.release.sha256
-    load = f'Tiniest.from_pretrained("{repo_id}")' if repo_id else 'Tiniest.from_pretrained("path/to/this/folder")'
-    check = (
-        "# verified, eval mode" if pinned
-        else "# eval mode; not the pinned release: an UnverifiedWeightsWarning (none where a checkout pins it)"
-    )
-    return f"""```bash
-{README_INSTALL.format(repo=code_repo)}
-```
-
-```python
-from tiniest import Tiniest
-
-model = {load}   {check}
-logits = model(images - 0.5)  # images: (N, 3, 32, 32) RGB in [0, 1]
-```
-
-The code that loads it: [github.com/{code_repo}](https://github.com/{code_repo})
-(`Tiniest.from_pretrained`, in
-[tiniest/weights/hub_folder.py](https://github.com/{code_repo}/blob/main/tiniest/weights/hub_folder.py))."""
-
-
-def _uses_and_limitations(categories: Sequence[str], cifar10: bool) -> str:
-    """What the weights are for, and what they cannot do, for any task."""
-    kind = "small photos of CIFAR-10's ten kinds of objects" if cifar10 else "images like those it was trained on"
-    return f"""## Intended uses
-
-Classifying {kind} into the {len(categories)} classes above, where a model of under 100,000
-parameters is wanted: teaching, baselines, quick experiments, small devices, and as a starting point
-for fine-tuning on a related task of your own.
-
-## Limitations
-
-- It sees every picture at 32x32 pixels: detail smaller than that is lost, whatever the input size.
-- It always answers one of its {len(categories)} classes: a picture of anything else still gets one,
-  often confidently. It cannot say "none of these".
-- Its accuracy is known only as measured below, on the data and number of images named there; on
-  other pictures (other cameras, light, framing) expect less. A score on few images is uncertain.
-- It inherits the choices and biases of its training data. Not for decisions about people, nor for
-  any use where a wrong answer causes harm."""
-
-
 def _training(meta: Mapping[str, Any]) -> str:
+    """Data, recipe and starting weights, each shown literally; the base model's repo id is a checked id."""
     text = names.markdown
     lines = [f"- Data: {text(str(meta.get('dataset', 'not recorded')))}",
              f"- Recipe: {text(str(meta.get('recipe', 'not recorded')))}"]
-    base = meta.get("base_model")
-    if isinstance(base, Mapping):
+    base = check_base_model(meta.get("base_model"), "the weights' metadata: base_model")
+    if base:
         repo = base.get("hf_repo_id")
         where = f" ([{repo}](https://huggingface.co/{repo}))" if repo else ""
         name, sha256 = text(str(base.get("name"))), text(str(base.get("sha256")))
@@ -246,50 +206,50 @@ def _credits(meta: Mapping[str, Any]) -> str:
 def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = None) -> str:
     """A model card whose YAML front matter carries licence, base model, datasets and metrics for the Hub.
 
-    It says "verified" only for the pinned release; only whole-split scores on a Hub dataset go to
-    the Hub's ``model-index`` (its dataset ``type`` is a Hub dataset id), every score to the card's
-    table, with its image count. Every text the weights' metadata brings (class names, data,
-    credit...) is shown literally: markdown and HTML in it are escaped.
+    huggingface_hub's ``ModelCard`` writes it from the package's ``model_card.md`` template and a
+    ``ModelCardData``. It says "verified" only for the pinned release; only whole-split scores on a
+    Hub dataset go to the Hub's ``model-index`` (its dataset ``type`` is a Hub dataset id), every
+    score to the card's table, with its image count. Every text the weights' metadata brings (class
+    names, data, credit...) is shown literally: markdown and HTML in it are escaped (the template is
+    not autoescaped); repo ids are checked ids, and metrics checked numbers, or one ``ArtifactError``.
     """
+    from huggingface_hub import ModelCard
+
     if repo_id is not None:
         names.hf_repo_id(repo_id, "repo_id")
-    categories = list(meta["categories"])
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ArtifactError(f"model card: expected a sha256 of 64 hex digits, got {sha256[:80]!r}")
+    where = "the weights' metadata"
+    categories = check_categories(meta.get("categories"), where)
+    check_metrics(meta.get("metrics") or {}, f"{where}: metrics", ArtifactError)
     cifar10 = is_cifar10(categories)
     name = repo_id.split("/")[-1] if repo_id else "tiniest"
     _, rows = _results(meta, None)
     header = ["| data | split | images | top-1 accuracy |", "|---|---|---|---|"]
-    table = "\n".join([*header, *rows]) if rows else "Not measured."
-    task = "CIFAR-10 classifier" if cifar10 else f"{len(categories)}-class image classifier"
-    body = f"""
-# {name}
-
-Tiniest: a {meta.get("num_params", 97530):,}-parameter {task}
-(architecture by [xvel/cifar10-tiniest](https://github.com/xvel/cifar10-tiniest)).
-
-{_usage(sha256, repo_id)}
-
-Classes, in output order (`model.labels`): {", ".join(names.markdown(str(category)) for category in categories)}.
-
-{_uses_and_limitations(categories, cifar10)}
-
-## Results
-
-{table}
-
-## Training
-
-{_training(meta)}
-
-## Files
-
-- `model.safetensors`: sha256 `{sha256}`; its metadata repeats this card's facts.
-- `config.json`: `num_classes`, labels and the expected preprocessing.
-
-## Licence and credit
-
-{_credits(meta)}
-"""
-    return f"---\n{_card_data(meta, name).to_yaml()}\n---\n{body}"
+    code_repo = TiniestWeights.DEFAULT.release.github_repo
+    pinned = sha256 == TiniestWeights.DEFAULT.release.sha256
+    num_params = meta.get("num_params", 97530)
+    card = ModelCard.from_template(
+        _card_data(meta, name),
+        template_path=str(CARD_TEMPLATE),
+        name=name,
+        num_params=f"{num_params:,}" if isinstance(num_params, int) else names.markdown(str(num_params)),
+        task="CIFAR-10 classifier" if cifar10 else f"{len(categories)}-class image classifier",
+        install=README_INSTALL.format(repo=code_repo),
+        load=f'Tiniest.from_pretrained("{repo_id or "path/to/this/folder"}")',
+        check="# verified, eval mode" if pinned else (
+            "# eval mode; not the pinned release: an UnverifiedWeightsWarning (none where a checkout pins it)"
+        ),
+        code_repo=code_repo,
+        classes=", ".join(names.markdown(category) for category in categories),
+        kind="small photos of CIFAR-10's ten kinds of objects" if cifar10 else "images like those it was trained on",
+        num_classes=len(categories),
+        results="\n".join([*header, *rows]) if rows else "Not measured.",
+        training=_training(meta),
+        sha256=sha256,
+        credits=_credits(meta),
+    )
+    return str(card)
 
 
 def write_model_folder(folder: Path, artifact: bytes, meta: Mapping[str, Any], *, repo_id: str | None = None) -> Path:
@@ -344,22 +304,59 @@ def save_pretrained(
     return write_model_folder(Path(folder), artifact, kept, repo_id=repo_id)
 
 
-def _download(repo_id: str, revision: str | None, **hub_options: Any) -> Path:
+def _announced_sizes(repo_id: str, revision: str | None, token: str | bool | None) -> tuple[str, dict[str, int | None]]:
+    """The commit ``revision`` names and the size the Hub announces for each file, asked before any download."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
+    if not isinstance(info.sha, str) or not re.fullmatch(r"[0-9a-f]{40}", info.sha):
+        raise ValueError(f"the Hub named no commit for revision {revision or 'main'} (got {str(info.sha)[:60]!r})")
+    return info.sha, {sibling.rfilename: sibling.size for sibling in info.siblings or []}
+
+
+def _download(repo_id: str, revision: str | None, *, token: str | bool | None = None, local_files_only: bool = False,
+              **hub_options: Any) -> Path:
+    """The folder of ``model.safetensors`` (and ``config.json``, if the repo has one) of a Hub repo, bounded.
+
+    Online, the sizes the Hub announces are read first (``model_info``), and a file announced larger
+    than ``TINIEST_MAX_DOWNLOAD_MB`` is refused before a byte of it is fetched; then only those two
+    files are downloaded, from the commit the sizes were read at. Offline, the cached files are read
+    bounded by :func:`~tiniest.weights.sources.load_weights` and :func:`_read_config`.
+    """
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError:
         raise WeightsNotFoundError(f"{repo_id}: Hub repos need huggingface_hub (pip install huggingface_hub)") from None
     names.hf_repo_id(repo_id, "repo_id_or_folder")  # the revision names a file in the Hub cache: no '..'
     if revision is not None:
         names.git_ref(revision, "revision")
+    cap = max_download_bytes()
+    local_files_only = local_files_only or constants.HF_HUB_OFFLINE  # offline: the cache alone, as huggingface_hub
+    where = f"the Hugging Face repo {repo_id!r} (revision {revision or 'main'})"
     try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME], **hub_options)
+        sizes: dict[str, int | None] = {}
+        if not local_files_only:
+            revision, sizes = _announced_sizes(repo_id, revision, token)
+            if WEIGHTS_NAME not in sizes:
+                raise WeightsNotFoundError(f"{where} holds no {WEIGHTS_NAME}")
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                size = sizes.get(name)
+                if size is not None and size > cap:
+                    raise DownloadError(
+                        f"{where}: {name} is announced as {size:,} bytes, more than the {cap:,} allowed "
+                        "(TINIEST_MAX_DOWNLOAD_MB); not downloaded"
+                    )
+        options = {"revision": revision, "token": token, "local_files_only": local_files_only, **hub_options}
+        weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, **options))
+        if local_files_only or CONFIG_NAME in sizes:
+            with contextlib.suppress(EntryNotFoundError, LocalEntryNotFoundError):  # config.json is optional
+                hf_hub_download(repo_id, CONFIG_NAME, **options)  # beside the weights: the same snapshot folder
+    except (DownloadError, WeightsNotFoundError):
+        raise
     except Exception as error:  # huggingface_hub raises many types: report them the same way
-        raise WeightsNotFoundError(
-            f"could not get {WEIGHTS_NAME} of the Hugging Face repo {repo_id!r} "
-            f"(revision {revision or 'main'}): {first_line(error)}"
-        ) from None
-    return Path(path)
+        raise WeightsNotFoundError(f"could not get {WEIGHTS_NAME} of {where}: {first_line(error)}") from None
+    return weights.parent
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -368,8 +365,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
         return {}
     try:  # a config is about 1 KB: a larger one is refused unread (an OSError)
         config = json.loads(read_regular(path, MAX_RECORD_BYTES))
-    except ValueError as error:
-        raise ArtifactError(f"{path}: expected JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+        raise ArtifactError(f"{path}: expected JSON of a config ({first_line(error, 120)})") from None
     if not isinstance(config, dict) or not isinstance(config.get("num_classes", 10), int):
         raise ArtifactError(f"{path}: expected an object with an integer num_classes, got {str(config)[:200]}")
     return config

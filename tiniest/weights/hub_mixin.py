@@ -42,8 +42,9 @@ class HubFolderMixin(nn.Module):
         """Verified weights from a Hub repo id (``owner/name``) or a local folder, in eval mode.
 
         ``revision``, ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` are
-        ``huggingface_hub.snapshot_download``'s, for a repo id; ``device``: where to put the model.
-        See :mod:`tiniest.weights.hub_folder`.
+        ``huggingface_hub.hf_hub_download``'s, for a repo id (only ``model.safetensors`` and
+        ``config.json`` are fetched, each refused unfetched when the Hub announces more than
+        ``TINIEST_MAX_DOWNLOAD_MB``); ``device``: where to put the model. See :mod:`tiniest.weights.hub_folder`.
         """
         from tiniest.weights.hub_folder import from_pretrained
 

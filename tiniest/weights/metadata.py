@@ -28,6 +28,7 @@ from typing import Any, TypeGuard, TypeVar
 import torch
 from torch import nn
 
+from tiniest import names
 from tiniest.classes import CIFAR10_CLASSES, default_labels
 from tiniest.errors import ArtifactError, IncompatibleWeightsError, TiniestError, UsageError, warn
 from tiniest.storage import HF_PREFIX
@@ -39,6 +40,8 @@ from tiniest.weights.run_files import run_beside
 __all__ = [
     "ARCHITECTURE_CREDIT",
     "UNKNOWN_LICENSE",
+    "check_base_model",
+    "check_categories",
     "check_metrics",
     "checkpoint_meta",
     "dataset_name",
@@ -87,6 +90,34 @@ def check_metrics(metrics: object, where: str, error: type[TiniestError] = Usage
         raise error(f"{where}: {problem}")
     assert isinstance(metrics, Mapping)  # (checked above)
     return dict(metrics)
+
+
+def check_base_model(base: object, where: str) -> dict[str, Any] | None:
+    """``base_model`` as a dict whose ``hf_repo_id`` is a Hub repo id (huggingface_hub's rules), else an ArtifactError.
+
+    Its repo id becomes a link of the model card and its ``base_model``: anything else (markup, a
+    ``javascript:`` address) is refused, never written into a card.
+    """
+    if base is None:
+        return None
+    if not isinstance(base, Mapping):
+        raise ArtifactError(f"{where}: expected an object with name, sha256 and hf_repo_id, got {str(base)[:200]!r}")
+    repo = base.get("hf_repo_id")
+    if repo is not None:
+        try:
+            names.hf_repo_id(repo if isinstance(repo, str) else repr(repo), f"{where}: hf_repo_id")
+        except UsageError as error:
+            raise ArtifactError(str(error)) from None
+    return dict(base)
+
+
+def check_categories(categories: object, where: str) -> list[str]:
+    """A file's class names: a list of strings (none: ``[]``), else one ArtifactError (a string gave one per letter)."""
+    if categories is None:
+        return []
+    if not isinstance(categories, list) or not all(isinstance(name, str) for name in categories):
+        raise ArtifactError(f"{where}: categories: expected a list of class names, got {str(categories)[:200]!r}")
+    return categories
 
 
 def is_cifar10(categories: Sequence[str]) -> bool:
@@ -211,7 +242,8 @@ def weights_meta(
     release = TiniestWeights.DEFAULT.release
     inherited = inherited or {}
     num_classes = num_outputs(state_dict, origin)
-    categories = list(labels or (run["classes"] if run else None) or inherited.get("categories") or [])
+    inherited_categories = check_categories(inherited.get("categories"), origin)
+    categories = list(labels or (run["classes"] if run else None) or inherited_categories)
     if not categories:
         warn(f"{origin} carries no class names: its {num_classes} outputs are called class_0 ... "
              f"class_{num_classes - 1}", NoClassNamesWarning)
@@ -225,6 +257,8 @@ def weights_meta(
         for key in ("dataset", "recipe", "base_model", "metrics")
         if key in inherited and inherited[key] != release.meta.get(key)
     }
+    if "base_model" in claims:
+        claims["base_model"] = check_base_model(claims["base_model"], f"{origin}: base_model")
     if "metrics" in claims:
         claims["metrics"] = check_metrics(claims["metrics"], f"{origin}: metrics", ArtifactError)
     if metrics is not None:
