@@ -44,7 +44,6 @@ if (_problem := _torch_too_old(str(torch.__version__))) is not None:
     raise UnsupportedTorchError(_problem)
 
 from tiniest.hub import tiniest  # noqa: E402
-from tiniest.layers import layer  # noqa: E402
 from tiniest.model import Block, LayerNorm2d, Tiniest  # noqa: E402
 from tiniest.weights import CLASSES, TiniestWeights, load_weights  # noqa: E402
 
@@ -52,6 +51,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
     from tiniest.evaluation import evaluate
     from tiniest.fast import optimize
     from tiniest.inference import predict
+    from tiniest.layers import layer
     from tiniest.transforms import Preprocess, preprocess
 
 __version__ = "1.0.0"
@@ -60,6 +60,7 @@ __version__ = "1.0.0"
 _LAZY = {
     "Preprocess": "tiniest.transforms",
     "evaluate": "tiniest.evaluation",
+    "layer": "tiniest.layers",
     "optimize": "tiniest.fast",
     "predict": "tiniest.inference",
     "preprocess": "tiniest.transforms",

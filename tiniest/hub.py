@@ -15,7 +15,6 @@ from typing import Any, ParamSpec, TypeAlias, cast
 
 import torch
 
-from tiniest.devices import resolve_device
 from tiniest.errors import TiniestDeprecationWarning, UsageError, warn
 from tiniest.model import Tiniest
 from tiniest.weights import TiniestWeights, load_strictly, load_weights
@@ -109,7 +108,11 @@ def tiniest(
     Returns:
         A :class:`tiniest.Tiniest` in eval mode, on ``device``.
     """
-    target = resolve_device(device) if device is not None else None  # refused before any download
+    target = None
+    if device is not None:  # refused before any download
+        from tiniest.devices import resolve_device
+
+        target = resolve_device(device)
     if weights is None:
         model = Tiniest()
     else:  # the default member: None lets TINIEST_WEIGHTS stand in for it

@@ -7,7 +7,9 @@ sought in :data:`SOURCES` order, each candidate checked against the sha256 pinne
 ``release.json``: the release's safetensors file, or the publisher's original ``.pt`` (pinned by its
 own sha256 and loaded as it is, ``weights_only=True``).
 
-Downloads go to ``$TORCH_HOME/hub/checkpoints`` once verified, through a temporary file and
+The network code (:mod:`tiniest.weights.fetch`, :mod:`tiniest.weights.huggingface`) is imported
+when a download is needed: a load from a folder or a cache runs none of it. Downloads go to
+``$TORCH_HOME/hub/checkpoints`` once verified, through a temporary file and
 ``os.replace``: processes loading at once each download and each replace the file whole, so no
 reader ever sees a partial or unverified file. A file of the caches that fails the hash is
 reported, never deleted (it may be a user's own, or lie outside the cache behind a link).
@@ -41,9 +43,7 @@ from tiniest.errors import (
     warn,
 )
 from tiniest.files import read_regular
-from tiniest.storage import save_atomically
 from tiniest.weights._record import Release, TiniestWeights, describe_mismatch, release_beside
-from tiniest.weights.fetch import fetch, max_download_bytes
 from tiniest.weights.formats import read_weights, sha256_hex
 from tiniest.weights.loading import LoadedWeights, decode_metadata
 
@@ -98,6 +98,8 @@ def _read_pinned(path: Path, release: Release) -> bytes:
 
 def _keep(path: Path, data: bytes) -> None:
     """Cache verified bytes; a cache that cannot be written costs a warning, never a load."""
+    from tiniest.storage import save_atomically  # only after a download
+
     try:
         save_atomically(path, data)
     except OSError as error:
@@ -158,6 +160,8 @@ def _github_fetch(url: str, max_bytes: int, progress: bool) -> bytes:
         headers = {"Authorization": f"Bearer {token}"}
     elif token is not None:
         warn(f"TINIEST_GITHUB_TOKEN is not sent to {url}: a token goes over https only", TiniestWarning)
+    from tiniest.weights.fetch import fetch  # network code, imported when a download is needed
+
     try:
         return fetch(url, max_bytes=max_bytes, progress=progress, headers=headers)
     except RateLimitError as error:
@@ -240,6 +244,8 @@ def _choose(weights: str | os.PathLike[str] | TiniestWeights | None) -> TiniestW
 
 
 def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[bytes, str]:
+    from tiniest.weights.fetch import fetch, max_download_bytes
+
     if "://" in spec:
         try:
             scheme = urllib.parse.urlsplit(spec).scheme
