@@ -737,3 +737,20 @@ def test_a_bare_safetensors_is_not_told_to_use_the_safetensors(tmp_path: Path) -
         tiniest.tiniest(weights=path)
     (message,) = [str(w.message) for w in caught if w.category is NoClassNamesWarning]
     assert "or use a release's .safetensors, which carries its names" in message, message
+
+
+def test_a_hugging_face_cache_entry_linking_outside_the_cache_is_never_deleted(tmp_path: Path) -> None:
+    """A shared HF_HOME holding a snapshot entry that is a link to another file: an offline load leaves both."""
+    victim = tmp_path / "elsewhere" / "notes.txt"
+    victim.parent.mkdir()
+    victim.write_bytes(b"a file of the user's, not the release")
+    repo = tmp_path / "hf" / "hub" / f"models--{RELEASE.hf_repo_id.replace('/', '--')}"
+    entry = repo / "snapshots" / ("0" * 40) / RELEASE.hf_filename
+    entry.parent.mkdir(parents=True)
+    entry.symlink_to(victim)
+    (repo / "refs").mkdir()
+    (repo / "refs" / RELEASE.hf_revision).write_text("0" * 40)
+    env = {"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"), "TINIEST_OFFLINE": "1"}
+    run = run_python("import tiniest\ntiniest.tiniest()", env)
+    assert run.returncode != 0 and "is not the pinned file" in run.stderr, run.stderr
+    assert victim.read_bytes() == b"a file of the user's, not the release" and entry.is_symlink()
