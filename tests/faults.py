@@ -3,8 +3,9 @@
 ``FaultyRoute`` answers one path with a fault (for every request, or for the first ``times``
 GET requests) and the good reply once healed; ``install_healing`` adds a ``/_heal`` path that
 heals every faulty route of a server, so a test running in a subprocess can fix "the network"
-between two loads. ``bad_files`` lists anything in a folder that is not the verified file, a
-lock file or a harmless marker: the check that nothing partial or unverified was left behind.
+between two loads. ``bad_files`` lists anything in a folder that is not a verified file (the
+release, or the publisher's original checkpoint), a lock file or a harmless marker: the check
+that nothing partial or unverified was left behind.
 Every wait is bounded by ``MAX_WAIT`` and ends when the server stops.
 """
 
@@ -39,7 +40,16 @@ TRICKLE_SECONDS = 7.5  # how long a trickled body takes in all; tests use TINIES
 
 # TRANSIENT faults are retried; the others are not (a server silent from the start would be silent again)
 TRANSIENT = ("http-500", "http-503", "reset-mid-body", "short-body", "stall-mid-body")
-PERMANENT = ("http-404", "rate-limit-403", "wrong-bytes", "html-200", "redirect-loop", "trickle", "stall")
+PERMANENT = (
+    "http-404",
+    "rate-limit-403",
+    "wrong-bytes",
+    "corrupt-bytes",
+    "html-200",
+    "redirect-loop",
+    "trickle",
+    "stall",
+)
 FAULTS = TRANSIENT + PERMANENT
 BODY_FAULTS = frozenset({"reset-mid-body", "short-body", "stall-mid-body", "trickle"})  # HEAD is answered normally
 
@@ -92,6 +102,7 @@ class FaultyRoute:
         self.loop_to = loop_to or path
         self.gets = 0
         self.faulted: list[str] = []  # the method of each request answered with the fault
+        self.get_times: list[float] = []  # time.monotonic() of each GET received
         self.healed = False
         self.half_sent = threading.Event()  # set once a body fault has sent its first half
         server.routes[path] = self
@@ -104,6 +115,7 @@ class FaultyRoute:
             return False
         if handler.command == "GET":
             self.gets += 1
+            self.get_times.append(time.monotonic())
             return self.times is None or self.gets <= self.times
         return self.times is None
 
@@ -120,10 +132,12 @@ class FaultyRoute:
             reset = str(int(time.time()) + 3600)
             headers = {"Content-Type": "application/json", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
             self._send(handler, 403, RATE_LIMIT_BODY, headers)
-        elif fault == "wrong-bytes":
+        elif fault in ("wrong-bytes", "corrupt-bytes"):
             wrong = corrupted(self.body)
             headers = dict(self.extra_headers)
-            if "ETag" in headers:  # a Hub that serves other bytes names them by their own hash
+            # wrong-bytes: a Hub (or mirror) that serves other bytes names them by their own hash;
+            # corrupt-bytes: a proxy that damages the body in passing keeps the real file's ETag
+            if fault == "wrong-bytes" and "ETag" in headers:
                 headers["ETag"] = hub_headers(wrong)["ETag"]
             self._send(handler, 200, wrong, headers)
         elif fault == "html-200":
@@ -221,11 +235,12 @@ def install_healing(server: LoopbackServer) -> None:
 ALLOWED_NAMES = {"CACHEDIR.TAG"}
 
 
-def bad_files(roots: Iterable[Path], sha256: str) -> list[str]:
-    """Files under ``roots`` that are neither the verified file (``sha256``), nor locks, nor Hub markers.
+def bad_files(roots: Iterable[Path], sha256: str | Iterable[str]) -> list[str]:
+    """Files under ``roots`` that are neither a verified file (``sha256``: one digest or more), a lock nor a marker.
 
     Anything else (a ``.part`` or ``.incomplete`` file, a truncated or unverified copy) is bad.
     """
+    verified = {sha256} if isinstance(sha256, str) else set(sha256)
     bad = []
     for root in roots:
         if not root.exists():
@@ -235,6 +250,6 @@ def bad_files(roots: Iterable[Path], sha256: str) -> list[str]:
                 continue
             if path.is_symlink() and not path.exists():
                 bad.append(f"{path} (dangling link)")
-            elif hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+            elif hashlib.sha256(path.read_bytes()).hexdigest() not in verified:
                 bad.append(f"{path} ({path.stat().st_size} bytes, not the verified file)")
     return bad

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from tests.conftest import ROOT, copy_checkout
 from tests.loopback import LoopbackServer
 from tiniest.model import Tiniest
-from tiniest.weights import TiniestWeights
+from tiniest.weights import SOURCES, TiniestWeights
 from tiniest.weights.formats import read_state_dict
 
 RELEASE = TiniestWeights.DEFAULT.release
@@ -51,6 +52,8 @@ BUILD_HINT = {
     "TINIEST_HUB_PYTHON": "python3.13 -m venv /tmp/hub && /tmp/hub/bin/pip install torch",
     "TINIEST_CORE_PYTHON": "python3.13 -m venv /tmp/core && /tmp/core/bin/pip install torch .",
     "TINIEST_SCIO_PYTHON": "python3.13 -m venv /tmp/scio && /tmp/scio/bin/pip install scio-pypi",
+    "TINIEST_LOWEST_PYTHON": f"python{FLOOR_PYTHON} -m venv /tmp/low && uv pip install --python /tmp/low/bin/python "
+    f"--resolution lowest-direct torch=={FLOOR_TORCH}.1 '.[images,plot,onnx]'",
 }
 TORCH_ALONE = ("TINIEST_FLOOR_PYTHON", "TINIEST_HUB_PYTHON")
 
@@ -435,7 +438,80 @@ def test_scio_runs_its_scores_on_the_hub_model_without_safetensors(
 
 def test_profiles_never_use_the_dev_interpreter() -> None:
     """A profile pointing at the dev venv would test nothing: each must be its own interpreter."""
-    for variable in (*TORCH_ALONE, "TINIEST_CORE_PYTHON", "TINIEST_SCIO_PYTHON"):
+    for variable in (*TORCH_ALONE, "TINIEST_CORE_PYTHON", "TINIEST_SCIO_PYTHON", "TINIEST_LOWEST_PYTHON"):
         value = os.environ.get(variable)
         if value:
             assert Path(value).resolve() != Path(sys.executable).resolve(), variable
+
+
+# The package and its extras at the lowest versions pyproject.toml declares (``uv pip install
+# --resolution lowest-direct``), on the floor Python: every source (the Hub through the real
+# huggingface_hub client against a loopback endpoint), predict, evaluate and an ONNX export.
+LOWEST_SESSION = """
+import json, os, shutil, sys
+from pathlib import Path
+import torch
+from PIL import Image
+import tiniest
+from tiniest.commands import main
+from tiniest.weights import load_weights
+
+work = Path(sys.argv[1])
+torch_home = Path(os.environ["TORCH_HOME"])
+found = {}
+for source in ("github", "cache", "original", "huggingface", "local"):
+    loaded = load_weights(sources=source, progress=False)
+    found[source] = [loaded.source, loaded.verified, loaded.sha256]
+    if source == "cache":  # the next downloads start from an empty torch cache
+        shutil.rmtree(torch_home / "hub" / "checkpoints")
+net = tiniest.tiniest(sources="local")
+photo = work / "photo.png"
+Image.new("RGB", (64, 48), (200, 30, 30)).save(photo)
+(prediction,) = tiniest.predict([str(photo)], model=net, top_k=3)
+report = tiniest.evaluate(net, sys.argv[2], split="test")
+assert main(["export", str(Path(os.environ["TINIEST_WEIGHTS_DIR"]) / "tiniest.pt"), "--format", "onnx",
+             "--output", str(work / "exported")]) == 0
+import importlib.metadata as metadata
+print(json.dumps({
+    "sources": found, "label": prediction.label, "top": len(prediction.top),
+    "correct": report.correct, "total": report.total,
+    "onnx": sorted(p.name for p in (work / "exported").iterdir()),
+    "versions": {name: metadata.version(name) for name in ("torch", "huggingface_hub", "safetensors", "pillow")},
+}))
+"""
+
+
+def test_lowest_declared_versions_run_every_source_predict_evaluate_and_export(
+    server: LoopbackServer, release_bytes: bytes, shared_checkpoint: Path, shared_cifar10: Path, tmp_path: Path
+) -> None:
+    from tests.loopback import serve_like_the_hub
+
+    python = profile_python("TINIEST_LOWEST_PYTHON")
+    server.serve(f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}", release_bytes)
+    server.serve(f"/{RELEASE.source_path}", shared_checkpoint.read_bytes())
+    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, release_bytes)
+    weights = Path(os.environ["TINIEST_WEIGHTS_DIR"])
+    weights.mkdir(parents=True, exist_ok=True)
+    (weights / "tiniest.pt").write_bytes(shared_checkpoint.read_bytes())
+    data = tmp_path / "data" / "test"
+    for name in ("cat", "ship"):  # a small image folder: two classes of CIFAR-10's test split
+        (data / name).mkdir(parents=True)
+        for picture in sorted((shared_cifar10 / "test" / name).iterdir())[:20]:
+            shutil.copy(picture, data / name / picture.name)
+    env = {**os.environ, "TINIEST_GITHUB_URL": server.url, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run(
+        [str(python), "-c", LOWEST_SESSION, str(tmp_path), str(tmp_path / "data")],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900,
+    )  # fmt: skip
+    result = last_json(run)
+    assert result["sources"] == {name: [name, True, RELEASE.sha256] for name in SOURCES}, result
+    assert result["top"] == 3 and result["total"] == 40 and result["correct"] >= 36, result
+    assert any(name.endswith(".onnx") for name in result["onnx"]), result
+    floors = {name: declared(name) for name in ("huggingface_hub", "safetensors")} | {"torch": FLOOR_TORCH}
+    for name, floor in floors.items():
+        assert result["versions"][name].startswith(floor), (name, result["versions"][name], floor)
+
+
+def declared(package: str) -> str:
+    """The lowest version pyproject.toml allows for ``package`` (``>=X.Y`` in the core dependencies)."""
+    return declared_floor(rf"^{re.escape(package)}\s*>=\s*([\d.]+)", PYPROJECT["dependencies"])

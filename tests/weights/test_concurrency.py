@@ -1,7 +1,8 @@
-"""Many processes at once, and processes killed mid-download: the cache stays sound and the file is fetched once."""
+"""Many processes at once, and processes killed mid-download: every load is verified and the cache stays sound."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -18,8 +19,9 @@ from tests.conftest import ROOT
 from tests.faults import FaultyRoute, bad_files, hub_headers
 from tests.loopback import LoopbackServer
 from tests.procs import run_forked
-from tests.weights.test_faults import GITHUB_ROUTE, HUB_ROUTE, ORIGINAL_ROUTE, RELEASE, STORAGE_ROUTE
+from tests.weights.test_faults import GITHUB_ROUTE, HUB_ROUTE, ORIGINAL_ROUTE, RELEASE, STORAGE_ROUTE, VERIFIED
 from tiniest.weights import load_weights, torch_cache_path
+from tiniest.weights.sources import original_cache_path
 
 PROCESSES = 8
 
@@ -40,11 +42,17 @@ def slow(body: bytes, headers: dict[str, str], delay: float = 0.5) -> Callable[[
     return route
 
 
-def test_eight_processes_with_empty_caches_download_once_per_source(
+def test_eight_processes_with_empty_caches_all_load_the_same_verified_weights(
     release_bytes: bytes, shared_checkpoint: Path, tmp_path: Path
 ) -> None:
-    """Per source, 8 processes released at the same instant: one download, 8 identical verified loads."""
+    """Per source, 8 processes released at the same instant, downloads overlapping: 8 identical verified loads.
+
+    No writer lock: each process may download (a second download of a 400 kB file is acceptable), verifies the
+    sha256 and replaces the cached file whole, so no process ever reads a partial file and none is left behind.
+    """
     checkpoint = shared_checkpoint.read_bytes()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     with LoopbackServer() as server:
         server.redirect(GITHUB_ROUTE, server.url + STORAGE_ROUTE)
         server.routes[STORAGE_ROUTE] = slow(release_bytes, {})
@@ -54,27 +62,27 @@ def test_eight_processes_with_empty_caches_download_once_per_source(
         for source in ("github", "huggingface", "original"):
             homes[source] = tmp_path / source
             env = {"TORCH_HOME": str(homes[source] / "torch"), "HF_HOME": str(homes[source] / "hf")}
-            jobs += [{"call": "tests.procs:load_and_describe", "args": [source], "env": env}] * PROCESSES
+            jobs += [{"call": "tests.procs:load_and_describe", "args": [f"cache,{source}"], "env": env}] * PROCESSES
         base = {**os.environ, "HF_ENDPOINT": server.url, "TINIEST_GITHUB_URL": server.url, "TINIEST_TIMEOUT": "5"}
-        results = run_forked(jobs, together=True, env=base)
+        results = run_forked(jobs, together=True, env={**base, "TMPDIR": str(scratch)})
         gets = [path for method, path in server.requests if method == "GET"]
-        heads = [path for method, path in server.requests if method == "HEAD"]
 
     assert all(r["ok"] for r in results), [r["error"] for r in results if not r["ok"]]
     values = [r["value"] for r in results]
     assert {(v["verified"], v["sha256"]) for v in values} == {(True, RELEASE.sha256)}
     assert len({v["digest"] for v in values}) == 1, "every process holds the same tensors"
     for index, source in enumerate(("github", "huggingface", "original")):
-        group = sorted(v["source"] for v in values[index * PROCESSES : (index + 1) * PROCESSES])
-        assert group == ["cache"] * (PROCESSES - 1) + [source], "one download; the others found it cached"
-        assert torch_cache_path_in(homes[source]).read_bytes() == release_bytes
-        assert bad_files([homes[source]], RELEASE.sha256) == [], "no temporary or partial file"
-    assert sorted(gets) == sorted([GITHUB_ROUTE, STORAGE_ROUTE, ORIGINAL_ROUTE, HUB_ROUTE])
-    assert heads.count(HUB_ROUTE) == 2, "the Hub was asked for metadata by one process only (ours, then its own)"
+        group = {v["source"] for v in values[index * PROCESSES : (index + 1) * PROCESSES]}
+        assert group <= {"cache", source}, group
+        assert bad_files([homes[source]], VERIFIED) == [], "no temporary, partial or unverified file in any cache"
+    assert (checkpoints_in(homes["github"]) / RELEASE.filename).read_bytes() == release_bytes
+    assert (checkpoints_in(homes["original"]) / original_cache_path(RELEASE).name).read_bytes() == checkpoint
+    assert 1 <= gets.count(STORAGE_ROUTE) <= PROCESSES and 1 <= gets.count(ORIGINAL_ROUTE) <= PROCESSES, gets
+    assert os.listdir(scratch) == [], "no temporary file left behind"
 
 
-def torch_cache_path_in(home: Path) -> Path:
-    return home / "torch" / "hub" / "checkpoints" / RELEASE.filename
+def checkpoints_in(home: Path) -> Path:
+    return home / "torch" / "hub" / "checkpoints"
 
 
 def start_loader(source: str, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -113,7 +121,8 @@ def test_sigkill_mid_github_download_then_next_load_succeeds(
     route = FaultyRoute(server, STORAGE_ROUTE, "stall-mid-body", release_bytes)
     kill_mid_download(start_loader("github", {}), route)
     assert not torch_cache_path(RELEASE).exists()
-    assert bad_files([isolated_caches], RELEASE.sha256) == [], "the killed process left nothing partial"
+    # the body is kept in memory until verified: a kill mid-download leaves nothing in the torch cache at all
+    assert bad_files([isolated_caches], VERIFIED) == [], "the killed process left nothing partial"
 
     route.heal()
     started = time.monotonic()
@@ -121,15 +130,16 @@ def test_sigkill_mid_github_download_then_next_load_succeeds(
         warnings.simplefilter("always")
         loaded = load_weights(sources="github", progress=False)
     assert (loaded.source, loaded.verified) == ("github", True)
-    assert [str(w.message) for w in caught] == [], "the dead process's lock was released by the kernel"
+    assert [str(w.message) for w in caught] == [], "no lock, nothing to wait for or warn about"
     assert time.monotonic() - started < 2
     assert torch_cache_path(RELEASE).read_bytes() == release_bytes
-    assert bad_files([isolated_caches], RELEASE.sha256) == []
+    assert bad_files([isolated_caches], VERIFIED) == []
 
 
-def test_sigkill_mid_hub_download_then_next_load_cleans_up_and_succeeds(
+def test_sigkill_mid_hub_download_then_next_load_succeeds(
     server: LoopbackServer, release_bytes: bytes, tmp_path: Path
 ) -> None:
+    """The next load succeeds; the killed process's ``.incomplete`` is the library's to keep or clean, not ours."""
     route = FaultyRoute(server, HUB_ROUTE, "stall-mid-body", release_bytes, extra_headers=hub_headers(release_bytes))
     env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     kill_mid_download(start_loader("huggingface", {**env, "HF_HUB_DOWNLOAD_TIMEOUT": "30"}), route)
@@ -141,7 +151,9 @@ def test_sigkill_mid_hub_download_then_next_load_cleans_up_and_succeeds(
     [result] = run_forked([{"call": "tests.procs:load_and_describe", "args": ["huggingface"], "env": env}])
     assert result["ok"], result.get("error")
     assert (result["value"]["source"], result["value"]["verified"]) == ("huggingface", True)
-    assert bad_files([tmp_path / "hf", tmp_path / "torch"], RELEASE.sha256) == [], "the stale .incomplete is gone"
+    assert bad_files([tmp_path / "torch"], VERIFIED) == [], "nothing partial in the torch cache"
+    served = [hashlib.sha256(path.read_bytes()).hexdigest() for path in (tmp_path / "hf").rglob("snapshots/*/*")]
+    assert served == [RELEASE.sha256], "the file the library serves from now on is the verified one"
 
 
 def test_a_killed_writers_temporary_file_is_removed(

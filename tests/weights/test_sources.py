@@ -417,7 +417,7 @@ def test_hub_bytes_that_fail_the_hash_are_never_loaded_or_copied(
     env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
     assert run.returncode != 0
-    assert "served the wrong bytes, fetched twice" in run.stderr, run.stderr
+    assert "served the wrong bytes: sha256" in run.stderr and "fetched again" in run.stderr, run.stderr
     # huggingface_hub keeps what the server served under its etag (its cache, its call); the cache source refuses it
     assert not (tmp_path / "torch").exists() or not any((tmp_path / "torch").rglob("*.safetensors"))
     again = run_python("from tiniest.weights import load_weights\nload_weights(sources='cache')", env)
@@ -531,13 +531,14 @@ def test_a_hub_file_announced_at_another_size_is_not_fetched(server: LoopbackSer
     assert ("GET", path) not in server.requests
 
 
-def test_a_bad_entry_of_the_hugging_face_cache_is_fetched_anew_by_the_library(
+def test_a_bad_entry_of_the_hugging_face_cache_is_fetched_anew_and_kept_in_the_torch_cache(
     server: LoopbackServer, release_bytes: bytes, tmp_path: Path
 ) -> None:
     """A damaged blob where hf_hub_download would find it: a bad cache entry, not a bad Hub.
 
-    The entry is laid out as the library lays its own (a snapshot link to a blob named by the etag), so that
-    ``force_download=True`` repairs it: the library replaces the blob and leaves an existing link as it is.
+    The entry is laid out as the library lays its own (a snapshot link to a blob named by the etag). The file is
+    fetched again into a folder of tiniest's own (the library's cache is left as it is), verified, and kept
+    where torch.hub looks: the next load is a cache hit.
     """
     import hashlib
 
@@ -559,7 +560,10 @@ def test_a_bad_entry_of_the_hugging_face_cache_is_fetched_anew_by_the_library(
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["huggingface"]
     assert "served the wrong bytes" not in run.stderr
-    assert hashlib.sha256(planted.read_bytes()).hexdigest() == RELEASE.sha256, "force_download=True replaced it"
+    assert hashlib.sha256((tmp_path / "torch" / "hub" / "checkpoints" / RELEASE.filename).read_bytes()).hexdigest() == (
+        RELEASE.sha256
+    )
+    assert planted.is_symlink() and blob.read_bytes() == release_bytes[:-16] + bytes(16), "the library's, untouched"
 
 
 @pytest.mark.parametrize(

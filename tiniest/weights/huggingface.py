@@ -14,6 +14,7 @@ bound each wait, not the whole). docs/reliability.md says so.
 from __future__ import annotations
 
 import re
+import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,8 +31,14 @@ __all__ = ["download_from_hub"]
 _HEX = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
-def download_from_hub(release: Release) -> tuple[bytes, str]:
-    """The release's bytes from the Hub, verified, and the cached path that holds them."""
+def download_from_hub(release: Release) -> tuple[bytes, str, bool]:
+    """The release's bytes from the Hub, verified; where they came from; whether the library's cache holds them.
+
+    A cached copy that fails the hash is fetched again into a folder of tiniest's own
+    (``local_dir``), not over it: ``force_download`` replaces a blob but keeps a snapshot link
+    that points to another one (a server that once served other bytes under another etag).
+    The caller then keeps the verified bytes in torch.hub's cache.
+    """
     try:
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     except ImportError:
@@ -51,15 +58,21 @@ def download_from_hub(release: Release) -> tuple[bytes, str]:
                 f"{url} did not answer like the Hugging Face Hub: expected a hex commit and etag, "
                 f"got {announced.commit_hash!r:.80} and {announced.etag!r:.80}; not fetched"
             )
-        problem = ""
-        for force in (False, True):
-            path = Path(hf_hub_download(repo_id, filename, revision=revision, token=token, force_download=force))
-            data = read_regular(path, release.size)
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, token=token))
+        data = read_regular(path, release.size)
+        if sha256_hex(data) == release.sha256:
+            return data, str(path), True
+        problem = f"sha256 {sha256_hex(data)} ({len(data):,} bytes), expected {release.sha256}"
+        with tempfile.TemporaryDirectory(prefix="tiniest-hub-") as folder:
+            again = hf_hub_download(
+                repo_id, filename, revision=revision, token=token, force_download=True, local_dir=folder
+            )
+            data = read_regular(again, release.size)
             if sha256_hex(data) == release.sha256:
-                return data, str(path)
-            problem = f"sha256 {sha256_hex(data)} ({len(data):,} bytes), expected {release.sha256}"
+                return data, url, False
+        problem += f", then sha256 {sha256_hex(data)} fetched again"
     except (LookupError, DownloadError):
         raise
     except Exception as error:  # the library raises its own errors and its HTTP client's: none stops the chain
         raise LookupError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
-    raise LookupError(f"{url} served the wrong bytes, fetched twice: {problem}")
+    raise LookupError(f"{url} served the wrong bytes: {problem}")

@@ -182,7 +182,10 @@ def _from_github(release: Release, progress: bool) -> tuple[bytes, str]:
 def _from_huggingface(release: Release, progress: bool) -> tuple[bytes, str]:
     from tiniest.weights.huggingface import download_from_hub
 
-    return download_from_hub(release)
+    data, location, in_its_cache = download_from_hub(release)
+    if not in_its_cache:  # a bad copy stays in the library's cache: the verified one goes where torch.hub looks
+        _keep(torch_cache_path(release), data)
+    return data, location
 
 
 def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
