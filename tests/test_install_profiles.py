@@ -6,6 +6,9 @@
 - ``TINIEST_CORE_PYTHON``: the same Python and torch, then ``pip install .`` without extras.
 - ``TINIEST_SCIO_PYTHON``: the real client's environment: Python >= 3.12 with ``scio-pypi`` (and so
   torch), no safetensors.
+- ``TINIEST_LOWEST_PYTHON``: the package with its images and plot extras at the lowest versions
+  pyproject.toml declares (``uv pip install --resolution lowest-direct``), on the floor Python and torch.
+- ``TINIEST_LOWEST_ONNX_PYTHON``: the onnx extra at its lowest declared versions (it asks for torch >= 2.5).
 
 ``.ci/run`` builds them all and sets ``TINIEST_REQUIRE_PROFILES=1``, which turns a missing profile
 into a failure; elsewhere these tests skip with the command that builds the venv. Each torch-alone
@@ -53,9 +56,12 @@ BUILD_HINT = {
     "TINIEST_CORE_PYTHON": "python3.13 -m venv /tmp/core && /tmp/core/bin/pip install torch .",
     "TINIEST_SCIO_PYTHON": "python3.13 -m venv /tmp/scio && /tmp/scio/bin/pip install scio-pypi",
     "TINIEST_LOWEST_PYTHON": f"python{FLOOR_PYTHON} -m venv /tmp/low && uv pip install --python /tmp/low/bin/python "
-    f"--resolution lowest-direct torch=={FLOOR_TORCH}.1 '.[images,plot,onnx]'",
+    f"--resolution lowest-direct torch=={FLOOR_TORCH}.1 '.[images,plot]'",
+    "TINIEST_LOWEST_ONNX_PYTHON": f"python{FLOOR_PYTHON} -m venv /tmp/lowx && uv pip install --python "
+    "/tmp/lowx/bin/python --resolution lowest-direct '.[onnx]'",
 }
 TORCH_ALONE = ("TINIEST_FLOOR_PYTHON", "TINIEST_HUB_PYTHON")
+LOWEST = ("TINIEST_LOWEST_PYTHON", "TINIEST_LOWEST_ONNX_PYTHON")
 
 
 def profile_python(variable: str) -> Path:
@@ -438,7 +444,7 @@ def test_scio_runs_its_scores_on_the_hub_model_without_safetensors(
 
 def test_profiles_never_use_the_dev_interpreter() -> None:
     """A profile pointing at the dev venv would test nothing: each must be its own interpreter."""
-    for variable in (*TORCH_ALONE, "TINIEST_CORE_PYTHON", "TINIEST_SCIO_PYTHON", "TINIEST_LOWEST_PYTHON"):
+    for variable in (*TORCH_ALONE, "TINIEST_CORE_PYTHON", "TINIEST_SCIO_PYTHON", *LOWEST):
         value = os.environ.get(variable)
         if value:
             assert Path(value).resolve() != Path(sys.executable).resolve(), variable
@@ -446,7 +452,8 @@ def test_profiles_never_use_the_dev_interpreter() -> None:
 
 # The package and its extras at the lowest versions pyproject.toml declares (``uv pip install
 # --resolution lowest-direct``), on the floor Python: every source (the Hub through the real
-# huggingface_hub client against a loopback endpoint), predict, evaluate and an ONNX export.
+# huggingface_hub client against a loopback endpoint), predict, evaluate and a TorchScript export.
+# The onnx extra asks for torch >= 2.5 (torch.onnx.export(dynamo=True)): its own profile, below.
 LOWEST_SESSION = """
 import json, os, shutil, sys
 from pathlib import Path
@@ -469,13 +476,13 @@ photo = work / "photo.png"
 Image.new("RGB", (64, 48), (200, 30, 30)).save(photo)
 (prediction,) = tiniest.predict([str(photo)], model=net, top_k=3)
 report = tiniest.evaluate(net, sys.argv[2], split="test")
-assert main(["export", str(Path(os.environ["TINIEST_WEIGHTS_DIR"]) / "tiniest.pt"), "--format", "onnx",
+assert main(["export", str(Path(os.environ["TINIEST_WEIGHTS_DIR"]) / "tiniest.pt"), "--format", "torchscript",
              "--output", str(work / "exported")]) == 0
 import importlib.metadata as metadata
 print(json.dumps({
     "sources": found, "label": prediction.label, "top": len(prediction.top),
-    "correct": report.correct, "total": report.total,
-    "onnx": sorted(p.name for p in (work / "exported").iterdir()),
+    "correct": int((report.predictions == report.labels).sum()), "total": len(report.labels),
+    "exported": sorted(p.name for p in (work / "exported").iterdir()),
     "versions": {name: metadata.version(name) for name in ("torch", "huggingface_hub", "safetensors", "pillow")},
 }))
 """
@@ -506,10 +513,41 @@ def test_lowest_declared_versions_run_every_source_predict_evaluate_and_export(
     result = last_json(run)
     assert result["sources"] == {name: [name, True, RELEASE.sha256] for name in SOURCES}, result
     assert result["top"] == 3 and result["total"] == 40 and result["correct"] >= 36, result
-    assert any(name.endswith(".onnx") for name in result["onnx"]), result
+    assert any(name.endswith(".torchscript.pt") for name in result["exported"]), result
     floors = {name: declared(name) for name in ("huggingface_hub", "safetensors")} | {"torch": FLOOR_TORCH}
     for name, floor in floors.items():
         assert result["versions"][name].startswith(floor), (name, result["versions"][name], floor)
+
+
+LOWEST_ONNX_SESSION = """
+import json, sys
+import numpy, onnxruntime, torch
+import importlib.metadata as metadata
+import tiniest
+from tiniest.commands import main
+from tiniest.model import Tiniest
+assert main(["export", sys.argv[1], "--format", "onnx", "--output", sys.argv[2]]) == 0
+(exported,) = [p for p in __import__("pathlib").Path(sys.argv[2]).iterdir() if p.suffix == ".onnx"]
+net = Tiniest().eval()
+net.load_state_dict(torch.load(sys.argv[1], map_location="cpu", weights_only=True))
+x = torch.linspace(-0.5, 0.5, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32)
+session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+(ours,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+with torch.no_grad():
+    reference = net(x).numpy()
+print(json.dumps({"max_diff": float(numpy.abs(ours - reference).max()),
+                  "versions": {n: metadata.version(n) for n in ("torch", "onnx", "onnxscript", "onnxruntime")}}))
+"""
+
+
+def test_lowest_declared_onnx_extra_exports_a_model_onnxruntime_runs(shared_checkpoint: Path, tmp_path: Path) -> None:
+    python = profile_python("TINIEST_LOWEST_ONNX_PYTHON")
+    args = ["-c", LOWEST_ONNX_SESSION, str(shared_checkpoint), str(tmp_path / "exported")]
+    result = last_json(run_in(python, args, tmp_path))
+    assert result["max_diff"] < 1e-4, result
+    onnx_extra = PYPROJECT["optional-dependencies"]["onnx"]
+    for name in ("onnx", "onnxscript", "onnxruntime", "torch"):
+        assert result["versions"][name].startswith(declared_floor(rf"{name}\s*>=\s*([\d.]+)", onnx_extra)), result
 
 
 def declared(package: str) -> str:

@@ -34,7 +34,7 @@ def wheel_layout(tmp_path: Path) -> Path:
 
 
 def run_bare(code: str, site: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    unwanted = ("TINIEST_WEIGHTS", "TINIEST_WEIGHTS_DIR", "TINIEST_TIMEOUT", "TINIEST_RETRIES", "TINIEST_BACKOFF")
+    unwanted = ("TINIEST_WEIGHTS", "TINIEST_WEIGHTS_DIR", "TINIEST_TIMEOUT")
     base = {k: v for k, v in os.environ.items() if k not in unwanted}
     return subprocess.run(
         [sys.executable, "-c", BARE + code],
@@ -82,7 +82,7 @@ except WeightsNotFoundError as error:
     out["not_found"] = str(error)
 print(json.dumps(out))
 """
-    env = {"TINIEST_GITHUB_URL": server.url, "HF_ENDPOINT": DEAD_ENDPOINT, "TINIEST_BACKOFF": "0.01"}
+    env = {"TINIEST_GITHUB_URL": server.url, "HF_ENDPOINT": DEAD_ENDPOINT}
     run = run_bare(code, site, env, tmp_path)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])

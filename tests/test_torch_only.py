@@ -27,7 +27,7 @@ from tiniest.weights import TiniestWeights
 
 RELEASE = TiniestWeights.DEFAULT.release
 BLOCKED = ("safetensors", "numpy", "tqdm", "PIL", "huggingface_hub")
-OPTIONAL = {"tqdm", "huggingface_hub"}  # tried, and done without
+OPTIONAL = {"tqdm", "huggingface_hub", "safetensors"}  # tried, and done without (safetensors: the fallback reader)
 
 CHILD = textwrap.dedent(
     """
@@ -74,7 +74,7 @@ def hub_load(checkout: Path, release: Path, env: dict[str, str], **kwargs: objec
         capture_output=True,
         text=True,
         cwd=checkout.parent,
-        env={**base, "TINIEST_BACKOFF": "0.01", "TINIEST_RETRIES": "0", **env},
+        env={**base, **env},
         timeout=300,
     )
     assert run.returncode == 0 and run.stdout.strip(), run.stderr[-3000:]

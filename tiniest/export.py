@@ -199,7 +199,7 @@ def write_onnx(model: Tiniest, target: Path, documents: Mapping[str, str]) -> No
                 dynamo=True,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=_dynamic_batch(),
+                dynamic_shapes=(_dynamic_batch()["x"],),  # by position: torch 2.6 renames keys after input_names
                 opset_version=ONNX_OPSET,
                 external_data=False,
                 verbose=False,

@@ -51,8 +51,8 @@ def default_timeout() -> float:
 
 
 def max_download_bytes() -> int:
-    """The most a file the caller names may hold (``TINIEST_MAX_DOWNLOAD_MB``, 1 to 65536 MiB; default 64)."""
-    return int(env_number("TINIEST_MAX_DOWNLOAD_MB", 64.0, low=1.0, high=65536.0) * MB)
+    """The most a file the caller names may hold (``TINIEST_MAX_DOWNLOAD_MB``, 0.001 to 65536 MiB; default 64)."""
+    return int(env_number("TINIEST_MAX_DOWNLOAD_MB", 64.0, low=0.001, high=65536.0) * MB)
 
 
 class _Watchdog:
