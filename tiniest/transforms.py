@@ -263,7 +263,7 @@ def _pil_to_unit(image: Any, *, origin: str, how: _Resize) -> torch.Tensor:
         full_width, full_height = image.size
         rows = max(1, _STRIPE_PIXELS // full_width)
         stripes = [  # the horizontal half of the separable resize, a stripe at a time
-            _resize(_rgb(image.crop((0, top, full_width, min(full_height, top + rows)))), how, (-1, width))
+            _resize(_rgb(image.crop((0, top, full_width, min(full_height, top + rows)))), how, (-1, width), last=False)
             for top in range(0, full_height, rows)
         ]
     except TiniestError:  # ours, already saying what went wrong
@@ -421,17 +421,20 @@ def _quantize(unit: torch.Tensor) -> torch.Tensor:
     return (unit * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def _resize(batch: torch.Tensor, how: _Resize, size: tuple[int, int] | None = None) -> torch.Tensor:
+def _resize(
+    batch: torch.Tensor, how: _Resize, size: tuple[int, int] | None = None, *, last: bool = True
+) -> torch.Tensor:
     """``batch`` resized straight as ``how`` says, to ``size`` (default ``how.size``; -1: keep that side).
 
-    Bicubic overshoots at edges: its values are clamped back to [0, 1], as Pillow clamps them to 0..255.
+    Bicubic overshoots at edges: its values are clamped back to [0, 1] after the ``last`` pass (the
+    stripes' first pass is not: a clamp in between would change the answer), as Pillow clamps to 0..255.
     """
     size = size or how.size
     size = (size[0] if size[0] > 0 else batch.shape[-2], size[1] if size[1] > 0 else batch.shape[-1])
     if tuple(batch.shape[-2:]) == size:
         return batch
     resized = F.interpolate(batch, size=size, mode=how.mode, antialias=how.antialias, align_corners=False)
-    return resized.clamp_(0, 1) if how.mode == "bicubic" else resized
+    return resized.clamp_(0, 1) if how.mode == "bicubic" and last else resized
 
 
 def _channels_first(
