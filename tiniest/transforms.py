@@ -82,6 +82,7 @@ INTERPOLATIONS = ("bilinear", "bicubic")  # what F.interpolate antialiases, and 
 # The prose form weights files stated before the numbers (the pinned release among them: its bytes, hence
 # its sha256, embed it): still read, as the numbers it means.
 _LEGACY_KEYS = frozenset({"resize", "scale", "shift"})
+_NUMERIC_ONLY = frozenset({"interpolation", "antialias", "mean", "std"})
 _LEGACY_SCALE = "uint8 / 255 to [0, 1]"
 _LEGACY_RESIZE = "bilinear with antialiasing"
 
@@ -645,7 +646,13 @@ class Preprocess(nn.Module):
         """
         if not isinstance(meta, Mapping):
             raise PreprocessError(f"preprocessing: expected a JSON object (a mapping), got {type(meta).__name__}")
-        numbers = _from_legacy(meta) if _LEGACY_KEYS & set(meta) else dict(meta)
+        legacy, numeric = sorted(_LEGACY_KEYS & set(meta)), sorted(_NUMERIC_ONLY & set(meta))
+        if legacy and numeric:
+            raise PreprocessError(
+                f"preprocessing: expected the numbers ({', '.join(PREPROCESSING)}) or the earlier prose "
+                f"(color, size, resize, scale, shift), got both: {', '.join(numeric + legacy)}"
+            )
+        numbers = _from_legacy(meta) if legacy else dict(meta)
         if set(numbers) != set(PREPROCESSING):
             raise PreprocessError(
                 f"preprocessing: expected the keys {', '.join(PREPROCESSING)}, "

@@ -299,7 +299,8 @@ def test_the_command_line_offers_the_registrys_formats(capsys: pytest.CaptureFix
     [
         ({"size": ["a", "b"]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
         ({"size": [0, 0]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
-        ({"shift": "x"}, "preprocessing 'shift': expected a number from -1 to 1"),
+        ({"mean": "x"}, "preprocessing 'mean': expected three numbers from -1 to 1"),
+        ({"shift": -0.5}, "preprocessing: expected the numbers (size, interpolation, antialias, mean, std, color) or"),
         (["size", [32, 32]], "preprocessing: expected a JSON object (a mapping), got list"),
     ],
 )
