@@ -393,3 +393,46 @@ def test_a_weights_file_written_again_or_named_from_elsewhere_is_loaded_again(
     with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
         assert predict(x, weights="w.pt", top_k=3, eager=True) == third, "the file the name means here"
     assert predict(x, weights="w.pt", top_k=3, eager=True) == third, "loaded once: no second warning"
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"size": [16, 16], "interpolation": "bicubic", "antialias": False, "mean": [0.4, 0.5, 0.6],
+         "std": [0.25, 0.5, 1.0], "color": "RGB"},
+        {"color": "RGB", "size": [24, 20], "resize": "bilinear with antialiasing", "scale": "uint8 / 255 to [0, 1]",
+         "shift": -0.25},  # the prose form of earlier files
+    ],
+)
+def test_predict_and_evaluate_apply_the_weights_own_contract(policy: dict[str, object], tmp_path: Path) -> None:
+    """A model whose metadata states another size and normalization is fed exactly that, not the default."""
+    from tiniest.data import LabeledImages
+    from tiniest.transforms import Preprocess
+
+    model = tiniest.Tiniest(meta={"preprocessing": policy}).eval()
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+    pixels = np.random.default_rng(5).integers(0, 256, (2, 40, 36, 3), dtype=np.uint8)
+    expected = Preprocess.from_meta(policy)(pixels)
+    assert expected.shape[2:] != (32, 32)
+
+    predict(pixels, model=model, eager=True)
+    torch.testing.assert_close(seen.pop(), expected, rtol=0, atol=0)
+
+    images = torch.from_numpy(pixels[:, :32, :32]).permute(0, 3, 1, 2).contiguous()
+    evaluate_data = LabeledImages(images, torch.tensor([0, 1]), tiniest.CLASSES)
+    tiniest.evaluate(model, evaluate_data)
+    torch.testing.assert_close(seen.pop(), Preprocess.from_meta(policy)(images), rtol=0, atol=0)
+
+    from tiniest.weights.artifact import artifact_metadata, to_safetensors
+
+    path = tmp_path / "other.safetensors"  # weights named by a file: read as its metadata says, once loaded
+    meta = {"categories": list(tiniest.CLASSES), "preprocessing": policy}
+    path.write_bytes(to_safetensors(model.state_dict(), artifact_metadata(meta, source_sha256="")))
+    with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
+        answers = predict(pixels, weights=path, eager=True, top_k=10)
+    with torch.no_grad():
+        wanted = torch.softmax(model(expected), dim=1)
+    for answer, row in zip(answers, wanted, strict=True):
+        probabilities = dict(answer.top)
+        assert np.allclose([probabilities[name] for name in tiniest.CLASSES], row.tolist(), atol=1e-6)

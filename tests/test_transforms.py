@@ -16,7 +16,7 @@ from PIL import Image
 
 import tiniest
 from tiniest.errors import PreprocessError, UsageError
-from tiniest.transforms import Preprocess, decode_image, preprocess
+from tiniest.transforms import PREPROCESSING, Preprocess, decode_image, preprocess
 from tiniest.weights import TiniestWeights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def pixels() -> np.ndarray:
 
 def as_uint8(x: object) -> torch.Tensor:
     """Any input as ``(N, 3, 32, 32)`` uint8 RGB, rounded as :func:`decode_image` rounds."""
-    return Preprocess(shift=0.0)(x).mul_(255).round_().clamp_(0, 255).to(torch.uint8)  # type: ignore[arg-type]
+    return Preprocess().to_unit(x).mul_(255).round_().clamp_(0, 255).to(torch.uint8)  # type: ignore[arg-type]
 
 
 def reference(pixels: np.ndarray) -> torch.Tensor:
@@ -40,14 +40,61 @@ def reference(pixels: np.ndarray) -> torch.Tensor:
 def test_policy_comes_from_the_release_metadata() -> None:
     module = TiniestWeights.DEFAULT.transforms()
     assert isinstance(module, Preprocess)
-    assert module.size == (32, 32) and module.shift == -0.5
-    meta = dict(TiniestWeights.DEFAULT.meta["preprocessing"])
+    assert module.size == (32, 32) and module.mean == (0.5, 0.5, 0.5) and module.std == (1.0, 1.0, 1.0)
+    assert (module.interpolation, module.antialias) == ("bilinear", True)
+    meta = dict(TiniestWeights.DEFAULT.meta["preprocessing"])  # the prose form: read as the numbers it means
     with pytest.raises(ValueError, match=r"'color'.*'RGB'.*'BGR'"):
         Preprocess.from_meta({**meta, "color": "BGR"})
     with pytest.raises(ValueError, match="bilinear with antialiasing, got 'nearest'"):
         Preprocess.from_meta({**meta, "resize": "nearest"})
     assert Preprocess.from_meta({**meta, "size": [48, 40], "shift": 0.0}).size == (48, 40)
+    assert Preprocess.from_meta({**meta, "shift": -0.25}).mean == (0.25, 0.25, 0.25)
+    assert Preprocess.from_meta(PREPROCESSING).contract == PREPROCESSING == Preprocess.from_meta(meta).contract
     assert tiniest.preprocess is preprocess and tiniest.Preprocess is Preprocess
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"size": [0, 32]}, r" 'size': expected \[height, width\], two whole numbers from 1 to 1024, got \[0, 32\]$"),
+        ({"size": None}, r" 'size': expected \[height, width\].*got None$"),
+        ({"interpolation": "nearest"}, r" 'interpolation': expected 'bilinear' or 'bicubic', got 'nearest'$"),
+        ({"antialias": 1}, r" 'antialias': expected true or false, got 1$"),
+        ({"mean": [0.5, 0.5]}, r" 'mean': expected three numbers from -1 to 1, one per RGB channel, got \[0.5, 0.5\]$"),
+        ({"mean": [0.5, "x", 0.5]}, r" 'mean': expected three numbers .*got \[0.5, 'x', 0.5\]$"),
+        ({"mean": [float("nan")] * 3}, r" 'mean': expected three numbers .*got \[nan, nan, nan\]$"),
+        ({"std": [0.0, 1.0, 1.0]}, r" 'std': expected three numbers from 0.01 to 100, one per RGB channel, got"),
+        ({"std": [True, 1.0, 1.0]}, r" 'std': expected three numbers .*got \[True, 1.0, 1.0\]$"),
+        ({"color": "BGR"}, r" 'color': this version implements 'RGB', the weights ask 'BGR'$"),
+        ({"crop": 0.875}, r": expected the keys size, interpolation, antialias, mean, std, color, got \["),
+    ],
+)
+def test_a_numeric_policy_is_checked_key_by_key(change: dict[str, object], message: str) -> None:
+    """Each number of the contract says what it may be and what came, in one line."""
+    with pytest.raises(PreprocessError, match=r"^preprocessing" + message) as caught:
+        Preprocess.from_meta({**PREPROCESSING, **change})
+    assert "\n" not in str(caught.value)
+    missing = {key: value for key, value in PREPROCESSING.items() if key != "std"}
+    with pytest.raises(PreprocessError, match=r"^preprocessing: expected the keys .*got \['antialias', 'color'"):
+        Preprocess.from_meta(missing)
+
+
+def test_the_numbers_decide_the_resize_and_the_normalization(pixels: np.ndarray) -> None:
+    """Size, interpolation, antialias, mean and std each reach the tensor: (resize(x / 255) - mean) / std."""
+    import torch.nn.functional as F
+
+    unit = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float() / 255
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.5)
+    for mode, antialias in (("bilinear", True), ("bilinear", False), ("bicubic", True), ("bicubic", False)):
+        policy = {**PREPROCESSING, "size": [20, 12], "interpolation": mode, "antialias": antialias,
+                  "mean": list(mean), "std": list(std)}
+        module = Preprocess.from_meta(policy)
+        assert module.contract == policy
+        resized = F.interpolate(unit, size=(20, 12), mode=mode, antialias=antialias, align_corners=False).clamp(0, 1)
+        expected = (resized - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        torch.testing.assert_close(module(pixels), expected, rtol=0, atol=1e-6)
+        picture = Image.fromarray(pixels)  # a picture takes the stripe path: separable, the same numbers
+        torch.testing.assert_close(module(picture), expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from tiniest.devices import resolve_device
 from tiniest.errors import DatasetError, UsageError
 from tiniest.hub import Weights, tiniest
 from tiniest.metrics import confusion_matrix, format_report, report_dict
-from tiniest.transforms import preprocess
+from tiniest.transforms import preprocess_for
 from tiniest.weights import CLASSES
 
 __all__ = ["Evaluation", "align_labels", "evaluate"]
@@ -127,6 +127,7 @@ def evaluate(
     classes = classes if classes is not None else getattr(model, "labels", CLASSES)
     labels = align_labels(images, classes)
     runs_on = next(iter(model.parameters()), torch.empty(0)).device
+    transform = preprocess_for(getattr(model, "meta", None))  # the weights' own contract, not the default
     starts: Sequence[int] = range(0, len(images), batch_size)
     if progress:
         from tqdm import tqdm
@@ -135,7 +136,7 @@ def evaluate(
     predictions = []
     began = time.perf_counter()
     for start in starts:
-        batch = preprocess(images.images[start : start + batch_size]).to(runs_on)
+        batch = transform(images.images[start : start + batch_size]).to(runs_on)
         predictions.append(model(batch).argmax(dim=1).cpu())
     elapsed = time.perf_counter() - began
     predicted = torch.cat(predictions)

@@ -4,7 +4,8 @@
 the writers all come from it. The safetensors release file is the default and its bytes are pinned
 in ``release.json``. The other formats are programs that run without this package.
 
-Shapes, the same in every program: input ``image``, ``[batch, 3, 32, 32]`` float32 (NCHW), any
+Shapes, the same in every program: input ``image``, ``[batch, 3, height, width]`` float32 (NCHW; the size the
+weights' preprocessing states, 32x32 for the published ones), any
 batch of 1 or more (no upper bound); output ``logits``, ``[batch, classes]``. Other image sizes are
 refused (by ONNX Runtime's and torch.export's own shape checks, and by a check scripted into the
 TorchScript module): the weights were trained on 32x32 pictures and answer other sizes wrongly
@@ -42,7 +43,7 @@ from tiniest.files import read_regular
 from tiniest.hub import check_architecture
 from tiniest.model import Tiniest
 from tiniest.storage import save_atomically
-from tiniest.transforms import PREPROCESSING, Preprocess
+from tiniest.transforms import Preprocess, preprocess_for
 from tiniest.weights import TiniestWeights
 from tiniest.weights.artifact import build_artifact
 from tiniest.weights.fetch import max_download_bytes
@@ -141,11 +142,10 @@ def program_stem(checkpoint: bytes) -> str:
     return Path(release.filename).stem if is_published(checkpoint) else f"tiniest-{sha256_hex(checkpoint)[:8]}"
 
 
-def _input_policy(model: Tiniest) -> tuple[dict[str, Any], Preprocess]:
-    """The weights' preprocessing (the input contract's if they state none), and the transform it describes."""
-    policy = model.meta.get("preprocessing") or PREPROCESSING
-    preprocess = Preprocess.from_meta(policy)  # refuses a policy this version cannot describe (or not a mapping)
-    return dict(policy), preprocess
+def _input_policy(model: Tiniest) -> Preprocess:
+    """The weights' preprocessing (the default contract if they state none); refused if this version cannot
+    describe it (or it is not a mapping)."""
+    return preprocess_for(model.meta)
 
 
 def export_info(model: Tiniest, *, weights_file: str, sha256: str) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def export_info(model: Tiniest, *, weights_file: str, sha256: str) -> dict[str, 
 
     ``weights_file`` is the name (no folder) of the file the program was made from, ``sha256`` its hash.
     """
-    policy, preprocess = _input_policy(model)
+    preprocess = _input_policy(model)
     meta = model.meta
     return {
         "model": meta.get("architecture", "Tiniest"),
@@ -162,7 +162,7 @@ def export_info(model: Tiniest, *, weights_file: str, sha256: str) -> dict[str, 
             "shape": ["batch", 3, *preprocess.size],
             "dtype": "float32",
             "layout": "NCHW",
-            "preprocessing": {**policy, "mean": [-preprocess.shift] * 3, "std": [1.0] * 3},
+            "preprocessing": preprocess.contract,  # numbers: x = (pixel / 255 - mean) / std
         },
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.labels)], "classes": list(model.labels)},
         "weights": {"file": weights_file, "sha256": sha256},
@@ -175,9 +175,7 @@ def export_info(model: Tiniest, *, weights_file: str, sha256: str) -> dict[str, 
 
 def _example_input(model: Tiniest, batch: int = 2) -> torch.Tensor:
     """A batch in the model's input range; batch 2 keeps the exporters from specializing the batch to 1."""
-    _, preprocess = _input_policy(model)
-    generator = torch.Generator().manual_seed(0)
-    return torch.rand(batch, 3, *preprocess.size, generator=generator) + preprocess.shift
+    return _input_policy(model).random_input(batch, torch.Generator().manual_seed(0))
 
 
 def _dynamic_batch() -> dict[str, dict[int, Any]]:
@@ -230,7 +228,7 @@ class _SizeChecked(nn.Module):
 
 def write_torchscript(model: Tiniest, target: Path, documents: Mapping[str, str]) -> None:
     """TorchScript via ``torch.jit.script``, ``documents`` as extra files."""
-    _, preprocess = _input_policy(model)
+    preprocess = _input_policy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
         scripted = torch.jit.script(_SizeChecked(model, preprocess.size))

@@ -26,7 +26,7 @@ from tiniest.devices import resolve_device
 from tiniest.env import env_text
 from tiniest.errors import PreprocessError, UsageError
 from tiniest.hub import Weights, tiniest
-from tiniest.transforms import ImageInput, Images, image_items, preprocess
+from tiniest.transforms import ImageInput, Images, Preprocess, image_items, preprocess_for
 from tiniest.weights import CLASSES, TiniestWeights
 
 __all__ = ["Prediction", "predict"]
@@ -95,9 +95,26 @@ def _shared_model(weights: Weights, eager: bool, images: int, device: torch.devi
     """
     from tiniest.fast import worth_building
 
-    chosen = env_text("TINIEST_WEIGHTS") or weights if weights is TiniestWeights.DEFAULT else weights
     with _loading:
-        return _default_model(*_weights_key(chosen), eager, worth_building(images), device)
+        return _default_model(*_weights_key(_chosen(weights)), eager, worth_building(images), device)
+
+
+def _chosen(weights: Weights) -> Weights:
+    """``weights``, or ``$TINIEST_WEIGHTS`` where it stands in for ``TiniestWeights.DEFAULT``."""
+    return env_text("TINIEST_WEIGHTS") or weights if weights is TiniestWeights.DEFAULT else weights
+
+
+def _release_of(weights: Weights) -> TiniestWeights | None:
+    """The release ``weights`` name (a member or a member's name), whose record states their preprocessing.
+
+    ``None`` for a file or URL: what it expects is known once it is loaded.
+    """
+    chosen = _chosen(weights)
+    if isinstance(chosen, TiniestWeights):
+        return chosen
+    if isinstance(chosen, str) and chosen.removeprefix(f"{TiniestWeights.__name__}.") in TiniestWeights.__members__:
+        return TiniestWeights.from_name(chosen)
+    return None
 
 
 def _weights_key(chosen: TiniestWeights | str | os.PathLike[str]) -> tuple[TiniestWeights | str, FileStamp | None]:
@@ -145,12 +162,12 @@ class _Chunk:
     slots: list[int | str]
 
 
-def _read(items: Sequence[ImageInput], errors: str) -> _Chunk:
+def _read(items: Sequence[ImageInput], errors: str, transform: Preprocess) -> _Chunk:
     """Each input as the model's input; one that cannot be read raises, or with ``errors="report"`` keeps its error."""
     chunk = _Chunk([], [])
     for item in items:
         try:
-            chunk.batches.append(preprocess(item))
+            chunk.batches.append(transform(item))
         except PreprocessError as error:
             if errors == "raise":
                 raise
@@ -201,15 +218,22 @@ def predict(
     item of a list) a :class:`Prediction` with ``error`` set instead, in its place, and goes on.
     ``device`` (``"cuda"``, ``"cuda:1"``, ``"mps"``...): where the model runs; a ``model`` given is
     moved there (``model.to``, in place). Default: the CPU, or the device of the ``model`` given.
-    The fast path is CPU-only: elsewhere the plain model runs. Results are on the CPU.
+    The fast path is CPU-only: elsewhere the plain model runs. Results are on the CPU. Inputs are
+    read as the weights' own metadata says (``model.meta["preprocessing"]``, or the release's record:
+    :func:`tiniest.transforms.preprocess_for`), so weights of another size or normalization get theirs.
     """
     target = _check_arguments(top_k, weights, classes, errors, device)
     if model is not None and device is not None:
         model.to(target)
     items = image_items(images)
+    release = _release_of(weights) if model is None else None
+    if model is None and release is None:  # a file or URL: its metadata says how to read the inputs
+        model = _shared_model(weights, eager, len(items), target)
+    # the weights' own contract: the model's metadata, or the record of the release it is about to load
+    transform = release.transforms() if release is not None else preprocess_for(getattr(model, "meta", None))
     results: list[Prediction] = []
     for start in range(0, len(items), CHUNK):  # read, reduced and classified a chunk at a time
-        chunk = _read(items[start : start + CHUNK], errors)
+        chunk = _read(items[start : start + CHUNK], errors, transform)
         if chunk.batches and model is None:  # loaded only once some input could be read
             model = _shared_model(weights, eager, len(items), target)
         results.extend(_answer(chunk, model, top_k, classes))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from tiniest.inference import Prediction
+    from tiniest.transforms import Preprocess
 
 __all__ = [
     "MissingGlyphsWarning",
@@ -197,20 +198,27 @@ def save_confusion_matrix(path: str | os.PathLike[str], confusion: torch.Tensor,
 
 
 def save_predictions(
-    path: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], predictions: Sequence[Prediction]
+    path: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]],
+    predictions: Sequence[Prediction],
+    *,
+    transform: Preprocess | None = None,
 ) -> None:
-    """Draw the image files as the model sees them (32x32) with their file names and top classes.
+    """Draw the image files as the model sees them with their file names and top classes.
 
+    ``transform``: the weights' preprocessing (``preprocess_for(model.meta)``; default the published
+    contract, 32x32): its size is what is drawn, before its normalization, which a picture cannot show.
     A file that cannot be read (a prediction without classes) gets a blank panel that says so.
     """
-    from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE, preprocess
+    from tiniest.transforms import default_preprocess
 
+    transform = transform or default_preprocess()
     pixels, titles = [], []
     for image, prediction in zip(images, predictions, strict=True):
         try:
-            pixels.append(preprocess(image)[0] - INPUT_SHIFT)  # back to [0, 1]: the model's input, shift undone
+            pixels.append(transform.to_unit(image)[0])  # the model's input, in [0, 1]
         except PreprocessError:
-            pixels.append(torch.ones(3, *INPUT_SIZE))
+            pixels.append(torch.ones(3, *transform.size))
         lines = [f"{printable(name)} {p:.2f}" for name, p in prediction.top[:MAX_CLASSES_SHOWN]] or ["cannot be read"]
         titles.append("\n".join([printable(Path(image).name)[:28], *lines]))
     _save(predictions_figure(torch.stack(pixels), titles), path)

@@ -1,8 +1,9 @@
-"""From the pictures people have to the tensor Tiniest expects: ``(N, 3, 32, 32)`` float, RGB in [0, 1] minus 0.5.
+"""From the pictures people have to the tensor a model expects (by default ``(N, 3, 32, 32)``, RGB in [0, 1] minus 0.5).
 
-The policy, the input contract, is defined here once (:data:`PREPROCESSING`); release metadata carries
-it (``meta["preprocessing"]``) so that it travels with the weights, and :meth:`Preprocess.from_meta`
-reads it back. This module imports nothing of tiniest but errors, env, extras and files. Accepted inputs:
+The input contract is numbers (:data:`PREPROCESSING`: size, interpolation, antialias, mean, std, color);
+weights carry theirs in their metadata (``meta["preprocessing"]``) so that it travels with them, and
+:meth:`Preprocess.from_meta` reads it back (:func:`preprocess_for` from a model's ``meta``). This module
+imports nothing of tiniest but errors, env, extras and files. Accepted inputs:
 
 * a path (``str`` or ``os.PathLike``) to an image file (a regular file: a FIFO, folder or device named
   like an image is refused), the file's bytes (``bytes``, ``bytearray``, ``memoryview``), a binary
@@ -23,8 +24,8 @@ reads it back. This module imports nothing of tiniest but errors, env, extras an
 
 Arrays and tensors are ``uint8`` (0..255) or floating point in [0, 1] (NaN and inf refused), with
 ``C`` = 3 (RGB), 1 (grayscale, repeated) or 4 (RGBA, composited onto white). Any other size than
-32x32 is resized straight to 32x32 (bilinear with antialiasing; the aspect ratio is not kept, as
-CIFAR-10 images are square crops already): crop your picture first if its subject is off-centre.
+the contract's (32x32) is resized straight to it (bilinear with antialiasing by default; the aspect ratio
+is not kept, as CIFAR-10 images are square crops already): crop your picture first if its subject is off-centre.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import reprlib
 import stat
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -52,30 +53,58 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 __all__ = [
-    "INPUT_SHIFT",
-    "INPUT_SIZE",
+    "INTERPOLATIONS",
     "PREPROCESSING",
     "ImageInput",
     "Images",
     "Preprocess",
     "decode_image",
+    "default_preprocess",
     "image_items",
     "preprocess",
+    "preprocess_for",
     "require_images_extra",
 ]
 
-# The model's input contract: RGB, resized straight to 32x32, in [0, 1] minus 0.5 (release.json states
-# the same: tests/weights/test_record.py checks it).
-INPUT_SIZE = (32, 32)
-INPUT_SHIFT = -0.5
+# The input contract new weights are written with (tiniest.weights.metadata stamps it on them), as
+# numbers: RGB in [0, 1], resized straight to ``size``, then ``(x - mean) / std`` per channel. A weights
+# file carries its own (``meta["preprocessing"]``), read by Preprocess.from_meta; the pinned release's
+# record states the same contract (tests/weights/test_record.py checks it).
 PREPROCESSING: dict[str, Any] = {
+    "size": [32, 32],
+    "interpolation": "bilinear",
+    "antialias": True,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [1.0, 1.0, 1.0],
     "color": "RGB",
-    "size": list(INPUT_SIZE),
-    "resize": "bilinear with antialiasing, straight to 32x32 (aspect ratio not kept)",
-    "scale": "uint8 / 255 to [0, 1]",
-    "shift": INPUT_SHIFT,
 }
-_RESIZE = "bilinear with antialiasing"  # what this code implements, whatever size the policy names
+INTERPOLATIONS = ("bilinear", "bicubic")  # what F.interpolate antialiases, and what the stripes resize separably
+# The prose form weights files stated before the numbers (the pinned release among them: its bytes, hence
+# its sha256, embed it): still read, as the numbers it means.
+_LEGACY_KEYS = frozenset({"resize", "scale", "shift"})
+_NUMERIC_ONLY = frozenset({"interpolation", "antialias", "mean", "std"})
+_LEGACY_SCALE = "uint8 / 255 to [0, 1]"
+_LEGACY_RESIZE = "bilinear with antialiasing"
+
+
+# The largest input side a weights file's preprocessing may ask for: Tiniest was trained on 32x32, and an
+# input this large already costs 12 MB per image (float32 RGB) before the model runs.
+MAX_INPUT_SIDE = 1024
+_EXPECTED = {  # what each number of the contract may be, for the messages
+    "size": f"[height, width], two whole numbers from 1 to {MAX_INPUT_SIDE}",
+    "interpolation": " or ".join(repr(mode) for mode in INTERPOLATIONS),
+    "antialias": "true or false",
+    "mean": "three numbers from -1 to 1, one per RGB channel",  # of pixels in [0, 1]: a mean beyond is none
+    "std": "three numbers from 0.01 to 100, one per RGB channel",  # a spread beyond is no normalization
+}
+
+
+class _Resize(NamedTuple):
+    """How the readers resize: to ``size`` (height, width), by ``mode``, antialiased or not."""
+
+    size: tuple[int, int]
+    mode: str
+    antialias: bool
 
 ImageInput: TypeAlias = (
     "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | PILImage | numpy.ndarray[Any, Any]"
@@ -101,9 +130,6 @@ MAX_PIXELS = 2**25
 MAX_PIXELS_VARIABLE = "TINIEST_MAX_PIXELS"
 MAX_SIDE = 65535
 _STRIPE_PIXELS = 2**20
-# The largest input side a weights file's preprocessing may ask for: Tiniest was trained on 32x32, and an
-# input this large already costs 12 MB per image (float32 RGB) before the model runs.
-MAX_INPUT_SIDE = 1024
 
 
 def _decoder_errors() -> tuple[type[BaseException], ...]:
@@ -215,8 +241,8 @@ def _check_container(stream: IO[bytes], origin: str) -> None:
     stream.seek(0)
 
 
-def _pil_to_unit(image: Any, *, origin: str, size: tuple[int, int]) -> torch.Tensor:
-    """A PIL image as ``(1, 3, *size)`` float RGB in [0, 1]: upright, alpha composited onto white, resized.
+def _pil_to_unit(image: Any, *, origin: str, how: _Resize) -> torch.Tensor:
+    """A PIL image as ``(1, 3, *how.size)`` float RGB in [0, 1]: upright, alpha composited onto white, resized.
 
     Decoding happens here (PIL opens lazily): whatever Pillow raises becomes a :class:`PreprocessError`.
     Converted and resized across a stripe of rows at a time, so that only the decoded image is held whole.
@@ -234,11 +260,11 @@ def _pil_to_unit(image: Any, *, origin: str, size: tuple[int, int]) -> torch.Ten
     _check_pixels(image, origin)
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        height, width = size[::-1] if orientation in (5, 6, 7, 8) else size  # before turning upright
+        height, width = how.size[::-1] if orientation in (5, 6, 7, 8) else how.size  # before turning upright
         full_width, full_height = image.size
         rows = max(1, _STRIPE_PIXELS // full_width)
         stripes = [  # the horizontal half of the separable resize, a stripe at a time
-            _resize(_rgb(image.crop((0, top, full_width, min(full_height, top + rows)))), (-1, width))
+            _resize(_rgb(image.crop((0, top, full_width, min(full_height, top + rows)))), how, (-1, width), last=False)
             for top in range(0, full_height, rows)
         ]
     except TiniestError:  # ours, already saying what went wrong
@@ -246,7 +272,7 @@ def _pil_to_unit(image: Any, *, origin: str, size: tuple[int, int]) -> torch.Ten
     except _decoder_errors() as error:
         message = _without_file_objects(error)
         raise PreprocessError(f"{origin}: expected a readable image ({type(error).__name__}: {message})") from None
-    return _upright(_resize(torch.cat(stripes, dim=2), (height, width)), orientation)
+    return _upright(_resize(torch.cat(stripes, dim=2), how, (height, width)), orientation)
 
 
 def _upright(batch: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -288,8 +314,8 @@ def _pixels(image: Any, dtype: torch.dtype, channels: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(image.tobytes()), dtype=dtype).reshape(height, width, channels)
 
 
-def _decode(stream: IO[bytes], origin: str, size: tuple[int, int]) -> torch.Tensor:
-    """The encoded image in the seekable binary ``stream`` as ``(1, 3, *size)`` float RGB in [0, 1].
+def _decode(stream: IO[bytes], origin: str, how: _Resize) -> torch.Tensor:
+    """The encoded image in the seekable binary ``stream`` as ``(1, 3, *how.size)`` float RGB in [0, 1].
 
     JPEG files are decoded at reduced scale (``draft``) before the pixel cap is checked, so large photos still work;
     progressive JPEGs count at their full size, and icon containers by their frames' own headers.
@@ -300,13 +326,13 @@ def _decode(stream: IO[bytes], origin: str, size: tuple[int, int]) -> torch.Tens
         _check_container(stream, origin)
         with Image.open(stream) as image:  # a stream the caller opened stays open
             announced = image.size
-            side = 2 * max(size)  # as Image.thumbnail's reducing_gap=2: scaled in the decoder, then resampled
+            side = 2 * max(how.size)  # as Image.thumbnail's reducing_gap=2: scaled in the decoder, then resampled
             image.draft(None, (side, side))
             if image.format == "JPEG" and image.info.get("progressive"):
                 # draft scales a progressive JPEG too, but libjpeg keeps every coefficient of the full-size image
                 # (2 bytes per sample): a 2 MB file announcing 16000x16000 cost +1.0 GB. Its full size counts.
                 _check_size(announced[0], announced[1], origin, what="a progressive JPEG (decoded whole) declares")
-            return _pil_to_unit(image, origin=origin, size=size)
+            return _pil_to_unit(image, origin=origin, how=how)
     except TiniestError:  # ours, already saying what went wrong
         raise
     except Image.UnidentifiedImageError:  # its message names Pillow's file object ("name=3"), not the file
@@ -336,7 +362,7 @@ def _without_file_objects(error: BaseException) -> str:
     return _FILE_OBJECT.sub("the image", str(error))
 
 
-def _read_file(path: str | os.PathLike[str], size: tuple[int, int]) -> torch.Tensor:
+def _read_file(path: str | os.PathLike[str], how: _Resize) -> torch.Tensor:
     """The image file at ``path``, decoded by :func:`_decode`.
 
     Only a regular file is opened (a FIFO named ``x.png`` would block for ever).
@@ -348,10 +374,10 @@ def _read_file(path: str | os.PathLike[str], size: tuple[int, int]) -> torch.Ten
     except OSError as error:
         raise PreprocessError(f"{origin}: expected a readable image ({error})") from None
     with handle:
-        return _decode(handle, origin, size)
+        return _decode(handle, origin, how)
 
 
-def _read_stream(stream: Any, size: tuple[int, int]) -> torch.Tensor:
+def _read_stream(stream: Any, how: _Resize) -> torch.Tensor:
     """A binary file object's image, decoded by :func:`_decode` as a file of that name would be.
 
     Read from its start and left open. It must be seekable (Pillow reads an image in several passes;
@@ -370,18 +396,21 @@ def _read_stream(stream: Any, size: tuple[int, int]) -> torch.Tensor:
     seekable = getattr(stream, "seekable", None)
     if not (seekable() if callable(seekable) else callable(getattr(stream, "seek", None))):
         raise PreprocessError(f"{origin}: expected a seekable binary file, got a stream: read it into bytes first")
-    return _decode(stream, origin, size)
+    return _decode(stream, origin, how)
 
 
-def _read_bytes(data: bytes | bytearray | memoryview, size: tuple[int, int]) -> torch.Tensor:
+def _read_bytes(data: bytes | bytearray | memoryview, how: _Resize) -> torch.Tensor:
     """An encoded image file's bytes, decoded by :func:`_decode` as the file would be."""
     require_images_extra()
-    return _decode(io.BytesIO(data), f"cannot read image bytes ({len(data):,} bytes)", size)
+    return _decode(io.BytesIO(data), f"cannot read image bytes ({len(data):,} bytes)", how)
 
 
 def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """One image file as ``(3, 32, 32)`` uint8 RGB: the form datasets are cached in."""
-    return _quantize(_read_file(path, INPUT_SIZE))[0]
+    """One image file as uint8 RGB of the contract's size (``(3, 32, 32)``): the form datasets are cached in.
+
+    Cached datasets hold what new weights are trained on, so they follow :data:`PREPROCESSING`.
+    """
+    return _quantize(_read_file(path, _DEFAULT.resizing))[0]
 
 
 def _quantize(unit: torch.Tensor) -> torch.Tensor:
@@ -393,12 +422,20 @@ def _quantize(unit: torch.Tensor) -> torch.Tensor:
     return (unit * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The documented resize policy: bilinear with antialiasing, straight to ``size`` (-1: keep that side)."""
+def _resize(
+    batch: torch.Tensor, how: _Resize, size: tuple[int, int] | None = None, *, last: bool = True
+) -> torch.Tensor:
+    """``batch`` resized straight as ``how`` says, to ``size`` (default ``how.size``; -1: keep that side).
+
+    Bicubic overshoots at edges: its values are clamped back to [0, 1] after the ``last`` pass (the
+    stripes' first pass is not: a clamp in between would change the answer), as Pillow clamps to 0..255.
+    """
+    size = size or how.size
     size = (size[0] if size[0] > 0 else batch.shape[-2], size[1] if size[1] > 0 else batch.shape[-1])
     if tuple(batch.shape[-2:]) == size:
         return batch
-    return F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(batch, size=size, mode=how.mode, antialias=how.antialias, align_corners=False)
+    return resized.clamp_(0, 1) if how.mode == "bicubic" and last else resized
 
 
 def _channels_first(
@@ -440,19 +477,19 @@ def _channels_first(
     return x
 
 
-def _to_unit_batches(x: Any, size: tuple[int, int]) -> Iterator[torch.Tensor]:
-    """Any accepted input as ``(N, 3, H, W)`` float batches in [0, 1], one at a time (files decoded for ``size``).
+def _to_unit_batches(x: Any, how: _Resize) -> Iterator[torch.Tensor]:
+    """Any accepted input as ``(N, 3, H, W)`` float batches in [0, 1], one at a time (files decoded for ``how``).
 
     A generator, so that the caller can resize each batch before the next file is decoded.
     """
     if isinstance(x, (str, os.PathLike)):
-        yield _read_file(x, size)
+        yield _read_file(x, how)
         return
     if isinstance(x, _BYTES):
-        yield _read_bytes(x, size)
+        yield _read_bytes(x, how)
         return
     if callable(getattr(x, "read", None)):
-        yield _read_stream(x, size)
+        yield _read_stream(x, how)
         return
     if isinstance(x, torch.Tensor):
         shape = tuple(x.shape)
@@ -469,11 +506,11 @@ def _to_unit_batches(x: Any, size: tuple[int, int]) -> Iterator[torch.Tensor]:
         return
     if _is_sequence(x):
         for item in image_items(x):
-            yield from _to_unit_batches(item, size)
+            yield from _to_unit_batches(item, how)
         return
     kind = type(x)
     if kind.__module__.startswith("PIL.") or kind.__module__ == "PIL":
-        yield _pil_to_unit(x, origin="PIL image", size=size)
+        yield _pil_to_unit(x, origin="PIL image", how=how)
         return
     if kind.__module__ == "numpy" and kind.__name__ == "ndarray":
         if x.ndim not in (3, 4):
@@ -516,71 +553,183 @@ def image_items(x: Images) -> list[ImageInput]:
     return items
 
 
-class Preprocess(nn.Module):
-    """Images in any accepted form (see module docs) to the model's ``(N, 3, 32, 32)`` float input.
+def _mistake(key: str, expected: str, got: Any) -> PreprocessError:
+    return PreprocessError(f"preprocessing {key!r}: expected {expected}, got {reprlib.repr(got)}")
 
-    A module with no parameters, so that it can sit in front of the model in an ``nn.Sequential``
-    when the input is already a tensor.
+
+def _triple(key: str, value: Any, low: float, high: float) -> tuple[float, float, float]:
+    """Three finite numbers from ``low`` to ``high``, one per RGB channel (NaN fails the comparison)."""
+    if not (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 3
+        and all(type(v) in (int, float) and low <= v <= high for v in value)
+    ):
+        raise _mistake(key, _EXPECTED[key], value)
+    return float(value[0]), float(value[1]), float(value[2])
+
+
+def _from_legacy(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers a prose policy (``resize``, ``scale``, ``shift``: weights written before them) means."""
+    for key, implemented in (("color", "RGB"), ("scale", _LEGACY_SCALE)):
+        if meta.get(key) != implemented:
+            raise PreprocessError(
+                f"preprocessing {key!r}: this version implements {implemented!r}, "
+                f"the weights ask {reprlib.repr(meta.get(key))}"
+            )
+    resize = str(meta.get("resize", ""))
+    if not resize.startswith(_LEGACY_RESIZE):
+        raise PreprocessError(
+            f"preprocessing 'resize': this version implements {_LEGACY_RESIZE}, got {reprlib.repr(resize)}"
+        )
+    shift = meta.get("shift", 0.0)
+    if not (type(shift) in (int, float) and -1 <= shift <= 1):  # NaN fails the comparison too
+        raise _mistake("shift", "a number from -1 to 1 (minus the mean of pixels in [0, 1])", shift)
+    mean = 0.0 - shift  # 0.0 - 0.0: no negative zero in the record
+    return {
+        "size": meta.get("size"),
+        "interpolation": "bilinear",
+        "antialias": True,
+        "mean": [mean] * 3,
+        "std": [1.0] * 3,
+        "color": "RGB",
+    }
+
+
+class Preprocess(nn.Module):
+    """Images in any accepted form (see module docs) to a model's ``(N, 3, H, W)`` float input.
+
+    Built from numbers (the keyword arguments; default: :data:`PREPROCESSING`, that of the published
+    weights) or from a weights file's own ``meta["preprocessing"]`` (:meth:`from_meta`), so that every
+    caller applies the contract the weights state. A module with no parameters, so that it can sit in
+    front of the model in an ``nn.Sequential`` when the input is already a tensor.
     """
 
-    def __init__(self, size: tuple[int, int] = INPUT_SIZE, shift: float = INPUT_SHIFT) -> None:
+    def __init__(
+        self,
+        size: Sequence[int] | None = None,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        interpolation: str | None = None,
+        antialias: bool | None = None,
+    ) -> None:
         super().__init__()
-        self.size = (int(size[0]), int(size[1]))
-        self.shift = float(shift)
+        given = {"size": size, "mean": mean, "std": std, "interpolation": interpolation, "antialias": antialias}
+        contract = {**PREPROCESSING, **{key: value for key, value in given.items() if value is not None}}
+        sides = contract["size"]
+        if not (
+            isinstance(sides, Sequence)
+            and not isinstance(sides, str)
+            and len(sides) == 2
+            and all(type(side) is int and 1 <= side <= MAX_INPUT_SIDE for side in sides)
+        ):
+            raise _mistake("size", _EXPECTED["size"], sides)
+        if contract["interpolation"] not in INTERPOLATIONS:
+            raise _mistake("interpolation", _EXPECTED["interpolation"], contract["interpolation"])
+        if type(contract["antialias"]) is not bool:
+            raise _mistake("antialias", _EXPECTED["antialias"], contract["antialias"])
+        self.size: tuple[int, int] = (sides[0], sides[1])
+        self.interpolation: str = contract["interpolation"]
+        self.antialias: bool = contract["antialias"]
+        self.mean = _triple("mean", contract["mean"], -1.0, 1.0)
+        self.std = _triple("std", contract["std"], 0.01, 100.0)
+        self.resizing = _Resize(self.size, self.interpolation, self.antialias)
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Preprocess:
-        """Build from a release's ``meta["preprocessing"]``; refuse a policy this code does not implement.
+        """Build from a weights file's ``meta["preprocessing"]``; refuse a policy this code does not implement.
 
         It comes from a weights file, so anything may be there: a value of the wrong kind is a
         :class:`PreprocessError` saying what was expected, never a bare ``ValueError`` or ``TypeError``.
+        The prose form of earlier files (``resize``, ``scale``, ``shift``) is read as the numbers it means.
         """
         if not isinstance(meta, Mapping):
             raise PreprocessError(f"preprocessing: expected a JSON object (a mapping), got {type(meta).__name__}")
-        for key in ("color", "scale"):
-            if meta.get(key) != PREPROCESSING[key]:
-                raise PreprocessError(
-                    f"preprocessing {key!r}: this version implements {PREPROCESSING[key]!r}, "
-                    f"the weights ask {reprlib.repr(meta.get(key))}"
-                )
-        resize = str(meta.get("resize", ""))
-        if not resize.startswith(_RESIZE):
+        legacy, numeric = sorted(_LEGACY_KEYS & set(meta)), sorted(_NUMERIC_ONLY & set(meta))
+        if legacy and numeric:
             raise PreprocessError(
-                f"preprocessing 'resize': this version implements {_RESIZE}, got {reprlib.repr(resize)}"
+                f"preprocessing: expected the numbers ({', '.join(PREPROCESSING)}) or the earlier prose "
+                f"(color, size, resize, scale, shift), got both: {', '.join(numeric + legacy)}"
             )
-        size = meta.get("size")
-        if not (
-            isinstance(size, Sequence)
-            and not isinstance(size, str)
-            and len(size) == 2
-            and all(type(side) is int and 1 <= side <= MAX_INPUT_SIDE for side in size)
-        ):
+        numbers = _from_legacy(meta) if legacy else dict(meta)
+        if set(numbers) != set(PREPROCESSING):
             raise PreprocessError(
-                f"preprocessing 'size': expected [height, width], two whole numbers from 1 to {MAX_INPUT_SIDE}, "
-                f"got {reprlib.repr(size)}"
+                f"preprocessing: expected the keys {', '.join(PREPROCESSING)}, "
+                f"got {reprlib.repr(sorted(map(str, meta)))}"
             )
-        shift = meta.get("shift", 0.0)
-        if not (type(shift) in (int, float) and -1 <= shift <= 1):  # NaN fails the comparison too
-            raise PreprocessError(
-                f"preprocessing 'shift': expected a number from -1 to 1 (minus the mean of pixels in [0, 1]), "
-                f"got {reprlib.repr(shift)}"
-            )
-        return cls(size=(size[0], size[1]), shift=float(shift))
+        if numbers["color"] != "RGB":
+            raise PreprocessError(f"preprocessing 'color': this version implements 'RGB', the weights ask "
+                                  f"{reprlib.repr(numbers['color'])}")
+        for key in ("size", "interpolation", "antialias", "mean", "std"):
+            if numbers[key] is None:  # None means "the default" to the constructor, never in a file
+                raise _mistake(key, _EXPECTED[key], None)
+        return cls(
+            numbers["size"],
+            mean=numbers["mean"],
+            std=numbers["std"],
+            interpolation=numbers["interpolation"],
+            antialias=numbers["antialias"],
+        )
+
+    @property
+    def contract(self) -> dict[str, Any]:
+        """These numbers as a weights file states them (:data:`PREPROCESSING`'s keys, JSON types)."""
+        return {
+            "size": list(self.size),
+            "interpolation": self.interpolation,
+            "antialias": self.antialias,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "color": "RGB",
+        }
+
+    def to_unit(self, x: Images) -> torch.Tensor:
+        """``x`` as ``(N, 3, *size)`` float RGB in [0, 1], resized but not normalized (what a picture shows)."""
+        batches = [_resize(batch, self.resizing) for batch in _to_unit_batches(x, self.resizing)]
+        return torch.cat(batches) if len(batches) > 1 else batches[0]
+
+    def normalize(self, unit: torch.Tensor) -> torch.Tensor:
+        """``(unit - mean) / std`` per channel of an ``(N, 3, H, W)`` batch in [0, 1], out of place."""
+        mean = unit.new_tensor(self.mean).view(1, 3, 1, 1)
+        std = unit.new_tensor(self.std).view(1, 3, 1, 1)
+        return (unit - mean) / std
+
+    def random_input(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``batch`` random pictures as the model receives them: examples for exporters and compilers."""
+        return self.normalize(torch.rand(batch, 3, *self.size, generator=generator))
 
     def forward(self, x: Images) -> torch.Tensor:
-        batches = [_resize(batch, self.size) for batch in _to_unit_batches(x, self.size)]
-        return torch.cat(batches).add_(self.shift) if len(batches) > 1 else batches[0].add(self.shift)
+        return self.normalize(self.to_unit(x))
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, shift={self.shift}, resize=bilinear+antialias, color=RGB"
+        return (
+            f"size={self.size}, interpolation={self.interpolation}, antialias={self.antialias}, "
+            f"mean={self.mean}, std={self.std}, color=RGB"
+        )
 
 
 _DEFAULT = Preprocess()
 
 
+def default_preprocess() -> Preprocess:
+    """The contract new weights are written with (:data:`PREPROCESSING`): for callers without weights' own."""
+    return _DEFAULT
+
+
+def preprocess_for(meta: Mapping[str, Any] | None) -> Preprocess:
+    """What a model's metadata says its inputs are (``meta["preprocessing"]``), else :data:`PREPROCESSING`.
+
+    Weights of another size or normalization are fed what they were trained on, never the default.
+    """
+    policy = (meta or {}).get("preprocessing")
+    return _DEFAULT if policy is None else Preprocess.from_meta(policy)
+
+
 def preprocess(x: Images) -> torch.Tensor:
     """``x`` (path, bytes, binary file, PIL image, numpy array, tensor, or a list of them) as the model's input.
 
-    Uses the input contract (:data:`PREPROCESSING`), that of the published weights.
+    Uses :data:`PREPROCESSING`, the published weights' contract; other weights' own is
+    ``preprocess_for(model.meta)`` (what :func:`tiniest.predict` and :func:`tiniest.evaluate` apply).
     """
     return _DEFAULT(x)

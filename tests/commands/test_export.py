@@ -18,10 +18,11 @@ import tiniest
 from tiniest.commands import main
 from tiniest.export import FORMATS, export, export_info
 from tiniest.model import Tiniest
-from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE
+from tiniest.transforms import PREPROCESSING, Preprocess
 from tiniest.weights import TiniestWeights
 
 ATOL = 1e-4
+INPUT_SIZE = Preprocess().size  # the published weights' contract
 PROGRAMS = [name for name, spec in FORMATS.items() if spec.write is not None]
 
 
@@ -48,7 +49,7 @@ def programs(checkpoint: tuple[Path, Tiniest], tmp_path_factory: pytest.TempPath
 
 
 def inputs(batch: int, size: tuple[int, int] = INPUT_SIZE) -> torch.Tensor:
-    return torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(batch)) + INPUT_SHIFT
+    return Preprocess(size).random_input(batch, torch.Generator().manual_seed(batch))
 
 
 def export_cli(checkpoint: Path, fmt: str, output: Path, capsys: pytest.CaptureFixture[str]) -> Path:
@@ -145,8 +146,8 @@ def test_every_program_carries_the_same_contract_and_provenance(
     assert info["input"]["shape"] == ["batch", 3, *INPUT_SIZE] and info["output"]["shape"] == ["batch", 10]
     assert info["input"]["layout"] == "NCHW" and info["input"]["dtype"] == "float32"
     policy = info["input"]["preprocessing"]
-    assert policy["color"] == "RGB" and policy["size"] == list(INPUT_SIZE) and policy["shift"] == INPUT_SHIFT
-    assert policy["mean"] == [-INPUT_SHIFT] * 3 and policy["std"] == [1.0] * 3
+    assert policy == PREPROCESSING, "numbers: RGB, the size, x = (pixel / 255 - mean) / std"
+    assert policy["mean"] == [0.5] * 3 and policy["std"] == [1.0] * 3 and policy["size"] == [32, 32]
     path = checkpoint[0]
     assert info["weights"] == {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     assert info["tiniest_version"] == tiniest.__version__
@@ -172,7 +173,7 @@ session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
 info = json.loads(session.get_modelmeta().custom_metadata_map["tiniest.json"])
 given, wanted = info["input"], info["output"]
 policy = given["preprocessing"]
-assert given["layout"] == "NCHW" and policy["scale"].startswith("uint8 / 255"), info
+assert given["layout"] == "NCHW" and policy["interpolation"] == "bilinear", info
 height, width = policy["size"]
 mean, std = (np.array(policy[key], dtype=given["dtype"])[:, None, None] for key in ("mean", "std"))
 batch = []
@@ -220,9 +221,7 @@ def test_onnx_alone_reads_its_contract_and_classifies_pictures_as_predict_does(
     assert info["weights"] == {"file": shared_checkpoint.name, "sha256": release.source_sha256}
     for key in ("license", "copyright", "credit"):
         assert info[key] == release.meta[key]
-    assert {k: v for k, v in info["input"]["preprocessing"].items() if k not in ("mean", "std")} == release.meta[
-        "preprocessing"
-    ]
+    assert info["input"]["preprocessing"] == Preprocess.from_meta(release.meta["preprocessing"]).contract
 
 
 def test_published_checkpoint_exports_keep_the_pinned_bytes_and_names(
@@ -300,7 +299,8 @@ def test_the_command_line_offers_the_registrys_formats(capsys: pytest.CaptureFix
     [
         ({"size": ["a", "b"]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
         ({"size": [0, 0]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
-        ({"shift": "x"}, "preprocessing 'shift': expected a number from -1 to 1"),
+        ({"mean": "x"}, "preprocessing 'mean': expected three numbers from -1 to 1"),
+        ({"shift": -0.5}, "preprocessing: expected the numbers (size, interpolation, antialias, mean, std, color) or"),
         (["size", [32, 32]], "preprocessing: expected a JSON object (a mapping), got list"),
     ],
 )

@@ -187,7 +187,9 @@ def test_the_recipe_learns_on_a_few_thousand_cifar10_images(shared_cifar10: Path
 def test_recipe_defaults_are_the_published_ones() -> None:
     recipe = Recipe()
     assert (recipe.epochs, recipe.batch_size, recipe.lr, recipe.warmup) == (300, 256, 0.02, 0.01)
-    assert (recipe.final_div_factor, recipe.ema_decay, recipe.mixup, recipe.shift) == (0.4, 0.999, 0.5, -0.5)
+    assert (recipe.final_div_factor, recipe.ema_decay, recipe.mixup) == (0.4, 0.999, 0.5)
+    assert "shift" not in recipe.to_dict(), "the input contract is the weights' metadata, not a recipe field"
+    assert Recipe.from_dict({**recipe.to_dict(), "shift": -0.5}) == recipe, "an older checkpoint's recipe still reads"
     assert [recipe.mixup_strength(e) for e in (0, 75, 150, 299)] == [0.0, 0.25, 0.5, 0.5]
 
 
@@ -674,12 +676,11 @@ def test_every_recipe_field_has_its_flag() -> None:
     from dataclasses import fields
 
     from tiniest.commands import build_parser
-    from tiniest.commands.train import FIXED_RECIPE_FIELDS
 
     parser = build_parser()
     train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("train"))
     dests = {action.dest for action in train_parser._actions}
-    assert {field.name for field in fields(Recipe)} - FIXED_RECIPE_FIELDS <= dests
+    assert {field.name for field in fields(Recipe)} <= dests
 
 
 def test_a_failed_rank_other_than_0_is_told_with_the_last_line_it_wrote(tmp_path: Path) -> None:

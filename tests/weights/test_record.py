@@ -11,11 +11,13 @@ from tiniest.weights import RECORD_PATH, Release, TiniestWeights
 
 
 def test_release_json_states_the_input_contract_of_transforms() -> None:
+    """The pinned record keeps the prose its published bytes embed (their sha256 covers it); it means the numbers
+    new weights are written with, and ``transforms()`` is built from it."""
     record = json.loads(RECORD_PATH.read_text(encoding="utf-8"))
-    assert record["meta"]["preprocessing"] == PREPROCESSING
+    assert Preprocess.from_meta(record["meta"]["preprocessing"]).contract == PREPROCESSING
     built = TiniestWeights.DEFAULT.transforms()
-    default = Preprocess()
-    assert (built.size, built.shift) == (default.size, default.shift)
+    assert isinstance(built, Preprocess) and built.contract == Preprocess().contract == PREPROCESSING
+    assert (built.size, built.mean, built.std) == ((32, 32), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))
 
 
 def test_the_published_classes_are_cifar10s() -> None:

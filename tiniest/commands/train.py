@@ -33,8 +33,6 @@ from tiniest.names import printable
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-# Recipe fields that no flag sets: the rest each have the flag of their name (--batch-size for batch_size).
-FIXED_RECIPE_FIELDS = frozenset({"shift"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +107,7 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe fields given on the command line (unset ones keep the recipe's, or the checkpoint's, value)."""
     from tiniest.training import Recipe
 
-    names = [field.name for field in fields(Recipe) if field.name not in FIXED_RECIPE_FIELDS]
+    names = [field.name for field in fields(Recipe)]  # each has the flag of its name (--batch-size)
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -48,7 +48,7 @@ from torch import nn
 from tiniest.env import env_path, env_text
 from tiniest.errors import CacheWarning, warn
 from tiniest.storage import PART_SUFFIX, cache_dir, remove_stale_parts, writer_lock
-from tiniest.transforms import INPUT_SHIFT, INPUT_SIZE
+from tiniest.transforms import Preprocess, preprocess_for
 
 __all__ = [
     "Runner",
@@ -119,6 +119,11 @@ def _source_digest(module: nn.Module) -> str:
     return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
 
 
+def _input_of(module: nn.Module) -> Preprocess:
+    """The input contract ``module``'s weights state (``module.meta``; default :data:`PREPROCESSING`)."""
+    return preprocess_for(getattr(module, "meta", None))
+
+
 def package_key(module: nn.Module, chunk: int) -> str:
     """sha256 of the module's tensors and of everything else the generated code depends on."""
     digest = hashlib.sha256()
@@ -130,6 +135,7 @@ def package_key(module: nn.Module, chunk: int) -> str:
         "system": platform.system(),
         "compiler": find_compiler(),
         "chunk": chunk,
+        "input_size": list(_input_of(module).size),  # the package trusts its input's shape
         "module": type(module).__qualname__,
         "source": _source_digest(module),  # a changed forward must never load an old package
     }
@@ -151,7 +157,7 @@ def _build(module: nn.Module, chunk: int, target: Path) -> None:
     import torch._inductor.config
 
     batch = torch.export.Dim("batch", min=1, max=chunk)
-    example = torch.zeros(chunk, 3, *INPUT_SIZE).contiguous(memory_format=torch.channels_last)
+    example = torch.zeros(chunk, 3, *_input_of(module).size).contiguous(memory_format=torch.channels_last)
     # Freezing makes the weights constants, prepacked for oneDNN's convolutions and matmuls; Inductor
     # applies it only where autograd is off, so the compile call needs no_grad as much as the export.
     # Dynamic threads: the loops follow torch.get_num_threads() of the process that runs them (the
@@ -409,7 +415,7 @@ def check_in_child(path: Path, module: nn.Module, chunk: int) -> None:
     so that a bad package is neither cached nor loaded here.
     """
     generator = torch.Generator().manual_seed(0)
-    inputs = [torch.rand(batch, 3, *INPUT_SIZE, generator=generator) + INPUT_SHIFT for batch in range(1, chunk + 1)]
+    inputs = [_input_of(module).random_input(batch, generator) for batch in range(1, chunk + 1)]
     with torch.no_grad():
         expected = [module(x) for x in inputs]
     with tempfile.TemporaryDirectory(prefix="tiniest-check-") as scratch:

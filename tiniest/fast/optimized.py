@@ -32,7 +32,7 @@ from tiniest.env import env_flag
 from tiniest.errors import FastPathWarning, TiniestDeprecationWarning, UsageError, warn
 from tiniest.fast.compiled import Runner, find_compiler, load_cached, load_or_build, why_no_build
 from tiniest.model import Block, Tiniest
-from tiniest.transforms import INPUT_SIZE
+from tiniest.transforms import preprocess_for
 
 # Large batches run in chunks of this many images: a chunk's activations (about 6 MB at the
 # widest layer) stay close to the cores between layers. Measured at batch 2,000 on 2 cores, chunks
@@ -164,6 +164,7 @@ class FastTiniest(nn.Module):
         super().__init__()
         model = copy.deepcopy(model).float().eval()
         self.labels = model.labels  # the class names of the outputs, as on the model
+        self.meta = model.meta  # its input contract decides the package's input shape
         self.conv1 = model.conv1.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.ln1 = model.ln1.ln
         self.stage1 = nn.Sequential(*(FastBlock(block) for block in (model.l1, model.l2, model.l3)))
@@ -211,10 +212,11 @@ def _version(tensor: torch.Tensor) -> int:
     return -1 if tensor.is_inference() else tensor._version
 
 
-def _serves(x: object) -> bool:
+def _serves(x: object, size: tuple[int, int]) -> bool:
     """Whether ``x`` is an input the folded module (and its package) was made for: anything else runs the plain forward.
 
-    The package is native code built for ``(1..CHUNK, 3, 32, 32)`` float32 CPU tensors and trusts
+    The package is native code built for ``(1..CHUNK, 3, *size)`` float32 CPU tensors (``size``: the
+    weights' preprocessing's, 32x32 for the published ones) and trusts
     its input: another size corrupts memory. Other dtypes, layouts, tensor subclasses (tracing's
     fake tensors among them) and inputs that need gradients go to the plain model, which computes
     or refuses them as it always does. The device is checked against the weights' by the caller.
@@ -226,7 +228,7 @@ def _serves(x: object) -> bool:
         and x.dtype == torch.float32
         and x.dim() == 4
         and x.shape[0] > 0
-        and tuple(x.shape[1:]) == (3, *INPUT_SIZE)
+        and tuple(x.shape[1:]) == (3, *size)
         and not (torch.is_grad_enabled() and x.requires_grad)
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)
     )
@@ -236,7 +238,8 @@ class OptimizedTiniest(Tiniest):
     """What :func:`optimize` returns: a :class:`tiniest.Tiniest` whose forward runs the compiled package where it can.
 
     It is the model (same parameters, ``state_dict``, ``labels``), with a faster path for the
-    inputs the package was built for: ``(N, 3, 32, 32)`` float32 tensors on the weights' device
+    inputs the package was built for: ``(N, 3, 32, 32)`` float32 tensors (the size the weights'
+    preprocessing states) on the weights' device
     (CPU for the package; the eager :class:`FastTiniest` elsewhere), without gradients and without
     forward hooks on its layers. Every other input runs :meth:`Tiniest.forward`, so the answer,
     or the error, is the plain model's. The fast path follows the weights: after
@@ -249,6 +252,7 @@ class OptimizedTiniest(Tiniest):
         self, num_classes: int = 10, *, labels: Sequence[str] | None = None, meta: Mapping[str, Any] | None = None
     ) -> None:
         super().__init__(num_classes, labels=labels, meta=meta)
+        self._input_size = preprocess_for(self.meta).size  # what the package is built for
         self._use_package = False  # whether the fast path on the CPU loads the compiled package
         self._path: _FastPath | None = None
         self._lock = threading.Lock()
@@ -260,7 +264,7 @@ class OptimizedTiniest(Tiniest):
         return path is not None and path.runner is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        path = self._fast_path() if _serves(x) and not self._needs_layers() else None
+        path = self._fast_path() if _serves(x, self._input_size) and not self._needs_layers() else None
         if path is None or x.device != path.device:
             return super().forward(x)
         run = path.runner or path.fast

@@ -11,18 +11,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tiniest.transforms import INPUT_SIZE
+from tiniest.transforms import default_preprocess
 
 __all__ = ["batch_augmentation", "mix_up", "mixup_loss"]
 
 
 def batch_augmentation() -> nn.Module:
-    """Flip, crop with 4 px replicate padding, rotation, sharpness, colour jitter: the recipe's."""
+    """Flip, crop with 4 px replicate padding, rotation, sharpness, colour jitter: the recipe's.
+
+    Crops to the contract's size (that of the datasets' cached images and of the weights trained).
+    """
     import kornia.augmentation as K
 
     return nn.Sequential(
         K.RandomHorizontalFlip(),
-        K.RandomCrop(INPUT_SIZE, padding=4, padding_mode="replicate"),
+        K.RandomCrop(default_preprocess().size, padding=4, padding_mode="replicate"),
         K.RandomAffine(degrees=15.0, p=0.95, padding_mode="reflection"),
         K.RandomSharpness((1.0, 2.2), p=0.95),
         K.ColorJiggle(0.1, 0.1, 0.5, 0.05, p=0.9),

@@ -44,6 +44,7 @@ from tiniest.training.recipe import Recipe, build_ema, build_optimizer, build_sc
 from tiniest.training.rundata import RunData, data_key, load_run_data
 from tiniest.training.runlog import LOG_NAME, PLOT_NAME, console_line, plot_curves, write_log
 from tiniest.training.start import load_start
+from tiniest.transforms import Preprocess, default_preprocess
 from tiniest.weights import TiniestWeights
 from tiniest.weights.run_files import (
     CHECKPOINT_FORMAT,
@@ -302,14 +303,16 @@ def _checkpoint_bytes(state: _State, recipe: Recipe, data: RunData, limit_test: 
     return buffer.getvalue()
 
 
-def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, shift: float, proc: _Process) -> int:
+def _evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, contract: Preprocess, proc: _Process
+) -> int:
     """Correct predictions over the whole held-out subset (each process scores its share)."""
     model.eval()
     mine = torch.arange(proc.rank, len(labels), proc.world_size)
     correct = torch.zeros((), dtype=torch.int64, device=proc.device)
     with torch.no_grad():
         for chunk in mine.split(EVAL_BATCH):
-            inputs = images[chunk].to(proc.device).float().div_(255).add_(shift)
+            inputs = contract.normalize(images[chunk].to(proc.device).float().div_(255))
             correct += (model(inputs).argmax(1) == labels[chunk].to(proc.device)).sum()
     if proc.world_size > 1:
         dist.all_reduce(correct)
@@ -326,11 +329,11 @@ def _replica_hashes(state: _State, proc: _Process) -> list[str]:
 
 
 def _step(
-    trained: nn.Module, state: _State, inputs: torch.Tensor, labels: torch.Tensor, mixup: float, shift: float
+    trained: nn.Module, state: _State, inputs: torch.Tensor, labels: torch.Tensor, mixup: float, contract: Preprocess
 ) -> torch.Tensor:
     """One optimisation step on an augmented batch: mix-up, loss, update, schedule, average."""
     inputs, targets = mix_up(inputs, labels, mixup)
-    loss = mixup_loss(trained(inputs + shift), targets)
+    loss = mixup_loss(trained(contract.normalize(inputs)), targets)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
@@ -584,6 +587,7 @@ def _run_epochs(
     train_images, train_labels = data.train.images.to(proc.device), data.train.labels.to(proc.device)
     trained = _trained_module(state.model, proc)
     augmentation = batch_augmentation() if recipe.augment else nn.Identity()
+    contract = default_preprocess()  # what the trained weights' metadata will state (weights_meta)
     rng_devices = [proc.device] if proc.device.type == "cuda" else []
     progress = options.progress and proc.main
     while state.epoch < last:
@@ -601,7 +605,7 @@ def _run_epochs(
             torch.manual_seed(_epoch_seed(recipe.seed, epoch, proc.rank))
             for batch in order[: batches.steps * batches.per_process].split(batches.per_process):
                 inputs = augmentation(train_images[batch].float().div_(255))
-                loss_sum += _step(trained, state, inputs, train_labels[batch], strength, recipe.shift)
+                loss_sum += _step(trained, state, inputs, train_labels[batch], strength, contract)
                 bar.update()
         _synchronize(proc.device)
         train_seconds = time.perf_counter() - started
@@ -609,7 +613,7 @@ def _run_epochs(
         if proc.world_size > 1:
             dist.all_reduce(loss_sum)
         started = time.perf_counter()
-        correct = _evaluate(state.ema.module, data.held_out.images, data.held_out.labels, recipe.shift, proc)
+        correct = _evaluate(state.ema.module, data.held_out.images, data.held_out.labels, contract, proc)
         state.epoch = epoch + 1
         replicas = _replica_hashes(state, proc)
         measured = _Epoch(float(loss_sum) / (batches.steps * proc.world_size), strength, correct, train_seconds,

@@ -4,8 +4,9 @@ The defaults are the recipe the published weights came from: AdamW at a peak lea
 of 0.02, batch 256, a one-cycle schedule (1% warm-up, cosine annealing, ``final_div_factor``
 0.4, no momentum cycling), 300 epochs, an exponential moving average of the weights (decay
 0.999) used as the final model, mix-up whose maximum strength grows linearly with the epoch
-up to 0.5, batch-level augmentation (:mod:`tiniest.training.augment`), and inputs shifted as the
-input contract says (:data:`tiniest.transforms.INPUT_SHIFT`, -0.5).
+up to 0.5, and batch-level augmentation (:mod:`tiniest.training.augment`). Inputs are normalized as
+the input contract new weights are written with says (:data:`tiniest.transforms.PREPROCESSING`): no
+recipe field restates it, as the trained weights are stamped with that contract.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from torch.optim.lr_scheduler import OneCycleLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tiniest.errors import UsageError
-from tiniest.transforms import INPUT_SHIFT
 
 __all__ = ["Recipe", "build_ema", "build_optimizer", "build_scheduler"]
 
@@ -37,7 +37,6 @@ class Recipe:
     ema_decay: float = 0.999
     mixup: float = 0.5  # cap of the mix-up strength, reached at epoch ``mixup * epochs``
     augment: bool = True
-    shift: float = INPUT_SHIFT  # added to [0, 1] inputs
     seed: int = 0
     limit_train: int | None = None  # a seeded random subset of the train split
     val_fraction: float | None = None  # held out of the train split (seeded, stratified) and scored instead of test
