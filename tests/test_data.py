@@ -288,6 +288,7 @@ def serve_dataset_repo(server: LoopbackServer, repo_id: str, files: dict[str, by
     return commit
 
 
+@pytest.mark.slow
 def test_hugging_face_dataset_repo_through_a_loopback_hub(tmp_path: Path, server: LoopbackServer) -> None:
     local = tmp_path / "repo"
     written = make_image_folder(local / "test", per_class=2)

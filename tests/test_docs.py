@@ -94,6 +94,7 @@ def workspace(tmp_path: Path, small_cifar10: Path, isolated_caches: Path, monkey
 
 
 @pytest.mark.parametrize("page", list(RUNNABLE), ids=lambda page: str(page.relative_to(ROOT)))
+@pytest.mark.slow
 def test_runnable_snippets_run_as_written(page: Path, workspace: Path) -> None:
     for snippet in RUNNABLE[page]:
         script = workspace / ("snippet.sh" if snippet.language == "bash" else "snippet.py")

@@ -31,6 +31,7 @@ def card_report(model_card: str) -> list[str]:
     return block.group(1).splitlines()
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_shared_test_set_prints_the_model_cards_report(
     shared_cifar10: Path, shared_checkpoint: Path, model_card: str, tmp_path: Path
 ) -> None:
@@ -193,6 +194,7 @@ def test_the_header_says_which_model_actually_ran(
     assert "optimized model" not in header and json.loads(out.read_text())["model"] == "optimized-uncompiled"
 
 
+@pytest.mark.slow
 def test_without_the_images_extra_one_line_names_it(tmp_path: Path) -> None:
     tiny_folder(tmp_path, ("cat",))
     prelude = "import sys; sys.modules['PIL'] = None\nfrom tiniest.commands import main\n"

@@ -81,6 +81,7 @@ def test_default_model_is_the_optimized_one_with_the_same_answers(
         assert abs(a.probability - c.probability) < 1e-4 and b.top == c.top
 
 
+@pytest.mark.slow
 def test_cli_prints_text_and_json(pictures: list[tuple[Path, str]], shared_checkpoint: Path) -> None:
     paths = [str(path) for path, _ in pictures[:3]]
     env = {**os.environ, "TINIEST_WEIGHTS": str(shared_checkpoint)}
@@ -307,6 +308,7 @@ def test_bytes_and_binary_files_are_read_as_their_paths(
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+@pytest.mark.slow
 def test_a_large_jpeg_as_bytes_costs_what_its_path_costs(tmp_path: Path) -> None:
     """Issue 20: a 4000x3000 upload decoded at full size took a server from 268 MB to 503 MB.
 

@@ -36,6 +36,8 @@ from tiniest.model import Tiniest
 from tiniest.weights import SOURCES, TiniestWeights
 from tiniest.weights.formats import read_state_dict
 
+pytestmark = pytest.mark.slow  # each profile runs a whole user's session in its own interpreter
+
 RELEASE = TiniestWeights.DEFAULT.release
 INPUT = torch.linspace(-0.5, 0.5, 3 * 32 * 32).reshape(1, 3, 32, 32)
 # Anything beyond torch that the torch.hub load path must do without.

@@ -47,6 +47,7 @@ def run(folder: Path) -> nbformat.NotebookNode:
     return notebook
 
 
+@pytest.mark.slow
 def test_notebook_runs_in_a_kernel_from_any_folder(
     shared_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,6 +73,7 @@ def test_notebook_runs_in_a_kernel_from_any_folder(
 
 
 @pytest.mark.parametrize("missing", ["data", "weights"])
+@pytest.mark.slow
 def test_missing_data_or_weights_is_one_line_saying_what_to_set(
     missing: str, shared_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

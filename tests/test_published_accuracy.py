@@ -26,6 +26,7 @@ def card_per_class(card: str) -> dict[str, tuple[str, str, str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_exported_release_through_the_hub_reproduces_the_model_card(
     release_bytes: bytes, isolated_caches: Path, shared_cifar10: Path, model_card: str
 ) -> None:

@@ -89,6 +89,7 @@ def test_hubconf_asks_for_torch_alone() -> None:
 
 
 @pytest.mark.parametrize("source", ["local", "cache", "github", "huggingface", "original", "file"])
+@pytest.mark.slow
 def test_torch_hub_load_with_only_torch_from_every_source(
     source: str, server: LoopbackServer, release_bytes: bytes, shared_checkpoint: Path, tmp_path: Path
 ) -> None:

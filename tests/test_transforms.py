@@ -334,6 +334,7 @@ def test_large_jpegs_are_decoded_at_reduced_scale_with_the_same_result(tmp_path:
     assert (reduced - preprocess(full)).abs().max() <= 3 / 255, "the reduced-scale decode changes little"
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_many_large_photos(tmp_path: Path) -> None:
     """Peak RSS of a fresh process classifying 12-megapixel JPEGs, after a warm-up on a small one.
 
@@ -518,6 +519,7 @@ def declared_png(path: Path, width: int, height: int) -> int:
     return path.stat().st_size
 
 
+@pytest.mark.slow
 def test_one_image_costs_bounded_memory_whatever_it_declares(tmp_path: Path) -> None:
     """Peak RSS of a fresh process: a 12900x12900 PNG (166 megapixels, under Pillow's bomb limit) is refused
     from its header; a 6000x5000 PNG under the cap (30 megapixels) costs its decoded pixels, about 4 bytes
@@ -668,6 +670,7 @@ def progressive_jpeg(width: int, height: int) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["ico", "icns", "progressive"])
+@pytest.mark.slow
 def test_images_are_refused_from_what_their_decoder_will_decode_before_decoding(tmp_path: Path, kind: str) -> None:
     """An ICO or ICNS (named .png) holding a 13000x13000 PNG was decoded whole before being refused (+660 MB,
     20 s) or not refused at all; a progressive JPEG announcing 16000x16000 passed the cap at its reduced draft

@@ -49,6 +49,7 @@ MISTAKES = {  # line -> what mypy must say of it
 }
 
 
+@pytest.mark.slow
 def test_mypy_strict_passes_correct_use_and_reports_each_mistake(tmp_path: Path) -> None:
     (tmp_path / "correct.py").write_text(CORRECT, encoding="utf-8")
     (tmp_path / "mistakes.py").write_text("import tiniest\n\n" + "\n".join(MISTAKES) + "\n", encoding="utf-8")

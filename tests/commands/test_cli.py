@@ -44,6 +44,7 @@ def test_a_bug_keeps_its_traceback(bug: type[Exception], tmp_path: Path, monkeyp
         main(["export", str(tmp_path / "any.pt"), "--output", str(tmp_path / "out")])
 
 
+@pytest.mark.slow
 def test_tiniest_warnings_are_one_line(tmp_path: Path) -> None:
     """Each warning is one line named after the command, without Python's source line: a bare safetensors file is
     not the pinned release, and it names no classes."""
@@ -243,6 +244,7 @@ def test_evaluate_refuses_a_plot_format_before_any_work(tmp_path: Path, capsys: 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE (a file-size limit: a full disk stood in for)")
 @pytest.mark.parametrize("flag", ["--json", "--plot"])
+@pytest.mark.slow
 def test_a_report_is_written_whole_or_the_old_one_kept(flag: str, tmp_path: Path) -> None:
     """A disk that fills while the report is written (a file-size limit) leaves the earlier report as it was."""
     import resource

@@ -87,6 +87,7 @@ def documents(fmt: str, path: Path) -> dict[str, Any]:
     return {key: json.loads(found[key]) for key in keys}
 
 
+@pytest.mark.slow
 def test_onnx_runs_in_onnxruntime_at_batch_1_and_256(
     checkpoint: tuple[Path, Tiniest], programs: dict[str, Path]
 ) -> None:
@@ -99,6 +100,7 @@ def test_onnx_runs_in_onnxruntime_at_batch_1_and_256(
             torch.testing.assert_close(run_onnx(onnx_file, x), model(x), rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_torchscript_and_exported_program_have_a_dynamic_batch(
     checkpoint: tuple[Path, Tiniest], programs: dict[str, Path]
 ) -> None:
@@ -188,6 +190,7 @@ print(json.dumps({"labels": labels, "logits": logits.tolist(), "info": info}))
 """
 
 
+@pytest.mark.slow
 def test_onnx_alone_reads_its_contract_and_classifies_pictures_as_predict_does(
     shared_checkpoint: Path, shared_cifar10: Path, tmp_path: Path
 ) -> None:
@@ -224,6 +227,7 @@ def test_onnx_alone_reads_its_contract_and_classifies_pictures_as_predict_does(
     assert info["input"]["preprocessing"] == Preprocess.from_meta(release.meta["preprocessing"]).contract
 
 
+@pytest.mark.slow
 def test_published_checkpoint_exports_keep_the_pinned_bytes_and_names(
     shared_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -328,6 +332,7 @@ def test_a_weights_files_preprocessing_is_checked_before_a_program_describes_it(
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 @pytest.mark.parametrize("fmt", ["safetensors", "torchscript"])
+@pytest.mark.slow
 def test_a_fifo_or_an_oversized_file_is_refused_not_read(
     checkpoint: tuple[Path, Tiniest], tmp_path: Path, fmt: str
 ) -> None:

@@ -74,6 +74,7 @@ def test_published_checkpoint_gives_the_pinned_release(shared_checkpoint: Path, 
     assert (tmp_path / "again" / pinned.filename).read_bytes() == asset
 
 
+@pytest.mark.slow
 def test_trained_run_gets_its_own_release(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", train_per_class=8)
     run = tmp_path / "run"
@@ -130,6 +131,7 @@ def test_trained_run_gets_its_own_release(tmp_path: Path) -> None:
     assert (tmp_path / "from-checkpoint" / record["filename"]).read_bytes() == asset
 
 
+@pytest.mark.slow
 def test_release_refuses_what_it_cannot_publish(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_dataset(tmp_path / "data", train_per_class=4)
     run = tmp_path / "run"

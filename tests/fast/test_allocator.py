@@ -48,6 +48,7 @@ def forward_pass_faults(mode: str) -> tuple[bool | None, int]:
 
 
 @glibc_only
+@pytest.mark.slow
 def test_freed_activations_are_reused_instead_of_faulted_in_again() -> None:
     _, default = forward_pass_faults("default")
     changed, kept = forward_pass_faults("keep")

@@ -119,6 +119,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_every_input_gets_the_plain_models_answer_or_error(compiled_model: OptimizedTiniest) -> None:
     script = f"SEED = {SEED}\nCASES = {CASES!r}\n{COMPARE}"
     results = json.loads(run_python(script).stdout.splitlines()[-1])
@@ -142,6 +143,7 @@ def test_every_input_gets_the_plain_models_answer_or_error(compiled_model: Optim
     assert {"error"} <= set(results["uint8 0..255"][0]), "the plain model refuses uint8 (and so must this one)"
 
 
+@pytest.mark.slow
 def test_gradients_flow_through_the_plain_forward(compiled_model: OptimizedTiniest) -> None:
     plain = random_model(SEED)
     x = inputs(3).requires_grad_()
@@ -165,6 +167,7 @@ def test_outputs_are_ordinary_tensors(compiled_model: OptimizedTiniest) -> None:
     assert torch.equal(out[0], torch.zeros(10))
 
 
+@pytest.mark.slow
 def test_load_state_dict_changes_what_runs(compiled_model: OptimizedTiniest) -> None:
     model = pickle.loads(pickle.dumps(compiled_model))  # a copy: the fixture stays as built
     other = random_model(SEED + 1)
@@ -187,6 +190,7 @@ def _logits(model: OptimizedTiniest, x: torch.Tensor) -> tuple[bool, torch.Tenso
         return model.compiled, model(x)
 
 
+@pytest.mark.slow
 def test_pickles_and_runs_in_a_spawned_worker(compiled_model: OptimizedTiniest) -> None:
     x = inputs(4)
     copy = pickle.loads(pickle.dumps(compiled_model))
@@ -314,6 +318,7 @@ def _stderr_lines(prepare: str, env: dict[str, str]) -> list[str]:
     return [line for line in done.stderr.splitlines() if "tiniest.optimize" in line or "compiling the fast" in line]
 
 
+@pytest.mark.slow
 def test_a_torch_that_cannot_build_says_so_in_one_line_and_announces_nothing(tmp_path: Path) -> None:
     """Issue 18: on torch 2.3 a build was announced ("about 30 s"), then failed on a missing function."""
     if not compiler_available():

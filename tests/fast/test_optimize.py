@@ -120,6 +120,7 @@ def test_no_compiler_means_the_eager_fallback(monkeypatch: pytest.MonkeyPatch) -
     assert not optimize(random_model()).compiled
 
 
+@pytest.mark.slow
 def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -210,6 +211,7 @@ def test_failed_build_means_the_eager_fallback_and_leaves_nothing(monkeypatch: p
     assert [p.name for p in compiled_cache_dir().iterdir()] == [".locks"], "no partial package is kept"
 
 
+@pytest.mark.slow
 def test_unusable_cache_still_gives_the_compiled_model_and_keeps_nothing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -233,6 +235,7 @@ def test_unusable_cache_still_gives_the_compiled_model_and_keeps_nothing(
     assert not list(scratch.glob("tiniest-compiled-*")), "the temporary build folder is removed"
 
 
+@pytest.mark.slow
 def test_optimized_published_model_scores_9463_on_cifar10_test_as_the_plain_one_does(
     shared_checkpoint: Path, shared_cifar10: Path
 ) -> None:
@@ -261,6 +264,7 @@ def test_tiniest_optimize_stays_callable_after_the_submodule_is_imported() -> No
         torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_package_that_crashes_or_disagrees_is_neither_used_nor_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     """A package compiled for one batch size only: other sizes corrupt memory or give wrong shapes."""
     if not compiler_available():

@@ -45,6 +45,7 @@ def assert_same_state(left: object, right: object, where: str = "checkpoint") ->
         assert left == right, where
 
 
+@pytest.mark.slow
 def test_resume_gives_bit_identical_weights(tiny_data: Path, tmp_path: Path) -> None:
     flags = ["--epochs", "2", "--batch-size", "16", "--limit-train", "64", "--limit-test", "10", "--seed", "3"]
     assert train(tiny_data, tmp_path / "straight", *flags, "--plot") == 0
@@ -77,6 +78,7 @@ def test_resume_gives_bit_identical_weights(tiny_data: Path, tmp_path: Path) -> 
     assert (tmp_path / "straight" / "curves.png").read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_or_to_resume_with_another_recipe(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -113,6 +115,7 @@ def test_refuses_to_overwrite_or_to_resume_with_another_recipe(
     assert "got an empty file (0 bytes)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_with_gloo_end_with_identical_weights(tiny_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     command = [
@@ -154,6 +157,7 @@ def test_two_processes_with_gloo_end_with_identical_weights(tiny_data: Path, tmp
     assert "Grad strides do not match" not in result.stderr  # DDP gets gradients in its buckets' layout
 
 
+@pytest.mark.slow
 def test_the_recipe_learns_on_a_few_thousand_cifar10_images(shared_cifar10: Path, tmp_path: Path) -> None:
     """The recipe (augmentation, mix-up, one-cycle, averaged weights) beats chance threefold within minutes."""
     flags = [
@@ -268,6 +272,7 @@ def _stream_until(process: subprocess.Popen[str], text: str, seconds: float) -> 
     raise AssertionError(f"no {text!r} within {seconds} s; stdout so far:\n{seen}")
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_the_last_saved_epoch_and_the_resume_command(tiny_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     command = [sys.executable, "-m", "tiniest", "train", "--data", str(tiny_data), "--output", str(run),
@@ -289,6 +294,7 @@ def test_ctrl_c_says_the_last_saved_epoch_and_the_resume_command(tiny_data: Path
     )
 
 
+@pytest.mark.slow
 def test_the_resume_command_is_quoted_for_the_shell(tiny_data: Path, tmp_path: Path) -> None:
     """A run folder named like shell code is one argument of the printed command, never code."""
     from tiniest.training.loop import last_saved
@@ -302,6 +308,7 @@ def test_the_resume_command_is_quoted_for_the_shell(tiny_data: Path, tmp_path: P
 
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
                     reason="finds the torchrun workers through /proc/<pid>/task/<pid>/children (Linux)")
+@pytest.mark.slow
 def test_a_stopped_peer_ends_the_run_within_the_process_group_timeout(tiny_data: Path, tmp_path: Path) -> None:
     """A peer that stops answering (SIGSTOP, not killed): the others give up after TINIEST_DIST_TIMEOUT."""
     run = tmp_path / "ddp"
@@ -333,6 +340,7 @@ def test_a_stopped_peer_ends_the_run_within_the_process_group_timeout(tiny_data:
     print(f"the run ended {elapsed:.0f} s after its peer stopped")
 
 
+@pytest.mark.slow
 def test_ctrl_c_of_a_run_started_with_nproc_per_node_is_one_line_that_resumes(
     tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -371,6 +379,7 @@ def test_ctrl_c_of_a_run_started_with_nproc_per_node_is_one_line_that_resumes(
     assert "finished: averaged weights" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_failed_worker_of_nproc_per_node_is_one_line_without_a_traceback(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", train_per_class=4, test_per_class=1, classes=("a", "b"))
     (data / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
@@ -404,6 +413,7 @@ def test_the_resume_hint_names_the_launcher_that_started_the_run(monkeypatch: py
 
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
                     reason="finds the workers through /proc/<pid>/task/<pid>/children (Linux)")
+@pytest.mark.slow
 def test_a_killed_worker_of_nproc_per_node_is_named_in_one_line(tiny_data: Path, tmp_path: Path) -> None:
     """Another rank than 0 (whose output is kept back) dies: the launcher names it and how it ended."""
     command = [sys.executable, "-m", "tiniest", "train", "--data", str(tiny_data), "--output", str(tmp_path / "run"),
@@ -468,6 +478,7 @@ def test_a_device_this_machine_lacks_is_one_line_and_makes_no_run_folder(tmp_pat
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_train_runs_on_the_device_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_dataset(tmp_path / "data", train_per_class=4, test_per_class=1)
     flags = ["--epochs", "1", "--batch-size", "20", "--limit-test", "4"]
@@ -495,6 +506,7 @@ def test_a_torchrun_rank_without_its_gpu_is_one_line(
 QUICK = ["--epochs", "1", "--batch-size", "16", "--limit-train", "32", "--limit-test", "6"]
 
 
+@pytest.mark.slow
 def test_init_starts_from_the_published_weights_with_a_new_head_for_other_classes(
     tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -523,6 +535,7 @@ def test_init_starts_from_the_published_weights_with_a_new_head_for_other_classe
             assert not torch.allclose(scratch["model"][name], tensor, atol=1e-3), name
 
 
+@pytest.mark.slow
 def test_init_from_a_run_folder_keeps_the_head_of_the_same_classes_and_refuses_other_weights(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -553,6 +566,7 @@ def test_init_from_a_run_folder_keeps_the_head_of_the_same_classes_and_refuses_o
     assert "a new run starts from; a resumed run (--resume) continues" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_split_folder_as_root_is_never_scored_as_its_own_test_set(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -585,6 +599,7 @@ def test_a_split_folder_as_root_is_never_scored_as_its_own_test_set(
     assert "val_fraction: checkpoint 0.2, asked 0.3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_test_split_is_recorded_as_such(tiny_data: Path, tmp_path: Path) -> None:
     assert train(tiny_data, tmp_path / "run", *QUICK) == 0
     held_out = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["held_out"]
@@ -592,6 +607,7 @@ def test_a_test_split_is_recorded_as_such(tiny_data: Path, tmp_path: Path) -> No
                         "made_by": "the dataset's test split, a fixed random 6 of its 20 images"}
 
 
+@pytest.mark.slow
 def test_resume_accepts_the_same_files_moved_and_says_where_a_lost_path_came_from(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -629,6 +645,7 @@ def stop_after_the_first_of_two_epochs(data: Path, run: Path, *, limit_train: in
                  "--limit-test", "4", "--stop-after", "1") == 0  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_run_resumed_with_another_process_count_says_the_result_will_differ(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

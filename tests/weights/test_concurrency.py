@@ -42,6 +42,7 @@ def slow(body: bytes, headers: dict[str, str], delay: float = 0.5) -> Callable[[
     return route
 
 
+@pytest.mark.slow
 def test_eight_processes_with_empty_caches_all_load_the_same_verified_weights(
     release_bytes: bytes, shared_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -136,6 +137,7 @@ def test_sigkill_mid_github_download_then_next_load_succeeds(
     assert bad_files([isolated_caches], VERIFIED) == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_hub_download_then_next_load_succeeds(
     server: LoopbackServer, release_bytes: bytes, tmp_path: Path
 ) -> None:

@@ -104,6 +104,7 @@ def expected_attempts(fault: str) -> int | None:
 
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("source", ["github", "original"])
+@pytest.mark.slow
 def test_fault_falls_through_leaves_nothing_and_heals(
     source: str,
     fault: str,
@@ -145,6 +146,7 @@ def cached_file(source: str) -> Path:
 
 
 @pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.slow
 def test_fault_on_the_only_source_is_one_clear_error(
     fault: str, fast: None, server: LoopbackServer, release_bytes: bytes, isolated_caches: Path, monkeypatch
 ) -> None:
@@ -162,6 +164,7 @@ def test_fault_on_the_only_source_is_one_clear_error(
 
 
 @pytest.mark.parametrize("fault", TRANSIENT)
+@pytest.mark.slow
 def test_transient_fault_is_retried_and_then_loads(
     fault: str, fast: None, server: LoopbackServer, release_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -318,6 +321,7 @@ def hub_runs(release_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.slow
 def test_hub_fault_falls_through_leaves_nothing_and_heals(
     fault: str, hub_runs: dict[str, dict], release_bytes: bytes
 ) -> None:
@@ -350,6 +354,7 @@ def test_a_dead_hub_endpoint_costs_seconds_not_half_a_minute(hub_runs: dict[str,
     assert run["value"]["seconds"] < 8
 
 
+@pytest.mark.slow
 def test_a_silent_network_ends_in_one_clear_error_within_a_minute(tmp_path: Path) -> None:
     """Every source connects and nothing ever answers (a dead proxy, a firewall); default settings throughout.
 
@@ -475,6 +480,7 @@ def test_unusable_torch_cache_loads_in_memory_with_a_warning(
 
 
 @pytest.mark.parametrize("problem", ["not-a-directory", "full"])
+@pytest.mark.slow
 def test_unusable_hub_cache_fails_that_source_and_the_chain_goes_on(
     problem: str, server: LoopbackServer, release_bytes: bytes, tmp_path: Path
 ) -> None:

@@ -62,6 +62,7 @@ SERVERS = {
 
 
 @pytest.mark.parametrize("kind", list(SERVERS))
+@pytest.mark.slow
 def test_a_server_that_never_finishes_is_cut_at_the_deadline(
     kind: str, server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

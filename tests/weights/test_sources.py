@@ -59,6 +59,7 @@ def test_export_reproduces_the_pinned_release(release_bytes: bytes) -> None:
     assert "xvel/cifar10-tiniest" in meta["credit"] and "ThalesGroup" in meta["credit"]
 
 
+@pytest.mark.slow
 def test_export_command_is_byte_reproducible(shared_checkpoint: Path, tmp_path: Path) -> None:
     outputs = []
     for name in ("a", "b"):
@@ -385,6 +386,7 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
+@pytest.mark.slow
 def test_hugging_face_hub_download_through_huggingface_hub(
     server: LoopbackServer, release_bytes: bytes, tmp_path: Path
 ) -> None:
@@ -409,6 +411,7 @@ def test_hugging_face_hub_download_through_huggingface_hub(
     assert len(server.requests) == count
 
 
+@pytest.mark.slow
 def test_hub_bytes_that_fail_the_hash_are_never_loaded_or_copied(
     server: LoopbackServer, release_bytes: bytes, tmp_path: Path
 ) -> None:
