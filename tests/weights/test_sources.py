@@ -238,24 +238,32 @@ def test_tensor_of_another_shape_is_named(tmp_path: Path) -> None:
     assert str(caught.value).endswith(f"1 of another shape (conv1.weight (5, 3) instead of {expected})"), caught.value
 
 
-def test_own_safetensors_writer_matches_the_library_byte_for_byte() -> None:
-    """Written without numpy, laid out as safetensors lays it out (dtypes largest first, then names)."""
-    generator = torch.Generator().manual_seed(0)
-    dtypes = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32]
-    dtypes += [torch.float32, torch.float64, torch.int64, torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2]
-    state = {
-        f"{name}.{i}": torch.randn(3, 2, generator=generator).to(dtype)
-        for i, dtype in enumerate(dtypes)
-        for name in ("b", "a")
-    }
-    state |= {"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4), "strided": torch.randn(4, 3).t()}
-    metadata = {"format": "pt", "note": "x"}
-    library = safetensors.torch.save({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
-    (length,) = struct.unpack("<Q", library[:8])
-    header = json.dumps(json.loads(library[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    assert to_safetensors(state, metadata) == struct.pack("<Q", len(header)) + header + library[8 + length :]
-    assert read_metadata(to_safetensors(state, metadata)) == metadata
+WRITE_TWICE = """
+import hashlib, sys, torch
+from tiniest.weights.artifact import to_safetensors
+generator = torch.Generator().manual_seed(0)
+dtypes = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32]
+dtypes += [torch.float32, torch.float64, torch.int64, torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2]
+state = {f"{name}.{i}": torch.randn(3, 2, generator=generator).to(dtype) for i, dtype in enumerate(dtypes)
+         for name in ("b", "a")}
+state |= {"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+state["strided"] = torch.randn(4, 3, generator=generator).t()
+metadata = {f"key{i}": f"value {i}" for i in range(12)}
+print(hashlib.sha256(to_safetensors(state, metadata)).hexdigest())
+"""
+
+
+def test_the_writer_gives_the_same_bytes_in_every_process_and_the_library_reads_them() -> None:
+    """The library alone orders metadata keys differently from one process to the next; the writer never does."""
+    digests = {subprocess.run([sys.executable, "-c", WRITE_TWICE], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120, check=True).stdout.strip() for _ in range(3)}  # fmt: skip
+    assert len(digests) == 1, digests
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.bfloat16)}
+    data = to_safetensors(state, {"z": "1", "a": "2"})
+    loaded = safetensors.torch.load(data)
+    assert all(torch.equal(loaded[k], state[k]) for k in state) and read_metadata(data) == {"z": "1", "a": "2"}
+    (length,) = struct.unpack("<Q", data[:8])
+    assert list(json.loads(data[8 : 8 + length])["__metadata__"]) == ["a", "z"], "a sorted header"
 
 
 @pytest.mark.parametrize("name", ["DEFAULT", "CIFAR10_V1", "TiniestWeights.CIFAR10_V1", TiniestWeights.CIFAR10_V1])

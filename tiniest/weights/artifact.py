@@ -1,40 +1,27 @@
 """The release artifact: a state_dict as safetensors, with descriptive, reproducible metadata.
 
-Written here rather than by ``safetensors.torch.save``: the library lays tensors out in a fixed
-order, but writes the metadata in hash-map order, which changes from one process to the next, so
-the same checkpoint would not give the same sha256 twice. This writer uses the library's layout
-(by dtype, largest first, then by name; a test compares the tensor bytes) and a sorted header: the
-same checkpoint always gives the bytes pinned in ``release.json``. Loading never converts anything.
+Written by ``safetensors.torch.save``, then with its header's keys sorted: the library lays
+tensors out in a fixed order but writes the metadata in hash-map order, which changes from one
+process to the next, so without the sort the same checkpoint would not give the same sha256 twice.
+With it, the published checkpoint always gives the bytes pinned in ``release.json``. Loading never
+converts anything; only publishing writes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import struct
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from tiniest.errors import ArtifactError
+from tiniest.errors import ArtifactError, MissingExtraError
 from tiniest.weights.formats import read_state_dict, sha256_hex
-from tiniest.weights.safetensors_fallback import DTYPES
 
 __all__ = ["artifact_metadata", "build_artifact", "to_safetensors"]
 
 _SAFETENSORS_ALIGN = 8
-# the dtypes written, in the order safetensors lays tensors out (largest alignment first); built from
-# names, as an older torch lacks some (uint64 came with torch 2.3)
-_LAYOUT = [
-    *["U64", "I64", "F64", "C64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16"],
-    *["F8_E4M3", "F8_E5M2", "I8", "U8", "BOOL"],
-]
-_DTYPES = {DTYPES[name]: name for name in _LAYOUT if name in DTYPES}
-_LAYOUT_RANK = {dtype: rank for rank, dtype in enumerate(_DTYPES)}
-
-
 
 
 def artifact_metadata(meta: Mapping[str, Any], *, source_sha256: str) -> dict[str, str]:
@@ -50,29 +37,25 @@ def artifact_metadata(meta: Mapping[str, Any], *, source_sha256: str) -> dict[st
 
 
 def to_safetensors(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
-    """Serialize ``state_dict`` with ``metadata``; byte-identical for identical input (no numpy needed)."""
+    """``state_dict`` with ``metadata`` as safetensors bytes, the same bytes for the same input.
+
+    The library writes the file; its header is then written again with sorted keys (same length
+    class, re-padded to 8 bytes), since the library's own order of metadata keys changes from one
+    process to the next.
+    """
+    try:
+        from safetensors.torch import save
+    except ImportError:
+        raise MissingExtraError("writing a .safetensors file needs safetensors: pip install safetensors") from None
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
-    unsupported = sorted({str(t.dtype) for t in tensors.values() if t.dtype not in _DTYPES})
-    if unsupported:
-        raise ArtifactError(f"expected tensors of the dtypes safetensors stores, got {', '.join(unsupported)}")
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    chunks, offset = [], 0
-    for name in sorted(tensors, key=lambda n: (_LAYOUT_RANK[tensors[n].dtype], n)):
-        data = _raw_bytes(tensors[name])
-        header[name] = {"dtype": _DTYPES[tensors[name].dtype], "shape": list(tensors[name].shape)}
-        header[name]["data_offsets"] = [offset, offset + len(data)]
-        chunks.append(data)
-        offset += len(data)
-    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    canonical += b" " * (-len(canonical) % _SAFETENSORS_ALIGN)
-    return struct.pack("<Q", len(canonical)) + canonical + b"".join(chunks)
-
-
-def _raw_bytes(tensor: torch.Tensor) -> bytes:
-    """The little-endian bytes of a contiguous CPU tensor, copied straight from its memory."""
-    if sys.byteorder == "big" and tensor.element_size() > 1:
-        tensor = tensor.view(torch.uint8).reshape(-1, tensor.element_size()).flip(1).contiguous()
-    return ctypes.string_at(tensor.data_ptr(), tensor.nbytes) if tensor.nbytes else b""
+    try:
+        written = save(tensors, metadata=dict(metadata) or None)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise ArtifactError(f"expected tensors safetensors can store: {' '.join(str(error).split())[:300]}") from None
+    (length,) = struct.unpack("<Q", written[:8])
+    header = json.dumps(json.loads(written[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % _SAFETENSORS_ALIGN)
+    return struct.pack("<Q", len(header)) + header + written[8 + length :]
 
 
 def build_artifact(checkpoint: bytes, meta: Mapping[str, Any], *, origin: str = "checkpoint") -> bytes:
