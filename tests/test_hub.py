@@ -13,7 +13,7 @@ import torch
 
 import tiniest
 from tests.conftest import ROOT, copy_checkout
-from tiniest.errors import TiniestDeprecationWarning, TiniestWarning, UsageError, WeightsNotFoundError
+from tiniest.errors import UsageError, WeightsNotFoundError
 from tiniest.weights import TiniestWeights, torch_cache_path
 
 RELEASE = TiniestWeights.DEFAULT.release
@@ -62,7 +62,7 @@ def test_help_explains_every_argument(hub_dir: Path) -> None:
         assert f"{argument}:" in text
     flat = " ".join(text.split())
     assert "``None`` for a random initialisation" in flat and "``TINIEST_WEIGHTS``" in flat
-    assert "``pretrained=`` of earlier versions" in flat and "``pretrained=False`` is ``weights=None``" in flat
+    assert "weights passed always win" in flat and "num_classes:" in text
 
 
 def test_local_load_returns_the_published_model_ready_for_inference(cached_release: Path) -> None:
@@ -98,52 +98,53 @@ def test_a_device_this_machine_lacks_is_refused_in_one_line() -> None:
     assert "\n" not in str(caught.value)
 
 
-def test_tiniest_weights_stands_in_for_the_default_member_only(
+def test_tiniest_weights_applies_only_where_no_weights_are_passed(
     cached_release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Weights passed always win, ``TiniestWeights.DEFAULT`` included; the variable fills in for weights left out."""
     monkeypatch.setenv("TINIEST_WEIGHTS", str(tmp_path / "elsewhere.safetensors"))
-    for chosen in ({}, {"weights": TiniestWeights.DEFAULT}, {"weights": TiniestWeights.CIFAR10_V1}):
-        with pytest.raises(WeightsNotFoundError, match=r"elsewhere\.safetensors does not exist"):
-            tiniest.tiniest(**chosen)  # type: ignore[arg-type]
-    assert tiniest.tiniest(weights="CIFAR10_V1").meta, "a release named by a string ignores it"
+    with pytest.raises(WeightsNotFoundError, match=r"^TINIEST_WEIGHTS: .*elsewhere\.safetensors does not exist"):
+        tiniest.tiniest()
+    with pytest.raises(WeightsNotFoundError, match=r"elsewhere\.safetensors does not exist"):
+        torch.hub.load(str(ROOT), "tiniest", source="local", trust_repo=True)  # a tutorial's default call
+    for weights in (TiniestWeights.DEFAULT, TiniestWeights.CIFAR10_V1, "CIFAR10_V1", "DEFAULT"):
+        assert tiniest.tiniest(weights=weights).meta, f"{weights!r} passed wins over TINIEST_WEIGHTS"
+        assert tiniest.load_weights(weights).verified
     assert tiniest.tiniest(weights=None).meta == {}, "so does a random initialisation"
 
 
-LEGACY = [
-    ((), {"pretrained": True}, "weights=TiniestWeights.DEFAULT"),
-    ((True,), {}, "weights=TiniestWeights.DEFAULT"),
-    ((), {"pretrained": False}, "weights=None"),
-    ((False,), {}, "weights=None"),
-]
+def test_load_weights_refuses_none_in_one_line_naming_what_to_pass() -> None:
+    with pytest.raises(UsageError, match=r"^load_weights\(None\): expected weights to load .*got None") as caught:
+        tiniest.load_weights(None)  # type: ignore[arg-type]
+    assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize(("args", "kwargs", "replacement"), LEGACY, ids=["kw-on", "pos-on", "kw-off", "pos-off"])
-def test_pretrained_still_works_warning_with_its_replacement(
-    args: tuple[bool, ...], kwargs: dict[str, bool], replacement: str, cached_release: Path
-) -> None:
-    """As torchvision tests its legacy interface: the old call gives the new call's model, with a warning."""
-    with pytest.warns(TiniestDeprecationWarning, match=re.escape(f"use tiniest({replacement})")) as caught:
-        net = tiniest.tiniest(*args, device="cpu", **kwargs)
-    assert len(caught) == 1 and caught[0].filename == __file__, "the warning points at the caller's line"
-    assert isinstance(caught[0].message, DeprecationWarning) and isinstance(caught[0].message, TiniestWarning)
-    pretrained = (*args, *kwargs.values())[0]
-    assert same_weights(net, tiniest.tiniest()) is pretrained and bool(net.meta) is pretrained
-    with pytest.warns(TiniestDeprecationWarning, match=re.escape(replacement)):
-        hub_net = torch.hub.load(str(ROOT), "tiniest", *args, source="local", trust_repo=True, **kwargs)
-    assert same_weights(hub_net, tiniest.tiniest()) is pretrained
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_pretrained_is_refused_in_one_line_naming_the_weights_to_pass(pretrained: bool) -> None:
+    """torch.hub users type ``pretrained=`` from habit: one line says what to write instead, never a second meaning."""
+    instead = "weights=TiniestWeights.DEFAULT" if pretrained else "weights=None"
+    with pytest.raises(UsageError, match=rf"^tiniest\(\) takes weights=, not pretrained=: .*; pass {instead}$"):
+        tiniest.tiniest(pretrained=pretrained)  # type: ignore[call-arg]
+    with pytest.raises(UsageError, match=re.escape(instead)):
+        torch.hub.load(str(ROOT), "tiniest", source="local", trust_repo=True, pretrained=pretrained)
+    with pytest.raises(TypeError):
+        tiniest.tiniest(pretrained)  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("positional", [False, True])
-def test_pretrained_with_weights_is_refused_in_one_line(positional: bool) -> None:
-    for pretrained, weights in ((True, None), (False, "x.safetensors"), (False, None)):
-        args, kwargs = ((pretrained,), {}) if positional else ((), {"pretrained": pretrained})
-        with pytest.raises(UsageError, match=r"pretrained= and weights= were both given: drop pretrained=") as caught:
-            tiniest.tiniest(*args, weights=weights, **kwargs)  # type: ignore[call-arg]
-        assert "\n" not in str(caught.value)
-    with pytest.raises(UsageError, match=r"expected pretrained=True or False .*got 'DEFAULT'"):
-        tiniest.tiniest("DEFAULT")  # type: ignore[call-arg]
-    with pytest.raises(UsageError, match="takes keyword arguments"):
-        tiniest.tiniest(True, False)  # type: ignore[call-arg]
+def test_num_classes_gives_the_published_trunk_a_new_head(cached_release: Path) -> None:
+    published = tiniest.tiniest()
+    net = tiniest.tiniest(num_classes=3)
+    assert net.fc.weight.shape == (3, 80) and not net.training
+    assert net.labels == ("class_0", "class_1", "class_2") and net.meta["head"].startswith("new: 3 outputs")
+    assert "categories" not in net.meta and net.meta["preprocessing"] == published.meta["preprocessing"]
+    trunk = {k: v for k, v in published.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in trunk.items()), "the published trunk"
+    same = tiniest.tiniest(num_classes=10)
+    assert same_weights(same, published) and same.labels == published.labels and "head" not in same.meta
+    assert tiniest.tiniest(weights=None, num_classes=4).fc.out_features == 4
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(UsageError, match=r"^num_classes: expected a positive int, got"):
+            tiniest.tiniest(weights=None, num_classes=bad)  # type: ignore[arg-type]
 
 
 def hub_subprocess(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -69,16 +69,24 @@ def test_predict_takes_every_input_kind_and_matches_the_model(
         predict(arrays[0], model=model, top_k=11)
 
 
-def test_default_model_is_the_optimized_one_with_the_same_answers(
-    pictures: list[tuple[Path, str]], model: tiniest.Tiniest, shared_checkpoint: Path
+def test_default_model_is_the_plain_one_built_nothing_kept_unless_asked(
+    pictures: list[tuple[Path, str]], model: tiniest.Tiniest, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The library's predict builds no native code and keeps no model: ``fast=`` asks for tiniest.optimize."""
+    import tiniest.fast
+
     paths = [path for path, _ in pictures]
+    asked: list[str] = []
+    real = tiniest.fast.optimize
+    monkeypatch.setattr(tiniest.fast, "optimize", lambda m, mode: asked.append(mode) or real(m, mode="eager"))
     fast = predict(paths, weights=shared_checkpoint, top_k=2)
-    eager = predict(paths, weights=shared_checkpoint, top_k=2, eager=True)
+    assert asked == [], "no optimize, no build, unasked"
+    eager = predict(paths, weights=shared_checkpoint, top_k=2, fast="compiled")
+    assert asked == ["compiled"]
     plain = predict(paths, model=model, top_k=2)
     for a, b, c in zip(fast, eager, plain, strict=True):
         assert a.label == b.label == c.label
-        assert abs(a.probability - c.probability) < 1e-4 and b.top == c.top
+        assert a.top == c.top and abs(b.probability - c.probability) < 1e-4, "plain by default; folded when asked"
 
 
 @pytest.mark.slow
@@ -89,7 +97,7 @@ def test_cli_prints_text_and_json(pictures: list[tuple[Path, str]], shared_check
     done = subprocess.run([*command, "--top-k", "3", "--json"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     records = json.loads(done.stdout)
-    expected = predict(paths, weights=shared_checkpoint, top_k=3, eager=True)
+    expected = predict(paths, weights=shared_checkpoint, top_k=3)
     assert [r["image"] for r in records] == paths
     for record, prediction in zip(records, expected, strict=True):
         assert [(p["label"], round(p["probability"], 5)) for p in record["predictions"]] == [
@@ -212,7 +220,7 @@ def test_predict_runs_on_the_device_asked_for_and_answers_on_the_cpu(
     expected = predict(x, model=model, top_k=3)
     assert predict(x, model=model, top_k=3, device="cpu") == expected
     assert predict(x, model=model, top_k=3, device=torch.device("cpu")) == expected
-    assert predict(x, weights=shared_checkpoint, top_k=3, device="cpu", eager=True) == expected
+    assert predict(x, weights=shared_checkpoint, top_k=3, device="cpu") == expected
     assert next(model.parameters()).device == torch.device("cpu")
 
 
@@ -230,13 +238,12 @@ def test_a_device_this_machine_lacks_is_refused_before_any_input_is_read(model: 
 def test_on_cuda_the_plain_model_gives_the_cpu_answers(
     model: tiniest.Tiniest, shared_checkpoint: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tiniest.inference import _default_model
-
     x = small_batch(5)
     expected = predict(x, model=model, top_k=3)
-    _default_model.cache_clear()
     with caplog.at_level("WARNING", logger="tiniest.inference"):
-        answers = [predict(x, weights=shared_checkpoint, top_k=3, device="cuda") for _ in range(2)]
+        answers = [
+            predict(x, weights=shared_checkpoint, top_k=3, device="cuda", fast=fast) for fast in (None, "cached")
+        ]
     said = [r.getMessage() for r in caplog.records if "CPU-only" in r.getMessage()]
     assert said == ["tiniest.predict: the fast path (tiniest.optimize) is CPU-only; on cuda the plain model runs"]
     mine = predict(x, model=model, top_k=3, device="cuda:0")
@@ -245,38 +252,6 @@ def test_on_cuda_the_plain_model_gives_the_cpu_answers(
         for a, b in zip(got, expected, strict=True):
             assert [n for n, _ in a.top] == [n for n, _ in b.top]
             assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-4)
-
-
-def test_threads_asking_at_once_load_the_default_model_once(shared_checkpoint: Path) -> None:
-    """Issue 19: four threads calling predict at once in a fresh process loaded the model four times."""
-    script = f"""
-import threading, time
-import torch
-import tiniest.inference as inference
-
-loads = []
-real = inference.tiniest
-def counted(*args, **kwargs):
-    loads.append(threading.get_ident())
-    time.sleep(0.3)  # a slow disk: the other threads ask while the first load is under way
-    return real(*args, **kwargs)
-inference.tiniest = counted
-
-gate = threading.Barrier(4)
-answers = []
-def ask():
-    gate.wait()
-    answers.append(inference.predict(torch.rand(1, 3, 32, 32), weights={str(shared_checkpoint)!r})[0].label)
-threads = [threading.Thread(target=ask) for _ in range(4)]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join()
-print(len(loads), len(answers))
-"""
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["1", "4"], "one load, four answers"
 
 
 def test_bytes_and_binary_files_are_read_as_their_paths(
@@ -351,20 +326,22 @@ def test_weights_takes_what_tiniest_takes(model: tiniest.Tiniest, shared_checkpo
     x = small_batch()
     expected = predict(x, model=model, top_k=3)
     for weights in (shared_checkpoint, str(shared_checkpoint)):
-        assert predict(x, weights=weights, top_k=3, eager=True) == expected
-    with pytest.raises(tiniest.errors.UsageError, match=r"predict\(weights=None\): a random initialisation"):
+        assert predict(x, weights=weights, top_k=3) == expected
+    with pytest.raises(tiniest.errors.UsageError, match=r"^predict\(weights=None\): expected weights .*got None"):
         predict(x, weights=None)  # type: ignore[arg-type]
 
 
 def test_weights_by_release_member_or_name(monkeypatch: pytest.MonkeyPatch, shared_checkpoint: Path) -> None:
-    """The release as a member or its name: TINIEST_WEIGHTS stands in for the default member, as in tiniest()."""
+    """TINIEST_WEIGHTS applies where weights are left out, as in tiniest(); a member passed wins."""
     monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
     x = small_batch()
     expected = predict(x, model=tiniest.tiniest(weights=shared_checkpoint), top_k=2)
-    assert predict(x, weights=tiniest.TiniestWeights.DEFAULT, top_k=2, eager=True) == expected
+    assert predict(x, top_k=2) == expected
     monkeypatch.setenv("TINIEST_WEIGHTS", "no-such-weights.safetensors")
+    monkeypatch.setenv("TINIEST_WEIGHTS_DIR", str(shared_checkpoint.parent))  # the release, found locally
+    assert predict(x, weights=tiniest.TiniestWeights.DEFAULT, top_k=2) == expected, "weights passed win"
     with pytest.raises(tiniest.WeightsNotFoundError, match="no-such-weights"):
-        predict(x, top_k=2, eager=True)
+        predict(x, top_k=2)
 
 
 def test_a_weights_file_written_again_or_named_from_elsewhere_is_loaded_again(
@@ -385,16 +362,17 @@ def test_a_weights_file_written_again_or_named_from_elsewhere_is_loaded_again(
     monkeypatch.chdir(tmp_path)
     first = write(tmp_path / "w.pt", 1)
     with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
-        assert predict(x, weights="w.pt", top_k=3, eager=True) == first
+        assert predict(x, weights="w.pt", top_k=3) == first
     second = write(tmp_path / "w.pt", 2)
     assert second != first
     with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
-        assert predict(x, weights="w.pt", top_k=3, eager=True) == second, "the file's new bytes"
+        assert predict(x, weights="w.pt", top_k=3) == second, "the file's new bytes"
     third = write(tmp_path / "elsewhere" / "w.pt", 3)
     monkeypatch.chdir(tmp_path / "elsewhere")
     with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
-        assert predict(x, weights="w.pt", top_k=3, eager=True) == third, "the file the name means here"
-    assert predict(x, weights="w.pt", top_k=3, eager=True) == third, "loaded once: no second warning"
+        assert predict(x, weights="w.pt", top_k=3) == third, "the file the name means here"
+    with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
+        assert predict(x, weights="w.pt", top_k=3) == third, "loaded for each call: nothing kept"
 
 
 @pytest.mark.parametrize(
@@ -418,7 +396,7 @@ def test_predict_and_evaluate_apply_the_weights_own_contract(policy: dict[str, o
     expected = Preprocess.from_meta(policy)(pixels)
     assert expected.shape[2:] != (32, 32)
 
-    predict(pixels, model=model, eager=True)
+    predict(pixels, model=model)
     torch.testing.assert_close(seen.pop(), expected, rtol=0, atol=0)
 
     images = torch.from_numpy(pixels[:, :32, :32]).permute(0, 3, 1, 2).contiguous()
@@ -432,7 +410,7 @@ def test_predict_and_evaluate_apply_the_weights_own_contract(policy: dict[str, o
     meta = {"categories": list(tiniest.CLASSES), "preprocessing": policy}
     path.write_bytes(to_safetensors(model.state_dict(), artifact_metadata(meta, source_sha256="")))
     with pytest.warns(tiniest.errors.UnverifiedWeightsWarning):
-        answers = predict(pixels, weights=path, eager=True, top_k=10)
+        answers = predict(pixels, weights=path, top_k=10)
     with torch.no_grad():
         wanted = torch.softmax(model(expected), dim=1)
     for answer, row in zip(answers, wanted, strict=True):

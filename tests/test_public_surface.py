@@ -66,7 +66,7 @@ ENVIRONMENT = {
     "TINIEST_WEIGHTS_DIR",
 }
 
-ENTRYPOINT_ARGUMENTS = ["weights", "progress", "sources", "device", "offline"]
+ENTRYPOINT_ARGUMENTS = ["weights", "progress", "sources", "device", "offline", "num_classes"]
 
 
 def test_package_names() -> None:
@@ -112,7 +112,7 @@ def test_hubconf_exposes_one_entrypoint_with_its_arguments() -> None:
     parameters = inspect.signature(tiniest.tiniest).parameters
     assert list(parameters)[: len(ENTRYPOINT_ARGUMENTS)] == ENTRYPOINT_ARGUMENTS
     assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in ENTRYPOINT_ARGUMENTS)
-    assert parameters["weights"].default is tiniest.TiniestWeights.DEFAULT
+    assert parameters["weights"].default is tiniest.weights.NOT_GIVEN  # TINIEST_WEIGHTS, else the DEFAULT
 
 
 def test_cli_commands_and_flags() -> None:

@@ -23,6 +23,8 @@ import torch
 import tiniest
 
 model: tiniest.Tiniest = tiniest.tiniest(weights=None, device="cpu")
+release: tiniest.TiniestWeights = tiniest.TiniestWeights.CIFAR10_V1
+published = tiniest.tiniest(weights=tiniest.TiniestWeights.CIFAR10_V1, num_classes=3)
 answers = tiniest.predict(
     [Path("cat.png"), b"...", io.BytesIO(b"..."), open("cat.jpg", "rb"), torch.zeros(3, 32, 32)],
     top_k=3,

@@ -2,8 +2,9 @@
 
 The weights code (:mod:`tiniest.weights`) checks bytes and keys; the architecture is checked here,
 where the model and the weights meet. As torchvision's builders, ``weights=`` says which weights
-(``None``: a random initialisation), and the older ``pretrained=`` still works for a while, with a
-:class:`~tiniest.errors.TiniestDeprecationWarning` naming its replacement.
+(``None``: a random initialisation) and ``num_classes=`` gives the published trunk a new head.
+``pretrained=``, which torch.hub users type from habit, is refused in one line naming ``weights=``:
+one spelling, one meaning.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable
-from typing import Any, ParamSpec, TypeAlias, cast
+from typing import Any, ParamSpec, TypeAlias
 
 import torch
 
-from tiniest.errors import TiniestDeprecationWarning, UsageError, warn
+from tiniest.errors import UsageError
 from tiniest.model import Tiniest
-from tiniest.weights import TiniestWeights, load_strictly, load_weights
-from tiniest.weights.loading import model_from_weights
+from tiniest.weights import NOT_GIVEN, NotGiven, TiniestWeights, load_strictly, load_weights
+from tiniest.weights.loading import model_from_weights, num_outputs, with_new_head
 
 __all__ = ["Weights", "check_architecture", "tiniest"]
 
@@ -28,49 +29,30 @@ Weights: TypeAlias = "TiniestWeights | str | os.PathLike[str]"
 _Arguments = ParamSpec("_Arguments")
 
 
-def _pretrained_to_weights(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The deprecated ``pretrained`` (keyword, or the one positional argument) as the ``weights=`` it stands for."""
-    if len(args) > 1 or (args and "pretrained" in kwargs):
-        raise UsageError(f"tiniest() takes keyword arguments (weights=, progress=...), got {len(args)} positional")
-    pretrained = args[0] if args else kwargs.pop("pretrained")
-    if pretrained not in (True, False):
-        raise UsageError(
-            f"expected pretrained=True or False (deprecated: say weights= instead), got {pretrained!r}; "
-            "weights are chosen by keyword: tiniest(weights=...)"
-        )
-    replacement = "weights=TiniestWeights.DEFAULT" if pretrained else "weights=None"
-    if "weights" in kwargs:
-        raise UsageError(f"pretrained= and weights= were both given: drop pretrained= (deprecated; {replacement})")
-    warn(
-        f"tiniest(pretrained={bool(pretrained)}) is deprecated and will be removed in tiniest 2.0: "
-        f"use tiniest({replacement})",
-        TiniestDeprecationWarning,
-    )
-    return {**kwargs, "weights": TiniestWeights.DEFAULT if pretrained else None}
-
-
-def _accepting_pretrained(build: Callable[_Arguments, Tiniest]) -> Callable[_Arguments, Tiniest]:
-    """``build``, still taking the deprecated ``pretrained`` (its signature, docstring and types stay ``build``'s)."""
-
-    by_keyword = cast(Callable[..., Tiniest], build)
+def _refusing_pretrained(build: Callable[_Arguments, Tiniest]) -> Callable[_Arguments, Tiniest]:
+    """``build``, answering torchvision's older ``pretrained=`` with the ``weights=`` to write instead."""
 
     @functools.wraps(build)
-    def entry(*args: Any, **kwargs: Any) -> Tiniest:
-        if args or "pretrained" in kwargs:
-            kwargs = _pretrained_to_weights(args, kwargs)
-        return by_keyword(**kwargs)
+    def entry(*args: _Arguments.args, **kwargs: _Arguments.kwargs) -> Tiniest:
+        if "pretrained" in kwargs:
+            instead = "weights=TiniestWeights.DEFAULT" if kwargs["pretrained"] else "weights=None"
+            raise UsageError(
+                f"tiniest() takes weights=, not pretrained=: got pretrained={kwargs['pretrained']!r}; pass {instead}"
+            )
+        return build(*args, **kwargs)
 
-    return cast(Callable[_Arguments, Tiniest], entry)
+    return entry
 
 
-@_accepting_pretrained
+@_refusing_pretrained
 def tiniest(
     *,
-    weights: Weights | None = TiniestWeights.DEFAULT,
+    weights: Weights | NotGiven | None = NOT_GIVEN,
     progress: bool = True,
     sources: str | Iterable[str] | None = None,
     device: str | torch.device | None = None,
     offline: bool | None = None,
+    num_classes: int | None = None,
 ) -> Tiniest:
     """Tiniest CIFAR-10 classifier (97,530 parameters, 94.63% top-1 on the CIFAR-10 test set).
 
@@ -80,14 +62,13 @@ def tiniest(
     ``model.pt``, from its ``checkpoint.pt``), one per output, and ``model.meta`` what the file says.
 
     Args:
-        weights: which weights, as torchvision's ``weights=``: ``TiniestWeights.DEFAULT`` (the
-            default: the pinned release), another ``TiniestWeights`` member or its name as a string
+        weights: which weights, as torchvision's ``weights=``: a ``TiniestWeights`` member
+            (``TiniestWeights.DEFAULT`` is the pinned release, ``CIFAR10_V1``) or its name as a string
             (``"DEFAULT"``, ``"CIFAR10_V1"``), a path or http(s) URL of a ``.safetensors`` or
-            state_dict ``.pt`` file, or ``None`` for a random initialisation. A file that is not the
-            pinned release loads with an ``UnverifiedWeightsWarning``. The environment variable
-            ``TINIEST_WEIGHTS`` (a path, URL or release name), when set, stands in for the member
-            ``TiniestWeights.DEFAULT`` (``CIFAR10_V1`` is the same member), whether left as the default
-            or passed; a release named by a string (``weights="CIFAR10_V1"``) and ``None`` ignore it.
+            state_dict ``.pt`` file, or ``None`` for a random initialisation. Left out: what the
+            environment variable ``TINIEST_WEIGHTS`` names (a path, URL or release name) where it is
+            set, else ``TiniestWeights.DEFAULT``; weights passed always win. A file that is not the
+            pinned release loads with an ``UnverifiedWeightsWarning``.
         progress: name each download on stderr, with a progress bar where ``tqdm`` is installed.
         sources: where to look for the pinned release, in order; a subset of
             ``"local"`` (the checkout's ``weights/`` folder), ``"cache"`` (torch.hub's checkpoints
@@ -99,29 +80,45 @@ def tiniest(
             this machine lacks is refused in one line. Default: stays on the CPU.
         offline: never touch the network. Default: ``True`` when ``TINIEST_OFFLINE=1`` or
             ``HF_HUB_OFFLINE=1`` is set.
-
-    The ``pretrained=`` of earlier versions (keyword, or the one positional argument) still works
-    until tiniest 2.0, with a ``TiniestDeprecationWarning``: ``pretrained=True`` is
-    ``weights=TiniestWeights.DEFAULT``, ``pretrained=False`` is ``weights=None``; it is refused
-    together with ``weights=``.
+        num_classes: outputs of the model, to fine-tune for other classes. Where the weights have
+            another count, the model is their trunk with a new, randomly initialised head: its
+            ``labels`` are ``class_0``... and ``model.meta["head"]`` says it is new. Default: the weights' own.
 
     Returns:
         A :class:`tiniest.Tiniest` in eval mode, on ``device``.
     """
     target = None
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise UsageError(f"num_classes: expected a positive int, got {num_classes!r}")
     if device is not None:  # refused before any download
         from tiniest.devices import resolve_device
 
         target = resolve_device(device)
     if weights is None:
-        model = Tiniest()
-    else:  # the default member: None lets TINIEST_WEIGHTS stand in for it
-        loaded = load_weights(
-            None if weights is TiniestWeights.DEFAULT else weights, sources=sources, progress=progress, offline=offline
-        )
-        model = model_from_weights(Tiniest, loaded.state_dict, loaded.meta, origin=loaded.location)
+        model = Tiniest(num_classes if num_classes is not None else 10)
+    else:
+        loaded = load_weights(weights, sources=sources, progress=progress, offline=offline)
+        origin = loaded.location
+        if num_classes is None or num_outputs(loaded.state_dict, origin) == num_classes:
+            model = model_from_weights(Tiniest, loaded.state_dict, loaded.meta, origin=origin)
+        else:
+            model = _with_new_head(loaded.state_dict, loaded.meta, num_classes, origin)
     model.eval()
     return model.to(target) if target is not None else model
+
+
+def _with_new_head(
+    state_dict: dict[str, torch.Tensor], meta: dict[str, Any], num_classes: int, origin: str
+) -> Tiniest:
+    """The trunk of ``state_dict`` under a new head of ``num_classes`` outputs; ``meta`` keeps what still holds."""
+    had = num_outputs(state_dict, origin)
+    kept = {key: value for key, value in meta.items() if key not in ("categories", "metrics", "sha256")}
+    note = f"new: {num_classes} outputs, randomly initialised; the trunk is from {origin} ({had} classes)"
+    model = Tiniest(num_classes, labels=[f"class_{i}" for i in range(num_classes)], meta={**kept, "head": note})
+    with torch.no_grad():
+        load_strictly(model, with_new_head(state_dict, model), origin)
+    return model
 
 
 def check_architecture(state_dict: dict[str, torch.Tensor], origin: str = "weights") -> None:

@@ -10,14 +10,10 @@ get their answer.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -27,14 +23,16 @@ from tiniest.env import env_text
 from tiniest.errors import PreprocessError, UsageError
 from tiniest.hub import Weights, tiniest
 from tiniest.transforms import ImageInput, Images, Preprocess, image_items, preprocess_for
-from tiniest.weights import CLASSES, TiniestWeights
+from tiniest.weights import CLASSES, NOT_GIVEN, NotGiven, TiniestWeights
+
+if TYPE_CHECKING:  # the fast path is imported when asked for
+    from tiniest.fast import OptimizeMode
 
 __all__ = ["Prediction", "predict"]
 
 CHUNK = 64  # inputs read, reduced to the model's size and classified at a time (bounds activation memory)
 
 logger = logging.getLogger(__name__)
-_loading = threading.Lock()  # threads asking for the default model at once load it once
 
 
 @dataclass(frozen=True)
@@ -62,54 +60,29 @@ class Prediction:
         return self.top[0]
 
 
-FileStamp = tuple[int, int, int]  # a weights file's inode, size and modification time (ns)
+def _model_for(weights: Weights | NotGiven, fast: OptimizeMode | None, device: torch.device) -> nn.Module:
+    """The ``weights``' model on ``device``, made by :func:`tiniest.optimize` in ``fast`` mode where asked.
 
-
-@functools.lru_cache(maxsize=4)
-def _default_model(
-    weights: TiniestWeights | str, stamp: FileStamp | None, eager: bool, build: bool, device: torch.device
-) -> nn.Module:
-    """The ``weights``' model on ``device``, optimized unless ``eager``; loaded once per process.
-
-    ``stamp``: for a file, what tells its versions apart (part of the cache key only: a file
-    written again at the same path is loaded again). ``build``: worth waiting for the compiled
-    package if this machine has none (many images).
-    The fast path is CPU code: on another device the plain model runs (said once per model).
+    Built anew for each call: a caller who predicts again passes ``model=`` (kept by them, not by the process).
+    The fast path is CPU code: on another device the plain model runs (said once).
     """
     model: nn.Module = tiniest(weights=weights, progress=False, device=device)
-    if not eager and device.type != "cpu":
+    if fast is not None and device.type != "cpu":
         logger.warning("tiniest.predict: the fast path (tiniest.optimize) is CPU-only; on %s the plain model runs",
                        device)
-    elif not eager:
+    elif fast is not None:
         from tiniest.fast import optimize
 
-        model = optimize(model, mode="compiled" if build else "cached")
+        model = optimize(model, mode=fast)
     return model
 
 
-def _shared_model(weights: Weights, eager: bool, images: int, device: torch.device) -> nn.Module:
-    """:func:`_default_model` for a run over ``images`` inputs, loaded by the first thread that asks.
-
-    The others wait for it. ``TINIEST_WEIGHTS`` stands in for ``TiniestWeights.DEFAULT`` as in
-    :func:`tiniest.tiniest`; read here so that the cache follows it.
-    """
-    from tiniest.fast import worth_building
-
-    with _loading:
-        return _default_model(*_weights_key(_chosen(weights)), eager, worth_building(images), device)
-
-
-def _chosen(weights: Weights) -> Weights:
-    """``weights``, or ``$TINIEST_WEIGHTS`` where it stands in for ``TiniestWeights.DEFAULT``."""
-    return env_text("TINIEST_WEIGHTS") or weights if weights is TiniestWeights.DEFAULT else weights
-
-
-def _release_of(weights: Weights) -> TiniestWeights | None:
+def _release_of(weights: Weights | NotGiven) -> TiniestWeights | None:
     """The release ``weights`` name (a member or a member's name), whose record states their preprocessing.
 
     ``None`` for a file or URL: what it expects is known once it is loaded.
     """
-    chosen = _chosen(weights)
+    chosen = (env_text("TINIEST_WEIGHTS") or TiniestWeights.DEFAULT) if weights is NOT_GIVEN else weights
     if isinstance(chosen, TiniestWeights):
         return chosen
     if isinstance(chosen, str) and chosen.removeprefix(f"{TiniestWeights.__name__}.") in TiniestWeights.__members__:
@@ -117,39 +90,22 @@ def _release_of(weights: Weights) -> TiniestWeights | None:
     return None
 
 
-def _weights_key(chosen: TiniestWeights | str | os.PathLike[str]) -> tuple[TiniestWeights | str, FileStamp | None]:
-    """``chosen`` as :func:`_default_model` caches it: a file by its absolute path and :data:`FileStamp`.
-
-    So a relative path means the file it names now (after a ``chdir``), and a file exported again
-    to the same path is not answered by the model of its earlier bytes. A release name or URL is
-    its own key; a path that cannot be stat-ed is left for :func:`tiniest.tiniest` to refuse.
-    """
-    if isinstance(chosen, TiniestWeights):
-        return chosen, None
-    text = os.fspath(chosen)
-    named = text.removeprefix(f"{TiniestWeights.__name__}.") in TiniestWeights.__members__
-    if isinstance(chosen, str) and ("://" in text or named):
-        return text, None
-    path = Path(text).expanduser()
-    try:
-        info = path.stat()
-    except OSError:
-        return text, None
-    return str(path.resolve()), (info.st_ino, info.st_size, info.st_mtime_ns)
-
-
 def _check_arguments(
-    top_k: int, weights: Weights | None, classes: Sequence[str] | None, errors: str, device: str | torch.device | None
+    top_k: int,
+    weights: Weights | NotGiven | None,
+    classes: Sequence[str] | None,
+    errors: str,
+    device: str | torch.device | None,
 ) -> torch.device:
     """Refuse bad arguments before any input is read; the device to run on."""
     if top_k < 1 or (classes is not None and top_k > len(classes)):
         raise UsageError(f"expected top_k between 1 and {len(classes or CLASSES)}, got {top_k}")
     if errors not in ("raise", "report"):
         raise UsageError(f"expected errors='raise' or 'report', got {errors!r}")
-    if weights is None:  # None meant the published weights before weights=None became a random initialisation
+    if weights is None:
         raise UsageError(
-            "predict(weights=None): a random initialisation predicts nothing; leave weights= out for the "
-            "published release, or pass model=tiniest.tiniest(weights=None)"
+            "predict(weights=None): expected weights to predict with (a TiniestWeights member, its name, a path "
+            "or URL), got None; leave weights out for the default release, or pass model="
         )
     return resolve_device(device)  # a device this machine lacks is refused before any input is read
 
@@ -199,8 +155,8 @@ def predict(
     *,
     top_k: int = 1,
     model: nn.Module | None = None,
-    weights: Weights = TiniestWeights.DEFAULT,
-    eager: bool = False,
+    weights: Weights | NotGiven = NOT_GIVEN,
+    fast: OptimizeMode | None = None,
     classes: Sequence[str] | None = None,
     errors: Literal["raise", "report"] = "raise",
     device: str | torch.device | None = None,
@@ -210,10 +166,12 @@ def predict(
     ``images``: paths, an image file's ``bytes``, binary file objects (``io.BytesIO``, an open file, a web
     upload's ``.file``), PIL images, numpy arrays, tensors, or a list of them; bytes and files are decoded
     as paths are (JPEGs at reduced scale). ``model`` defaults to ``tiniest.tiniest(weights=weights)``
-    (``weights``: anything :func:`tiniest.tiniest` takes but ``None``; by default the published release,
-    or ``$TINIEST_WEIGHTS``), made faster by :func:`tiniest.optimize` unless ``eager``; it is loaded
-    once and reused. ``classes`` name the outputs; default: the model's ``labels`` (the weights' own
-    class names). ``errors``: ``"raise"`` stops at the first input that cannot be read (a
+    (``weights``: anything :func:`tiniest.tiniest` takes but ``None``; left out, as there), loaded for this
+    call only: to predict again, build the model once and pass it. ``fast``: make that model with
+    :func:`tiniest.optimize` in this mode (``"compiled"`` builds native code, once per machine; ``"cached"``
+    uses a package already built, else the folded module; ``"eager"`` the folded module); default: the
+    plain model, nothing built, nothing kept. ``classes`` name the outputs; default: the model's ``labels``
+    (the weights' own class names). ``errors``: ``"raise"`` stops at the first input that cannot be read (a
     :class:`tiniest.errors.PreprocessError`); ``"report"`` gives that input (a file, or one
     item of a list) a :class:`Prediction` with ``error`` set instead, in its place, and goes on.
     ``device`` (``"cuda"``, ``"cuda:1"``, ``"mps"``...): where the model runs; a ``model`` given is
@@ -228,14 +186,14 @@ def predict(
     items = image_items(images)
     release = _release_of(weights) if model is None else None
     if model is None and release is None:  # a file or URL: its metadata says how to read the inputs
-        model = _shared_model(weights, eager, len(items), target)
+        model = _model_for(weights, fast, target)
     # the weights' own contract: the model's metadata, or the record of the release it is about to load
     transform = release.transforms() if release is not None else preprocess_for(getattr(model, "meta", None))
     results: list[Prediction] = []
     for start in range(0, len(items), CHUNK):  # read, reduced and classified a chunk at a time
         chunk = _read(items[start : start + CHUNK], errors, transform)
         if chunk.batches and model is None:  # loaded only once some input could be read
-            model = _shared_model(weights, eager, len(items), target)
+            model = _model_for(weights, fast, target)
         results.extend(_answer(chunk, model, top_k, classes))
     return results
 

@@ -8,7 +8,7 @@ source for a new release), a Hugging Face model folder (``huggingface/``: the sa
 
 The ``.pt`` is a bare state_dict, so that any torch program loads it with ``weights_only=True``:
 its class names are in the record beside it, where every loader of tiniest looks for them
-(:func:`tiniest.weights._record.release_beside`); ``PUBLISH.md`` uploads the record with it.
+(:func:`tiniest.weights.releases.release_beside`); ``PUBLISH.md`` uploads the record with it.
 :func:`make_release` is the library function; ``tiniest release`` converts the command line to it.
 """
 
@@ -28,11 +28,11 @@ from tiniest.export import artifact_bytes
 from tiniest.files import read_regular
 from tiniest.storage import check_output_folder, save_atomically
 from tiniest.weights import TiniestWeights
-from tiniest.weights._record import MAX_RECORD_BYTES, RECORD_NAME, Release, check_release_name
 from tiniest.weights.fetch import max_download_bytes
 from tiniest.weights.formats import read_state_dict, sha256_hex
 from tiniest.weights.hub_folder import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, hub_license, write_model_folder
 from tiniest.weights.metadata import checkpoint_meta, dataset_name, is_cifar10, is_published
+from tiniest.weights.releases import MAX_RECORD_BYTES, RECORD_NAME, Release, check_release_name
 from tiniest.weights.run_files import (
     CHECKPOINT_NAME,
     MODEL_NAME,

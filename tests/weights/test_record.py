@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import tiniest
 from tiniest.classes import CIFAR10_CLASSES
@@ -33,3 +34,19 @@ def test_a_record_and_its_release_convert_both_ways_in_one_place() -> None:
     assert release.to_record() == record and list(release.to_record()) == list(record)  # same keys, same order
     assert Release.from_record(release.to_record()) == release
     assert TiniestWeights.DEFAULT is TiniestWeights.__members__[record["name"]]  # the member is named by the record
+
+
+def test_the_declared_members_are_the_release_json_record() -> None:
+    """Members are declared in code (type checkers see ``CIFAR10_V1``); this holds them equal to the pinned record."""
+    import ast
+
+    import tiniest.weights.releases as releases
+
+    record = json.loads(RECORD_PATH.read_text(encoding="utf-8"))
+    tree = ast.parse(Path(releases.__file__).read_text(encoding="utf-8"))
+    enum = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "TiniestWeights")
+    declared = [target.id for node in enum.body if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name)]
+    assert declared == [record["name"], "DEFAULT"]
+    assert TiniestWeights.CIFAR10_V1 is TiniestWeights.DEFAULT is TiniestWeights.from_name(record["name"])
+    assert TiniestWeights.CIFAR10_V1.release.to_record() == record

@@ -517,7 +517,7 @@ def test_an_endless_body_from_a_callers_url_is_cut_at_the_cap(server: LoopbackSe
 def test_an_endless_body_from_github_is_cut_at_the_pinned_size(source: str, server: LoopbackServer) -> None:
     route = release_route() if source == "github" else f"/{RELEASE.source_path}"
     server.routes[route] = endless()
-    result = measured_load(None, source, {"TINIEST_GITHUB_URL": server.url})
+    result = measured_load("DEFAULT", source, {"TINIEST_GITHUB_URL": server.url})
     size = RELEASE.size if source == "github" else RELEASE.source_size
     assert f"sent more than the {size:,} bytes expected; stopped reading there" in result["outcome"], result
     assert result["memory"] < 32 * MB, result
@@ -526,7 +526,7 @@ def test_an_endless_body_from_github_is_cut_at_the_pinned_size(source: str, serv
 @needs_proc_io
 def test_a_content_length_over_the_bound_is_refused_before_the_body_is_read(server: LoopbackServer) -> None:
     server.routes[release_route()] = endless({"Content-Length": str(10**12)})
-    result = measured_load(None, "github", {"TINIEST_GITHUB_URL": server.url})
+    result = measured_load("DEFAULT", "github", {"TINIEST_GITHUB_URL": server.url})
     assert f"announces {10**12:,} bytes (Content-Length); at most {RELEASE.size:,} expected" in result["outcome"]
     assert result["memory"] < 32 * MB, result
 
@@ -720,7 +720,7 @@ def test_a_bad_setting_is_one_usage_error_naming_it(
     server.routes["/x.safetensors"] = endless({"Content-Length": "1"})
     monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
     monkeypatch.setenv(name, value)
-    weights = f"{server.url}/x.safetensors" if name == "TINIEST_MAX_DOWNLOAD_MB" else None
+    weights = f"{server.url}/x.safetensors" if name == "TINIEST_MAX_DOWNLOAD_MB" else "DEFAULT"
     with pytest.raises(UsageError, match=rf"^{name}: expected {accepted}, got '{re.escape(value)}'$"):
         load_weights(weights, sources="cache,github,original", progress=False)
 

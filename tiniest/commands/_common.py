@@ -11,7 +11,7 @@ from typing import Any
 from tiniest import plots
 from tiniest.errors import UsageError
 from tiniest.storage import check_output_folder
-from tiniest.weights import TiniestWeights
+from tiniest.weights import NOT_GIVEN, NotGiven
 from tiniest.weights.metadata import check_metrics
 
 
@@ -26,9 +26,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
 
 
-def chosen_weights(args: argparse.Namespace) -> str | TiniestWeights:
-    """``--weights``, else the default release, which ``$TINIEST_WEIGHTS`` replaces where it is set."""
-    return TiniestWeights.DEFAULT if args.weights is None else args.weights
+def chosen_weights(args: argparse.Namespace) -> str | NotGiven:
+    """``--weights``, else nothing named: ``$TINIEST_WEIGHTS`` where it is set, else the default release."""
+    return NOT_GIVEN if args.weights is None else str(args.weights)
 
 
 def check_output_file(path: Path, flag: str) -> None:

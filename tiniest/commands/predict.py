@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tiniest import plots
 from tiniest.commands._common import add_device_argument, add_model_arguments, check_plot_file, chosen_weights
+from tiniest.fast import OptimizeMode, worth_building
 from tiniest.inference import predict
 from tiniest.names import printable
 from tiniest.transforms import require_images_extra
@@ -33,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:  # before any work
         check_plot_file(Path(args.plot))
     require_images_extra()  # one line naming the extra, not a traceback
+    # the command owns its process: a run worth it builds the compiled model (the build says so on stderr)
+    fast: OptimizeMode = "eager" if args.eager else "compiled" if worth_building(len(args.images)) else "cached"
     results = predict(
-        list(args.images), top_k=args.top_k, weights=chosen_weights(args), eager=args.eager, errors="report",
+        list(args.images), top_k=args.top_k, weights=chosen_weights(args), fast=fast, errors="report",
         device=args.device,
     )
     failed = [result.error for result in results if result.error is not None]

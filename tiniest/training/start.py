@@ -20,12 +20,11 @@ from torch import nn
 
 from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
 from tiniest.weights import TiniestWeights, load_strictly, load_weights
-from tiniest.weights.loading import num_outputs
+from tiniest.weights.loading import HEAD, head_fits, num_outputs, with_new_head
 from tiniest.weights.run_files import MODEL_NAME
 
 __all__ = ["HEAD", "load_start"]
 
-HEAD = "fc"  # the layer that maps features to classes: new when the classes differ
 _FOLDER_FILES = (MODEL_NAME, "model.safetensors")  # a run folder's averaged weights, a Hub model folder's file
 logger = logging.getLogger(__name__)
 
@@ -85,11 +84,9 @@ def load_start(
     origin = f"init {loaded.location}"
     source_classes = num_outputs(loaded.state_dict, origin)
     names = loaded.meta.get("categories")
-    same = list(names) == list(classes) if names is not None else source_classes == len(classes)
-    state = dict(loaded.state_dict)
-    if not same:  # the trunk from the weights, the head from the model's own seeded initialisation
-        state = {key: value for key, value in state.items() if not key.startswith(f"{HEAD}.")}
-        state.update({key: value for key, value in model.state_dict().items() if key.startswith(f"{HEAD}.")})
+    same = head_fits(loaded, classes, origin)
+    # the trunk from the weights, the head from the model's own seeded initialisation where the classes differ
+    state = dict(loaded.state_dict) if same else with_new_head(loaded.state_dict, model)
     with torch.no_grad():
         load_strictly(model, state, origin)
     record: dict[str, Any] = {

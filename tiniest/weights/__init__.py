@@ -1,6 +1,7 @@
 """The weights: the pinned release, where its bytes come from, and how files become tensors.
 
-* :mod:`~tiniest.weights._record`: the pinned record (``release.json``), :class:`TiniestWeights`, :data:`CLASSES`;
+* :mod:`~tiniest.weights.releases`: the pinned record (``release.json``), :class:`TiniestWeights`, :data:`CLASSES`,
+  :data:`NOT_GIVEN` (``weights=`` left out);
 * :mod:`~tiniest.weights.sources`: :func:`load_weights`, each source in turn until one yields the pinned bytes,
   served by :mod:`~tiniest.weights.fetch` (HTTP) and :mod:`~tiniest.weights.huggingface` (the Hub);
 * :mod:`~tiniest.weights.formats`: safetensors and ``.pt`` bytes as tensors (the library, else
@@ -12,15 +13,17 @@
 This package checks bytes and keys; it never imports the model: callers pass the model class.
 """
 
-from tiniest.weights._record import CLASSES, RECORD_PATH, Release, TiniestWeights
 from tiniest.weights.loading import LoadedWeights, load_strictly
+from tiniest.weights.releases import CLASSES, NOT_GIVEN, RECORD_PATH, NotGiven, Release, TiniestWeights
 from tiniest.weights.sources import SOURCES, load_weights, torch_cache_path
 
 __all__ = [
     "CLASSES",
+    "NOT_GIVEN",
     "RECORD_PATH",
     "SOURCES",
     "LoadedWeights",
+    "NotGiven",
     "Release",
     "TiniestWeights",
     "load_strictly",

@@ -38,7 +38,6 @@ from tiniest.errors import (
 )
 from tiniest.files import read_regular
 from tiniest.storage import HF_PREFIX, save_atomically
-from tiniest.weights._record import CLASSES, MAX_RECORD_BYTES, TiniestWeights
 from tiniest.weights.artifact import artifact_metadata, to_safetensors
 from tiniest.weights.fetch import max_download_bytes
 from tiniest.weights.formats import sha256_hex
@@ -52,6 +51,7 @@ from tiniest.weights.metadata import (
     is_cifar10,
     weights_meta,
 )
+from tiniest.weights.releases import CLASSES, MAX_RECORD_BYTES, TiniestWeights
 from tiniest.weights.sources import load_weights
 
 __all__ = [

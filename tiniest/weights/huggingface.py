@@ -24,7 +24,7 @@ from tiniest.files import read_regular
 from tiniest.weights.formats import sha256_hex
 
 if TYPE_CHECKING:
-    from tiniest.weights._record import Release
+    from tiniest.weights.releases import Release
 
 __all__ = ["download_from_hub"]
 

@@ -3,13 +3,14 @@
 The model class is passed in (:func:`model_from_weights`): this package never imports the model.
 A model takes its class count from the weights' ``fc`` layer and its ``labels`` from the metadata's
 ``categories``; weights that name none get ``class_0``, ``class_1``... and one
-:class:`NoClassNamesWarning`.
+:class:`NoClassNamesWarning`. A model for other classes takes the weights' trunk and a new head
+(:func:`head_fits`, :func:`with_new_head`): the builder's ``num_classes`` and ``tiniest train --init`` share them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -19,15 +20,19 @@ from torch import nn
 from tiniest.errors import IncompatibleWeightsError, TiniestWarning, warn
 
 __all__ = [
+    "HEAD",
     "LoadedWeights",
     "NoClassNamesWarning",
     "decode_metadata",
+    "head_fits",
     "load_strictly",
     "model_from_weights",
     "num_outputs",
+    "with_new_head",
 ]
 
 M = TypeVar("M", bound=nn.Module)
+HEAD = "fc"  # the layer that maps features to classes: new when the classes differ
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,26 @@ def model_from_weights(
     model = cls(num_classes, labels=labels, meta=meta)
     load_strictly(model, state_dict, origin)
     return model.eval()
+
+
+def head_fits(
+    weights: LoadedWeights, classes: Sequence[str] | int, origin: str = "weights"
+) -> bool:
+    """Whether the weights' head answers for ``classes``: the same names in the same order, or, where either
+    side names none (a bare file, or ``classes`` a count), as many outputs."""
+    count = num_outputs(weights.state_dict, origin)
+    names = weights.meta.get("categories")
+    if isinstance(classes, int) or names is None:
+        return count == (classes if isinstance(classes, int) else len(classes))
+    return list(names) == list(classes)
+
+
+def with_new_head(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trunk of ``state_dict`` (every layer but :data:`HEAD`) with ``model``'s own head, as initialised."""
+    own = model.state_dict()
+    state = {key: value for key, value in state_dict.items() if not key.startswith(f"{HEAD}.")}
+    state.update({key: value for key, value in own.items() if key.startswith(f"{HEAD}.")})
+    return state
 
 
 def load_strictly(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str = "weights") -> None:

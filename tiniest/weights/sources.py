@@ -43,9 +43,9 @@ from tiniest.errors import (
     warn,
 )
 from tiniest.files import read_regular
-from tiniest.weights._record import Release, TiniestWeights, describe_mismatch, release_beside
 from tiniest.weights.formats import read_weights, sha256_hex
 from tiniest.weights.loading import LoadedWeights, decode_metadata
+from tiniest.weights.releases import NOT_GIVEN, NotGiven, Release, TiniestWeights, describe_mismatch, release_beside
 
 __all__ = ["SOURCES", "checkout_weights_dir", "is_offline", "load_weights", "original_cache_path", "torch_cache_path"]
 
@@ -228,18 +228,23 @@ def _how_to_supply(release: Release) -> str:
     )
 
 
-def _choose(weights: str | os.PathLike[str] | TiniestWeights | None) -> TiniestWeights | str:
-    """The release named by ``weights`` (or ``TINIEST_WEIGHTS``, or the default), else the path or URL to read.
+def _choose(weights: str | os.PathLike[str] | TiniestWeights | NotGiven) -> TiniestWeights | str:
+    """The release named by ``weights`` (left out: by ``TINIEST_WEIGHTS``, else the default), else the path or URL.
 
     Like torchvision, a string may name a member (``"DEFAULT"``, ``"CIFAR10_V1"``,
     ``"TiniestWeights.CIFAR10_V1"``); an unknown name that is not an existing file is a UsageError.
     """
     if isinstance(weights, TiniestWeights):
         return weights
-    spec = os.fspath(weights) if weights is not None else env_text("TINIEST_WEIGHTS")
+    if weights is None:
+        raise UsageError(
+            "load_weights(None): expected weights to load (a TiniestWeights member, its name, a path or an "
+            "http(s) URL), got None; leave weights out for the default release"
+        )
+    spec = env_text("TINIEST_WEIGHTS") if weights is NOT_GIVEN else os.fspath(weights)
     if spec is None:
         return TiniestWeights.DEFAULT
-    if not isinstance(weights, (str, type(None))) or not _WEIGHTS_NAME.fullmatch(spec):
+    if not isinstance(weights, (str, NotGiven)) or not _WEIGHTS_NAME.fullmatch(spec):
         return spec
     if spec.removeprefix(f"{TiniestWeights.__name__}.") not in TiniestWeights.__members__ and Path(spec).is_file():
         return spec
@@ -317,7 +322,7 @@ def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: 
 
 
 def load_weights(
-    weights: str | os.PathLike[str] | TiniestWeights | None = None,
+    weights: str | os.PathLike[str] | TiniestWeights | NotGiven = NOT_GIVEN,
     *,
     sources: str | Iterable[str] | None = None,
     progress: bool = True,
@@ -326,14 +331,14 @@ def load_weights(
     """Find, verify and decode the weights; see the module docstring for the order.
 
     ``weights``: a :class:`TiniestWeights`, its name as a string (``"DEFAULT"``), a path or an
-    http(s) URL. ``None`` (the default) means ``TiniestWeights.DEFAULT``, or what ``TINIEST_WEIGHTS``
-    names when it is set; a member passed explicitly or a name given as a string ignores it.
+    http(s) URL; left out, what ``TINIEST_WEIGHTS`` names where it is set, else ``TiniestWeights.DEFAULT``
+    (weights passed, even ``TiniestWeights.DEFAULT``, always win). ``None`` is refused: there is nothing to load.
     A failure inside one source (a network error, a missing optional module, unreadable bytes)
     never stops the chain: it is reported and the next source is tried. A bad environment
     variable is one :class:`UsageError` naming it.
     """
     offline = is_offline(offline)
-    from_env = weights is None and env_text("TINIEST_WEIGHTS") is not None
+    from_env = weights is NOT_GIVEN and env_text("TINIEST_WEIGHTS") is not None
     try:
         choice = _choose(weights)
         release = choice.release if isinstance(choice, TiniestWeights) else TiniestWeights.DEFAULT.release

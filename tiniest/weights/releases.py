@@ -3,10 +3,10 @@
 Both a torch.hub checkout and a pip install read the same file (it ships as package
 data), so the sha256 of the published artifact is written exactly once. A record is read
 (:meth:`Release.from_record`) and written (:meth:`Release.to_record`) here only: ``tiniest
-release`` writes one beside the files it makes, and a fork that pins its own release replaces
-``release.json`` with it. :class:`TiniestWeights` takes its member name from the record (the
-``--name`` that ``tiniest release`` was given), so a fork's ``weights="SHAPES12_4FCC507D"`` works
-and no other release's name (``CIFAR10_V1``) is rebound to the fork's file: it is refused.
+release`` writes one beside the files it makes. :class:`TiniestWeights` declares its members in
+code, so that type checkers see them; a test holds them equal to ``release.json``, and a fork that
+pins its own release renames the member along with the record (an import refuses a record the
+enum does not declare).
 
 A release's plain ``.pt`` (its "original") is a bare state_dict, holding no class names:
 :func:`release_beside` finds them in the record that lies beside it, matched by sha256.
@@ -20,7 +20,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from tiniest.env import env_text
 from tiniest.errors import ArtifactError, UsageError
@@ -32,8 +32,10 @@ if TYPE_CHECKING:  # the transforms are imported when asked for, not with the we
 
 __all__ = [
     "CLASSES",
+    "NOT_GIVEN",
     "RECORD_NAME",
     "RECORD_PATH",
+    "NotGiven",
     "Release",
     "TiniestWeights",
     "check_release_name",
@@ -187,14 +189,11 @@ _PINNED = _load_record()
 class TiniestWeights(Enum):
     """Published weights, in the style of torchvision's weights enums.
 
-    One member, named as the pinned record names its release (``CIFAR10_V1``; a fork's own name
-    once it pins its release), and ``DEFAULT``, its alias. Members come from ``vars()`` as in the
-    enum documentation's ``_ignore_`` example.
+    ``CIFAR10_V1``, the pinned release, and ``DEFAULT``, its alias. A member's value is the
+    :class:`Release` that ``release.json`` describes.
     """
 
-    _ignore_ = "members"
-    members = vars()
-    members[_PINNED.name] = _PINNED
+    CIFAR10_V1 = _PINNED
     DEFAULT = _PINNED
 
     @classmethod
@@ -228,3 +227,23 @@ class TiniestWeights(Enum):
 
 
 CLASSES: tuple[str, ...] = tuple(TiniestWeights.DEFAULT.meta["categories"])
+
+
+if _PINNED.name not in TiniestWeights.__members__:  # a fork's record names the member it must declare
+    raise ArtifactError(
+        f"{RECORD_PATH}: names the release {_PINNED.name!r}; expected one TiniestWeights declares "
+        f"({', '.join(name for name in TiniestWeights.__members__ if name != 'DEFAULT')})"
+    )
+
+
+class NotGiven(Enum):
+    """The default of ``weights=``: the caller named no weights, so ``TINIEST_WEIGHTS`` may choose them."""
+
+    NOT_GIVEN = "NOT_GIVEN"
+
+    def __repr__(self) -> str:  # as help() shows the default
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Final = NotGiven.NOT_GIVEN
+"""``weights=`` left out: what ``TINIEST_WEIGHTS`` names where it is set, else ``TiniestWeights.DEFAULT``."""
