@@ -56,7 +56,7 @@ def test_weights_not_found_reads_as_lines_in_a_terminal(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 1, run.stderr
     lines = run.stderr.rstrip("\n").split("\n")
-    assert lines[0].startswith("tiniest predict: error: could not find the weights "), run.stderr
+    assert lines[0].startswith("tiniest predict: error: could not find the weights"), run.stderr
     assert "\\n" not in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert len(lines) >= 7 and all(line.startswith("  ") for line in lines[1:]), run.stderr
     sources = [line.split(":")[0].strip() for line in lines if line.startswith("    - ")]
@@ -293,3 +293,15 @@ def test_a_report_is_written_whole_or_the_old_one_kept(flag: str, tmp_path: Path
     assert full.stderr.splitlines()[-1].startswith("tiniest evaluate: error: ") and "too large" in full.stderr
     assert report.read_bytes() == earlier
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["data", "weights", report.name])
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_an_empty_data_names_the_unset_variable(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 29: ``--data "$TINIEST_DATA"`` with the variable unset said ``'': expected an image-folder dataset``."""
+    argv = [command, "--data", "", *(["--output", str(tmp_path / "run")] if command == "train" else ["--quiet"])]
+    assert main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"tiniest {command}: error: --data is empty: did you set TINIEST_DATA"), line
+    assert not (tmp_path / "run").exists()

@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 
 from tiniest import __version__
-from tiniest.errors import TiniestError, TiniestWarning, WeightsNotFoundError
+from tiniest.errors import TiniestError, TiniestWarning, UsageError, WeightsNotFoundError
 from tiniest.fast.allocator import keep_freed_memory
 from tiniest.names import printable
 
@@ -108,6 +108,16 @@ def _folded(text: str, indent: str, width: int) -> list[str]:
     return wrapped or [indent]
 
 
+def _refuse_empty_data(args: argparse.Namespace) -> None:
+    """``--data ""`` is almost always ``--data "$TINIEST_DATA"`` with the variable unset: say so, not that ``''``
+    is no dataset."""
+    if getattr(args, "data", None) is not None and not args.data.strip():
+        raise UsageError(
+            "--data is empty: did you set TINIEST_DATA (or the variable you passed)? Expected a dataset folder "
+            "holding train/ and test/, a cifar-10-batches-py folder, or hf://OWNER/NAME"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     # the command is the first word that is not an option: tiniest's own options (--help, --version) take no value
@@ -116,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # the command owns its process: let batches reuse freed activation memory
     try:
         with _one_line_warnings(args.command):
+            _refuse_empty_data(args)
             return int(args.run(args))
     except (TiniestError, OSError) as error:
         print(_error_text(args.command, error), file=sys.stderr)
