@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,43 @@ def test_an_exception_is_told_in_one_bounded_line(error: BaseException, expected
     from tiniest.errors import first_line
 
     assert first_line(error) == expected
+
+
+def _advised_cache_paths() -> list[Path]:
+    """The files the weights-not-found error asks the user to place, read from the error itself."""
+    from tiniest.errors import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError) as missing:
+        load_weights(progress=False)
+    advice = re.search(r"copy it to (\S+) \(the original: (\S+)\)", " ".join(str(missing.value).split()))
+    assert advice is not None, str(missing.value)
+    return [Path(advice.group(1)), Path(advice.group(2))]
+
+
+@pytest.mark.parametrize("placed", ["release", "original", "foreign"])
+def test_following_the_advice_never_destroys_the_placed_file(
+    placed: str, shared_checkpoint: Path, release_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 29: the original checkpoint copied where the error said, under the release's name, was loaded offline
+    as "corrupt" and removed. Either pinned file at either advised name loads; any other file there is reported by
+    the error, and every file is left as the user placed it."""
+    monkeypatch.setenv("TINIEST_OFFLINE", "1")
+    content = {
+        "release": release_bytes,
+        "original": shared_checkpoint.read_bytes(),
+        "foreign": b"my own notes, not weights",
+    }[placed]
+    for path in _advised_cache_paths():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        if placed == "foreign":
+            from tiniest.errors import WeightsNotFoundError
+
+            with pytest.raises(WeightsNotFoundError) as reported:
+                load_weights(progress=False)
+            assert str(path) in str(reported.value)
+        else:
+            loaded = load_weights(progress=False)
+            assert (loaded.source, loaded.location) == ("cache", str(path)), path
+        assert path.read_bytes() == content, f"{path} changed or removed"
+        path.unlink()

@@ -44,6 +44,27 @@ def test_a_bug_keeps_its_traceback(bug: type[Exception], tmp_path: Path, monkeyp
         main(["export", str(tmp_path / "any.pt"), "--output", str(tmp_path / "out")])
 
 
+def test_weights_not_found_reads_as_lines_in_a_terminal(tmp_path: Path) -> None:
+    """Issue 29: offline with empty caches, ``tiniest predict x.png`` printed one line full of literal ``\\n``;
+    now the sources tried and the advice are lines, indented under ``tiniest predict: error:``, naming the flag."""
+    picture = tmp_path / "x.png"
+    picture.write_bytes(_gray_png())
+    command = Path(sys.executable).parent / "tiniest"  # the console script a user types
+    run = subprocess.run(
+        [str(command), "predict", str(picture)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "TINIEST_OFFLINE": "1"},
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    lines = run.stderr.rstrip("\n").split("\n")
+    assert lines[0].startswith("tiniest predict: error: could not find the weights"), run.stderr
+    assert "\\n" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert len(lines) >= 7 and all(line.startswith("  ") for line in lines[1:]), run.stderr
+    sources = [line.split(":")[0].strip() for line in lines if line.startswith("    - ")]
+    assert sources == ["- local", "- cache", "- github", "- huggingface", "- original"], run.stderr
+    assert "--weights PATH on the command line" in " ".join(run.stderr.split()), run.stderr
+    assert all(len(line) <= 100 or " " not in line.strip() for line in lines), "folded at spaces, URLs whole"
+
+
 @pytest.mark.slow
 def test_tiniest_warnings_are_one_line(tmp_path: Path) -> None:
     """Each warning is one line named after the command, without Python's source line: a bare safetensors file is
@@ -272,3 +293,15 @@ def test_a_report_is_written_whole_or_the_old_one_kept(flag: str, tmp_path: Path
     assert full.stderr.splitlines()[-1].startswith("tiniest evaluate: error: ") and "too large" in full.stderr
     assert report.read_bytes() == earlier
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["data", "weights", report.name])
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_an_empty_data_names_the_unset_variable(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 29: ``--data "$TINIEST_DATA"`` with the variable unset said ``'': expected an image-folder dataset``."""
+    argv = [command, "--data", "", *(["--output", str(tmp_path / "run")] if command == "train" else ["--quiet"])]
+    assert main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"tiniest {command}: error: --data is empty: did you set TINIEST_DATA"), line
+    assert not (tmp_path / "run").exists()
