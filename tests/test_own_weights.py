@@ -168,6 +168,9 @@ def test_a_forks_release_is_its_default_by_its_name_verified(shapes: tuple[Path,
     record = json.loads((out / "release.json").read_text())
     fork = copy_checkout(tmp_path / "fork")
     shutil.copy(out / "release.json", fork / "tiniest" / "weights" / "release.json")
+    releases = fork / "tiniest" / "weights" / "releases.py"  # PUBLISH.md: the member is declared in code
+    releases.write_text(releases.read_text().replace("    CIFAR10_V1 = _PINNED\n", "    SHAPES12_4FCC507D = _PINNED\n"))
+    assert "= _PINNED" in (out / "PUBLISH.md").read_text() and "releases.py" in (out / "PUBLISH.md").read_text()
     shutil.copy(out / Path(record["source"]["path"]).name, fork / "weights")  # the original, converted on load
     script = """
 import json, sys, warnings

@@ -313,23 +313,19 @@ def test_the_work_at_hand_decides_the_build() -> None:
 
 
 def test_predict_of_one_picture_builds_nothing(monkeypatch: pytest.MonkeyPatch, shared_checkpoint: Path) -> None:
-    """The first ``tiniest predict`` of one picture on an empty cache answers without compiling."""
-    from tiniest.inference import _default_model, predict
+    """The first ``tiniest predict`` of one picture on an empty cache answers without compiling (its mode: cached)."""
+    from tiniest.inference import predict
 
     def no_build(*args: object) -> None:
         raise AssertionError("predict of one picture must not build the package")
 
     monkeypatch.delenv("TINIEST_COMPILED_CACHE")
     monkeypatch.setattr(compiled, "_build", no_build)
-    _default_model.cache_clear()
     picture = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)  # "no usable AOTInductor package" would be one
-            (fast,) = predict(picture, weights=shared_checkpoint, top_k=3)
-        (plain,) = predict(picture, weights=shared_checkpoint, top_k=3, eager=True)
-    finally:
-        _default_model.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "no usable AOTInductor package" would be one
+        (fast,) = predict(picture, weights=shared_checkpoint, top_k=3, fast="cached")
+        (plain,) = predict(picture, weights=shared_checkpoint, top_k=3)
     assert [name for name, _ in fast.top] == [name for name, _ in plain.top]
     assert max(abs(a - b) for (_, a), (_, b) in zip(fast.top, plain.top, strict=True)) < 1e-5
 
