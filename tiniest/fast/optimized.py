@@ -30,6 +30,7 @@ from torch import nn
 from tiniest.env import env_flag
 from tiniest.errors import FastPathWarning, UsageError, warn
 from tiniest.fast.compiled import Runner, find_compiler, load_cached, load_or_build, why_no_build
+from tiniest.fast.threads import run_chunks
 from tiniest.model import Block, Tiniest
 from tiniest.transforms import preprocess_for
 
@@ -266,12 +267,16 @@ class OptimizedTiniest(Tiniest):
         path = self._fast_path() if _serves(x, self._input_size) and not self._needs_layers() else None
         if path is None or x.device != path.device:
             return super().forward(x)
-        run = path.runner or path.fast
         with torch.no_grad():
-            x = x.clone(memory_format=torch.channels_last)  # the package's layout; never the caller's tensor
-            if x.shape[0] <= CHUNK:
-                return run(x)
-            return torch.cat([run(chunk) for chunk in x.split(CHUNK)])  # each chunk stays channels-last
+            # Each chunk is copied to the package's layout (never the caller's tensor), on threads chosen
+            # from the free cores (tiniest.fast.threads); the eager module holds the GIL: the caller's thread.
+            if path.runner is not None:
+                outputs = run_chunks(path.runner, x.split(CHUNK))
+            elif path.device.type == "cpu":
+                outputs = run_chunks(path.fast, x.split(CHUNK), side_by_side=False)
+            else:
+                outputs = [path.fast(chunk.clone(memory_format=torch.channels_last)) for chunk in x.split(CHUNK)]
+            return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _needs_layers(self) -> bool:
         """Whether the layers themselves must run: forward hooks watch them (as a recorder of activations
