@@ -19,7 +19,7 @@ from torch import nn
 
 import tiniest
 from tiniest import Block, Tiniest
-from tiniest.errors import TiniestDeprecationWarning, UsageError
+from tiniest.errors import UsageError
 from tiniest.fast import compiled
 from tiniest.fast.compiled import compiled_cache_dir, package_key, why_no_build
 from tiniest.fast.optimized import (
@@ -91,27 +91,9 @@ def test_optimize_copies_and_rejects_other_modules() -> None:
         optimize(nn.Linear(2, 2))
 
 
-def test_the_old_compile_and_build_keywords_still_work_with_a_deprecation_warning(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """``compile=``/``build=`` were two booleans for three modes; each old pair maps to the mode it meant."""
-
-    def no_build(*args: object) -> None:
-        raise AssertionError("neither old spelling here asks for a build")
-
-    monkeypatch.setattr(compiled, "_build", no_build)
-    model = random_model()
-    expected = r"optimize\(compile=False\) is deprecated; pass mode='eager'"
-    with pytest.warns(TiniestDeprecationWarning, match=expected) as caught:
-        eager = optimize(model, compile=False)
-    assert caught[0].filename == __file__, "the warning points at the caller's line"
-    assert not eager.compiled and not eager._use_package
-    expected = r"optimize\(compile=True, build=False\) is deprecated; pass mode='cached'"
-    with pytest.warns(TiniestDeprecationWarning, match=expected):
-        cached = optimize(model, compile=True, build=False)
-    assert cached._use_package == compiler_available()
+def test_an_unknown_mode_is_refused_in_one_line() -> None:
     with pytest.raises(UsageError, match="mode must be one of compiled, cached, eager; got 'fast'"):
-        optimize(model, mode="fast")  # type: ignore[arg-type]
+        optimize(random_model(), mode="fast")  # type: ignore[arg-type]
 
 
 def test_no_compiler_means_the_eager_fallback(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,7 @@ Two layers, each exact up to float rounding:
   with a symbolic batch so that no batch size triggers a recompilation. Without a C++
   compiler, or if compilation fails, it keeps the eager :class:`FastTiniest` and warns.
 
-Its ``mode`` names what runs (:data:`OptimizeMode`), one word per choice, where it once took
-two booleans (``compile=``, ``build=``) of which some pairs meant the same.
+Its ``mode`` names what runs (:data:`OptimizeMode`), one word per choice.
 """
 
 from __future__ import annotations
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tiniest.env import env_flag
-from tiniest.errors import FastPathWarning, TiniestDeprecationWarning, UsageError, warn
+from tiniest.errors import FastPathWarning, UsageError, warn
 from tiniest.fast.compiled import Runner, find_compiler, load_cached, load_or_build, why_no_build
+from tiniest.fast.threads import run_chunks
 from tiniest.model import Block, Tiniest
 from tiniest.transforms import preprocess_for
 
@@ -267,12 +267,16 @@ class OptimizedTiniest(Tiniest):
         path = self._fast_path() if _serves(x, self._input_size) and not self._needs_layers() else None
         if path is None or x.device != path.device:
             return super().forward(x)
-        run = path.runner or path.fast
         with torch.no_grad():
-            x = x.clone(memory_format=torch.channels_last)  # the package's layout; never the caller's tensor
-            if x.shape[0] <= CHUNK:
-                return run(x)
-            return torch.cat([run(chunk) for chunk in x.split(CHUNK)])  # each chunk stays channels-last
+            # Each chunk is copied to the package's layout (never the caller's tensor), on threads chosen
+            # from the free cores (tiniest.fast.threads); the eager module holds the GIL: the caller's thread.
+            if path.runner is not None:
+                outputs = run_chunks(path.runner, x.split(CHUNK))
+            elif path.device.type == "cpu":
+                outputs = run_chunks(path.fast, x.split(CHUNK), side_by_side=False)
+            else:
+                outputs = [path.fast(chunk.clone(memory_format=torch.channels_last)) for chunk in x.split(CHUNK)]
+            return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _needs_layers(self) -> bool:
         """Whether the layers themselves must run: forward hooks watch them (as a recorder of activations
@@ -362,13 +366,7 @@ def worth_building(expected_images: int) -> bool:
     return expected_images >= BUILD_MIN_IMAGES
 
 
-def optimize(
-    model: nn.Module,
-    *,
-    mode: OptimizeMode = "compiled",
-    compile: bool | None = None,
-    build: bool | None = None,
-) -> OptimizedTiniest:
+def optimize(model: nn.Module, *, mode: OptimizeMode = "compiled") -> OptimizedTiniest:
     """A copy of ``model`` (a :class:`tiniest.Tiniest`) with the same answers, faster for inference.
 
     Args:
@@ -385,9 +383,6 @@ def optimize(
             says why and the eager module runs. ``TINIEST_NO_COMPILE=1`` makes every mode
             ``"eager"``, silently: the machine's owner has chosen.
 
-    The keywords ``compile=`` and ``build=`` of earlier versions still work, with a deprecation
-    warning: ``compile=False`` is ``mode="eager"``, ``build=False`` is ``mode="cached"``.
-
     Returns:
         An :class:`OptimizedTiniest` in eval mode, on ``model``'s device and dtype, without
         gradients on its parameters: ``(N, 3, 32, 32)`` float32 inputs take the fast path, any
@@ -395,8 +390,6 @@ def optimize(
     """
     if not isinstance(model, Tiniest):
         raise TypeError(f"optimize() expects a tiniest.Tiniest, got {type(model).__name__}")
-    if compile is not None or build is not None:
-        mode = _legacy_mode(compile, build)
     if mode not in get_args(OptimizeMode):
         raise UsageError(f"optimize: mode must be one of {', '.join(get_args(OptimizeMode))}; got {mode!r}")
     if env_flag("TINIEST_NO_COMPILE"):
@@ -418,12 +411,3 @@ def optimize(
     if mode != "eager":
         optimized._attach_package(build=mode == "compiled")
     return optimized
-
-
-def _legacy_mode(compile: bool | None, build: bool | None) -> OptimizeMode:
-    """The mode the deprecated ``compile=``/``build=`` pair stood for, with a warning naming it."""
-    mode: OptimizeMode = "eager" if compile is False else "cached" if build is False else "compiled"
-    pairs = (("compile", compile), ("build", build))
-    given = ", ".join(f"{name}={value}" for name, value in pairs if value is not None)
-    warn(f"optimize({given}) is deprecated; pass mode={mode!r}", TiniestDeprecationWarning)
-    return mode

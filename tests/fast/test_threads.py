@@ -1,0 +1,111 @@
+"""The thread plan of the compiled model: same answers, never more threads than ``torch.set_num_threads`` allows."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from tiniest import Tiniest
+from tiniest.fast import threads
+from tiniest.fast.optimized import CHUNK, optimize
+from tiniest.fast.threads import FreeCores, openmp, run_chunks, usable_cores
+
+pytestmark = pytest.mark.skipif(openmp() is None, reason="no OpenMP runtime found to set per thread")
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+class Recorder:
+    """A runner that notes the thread and OpenMP thread count each chunk ran with."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        omp = openmp()
+        assert omp is not None
+        assert x.is_contiguous(memory_format=torch.channels_last), "chunks arrive in the package's layout"
+        with self._lock:
+            self.seen.append((threading.get_ident(), omp.get()))
+        return x.sum(dim=(1, 2, 3)) * 2
+
+
+def chunks(count: int) -> list[torch.Tensor]:
+    return list(torch.rand(count * CHUNK, 3, 32, 32, generator=torch.Generator().manual_seed(0)).split(CHUNK))
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3])
+def test_several_chunks_run_one_openmp_thread_each_on_at_most_the_users_threads(budget: int) -> None:
+    torch.set_num_threads(budget)
+    parts, run = chunks(7), Recorder()
+    out = run_chunks(run, parts)
+    assert all(torch.allclose(o, p.sum(dim=(1, 2, 3)) * 2) for o, p in zip(out, parts, strict=True)), "in order"
+    assert {count for _, count in run.seen} == {1}
+    assert len({thread for thread, _ in run.seen}) <= min(budget, usable_cores())
+    assert torch.get_num_threads() == budget, "the caller's setting is left as it was"
+
+
+@pytest.mark.parametrize(
+    ("free", "budget", "expected"), [(0.2, 2, 1), (8.0, 2, 2), (8.0, 1, 1), (1.4, 4, 1), (2.6, 4, 3)]
+)
+def test_one_chunk_gets_the_free_cores_within_the_users_threads(
+    monkeypatch: pytest.MonkeyPatch, free: float, budget: int, expected: int
+) -> None:
+    monkeypatch.setattr(threads, "_free_cores", lambda: free)
+    torch.set_num_threads(budget)
+    run = Recorder()
+    run_chunks(run, chunks(1))
+    ((thread, count),) = run.seen
+    assert count == expected
+    assert (thread == threading.get_ident()) == (expected == 1), "a busy machine: no hand-over to another thread"
+    assert torch.get_num_threads() == budget
+
+
+def test_a_new_thread_per_call_follows_the_users_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's request thread starts with OpenMP's default; torch's setting is what counts."""
+    monkeypatch.setattr(threads, "_free_cores", lambda: 64.0)
+    torch.set_num_threads(1)
+    run = Recorder()
+    caller = threading.Thread(target=lambda: run_chunks(run, chunks(1)))
+    caller.start()
+    caller.join()
+    assert [count for _, count in run.seen] == [1]
+
+
+def test_an_error_in_a_chunk_reaches_the_caller() -> None:
+    torch.set_num_threads(2)
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("bad chunk")
+
+    with pytest.raises(RuntimeError, match="bad chunk"):
+        run_chunks(broken, chunks(4))
+
+
+def test_free_cores_stays_within_the_usable_cores() -> None:
+    free = FreeCores()
+    for _ in range(3):
+        assert 0.0 <= free() <= usable_cores()
+
+
+@pytest.mark.parametrize("budget", [1, 2])
+def test_the_optimized_model_answers_as_before_under_any_thread_count(budget: int) -> None:
+    torch.manual_seed(0)
+    model = Tiniest().eval()
+    fast = optimize(model, mode="eager")
+    torch.set_num_threads(budget)
+    x = torch.rand(2 * CHUNK + 3, 3, 32, 32) - 0.5
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    assert torch.equal(want.argmax(1), got.argmax(1))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert torch.get_num_threads() == budget

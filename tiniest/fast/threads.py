@@ -1,0 +1,280 @@
+"""How many threads the compiled model uses per call, chosen from the cores that are actually free.
+
+The compiled package's kernels and oneDNN's run OpenMP parallel regions, about 40 per chunk of
+:data:`~tiniest.fast.optimized.CHUNK` pictures. Each region ends at a barrier, so when other
+processes hold the cores and one of our threads is descheduled, the others wait for it at every
+region: measured on 2 busy cores, a picture took 700 ms of CPU at 2 threads against 3 ms at 1.
+So, per call (:func:`run_chunks`):
+
+* **several chunks** (more than ``CHUNK`` pictures) run side by side on up to
+  ``torch.get_num_threads()`` threads, each chunk on one thread (one OpenMP thread, no barrier
+  between threads): a descheduled thread delays only its own chunk, and the others take the rest.
+* **one chunk** runs on as many OpenMP threads as :class:`FreeCores` finds free, at most
+  ``torch.get_num_threads()``; on a busy machine that is one, in the caller's thread.
+
+The thread count is set per thread (OpenMP's ``omp_set_num_threads`` acts on the calling thread
+only), on threads of a pool kept for the process, so the user's ``torch.set_num_threads`` is
+neither changed nor exceeded, and a server that calls from a new thread per request does not
+make OpenMP start a new team of threads for each request.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+__all__ = ["FreeCores", "openmp", "run_chunks", "usable_cores"]
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+# How often the load is looked at again: /proc/stat's counters tick at 100 Hz, so shorter windows
+# are mostly rounding; longer ones react late to a neighbour that starts or stops.
+WINDOW_S = 0.25
+
+
+class _OpenMP:
+    """``omp_set_num_threads``/``omp_get_max_threads`` of the OpenMP runtime torch loaded (per-thread settings)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._set = library.omp_set_num_threads
+        self._set.argtypes, self._set.restype = [ctypes.c_int], None
+        self._get = library.omp_get_max_threads
+        self._get.argtypes, self._get.restype = [], ctypes.c_int
+
+    def get(self) -> int:
+        return int(self._get())
+
+    @contextmanager
+    def threads(self, count: int) -> Iterator[None]:
+        """This thread's OpenMP thread count is ``count`` for the block, then what it was."""
+        before = self._get()
+        if before == count:
+            yield
+            return
+        self._set(count)
+        try:
+            yield
+        finally:
+            self._set(before)
+
+
+_openmp_lock = threading.Lock()
+_openmp_found: list[_OpenMP | None] = []
+
+
+def openmp() -> _OpenMP | None:
+    """The OpenMP runtime torch runs on (the one the compiled package links to), or None where none is found.
+
+    Looked up among the libraries this process has mapped (Linux), then in torch's own ``lib``
+    folder; a runtime whose thread count is not torch's (checked) is not used.
+    """
+    with _openmp_lock:
+        if not _openmp_found:
+            _openmp_found.append(_find_openmp())
+        return _openmp_found[0]
+
+
+def _find_openmp() -> _OpenMP | None:
+    names = ("libgomp", "libomp", "libiomp")
+    candidates: list[str] = []
+    try:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+            if any(name in os.path.basename(path) for name in names) and path not in candidates:
+                candidates.append(path)
+    except OSError:
+        pass
+    lib = Path(torch.__file__).parent / "lib"
+    candidates += [os.fspath(p) for name in names for p in sorted(lib.glob(f"{name}*"))]
+    expected = torch.get_num_threads()  # also initializes this thread's OpenMP setting from torch's
+    for path in candidates:
+        try:
+            found = _OpenMP(ctypes.CDLL(path))
+        except (OSError, AttributeError):
+            continue
+        if found.get() == expected:
+            return found
+    return None
+
+
+def usable_cores() -> int:
+    """Processors this process may run on: its affinity, lowered by a cgroup CPU quota where one is set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def _busy_seconds(cpus: set[int]) -> float | None:
+    """CPU seconds spent on ``cpus`` by anyone since boot (steal counts as busy), from /proc/stat; None elsewhere."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        if not line.startswith("cpu") or line.startswith("cpu "):
+            continue
+        name, *fields = line.split()
+        if int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _runnable_others() -> float:
+    """Threads of other processes runnable right now (``/proc/loadavg``'s running count, less the asking one)."""
+    try:
+        running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+        return max(0.0, min(float(running) - 1, os.getloadavg()[0]))
+    except (OSError, IndexError, ValueError, AttributeError):
+        return 0.0
+
+
+class FreeCores:
+    """How many of this process's cores other processes leave free, measured over the last :data:`WINDOW_S`.
+
+    Others' use is the CPU time spent on this process's processors (``/proc/stat``) less this
+    process's own (:func:`time.process_time`), so the estimate does not depend on how many
+    threads this process ran. Before the first window (or without ``/proc/stat``): the running
+    count of ``/proc/loadavg`` bounded by the one-minute load.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cores = usable_cores()
+        try:
+            self._cpus = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self._cpus = set(range(os.cpu_count() or 1))
+        self._sample: tuple[float, float, float] | None = None
+        self._others = 0.0
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        sample = self._sample
+        if sample is not None and now - sample[0] < WINDOW_S:
+            return max(0.0, self._cores - self._others)
+        with self._lock:
+            busy, own = _busy_seconds(self._cpus), time.process_time()
+            previous = self._sample
+            if busy is None:
+                self._others = _runnable_others()
+            elif previous is None:
+                self._others = _runnable_others()
+                self._sample = (now, busy, own)
+            elif now - previous[0] >= WINDOW_S:
+                others = (busy - previous[1] - (own - previous[2])) / (now - previous[0])
+                self._others = min(float(self._cores), max(0.0, others))
+                self._sample = (now, busy, own)
+            return max(0.0, self._cores - self._others)
+
+
+_free_cores = FreeCores()
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_in_use = 0  # threads this process's calls are running on now (so that concurrent calls share the free cores)
+
+
+def _reset_after_fork() -> None:
+    global _pool, _free_cores, _in_use
+    _pool, _free_cores, _in_use = None, FreeCores(), 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)  # a forked child has none of the parent's threads
+
+
+def _workers() -> ThreadPoolExecutor:
+    """The process's pool of threads for chunks, one per usable core, started on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            # torch.get_num_threads() first: torch sets a thread's OpenMP count at its first parallel op,
+            # which would otherwise undo the count the pool's threads set for themselves.
+            _pool = ThreadPoolExecutor(
+                usable_cores(), thread_name_prefix="tiniest-fast", initializer=torch.get_num_threads
+            )
+        return _pool
+
+
+@contextmanager
+def _claimed(count: int) -> Iterator[None]:
+    global _in_use
+    with _pool_lock:
+        _in_use += count
+    try:
+        yield
+    finally:
+        with _pool_lock:
+            _in_use -= count
+
+
+def _intra_op_threads(budget: int) -> int:
+    """OpenMP threads for one chunk: the free cores not already used by this process's calls, within ``budget``."""
+    free = math.floor(_free_cores() + 0.5) - _in_use
+    return max(1, min(budget, free))
+
+
+def run_chunks(run: Runner, chunks: Sequence[torch.Tensor], *, side_by_side: bool = True) -> list[torch.Tensor]:
+    """``[run(c) for c in chunks]``, each ``c`` first copied channels-last, on threads chosen as the module says.
+
+    ``side_by_side=False`` (for a ``run`` that holds the GIL): every chunk in the caller's thread,
+    on the OpenMP threads a single chunk would get. Where no OpenMP runtime can be set per thread,
+    all run in the caller's thread with torch's settings, as before this module.
+    """
+    omp = openmp()
+    budget = torch.get_num_threads()  # the user's setting, in this thread too
+    if omp is None:
+        return [run(c.clone(memory_format=torch.channels_last)) for c in chunks]
+    if not side_by_side:
+        with omp.threads(_intra_op_threads(budget)):
+            return [run(c.clone(memory_format=torch.channels_last)) for c in chunks]
+    if len(chunks) == 1:
+        threads = _intra_op_threads(budget)
+        if threads == 1:
+            with omp.threads(1):  # in the caller's thread: no hand-over, no OpenMP team
+                return [run(chunks[0].clone(memory_format=torch.channels_last))]
+        with _claimed(threads):
+            return [_workers().submit(_one, omp, threads, run, chunks[0]).result()]
+    side = min(budget, len(chunks), usable_cores())
+    results: list[torch.Tensor | None] = [None] * len(chunks)
+    taken = iter(range(len(chunks)))
+    taking = threading.Lock()
+
+    def drain() -> None:
+        with omp.threads(1), torch.no_grad():  # grad mode is per thread: the pool's start with it on
+            while True:
+                with taking:
+                    index = next(taken, None)
+                if index is None:
+                    return
+                results[index] = run(chunks[index].clone(memory_format=torch.channels_last))
+
+    with _claimed(side):
+        helpers: list[Future[None]] = [_workers().submit(drain) for _ in range(side - 1)]
+        drain()  # the caller takes chunks too
+        for helper in helpers:
+            helper.result()  # re-raises a helper's error
+    return [r for r in results if r is not None]
+
+
+def _one(omp: _OpenMP, threads: int, run: Runner, chunk: torch.Tensor) -> torch.Tensor:
+    with omp.threads(threads), torch.no_grad():
+        return run(chunk.clone(memory_format=torch.channels_last))
