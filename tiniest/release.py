@@ -146,7 +146,8 @@ Then make it the pinned release of your checkout: replace `tiniest/weights/relea
 `{output / RECORD_NAME}`, declare its member in `tiniest/weights/releases.py` (`{record["name"]} = _PINNED` in
 place of the member it replaces, so that type checkers see it), run the tests, commit to `main`, and
 move the `hub` branch that torch.hub users name to that commit. Your checkout then loads it verified
-by default and by its name, `weights="{record["name"]}"`; the name of the release it replaces is refused there, never rebound.
+by default and by its name, `weights="{record["name"]}"`; the name of the release it replaces is refused
+there, never rebound.
 
 ```bash
 git push origin main && git push origin main:hub
