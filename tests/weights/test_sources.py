@@ -731,6 +731,7 @@ def test_a_bad_setting_is_one_usage_error_naming_it(
         (lambda t: t.to(torch.int64), r"tensor conv1\.weight is int64; expected floating point weights$"),
         (lambda t: t.fill_(float("nan")), r"tensor conv1\.weight holds \d+ NaN or infinite value\(s\) out of \d+"),
         (lambda t: t.index_fill_(0, torch.tensor([0]), float("inf")), r"tensor conv1\.weight holds \d+ NaN or inf"),
+        (lambda t: t.to(torch.float8_e4m3fn), r"tensor conv1\.weight is float8_e4m3fn; expected float16, bfloat16"),
     ],
 )
 def test_integer_or_non_finite_weights_are_refused_naming_the_tensor(change, expected: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -769,3 +770,14 @@ def test_a_hugging_face_cache_entry_linking_outside_the_cache_is_never_deleted(t
     run = run_python("import tiniest\ntiniest.tiniest()", env)
     assert run.returncode != 0 and "is not the pinned file" in run.stderr, run.stderr
     assert victim.read_bytes() == b"a file of the user's, not the release" and entry.is_symlink()
+
+
+def test_metadata_nested_past_the_parser_is_kept_as_text_not_a_traceback(tmp_path: Path) -> None:
+    """A safetensors metadata value of 100,000 nested brackets: JSON decoding gives up, the text is kept as is."""
+    state = tiniest.Tiniest().state_dict()
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(to_safetensors(state, {"categories": json.dumps(list(tiniest.CLASSES)), "notes": deep}))
+    with pytest.warns(UnverifiedWeightsWarning):
+        model = tiniest.tiniest(weights=path)
+    assert model.meta["notes"] == deep and model.labels == tiniest.CLASSES
