@@ -96,9 +96,9 @@ def test_a_three_class_folder_from_training_to_evaluation(
 
     # the export programs carry the names too
     assert main(["export", str(asset), "--format", "torchscript", "--output", str(tmp_path / "programs")]) == 0
-    files = {"labels.json": ""}
+    files = {"tiniest.json": ""}
     torch.jit.load(capsys.readouterr().out.splitlines()[0], _extra_files=files)
-    assert json.loads(files["labels.json"]) == list(SHAPES)
+    assert json.loads(files["tiniest.json"])["output"]["classes"] == list(SHAPES)
 
 
 def test_messages_for_weights_that_are_not_a_weights_file(tmp_path: Path) -> None:

@@ -182,3 +182,14 @@ def test_every_library_the_tests_import_is_declared() -> None:
                     if name(dist) not in allowed:
                         undeclared.setdefault(name(dist), set()).add(path.relative_to(ROOT).as_posix())
     assert undeclared == {}, f"imported by the tests but declared nowhere in pyproject.toml: {undeclared}"
+
+
+def test_the_version_has_one_source() -> None:
+    """pyproject.toml reads the version from ``tiniest.__version__``; the installed metadata says the same."""
+    import importlib.metadata
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "tiniest.__version__"}
+    assert importlib.metadata.version("tiniest") == tiniest.__version__

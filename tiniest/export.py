@@ -12,12 +12,12 @@ TorchScript module): the weights were trained on 32x32 pictures and answer other
 without an error, so the resize belongs to the preprocessing.
 
 Each program describes itself in its format's own metadata (ONNX ``metadata_props``, the
-TorchScript and ``.pt2`` extra files), with the same two JSON documents: ``tiniest.json``
+TorchScript and ``.pt2`` extra files), with the same JSON document, ``tiniest.json``
 (:func:`export_info`: the input contract, the class names, the weights' sha256 and file name,
-tiniest's version, the licence and credit) and ``labels.json`` (the class names alone, as
-before). The input contract reads: RGB pixels, resized to the input size, ``x = (pixel / 255 -
-mean) / std``, channels first. Programs take the licence of the weights they are made from: export
-a new ``.pt`` checkpoint as safetensors with a licence first, then the program from that file.
+tiniest's version, the licence and credit). The input contract reads: RGB pixels, resized to the
+input size, ``x = (pixel / 255 - mean) / std``, channels first. Programs take the licence of the
+weights they are made from: export a new ``.pt`` checkpoint as safetensors with a licence first,
+then the program from that file.
 
 ONNX goes through the torch.export-based exporter: the older TorchScript-based one turns the
 dilated 'same' padding into an ``auto_pad`` that ONNX Runtime refuses.
@@ -59,7 +59,6 @@ from tiniest.weights.metadata import (
 __all__ = [
     "FORMATS",
     "INFO_KEY",
-    "LABELS_KEY",
     "Format",
     "artifact_bytes",
     "export",
@@ -72,7 +71,6 @@ __all__ = [
 ONNX_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 INFO_KEY = "tiniest.json"  # the input contract and provenance (export_info), in every program's metadata
-LABELS_KEY = "labels.json"  # the class names in output order, kept for readers of earlier exports
 
 Writer = Callable[[Tiniest, Path, Mapping[str, str]], None]  # model, target, metadata documents by key
 
@@ -261,7 +259,7 @@ def export_program(checkpoint_path: Path, output_dir: Path, fmt: str, *, filenam
     checkpoint = _read_checkpoint(checkpoint_path)
     model = load_model(checkpoint, str(checkpoint_path))
     info = export_info(model, weights_file=checkpoint_path.name, sha256=sha256_hex(checkpoint))
-    documents = {INFO_KEY: json.dumps(info, sort_keys=True), LABELS_KEY: json.dumps(list(model.labels))}
+    documents = {INFO_KEY: json.dumps(info, sort_keys=True)}
     output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / (filename or program_stem(checkpoint) + spec.suffix)
     partial = target.with_name(target.name + ".partial" + spec.suffix)
