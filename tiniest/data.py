@@ -234,7 +234,8 @@ def _progress(items: Sequence[Any], enabled: bool, description: str) -> Iterable
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=description, unit="img", leave=False)
+    bar: Iterable[Any] = tqdm(items, desc=description, unit="img", leave=False)
+    return bar
 
 
 # --------------------------------------------------------------------------- cifar-10-batches-py

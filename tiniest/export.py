@@ -221,7 +221,8 @@ class _SizeChecked(nn.Module):
             raise RuntimeError(
                 f"expected an input of shape [batch, 3, {self.height}, {self.width}] (NCHW), got {list(x.shape)}"
             )
-        return self.model(x)
+        logits: torch.Tensor = self.model(x)
+        return logits
 
 
 def write_torchscript(model: Tiniest, target: Path, documents: Mapping[str, str]) -> None:

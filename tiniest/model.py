@@ -32,7 +32,8 @@ class LayerNorm2d(nn.Module):
         self.ln = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        out: torch.Tensor = self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return out
 
 
 class Block(nn.Module):
@@ -104,4 +105,5 @@ class Tiniest(HubFolderMixin):
         x = self.l3(self.l2(self.l1(x)))
         x = self.ln2(self.dsconv(x))
         x = self.l6(self.l5(self.l4(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        logits: torch.Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
+        return logits

@@ -52,7 +52,7 @@ def github_repo(value: str, parameter: str) -> str:
 
 def hf_repo_id(value: str, parameter: str) -> str:
     """``value`` if it is a Hugging Face ``owner/name`` by huggingface_hub's own validator, else a ``UsageError``."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # type: ignore[attr-defined]
 
     if value.count("/") != 1:
         raise UsageError(f"{parameter}: expected a Hugging Face repo id OWNER/NAME, got {value!r}")

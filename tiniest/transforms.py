@@ -321,7 +321,7 @@ def _decode(stream: IO[bytes], origin: str, how: _Resize) -> torch.Tensor:
     JPEG files are decoded at reduced scale (``draft``) before the pixel cap is checked, so large photos still work;
     progressive JPEGs count at their full size, and icon containers by their frames' own headers.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         _check_container(stream, origin)
@@ -336,7 +336,7 @@ def _decode(stream: IO[bytes], origin: str, how: _Resize) -> torch.Tensor:
             return _pil_to_unit(image, origin=origin, how=how)
     except TiniestError:  # ours, already saying what went wrong
         raise
-    except Image.UnidentifiedImageError:  # its message names Pillow's file object ("name=3"), not the file
+    except UnidentifiedImageError:  # its message names Pillow's file object ("name=3"), not the file
         raise PreprocessError(
             f"{origin}: expected a readable image in a format Pillow reads (PNG, JPEG, BMP, GIF, WebP, TIFF, ...), "
             f"got data it cannot identify, starting {_head(stream)!r}"
@@ -738,4 +738,5 @@ def preprocess(x: Images) -> torch.Tensor:
     Uses :data:`PREPROCESSING`, the published weights' contract; other weights' own is
     ``preprocess_for(model.meta)`` (what :func:`tiniest.predict` and :func:`tiniest.evaluate` apply).
     """
-    return _DEFAULT(x)
+    out: torch.Tensor = _DEFAULT(x)
+    return out

@@ -180,7 +180,8 @@ class FastTiniest(nn.Module):
         x = self.stage1(self.ln1(x))
         x = self.dsconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = self.stage2(self.ln2(x))
-        return self.fc(x.mean(dim=(1, 2)))
+        logits: torch.Tensor = self.fc(x.mean(dim=(1, 2)))
+        return logits
 
 
 def compiler_available() -> bool:
@@ -343,14 +344,14 @@ class OptimizedTiniest(Tiniest):
 
     def _apply(self, fn: Any, recurse: bool = True) -> OptimizedTiniest:
         self._path = None  # new device or dtype: remade at the next call
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         return self
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_path": None, "_lock": None}  # native code and locks stay here; the weights travel
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__({**state, "_lock": threading.Lock()})
+        super().__setstate__({**state, "_lock": threading.Lock()})  # type: ignore[no-untyped-call]
 
 
 def _cached_package(fast: FastTiniest) -> Runner | None:
