@@ -187,6 +187,7 @@ def test_every_library_the_tests_import_is_declared() -> None:
 def test_the_version_has_one_source() -> None:
     """pyproject.toml reads the version from ``tiniest.__version__``; the installed metadata says the same."""
     import importlib.metadata
+
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
