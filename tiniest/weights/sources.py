@@ -277,9 +277,8 @@ def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[byt
     return read_regular(path, max_download_bytes()), str(path)
 
 
-def _meta(data: bytes, metadata: dict[str, str], location: str, state_dict: dict[str, Any]) -> dict[str, Any]:
+def _meta(digest: str, metadata: dict[str, str], location: str, state_dict: dict[str, Any]) -> dict[str, Any]:
     """What is known of loaded weights: their file's metadata, else the record (or run) beside a bare file."""
-    digest = sha256_hex(data)
     if metadata:
         return {**decode_metadata(metadata), "sha256": digest}
     pinned = TiniestWeights.DEFAULT.release
@@ -301,8 +300,9 @@ def _meta(data: bytes, metadata: dict[str, str], location: str, state_dict: dict
 
 def _decoded(data: bytes, source: str, location: str, verified: bool) -> LoadedWeights:
     state_dict, metadata = read_weights(data, origin=location)
-    meta = _meta(data, metadata, location, state_dict)
-    sha = TiniestWeights.DEFAULT.release.sha256 if verified else sha256_hex(data)
+    digest = sha256_hex(data)  # once: the metadata beside a bare file is found by it too
+    meta = _meta(digest, metadata, location, state_dict)
+    sha = TiniestWeights.DEFAULT.release.sha256 if verified else digest
     return LoadedWeights(state_dict, source, location, sha, verified, meta)
 
 
