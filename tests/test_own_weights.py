@@ -25,7 +25,7 @@ from tests.tiny_runs import make_dataset, train
 from tiniest import Tiniest
 from tiniest.commands import main
 from tiniest.errors import TiniestWarning, UnverifiedWeightsWarning, WeightsNotFoundError
-from tiniest.weights.formats import read_metadata, sha256_hex
+from tiniest.weights.formats import read_weights, sha256_hex
 from tiniest.weights.loading import NoClassNamesWarning
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_a_three_class_folder_from_training_to_evaluation(
     asset = out / record["filename"]
     assert record["name"].startswith("SHAPES_") and record["meta"]["categories"] == list(SHAPES)
     assert record["github"]["repo"] == "alice/tiniest-shapes" and "tiniest-models" not in json.dumps(record)
-    assert json.loads(read_metadata(asset.read_bytes())["categories"]) == list(SHAPES)
+    assert json.loads(read_weights(asset.read_bytes())[1]["categories"]) == list(SHAPES)
     config = json.loads((out / "huggingface" / "config.json").read_text())
     assert config["num_classes"] == 3 and config["id2label"] == {"0": "circle", "1": "square", "2": "triangle"}
     card = (out / "huggingface" / "README.md").read_text()
@@ -144,7 +144,7 @@ def test_every_file_of_a_release_or_a_run_gives_its_names(
     capsys.readouterr()
     assert main(["export", str(original), "--output", str(tmp_path / "exported")]) == 0
     exported = Path(capsys.readouterr().out.splitlines()[0])
-    assert json.loads(read_metadata(exported.read_bytes())["categories"]) == list(SHAPES)
+    assert json.loads(read_weights(exported.read_bytes())[1]["categories"]) == list(SHAPES)
 
     # copied away from what names them (the run's checkpoint.pt, the release's record): one warning each
     alone = tmp_path / "alone"

@@ -24,7 +24,6 @@ __all__ = [
     "PeerLostError",
     "PreprocessError",
     "RateLimitError",
-    "TiniestDeprecationWarning",
     "TiniestError",
     "TiniestWarning",
     "UnsupportedTorchError",
@@ -42,13 +41,6 @@ class TiniestError(Exception):
 
 class TiniestWarning(UserWarning):
     """The base of tiniest's own warnings."""
-
-
-class TiniestDeprecationWarning(TiniestWarning, DeprecationWarning):
-    """A way of calling tiniest that still works but will go: the message names its replacement.
-
-    A ``DeprecationWarning`` too, so that the usual filters (shown in ``__main__`` and under pytest) apply.
-    """
 
 
 class UsageError(TiniestError, ValueError):

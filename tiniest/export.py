@@ -40,7 +40,6 @@ from tiniest import __version__
 from tiniest.errors import UsageError
 from tiniest.extras import require_extra
 from tiniest.files import read_regular
-from tiniest.hub import check_architecture
 from tiniest.model import Tiniest
 from tiniest.storage import save_atomically
 from tiniest.transforms import Preprocess, preprocess_for
@@ -48,7 +47,7 @@ from tiniest.weights import TiniestWeights
 from tiniest.weights.artifact import build_artifact
 from tiniest.weights.fetch import max_download_bytes
 from tiniest.weights.formats import read_state_dict, sha256_hex
-from tiniest.weights.loading import model_from_weights
+from tiniest.weights.loading import load_strictly, model_from_weights
 from tiniest.weights.metadata import (
     ARCHITECTURE_CREDIT,
     UNKNOWN_LICENSE,
@@ -61,6 +60,7 @@ __all__ = [
     "INFO_KEY",
     "Format",
     "artifact_bytes",
+    "check_architecture",
     "export",
     "export_info",
     "export_program",
@@ -86,12 +86,19 @@ class Format:
     modules: tuple[str, ...] = ()
 
 
+def check_architecture(state_dict: dict[str, torch.Tensor], origin: str = "weights") -> None:
+    """Refuse a state_dict that is not Tiniest's (of any class count) before it becomes a release file."""
+    fc = state_dict.get("fc.weight")
+    num_classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else 10
+    load_strictly(Tiniest(num_classes), state_dict, origin)
+
+
 def artifact_bytes(
     checkpoint: bytes, state_dict: dict[str, torch.Tensor], meta: dict[str, Any], *, origin: str
 ) -> bytes:
     """The release file of ``checkpoint``: as is if it is the pinned release already, else built with ``meta``.
 
-    Weights that are not Tiniest's are refused first (:func:`tiniest.hub.check_architecture`).
+    Weights that are not Tiniest's are refused first (:func:`check_architecture`).
     """
     if sha256_hex(checkpoint) == TiniestWeights.DEFAULT.release.sha256:
         return checkpoint

@@ -12,16 +12,16 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable
-from typing import Any, ParamSpec, TypeAlias
+from typing import ParamSpec, TypeAlias
 
 import torch
 
 from tiniest.errors import UsageError
 from tiniest.model import Tiniest
-from tiniest.weights import NOT_GIVEN, NotGiven, TiniestWeights, load_strictly, load_weights
-from tiniest.weights.loading import model_from_weights, num_outputs, with_new_head
+from tiniest.weights import NOT_GIVEN, NotGiven, TiniestWeights, load_weights
+from tiniest.weights.loading import model_from_weights, num_outputs
 
-__all__ = ["Weights", "check_architecture", "tiniest"]
+__all__ = ["Weights", "tiniest"]
 
 Weights: TypeAlias = "TiniestWeights | str | os.PathLike[str]"
 """What ``weights=`` takes: a release (member or name), or a path or http(s) URL of a weights file."""
@@ -103,26 +103,8 @@ def tiniest(
         if num_classes is None or num_outputs(loaded.state_dict, origin) == num_classes:
             model = model_from_weights(Tiniest, loaded.state_dict, loaded.meta, origin=origin)
         else:
-            model = _with_new_head(loaded.state_dict, loaded.meta, num_classes, origin)
+            from tiniest.weights.heads import model_with_new_head
+
+            model = model_with_new_head(Tiniest, loaded, num_classes)
     model.eval()
     return model.to(target) if target is not None else model
-
-
-def _with_new_head(
-    state_dict: dict[str, torch.Tensor], meta: dict[str, Any], num_classes: int, origin: str
-) -> Tiniest:
-    """The trunk of ``state_dict`` under a new head of ``num_classes`` outputs; ``meta`` keeps what still holds."""
-    had = num_outputs(state_dict, origin)
-    kept = {key: value for key, value in meta.items() if key not in ("categories", "metrics", "sha256")}
-    note = f"new: {num_classes} outputs, randomly initialised; the trunk is from {origin} ({had} classes)"
-    model = Tiniest(num_classes, labels=[f"class_{i}" for i in range(num_classes)], meta={**kept, "head": note})
-    with torch.no_grad():
-        load_strictly(model, with_new_head(state_dict, model), origin)
-    return model
-
-
-def check_architecture(state_dict: dict[str, torch.Tensor], origin: str = "weights") -> None:
-    """Refuse a state_dict that is not Tiniest's (of any class count) before it becomes a release file."""
-    fc = state_dict.get("fc.weight")
-    num_classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else 10
-    load_strictly(Tiniest(num_classes), state_dict, origin)

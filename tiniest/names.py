@@ -10,12 +10,13 @@ and raise one :class:`~tiniest.errors.UsageError` naming the parameter; :func:`p
 
 from __future__ import annotations
 
+import keyword
 import re
 import unicodedata
 
 from tiniest.errors import UsageError, first_line
 
-__all__ = ["git_ref", "github_repo", "hf_repo_id", "markdown", "printable"]
+__all__ = ["git_ref", "github_repo", "hf_repo_id", "markdown", "printable", "release_name"]
 
 # GitHub: an account (user or organization) is 1-39 letters, digits and single inner hyphens
 _GITHUB_OWNER = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9])*")
@@ -31,6 +32,8 @@ _UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 # characters markdown or HTML give a meaning to inline: entities for HTML's, a backslash for markdown's
 _MARKDOWN = re.compile(r"[\\`*_\[\]()#!|~$]")
 _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# what a TiniestWeights member may not be called: its alias and the names of its own attributes
+_RESERVED_NAMES = frozenset({"DEFAULT", "from_name", "release", "meta", "url", "transforms"})
 
 
 def github_repo(value: str, parameter: str) -> str:
@@ -111,3 +114,20 @@ def markdown(text: str) -> str:
     """``text`` shown as itself inside a line of markdown: no link, emphasis, table cell break, heading or HTML."""
     escaped = _MARKDOWN.sub(lambda match: "\\" + match.group(), printable(text))
     return "".join(_HTML.get(char, char) for char in escaped)
+
+
+def release_name(name: object, parameter: str) -> str:
+    """A release name that can be a ``TiniestWeights`` member (``CIFAR10_V2``): an identifier, public, not reserved."""
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or not name.isascii()
+        or keyword.iskeyword(name)
+        or name.startswith("_")
+        or name in _RESERVED_NAMES
+    ):
+        raise UsageError(
+            f"{parameter}: expected a Python identifier such as CIFAR10_V2 (a TiniestWeights member, not "
+            f"starting with '_', not one of {', '.join(sorted(_RESERVED_NAMES))}), got {name!r}"
+        )
+    return name

@@ -8,7 +8,7 @@ source for a new release), a Hugging Face model folder (``huggingface/``: the sa
 
 The ``.pt`` is a bare state_dict, so that any torch program loads it with ``weights_only=True``:
 its class names are in the record beside it, where every loader of tiniest looks for them
-(:func:`tiniest.weights.releases.release_beside`); ``PUBLISH.md`` uploads the record with it.
+(:func:`tiniest.weights.beside.release_beside`); ``PUBLISH.md`` uploads the record with it.
 :func:`make_release` is the library function; ``tiniest release`` converts the command line to it.
 """
 
@@ -32,7 +32,7 @@ from tiniest.weights.fetch import max_download_bytes
 from tiniest.weights.formats import read_state_dict, sha256_hex
 from tiniest.weights.hub_folder import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, hub_license, write_model_folder
 from tiniest.weights.metadata import checkpoint_meta, dataset_name, is_cifar10, is_published
-from tiniest.weights.releases import MAX_RECORD_BYTES, RECORD_NAME, Release, check_release_name
+from tiniest.weights.releases import MAX_RECORD_BYTES, RECORD_NAME, Release
 from tiniest.weights.run_files import (
     CHECKPOINT_NAME,
     MODEL_NAME,
@@ -182,7 +182,7 @@ def _check_names(name: str | None, github_repo: str | None, tag: str | None, hf_
                  hf_revision: str | None) -> None:
     """Refuse, before any work, a name that GitHub, the Hub or git would not take as it is."""
     if name is not None:
-        check_release_name(name, "--name")
+        names.release_name(name, "--name")
     if github_repo is not None:
         names.github_repo(github_repo, "--github-repo")
     if hf_repo_id is not None:

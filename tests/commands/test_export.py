@@ -268,13 +268,14 @@ def test_metrics_only_apply_to_safetensors(
 def test_only_the_published_checkpoint_carries_the_publishers_credit(
     checkpoint: tuple[Path, Tiniest], shared_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tiniest.weights.formats import read_metadata
+    from tiniest.weights.formats import read_weights
 
     path, _ = checkpoint
-    mine = read_metadata(export_cli(path, "safetensors", tmp_path / "mine", capsys).read_bytes())
+    mine = read_weights(export_cli(path, "safetensors", tmp_path / "mine", capsys).read_bytes())[1]
     assert "THALES" not in json.dumps(mine) and "ThalesGroup" not in mine["credit"] and "copyright" not in mine
     assert mine["license"] == "unknown" and json.loads(mine["metrics"]) == {"note": "not measured"}
-    published = read_metadata(export_cli(shared_checkpoint, "safetensors", tmp_path / "published", capsys).read_bytes())
+    published_file = export_cli(shared_checkpoint, "safetensors", tmp_path / "published", capsys)
+    published = read_weights(published_file.read_bytes())[1]
     assert published["copyright"] == "Copyright 2024-2025 THALES" and "ThalesGroup" in published["credit"]
 
 

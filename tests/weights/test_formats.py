@@ -28,7 +28,7 @@ from tests.conftest import ROOT
 from tiniest.errors import ArtifactError
 from tiniest.weights import TiniestWeights
 from tiniest.weights.artifact import to_safetensors
-from tiniest.weights.formats import MAX_PICKLE_BYTES, read_metadata, read_state_dict
+from tiniest.weights.formats import MAX_PICKLE_BYTES, read_state_dict, read_weights
 from tiniest.weights.safetensors_fallback import MAX_HEADER_BYTES, read_tensors
 
 # every dtype name of the library's format, with its size in bits; the reader (like safetensors.torch)
@@ -338,7 +338,7 @@ def test_header_length_is_checked_before_anything_is_read(length: int) -> None:
 def test_errors_name_the_file_the_tensor_and_what_was_expected() -> None:
     state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
     good = to_safetensors(state, {"k": "v"})
-    assert read_metadata(good) == {"k": "v"}
+    assert read_weights(good)[1] == {"k": "v"}
     assert torch.equal(read_state_dict(good)["w"], state["w"])
     with pytest.raises(ArtifactError, match=r"^net\.safetensors: expected a valid safetensors file"):
         read_state_dict(good[:-1], origin="net.safetensors")
@@ -387,7 +387,7 @@ def test_a_header_opening_with_json_whitespace_is_still_safetensors(blank: bytes
     padded = struct.pack("<Q", length + len(blank)) + blank + data[8:]
     assert torch.equal(safetensors.torch.load(padded)["w"], state["w"])  # the library's verdict
     assert torch.equal(read_state_dict(padded)["w"], state["w"])
-    assert read_metadata(padded) == {"format": "pt"}
+    assert read_weights(padded)[1] == {"format": "pt"}
 
 
 # ``.pt`` archives: checked before torch.load, which inflates a record to its declared size first

@@ -26,7 +26,7 @@ from tiniest.errors import (
 )
 from tiniest.weights import TiniestWeights, load_weights, torch_cache_path
 from tiniest.weights.artifact import to_safetensors
-from tiniest.weights.formats import read_metadata, sha256_hex
+from tiniest.weights.formats import read_weights, sha256_hex
 from tiniest.weights.sources import original_cache_path
 
 RELEASE = TiniestWeights.DEFAULT.release
@@ -51,7 +51,7 @@ def github(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> LoopbackS
 def test_export_reproduces_the_pinned_release(release_bytes: bytes) -> None:
     assert sha256_hex(release_bytes) == RELEASE.sha256
     assert len(release_bytes) == RELEASE.size
-    meta = read_metadata(release_bytes)
+    meta = read_weights(release_bytes)[1]
     assert meta["source_sha256"] == RELEASE.source_sha256
     assert json.loads(meta["categories"]) == list(tiniest.CLASSES)
     assert json.loads(meta["num_params"]) == 97_530
@@ -261,7 +261,7 @@ def test_the_writer_gives_the_same_bytes_in_every_process_and_the_library_reads_
     state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.bfloat16)}
     data = to_safetensors(state, {"z": "1", "a": "2"})
     loaded = safetensors.torch.load(data)
-    assert all(torch.equal(loaded[k], state[k]) for k in state) and read_metadata(data) == {"z": "1", "a": "2"}
+    assert all(torch.equal(loaded[k], state[k]) for k in state) and read_weights(data)[1] == {"z": "1", "a": "2"}
     (length,) = struct.unpack("<Q", data[:8])
     assert list(json.loads(data[8 : 8 + length])["__metadata__"]) == ["a", "z"], "a sorted header"
 

@@ -20,7 +20,8 @@ from torch import nn
 
 from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
 from tiniest.weights import TiniestWeights, load_strictly, load_weights
-from tiniest.weights.loading import HEAD, head_fits, num_outputs, with_new_head
+from tiniest.weights.heads import HEAD, head_fits, with_new_head
+from tiniest.weights.loading import num_outputs
 from tiniest.weights.run_files import MODEL_NAME
 
 __all__ = ["HEAD", "load_start"]

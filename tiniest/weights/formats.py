@@ -28,7 +28,6 @@ __all__ = [
     "check_torch_archive",
     "is_safetensors",
     "load_torch_file",
-    "read_metadata",
     "read_state_dict",
     "read_weights",
     "sha256_hex",
@@ -77,11 +76,6 @@ def read_weights(data: bytes, *, origin: str = "weights") -> tuple[dict[str, tor
 def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.Tensor]:
     """The tensors of :func:`read_weights`."""
     return read_weights(data, origin=origin)[0]
-
-
-def read_metadata(data: bytes, *, origin: str = "weights") -> dict[str, str]:
-    """The metadata of :func:`read_weights`: what a safetensors file says of itself (``{}`` for a .pt)."""
-    return read_weights(data, origin=origin)[1]
 
 
 def _load_safetensors(data: bytes, origin: str) -> dict[str, torch.Tensor]:

@@ -4,35 +4,35 @@ The model class is passed in (:func:`model_from_weights`): this package never im
 A model takes its class count from the weights' ``fc`` layer and its ``labels`` from the metadata's
 ``categories``; weights that name none get ``class_0``, ``class_1``... and one
 :class:`NoClassNamesWarning`. A model for other classes takes the weights' trunk and a new head
-(:func:`head_fits`, :func:`with_new_head`): the builder's ``num_classes`` and ``tiniest train --init`` share them.
+(:mod:`tiniest.weights.heads`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from tiniest.errors import IncompatibleWeightsError, TiniestWarning, warn
+from tiniest.weights.formats import read_weights, sha256_hex
+from tiniest.weights.releases import TiniestWeights
 
 __all__ = [
-    "HEAD",
     "LoadedWeights",
     "NoClassNamesWarning",
     "decode_metadata",
-    "head_fits",
+    "decode_weights",
     "load_strictly",
     "model_from_weights",
     "num_outputs",
-    "with_new_head",
 ]
 
 M = TypeVar("M", bound=nn.Module)
-HEAD = "fc"  # the layer that maps features to classes: new when the classes differ
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,25 @@ def decode_metadata(header: Mapping[str, str]) -> dict[str, Any]:
         exact = not isinstance(value, str) and json.dumps(value, sort_keys=True) == text
         meta[key] = value if exact else text
     return meta
+
+
+def decode_weights(data: bytes, *, source: str, location: str, verified: bool) -> LoadedWeights:
+    """The tensors of ``data`` and what is known of them: the file's own metadata, else the pinned record
+    (the publisher's ``.pt``), else what lies beside a bare file. ``verified``: the bytes are the pinned release."""
+    state_dict, metadata = read_weights(data, origin=location)
+    digest = sha256_hex(data)  # once: the metadata beside a bare file is found by it too
+    pinned = TiniestWeights.DEFAULT.release
+    if metadata:
+        meta = {**decode_metadata(metadata), "sha256": digest}
+    elif digest == pinned.source_sha256:
+        meta = {**pinned.meta, "sha256": pinned.sha256}
+    elif "://" in location:
+        meta = {}
+    else:
+        from tiniest.weights.beside import meta_beside  # a record or a training run beside it may name its classes
+
+        meta = meta_beside(Path(location), digest, state_dict)
+    return LoadedWeights(state_dict, source, location, pinned.sha256 if verified else digest, verified, meta)
 
 
 def num_outputs(state_dict: Mapping[str, torch.Tensor], origin: str = "weights") -> int:
@@ -117,26 +136,6 @@ def model_from_weights(
     model = cls(num_classes, labels=labels, meta=meta)
     load_strictly(model, state_dict, origin)
     return model.eval()
-
-
-def head_fits(
-    weights: LoadedWeights, classes: Sequence[str] | int, origin: str = "weights"
-) -> bool:
-    """Whether the weights' head answers for ``classes``: the same names in the same order, or, where either
-    side names none (a bare file, or ``classes`` a count), as many outputs."""
-    count = num_outputs(weights.state_dict, origin)
-    names = weights.meta.get("categories")
-    if isinstance(classes, int) or names is None:
-        return count == (classes if isinstance(classes, int) else len(classes))
-    return list(names) == list(classes)
-
-
-def with_new_head(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trunk of ``state_dict`` (every layer but :data:`HEAD`) with ``model``'s own head, as initialised."""
-    own = model.state_dict()
-    state = {key: value for key, value in state_dict.items() if not key.startswith(f"{HEAD}.")}
-    state.update({key: value for key, value in own.items() if key.startswith(f"{HEAD}.")})
-    return state
 
 
 def load_strictly(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str = "weights") -> None:

@@ -32,9 +32,10 @@ from tiniest import names
 from tiniest.classes import CIFAR10_CLASSES, default_labels
 from tiniest.errors import ArtifactError, IncompatibleWeightsError, TiniestError, UsageError, warn
 from tiniest.storage import HF_PREFIX
+from tiniest.weights.beside import release_beside
 from tiniest.weights.formats import is_safetensors, read_weights, sha256_hex
 from tiniest.weights.loading import NoClassNamesWarning, decode_metadata, num_outputs
-from tiniest.weights.releases import TiniestWeights, release_beside
+from tiniest.weights.releases import TiniestWeights
 from tiniest.weights.run_files import run_beside
 
 __all__ = [

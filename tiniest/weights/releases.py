@@ -7,15 +7,11 @@ release`` writes one beside the files it makes. :class:`TiniestWeights` declares
 code, so that type checkers see them; a test holds them equal to ``release.json``, and a fork that
 pins its own release renames the member along with the record (an import refuses a record the
 enum does not declare).
-
-A release's plain ``.pt`` (its "original") is a bare state_dict, holding no class names:
-:func:`release_beside` finds them in the record that lies beside it, matched by sha256.
 """
 
 from __future__ import annotations
 
 import json
-import keyword
 import urllib.parse
 from dataclasses import dataclass, field
 from enum import Enum
@@ -24,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tiniest.env import env_text
 from tiniest.errors import ArtifactError, UsageError
-from tiniest.files import read_regular
 from tiniest.weights.formats import sha256_hex
 
 if TYPE_CHECKING:  # the transforms are imported when asked for, not with the weights
@@ -38,34 +33,14 @@ __all__ = [
     "NotGiven",
     "Release",
     "TiniestWeights",
-    "check_release_name",
     "describe_mismatch",
     "github_base_url",
-    "release_beside",
 ]
 
 RECORD_NAME = "release.json"
 RECORD_PATH = Path(__file__).with_name(RECORD_NAME)
 DEFAULT_GITHUB_URL = "https://github.com"
-MAX_RECORD_BYTES = 1 << 20  # a record is about 2 KB: a larger release.json beside a file is not read
-_RESERVED_NAMES = frozenset({"DEFAULT", "from_name", "release", "meta", "url", "transforms"})
-
-
-def check_release_name(name: object, parameter: str = "name") -> str:
-    """A release name that can be a :class:`TiniestWeights` member (``CIFAR10_V1``); a UsageError otherwise."""
-    if (
-        not isinstance(name, str)
-        or not name.isidentifier()
-        or not name.isascii()
-        or keyword.iskeyword(name)
-        or name.startswith("_")
-        or name in _RESERVED_NAMES
-    ):
-        raise UsageError(
-            f"{parameter}: expected a Python identifier such as CIFAR10_V2 (a TiniestWeights member, not "
-            f"starting with '_', not one of {', '.join(sorted(_RESERVED_NAMES))}), got {name!r}"
-        )
-    return name
+MAX_RECORD_BYTES = 1 << 20  # a record is about 2 KB: a larger release.json (or config.json) is not read
 
 
 def github_base_url() -> str:
@@ -106,7 +81,7 @@ class Release:
         """The release a ``release.json`` record describes (the inverse of :meth:`to_record`)."""
         github, hf, source = record["github"], record["huggingface"], record["source"]
         return cls(
-            name=check_release_name(record["name"], "release.json name"),
+            name=record["name"],
             filename=record["filename"],
             sha256=record["sha256"],
             size=int(record["size"]),
@@ -134,6 +109,10 @@ class Release:
             "meta": self.meta,
         }
 
+    def pins(self, data: bytes) -> bool:
+        """Whether ``data`` is this release's file or the publisher's original checkpoint, by their sha256."""
+        return sha256_hex(data) in (self.sha256, self.source_sha256)
+
     @property
     def url(self) -> str:
         """The GitHub release asset (honours ``TINIEST_GITHUB_URL``)."""
@@ -158,21 +137,6 @@ def describe_mismatch(data: bytes, release: Release, expected: str | None = None
     if data[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
         text += "; it is an HTML page (a proxy, captive portal or error page answered instead of the file)"
     return text
-
-
-def release_beside(path: Path, sha256: str) -> Release | None:
-    """The release whose record (``release.json``) lies beside ``path`` and names its bytes, else None.
-
-    ``tiniest release`` writes the record beside the plain ``.pt`` it publishes; the record names
-    that file by its sha256 (its ``source``) and the release file by the artifact's. A record
-    that is missing, too large, unreadable or about other bytes is no record of this file.
-    """
-    try:
-        record = json.loads(read_regular(path.parent / RECORD_NAME, MAX_RECORD_BYTES))
-        release = Release.from_record(record)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return release if sha256 in (release.source_sha256, release.sha256) and isinstance(release.meta, dict) else None
 
 
 def _load_record() -> Release:

@@ -1,16 +1,15 @@
 """Where the weights come from: the caller's file, or each source in turn until one yields the pinned bytes.
 
-A file or URL the caller names (or ``TINIEST_WEIGHTS`` names) is read alone: it loads or fails,
-never falling through to another source; if it is not the pinned release it still loads, with an
-:class:`UnverifiedWeightsWarning`, because the caller chose it. Otherwise the pinned release is
+A file or URL the caller names (or ``TINIEST_WEIGHTS`` names) is read alone
+(:mod:`tiniest.weights.named`). Otherwise the pinned release is
 sought in :data:`SOURCES` order, each candidate checked against the sha256 pinned in
 ``release.json``: the release's safetensors file, or the publisher's original ``.pt`` (pinned by its
 own sha256 and loaded as it is, ``weights_only=True``).
 
-The network code (:mod:`tiniest.weights.fetch`, :mod:`tiniest.weights.huggingface`) is imported
-when a download is needed: a load from a folder or a cache runs none of it. Downloads go to
-``$TORCH_HOME/hub/checkpoints`` once verified, through a temporary file and
-``os.replace``: processes loading at once each download and each replace the file whole, so no
+The network sources (:mod:`tiniest.weights.downloads`, over :mod:`tiniest.weights.fetch` and
+:mod:`tiniest.weights.huggingface`) are imported when a download is needed: a load from a folder or
+a cache runs none of it. Downloads go to ``$TORCH_HOME/hub/checkpoints`` once verified, through a
+temporary file and ``os.replace``: processes loading at once each download and each replace the file whole, so no
 reader ever sees a partial or unverified file. A file of the caches that fails the hash is
 reported, never deleted (it may be a user's own, or lie outside the cache behind a link).
 A source that fails says why in the final error, which lists every source tried and how to
@@ -23,10 +22,8 @@ import logging
 import os
 import re
 import stat
-import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -34,18 +31,16 @@ from tiniest.env import env_flag, env_path, env_text, env_yes
 from tiniest.errors import (
     ArtifactError,
     CacheWarning,
-    RateLimitError,
     TiniestError,
     TiniestWarning,
-    UnverifiedWeightsWarning,
     UsageError,
     WeightsNotFoundError,
     warn,
 )
 from tiniest.files import read_regular
-from tiniest.weights.formats import read_weights, sha256_hex
-from tiniest.weights.loading import LoadedWeights, decode_metadata
-from tiniest.weights.releases import NOT_GIVEN, NotGiven, Release, TiniestWeights, describe_mismatch, release_beside
+from tiniest.weights.formats import sha256_hex
+from tiniest.weights.loading import LoadedWeights, decode_weights
+from tiniest.weights.releases import NOT_GIVEN, NotGiven, Release, TiniestWeights, describe_mismatch
 
 __all__ = ["SOURCES", "checkout_weights_dir", "is_offline", "load_weights", "original_cache_path", "torch_cache_path"]
 
@@ -78,11 +73,6 @@ def original_cache_path(release: Release) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / f"{stem}-{release.source_sha256[:8]}.pt"
 
 
-def _pinned(data: bytes, release: Release) -> bool:
-    """Whether ``data`` is the release file or the publisher's original checkpoint, by their pinned sha256."""
-    return sha256_hex(data) in (release.sha256, release.source_sha256)
-
-
 def _read_pinned(path: Path, release: Release) -> bytes:
     """The bytes of the regular file ``path`` if they are pinned; a LookupError saying what it holds otherwise."""
     try:
@@ -91,7 +81,7 @@ def _read_pinned(path: Path, release: Release) -> bytes:
         raise LookupError(f"{path} absent") from None
     except OSError as error:  # larger than either pinned file, a FIFO, a folder, unreadable
         raise LookupError(f"{path}: {error}") from None
-    if not _pinned(data, release):
+    if not release.pins(data):
         raise LookupError(f"{path} is not the pinned file ({describe_mismatch(data, release)}); left as it is")
     return data
 
@@ -152,59 +142,19 @@ def _from_cache(release: Release) -> tuple[bytes, str]:
         raise LookupError("; ".join([*reasons, f"Hugging Face cache: {error}"])) from None
 
 
-def _github_fetch(url: str, max_bytes: int, progress: bool) -> bytes:
-    """GET a GitHub URL, with ``TINIEST_GITHUB_TOKEN`` over https only; GitHub's rate limit explained."""
-    token = env_text("TINIEST_GITHUB_TOKEN")
-    headers = None
-    if token is not None and urllib.parse.urlsplit(url).scheme == "https":
-        headers = {"Authorization": f"Bearer {token}"}
-    elif token is not None:
-        warn(f"TINIEST_GITHUB_TOKEN is not sent to {url}: a token goes over https only", TiniestWarning)
-    from tiniest.weights.fetch import fetch  # network code, imported when a download is needed
-
-    try:
-        return fetch(url, max_bytes=max_bytes, progress=progress, headers=headers)
-    except RateLimitError as error:
-        raise LookupError(
-            f"GitHub's rate limit refused the download: {error}. To avoid it, set TINIEST_GITHUB_TOKEN to a GitHub "
-            "token, let the huggingface source serve the file, or put the file in the weights/ folder."
-        ) from None
-
-
-def _from_github(release: Release, progress: bool) -> tuple[bytes, str]:
-    data = _github_fetch(release.url, release.size, progress)
-    if sha256_hex(data) != release.sha256:
-        raise LookupError(f"{release.url} served the wrong bytes: {describe_mismatch(data, release)}")
-    _keep(torch_cache_path(release), data)
-    return data, release.url
-
-
-def _from_huggingface(release: Release, progress: bool) -> tuple[bytes, str]:
-    from tiniest.weights.huggingface import download_from_hub
-
-    data, location, in_its_cache = download_from_hub(release)
-    if not in_its_cache:  # a bad copy stays in the library's cache: the verified one goes where torch.hub looks
-        _keep(torch_cache_path(release), data)
-    return data, location
-
-
-def _from_original(release: Release, progress: bool) -> tuple[bytes, str]:
-    data = _github_fetch(release.source_url, release.source_size, progress)
-    if sha256_hex(data) != release.source_sha256:
-        raise LookupError(
-            f"{release.source_url} served the wrong bytes: {describe_mismatch(data, release, release.source_sha256)}"
-        )
-    _keep(original_cache_path(release), data)
-    return data, release.source_url
-
-
 _LOCAL: dict[str, Callable[[Release], tuple[bytes, str]]] = {"local": _from_local, "cache": _from_cache}
-_NETWORK: dict[str, Callable[[Release, bool], tuple[bytes, str]]] = {
-    "github": _from_github,
-    "huggingface": _from_huggingface,
-    "original": _from_original,
-}
 SOURCES: tuple[str, ...] = ("local", "cache", "github", "huggingface", "original")  # in the order they are tried
+
+
+def _download(name: str, release: Release, progress: bool) -> tuple[bytes, str]:
+    """The network source ``name``'s verified bytes, kept in torch.hub's cache (the ``.pt`` under its own name)."""
+    from tiniest.weights.downloads import DOWNLOADS
+
+    data, location, keep = DOWNLOADS[name](release, progress)
+    if keep:
+        original = sha256_hex(data) == release.source_sha256
+        _keep(original_cache_path(release) if original else torch_cache_path(release), data)
+    return data, location
 
 
 def _parse_sources(sources: str | Iterable[str] | None) -> Sequence[str]:
@@ -251,76 +201,6 @@ def _choose(weights: str | os.PathLike[str] | TiniestWeights | NotGiven) -> Tini
     return TiniestWeights.from_name(spec)
 
 
-def _read_user_weights(spec: str, *, progress: bool, offline: bool) -> tuple[bytes, str]:
-    from tiniest.weights.fetch import fetch, max_download_bytes
-
-    if "://" in spec:
-        try:
-            scheme = urllib.parse.urlsplit(spec).scheme
-        except ValueError:  # "http://[::1": not a URL at all
-            scheme = ""
-        if scheme not in ("http", "https"):
-            raise UsageError(f"expected an http(s) URL for the weights, got {spec!r}")
-        if offline:
-            raise WeightsNotFoundError(f"weights URL {spec} given, but offline mode forbids downloads")
-        return fetch(spec, max_bytes=max_download_bytes(), progress=progress), spec
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        inside = [path / name for name in ("model.safetensors", "model.pt") if (path / name).is_file()]
-        hint = f"; pass {inside[0]}" if inside else ""
-        raise WeightsNotFoundError(
-            f"weights {path} is a folder; expected a .safetensors or .pt file{hint} "
-            "(a Hugging Face model folder also loads with Tiniest.from_pretrained)"
-        )
-    if not path.exists():
-        raise WeightsNotFoundError(f"weights file {path} does not exist (expected a .safetensors or .pt file)")
-    return read_regular(path, max_download_bytes()), str(path)
-
-
-def _meta(digest: str, metadata: dict[str, str], location: str, state_dict: dict[str, Any]) -> dict[str, Any]:
-    """What is known of loaded weights: their file's metadata, else the record (or run) beside a bare file."""
-    if metadata:
-        return {**decode_metadata(metadata), "sha256": digest}
-    pinned = TiniestWeights.DEFAULT.release
-    if digest == pinned.source_sha256:
-        return {**pinned.meta, "sha256": pinned.sha256}
-    if "://" in location:
-        return {}
-    path = Path(location)
-    release = release_beside(path, digest)
-    if release is not None:
-        return dict(release.meta)
-    if (path.parent / "checkpoint.pt").is_file():  # a training run's model.pt: its classes are in its checkpoint
-        from tiniest.weights.run_files import run_beside
-
-        run = run_beside(path, state_dict)
-        return {"categories": list(run["classes"])} if run is not None else {}
-    return {}
-
-
-def _decoded(data: bytes, source: str, location: str, verified: bool) -> LoadedWeights:
-    state_dict, metadata = read_weights(data, origin=location)
-    digest = sha256_hex(data)  # once: the metadata beside a bare file is found by it too
-    meta = _meta(digest, metadata, location, state_dict)
-    sha = TiniestWeights.DEFAULT.release.sha256 if verified else digest
-    return LoadedWeights(state_dict, source, location, sha, verified, meta)
-
-
-def _load_user_weights(spec: str, release: Release, *, progress: bool, offline: bool) -> LoadedWeights:
-    try:
-        data, location = _read_user_weights(spec, progress=progress, offline=offline)
-    except OSError as error:  # a failed download (DownloadError), or a file that cannot be read
-        raise WeightsNotFoundError(f"could not read the weights you named: {error}") from None
-    if _pinned(data, release):
-        return _decoded(data, "file", location, True)
-    warn(
-        f"{location} is not the pinned release {release.filename} ({describe_mismatch(data, release)}); "
-        "loading it unverified because you asked for it",
-        UnverifiedWeightsWarning,
-    )
-    return _decoded(data, "file", location, False)
-
-
 def load_weights(
     weights: str | os.PathLike[str] | TiniestWeights | NotGiven = NOT_GIVEN,
     *,
@@ -343,7 +223,9 @@ def load_weights(
         choice = _choose(weights)
         release = choice.release if isinstance(choice, TiniestWeights) else TiniestWeights.DEFAULT.release
         if isinstance(choice, str):
-            return _load_user_weights(choice, release, progress=progress, offline=offline)
+            from tiniest.weights.named import load_named  # read alone: no source chain
+
+            return load_named(choice, release, progress=progress, offline=offline)
     except (UsageError, ArtifactError, WeightsNotFoundError) as error:
         if from_env:  # say where the bad name or file came from
             raise type(error)(f"TINIEST_WEIGHTS: {error}") from None
@@ -351,19 +233,19 @@ def load_weights(
 
     failures: list[str] = []
     for name in _parse_sources(sources):
-        if offline and name in _NETWORK:
+        if offline and name not in _LOCAL:
             failures.append(f"{name}: skipped, offline mode (TINIEST_OFFLINE / HF_HUB_OFFLINE)")
             continue
         try:
-            data, location = _LOCAL[name](release) if name in _LOCAL else _NETWORK[name](release, progress)
-            return _decoded(data, name, location, True)
+            data, location = _LOCAL[name](release) if name in _LOCAL else _download(name, release, progress)
+            return decode_weights(data, source=name, location=location, verified=True)
         except UsageError:  # a bad setting (TINIEST_TIMEOUT=inf...) is the caller's to fix: said once
             raise
         except (LookupError, OSError, ValueError, RuntimeError, ImportError) as error:  # not programming errors
             ours = type(error) is LookupError or isinstance(error, TiniestError)
             reason = str(error) if ours else f"{type(error).__name__}: {error}"
             failures.append(f"{name}: {reason}")
-            if name in _NETWORK:  # say why a download was given up, even if a later source succeeds
+            if name not in _LOCAL:  # say why a download was given up, even if a later source succeeds
                 logger.warning("weights source %s failed: %s", name, reason)
     tried = "\n".join(f"  - {line}" for line in failures)
     raise WeightsNotFoundError(
