@@ -380,8 +380,8 @@ def test_a_weights_file_written_again_or_named_from_elsewhere_is_loaded_again(
     [
         {"size": [16, 16], "interpolation": "bicubic", "antialias": False, "mean": [0.4, 0.5, 0.6],
          "std": [0.25, 0.5, 1.0], "color": "RGB"},
-        {"color": "RGB", "size": [24, 20], "resize": "bilinear with antialiasing", "scale": "uint8 / 255 to [0, 1]",
-         "shift": -0.25},  # the prose form of earlier files
+        {"size": [24, 20], "interpolation": "bilinear", "antialias": True, "mean": [0.25] * 3, "std": [1.0] * 3,
+         "color": "RGB"},
     ],
 )
 def test_predict_and_evaluate_apply_the_weights_own_contract(policy: dict[str, object], tmp_path: Path) -> None:

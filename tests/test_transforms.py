@@ -42,13 +42,16 @@ def test_policy_comes_from_the_release_metadata() -> None:
     assert isinstance(module, Preprocess)
     assert module.size == (32, 32) and module.mean == (0.5, 0.5, 0.5) and module.std == (1.0, 1.0, 1.0)
     assert (module.interpolation, module.antialias) == ("bilinear", True)
-    meta = dict(TiniestWeights.DEFAULT.meta["preprocessing"])  # the prose form: read as the numbers it means
+    meta = dict(TiniestWeights.DEFAULT.meta["preprocessing"])  # the record states numbers
+    assert meta == PREPROCESSING
     with pytest.raises(ValueError, match=r"'color'.*'RGB'.*'BGR'"):
         Preprocess.from_meta({**meta, "color": "BGR"})
-    with pytest.raises(ValueError, match="bilinear with antialiasing, got 'nearest'"):
-        Preprocess.from_meta({**meta, "resize": "nearest"})
-    assert Preprocess.from_meta({**meta, "size": [48, 40], "shift": 0.0}).size == (48, 40)
-    assert Preprocess.from_meta({**meta, "shift": -0.25}).mean == (0.25, 0.25, 0.25)
+    with pytest.raises(ValueError, match=r"'interpolation': expected 'bilinear' or 'bicubic', got 'nearest'"):
+        Preprocess.from_meta({**meta, "interpolation": "nearest"})
+    assert Preprocess.from_meta({**meta, "size": [48, 40]}).size == (48, 40)
+    assert Preprocess.from_meta({**meta, "mean": [0.25] * 3}).mean == (0.25, 0.25, 0.25)
+    with pytest.raises(PreprocessError, match=r"^preprocessing: expected the keys size, interp.*, got \['antialias'"):
+        Preprocess.from_meta({**meta, "shift": -0.5})  # the prose of unreleased versions is no contract
     assert Preprocess.from_meta(PREPROCESSING).contract == PREPROCESSING == Preprocess.from_meta(meta).contract
     assert tiniest.preprocess is preprocess and tiniest.Preprocess is Preprocess
 
@@ -107,11 +110,10 @@ def test_the_numbers_decide_the_resize_and_the_normalization(pixels: np.ndarray)
         ({"size": [32.5, 32]}, r"'size': .*got \[32.5, 32\]"),
         ({"size": [True, 32]}, r"'size': .*got \[True, 32\]"),
         ({"size": [10**9, 32]}, r"'size': .*got \[1000000000, 32\]"),
-        ({"shift": "x"}, r"'shift': expected a number from -1 to 1 .*got 'x'"),
-        ({"shift": float("nan")}, r"'shift': expected a number .*got nan"),
-        ({"shift": float("inf")}, r"'shift': expected a number .*got inf"),
-        ({"shift": 10**400}, r"'shift': expected a number .*got"),
-        ({"shift": None}, r"'shift': expected a number .*got None"),
+        ({"mean": [float("nan")] * 3}, r"'mean': expected three numbers from -1 to 1.*got \[nan, nan, nan\]"),
+        ({"mean": [float("inf")] * 3}, r"'mean': expected three numbers.*got \[inf, inf, inf\]"),
+        ({"std": [10**400] * 3}, r"'std': expected three numbers from 0.01 to 100.*got"),
+        ({"antialias": None}, r"'antialias': expected true or false, got None"),
     ],
 )
 def test_a_policy_from_a_weights_file_is_checked_before_use(change: dict[str, object], message: str) -> None:

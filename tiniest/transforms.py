@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tiniest.env import env_int
+from tiniest.env_numbers import env_int
 from tiniest.errors import PreprocessError, TiniestError
 from tiniest.extras import require_extra
 from tiniest.files import open_regular
@@ -79,14 +79,6 @@ PREPROCESSING: dict[str, Any] = {
     "color": "RGB",
 }
 INTERPOLATIONS = ("bilinear", "bicubic")  # what F.interpolate antialiases, and what the stripes resize separably
-# The prose form weights files stated before the numbers (the pinned release among them: its bytes, hence
-# its sha256, embed it): still read, as the numbers it means.
-_LEGACY_KEYS = frozenset({"resize", "scale", "shift"})
-_NUMERIC_ONLY = frozenset({"interpolation", "antialias", "mean", "std"})
-_LEGACY_SCALE = "uint8 / 255 to [0, 1]"
-_LEGACY_RESIZE = "bilinear with antialiasing"
-
-
 # The largest input side a weights file's preprocessing may ask for: Tiniest was trained on 32x32, and an
 # input this large already costs 12 MB per image (float32 RGB) before the model runs.
 MAX_INPUT_SIDE = 1024
@@ -575,33 +567,6 @@ def _triple(key: str, value: Any, low: float, high: float) -> tuple[float, float
     return float(value[0]), float(value[1]), float(value[2])
 
 
-def _from_legacy(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The numbers a prose policy (``resize``, ``scale``, ``shift``: weights written before them) means."""
-    for key, implemented in (("color", "RGB"), ("scale", _LEGACY_SCALE)):
-        if meta.get(key) != implemented:
-            raise PreprocessError(
-                f"preprocessing {key!r}: this version implements {implemented!r}, "
-                f"the weights ask {reprlib.repr(meta.get(key))}"
-            )
-    resize = str(meta.get("resize", ""))
-    if not resize.startswith(_LEGACY_RESIZE):
-        raise PreprocessError(
-            f"preprocessing 'resize': this version implements {_LEGACY_RESIZE}, got {reprlib.repr(resize)}"
-        )
-    shift = meta.get("shift", 0.0)
-    if not (type(shift) in (int, float) and -1 <= shift <= 1):  # NaN fails the comparison too
-        raise _mistake("shift", "a number from -1 to 1 (minus the mean of pixels in [0, 1])", shift)
-    mean = 0.0 - shift  # 0.0 - 0.0: no negative zero in the record
-    return {
-        "size": meta.get("size"),
-        "interpolation": "bilinear",
-        "antialias": True,
-        "mean": [mean] * 3,
-        "std": [1.0] * 3,
-        "color": "RGB",
-    }
-
-
 class Preprocess(nn.Module):
     """Images in any accepted form (see module docs) to a model's ``(N, 3, H, W)`` float input.
 
@@ -648,17 +613,10 @@ class Preprocess(nn.Module):
 
         It comes from a weights file, so anything may be there: a value of the wrong kind is a
         :class:`PreprocessError` saying what was expected, never a bare ``ValueError`` or ``TypeError``.
-        The prose form of earlier files (``resize``, ``scale``, ``shift``) is read as the numbers it means.
         """
         if not isinstance(meta, Mapping):
             raise PreprocessError(f"preprocessing: expected a JSON object (a mapping), got {type(meta).__name__}")
-        legacy, numeric = sorted(_LEGACY_KEYS & set(meta)), sorted(_NUMERIC_ONLY & set(meta))
-        if legacy and numeric:
-            raise PreprocessError(
-                f"preprocessing: expected the numbers ({', '.join(PREPROCESSING)}) or the earlier prose "
-                f"(color, size, resize, scale, shift), got both: {', '.join(numeric + legacy)}"
-            )
-        numbers = _from_legacy(meta) if legacy else dict(meta)
+        numbers = dict(meta)
         if set(numbers) != set(PREPROCESSING):
             raise PreprocessError(
                 f"preprocessing: expected the keys {', '.join(PREPROCESSING)}, "

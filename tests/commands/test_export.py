@@ -306,7 +306,7 @@ def test_the_command_line_offers_the_registrys_formats(capsys: pytest.CaptureFix
         ({"size": ["a", "b"]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
         ({"size": [0, 0]}, "preprocessing 'size': expected [height, width], two whole numbers from 1 to 1024"),
         ({"mean": "x"}, "preprocessing 'mean': expected three numbers from -1 to 1"),
-        ({"shift": -0.5}, "preprocessing: expected the numbers (size, interpolation, antialias, mean, std, color) or"),
+        ({"shift": -0.5}, "preprocessing: expected the keys size, interpolation, antialias, mean, std, color, got"),
         (["size", [32, 32]], "preprocessing: expected a JSON object (a mapping), got list"),
     ],
 )

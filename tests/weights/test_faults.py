@@ -269,7 +269,7 @@ HUB_REASONS = {
     "stall-mid-body": r"ReadTimeout",  # HF_HUB_DOWNLOAD_TIMEOUT bounds each read
     "wrong-bytes": r"/resolve/main/model.safetensors served the wrong bytes: sha256 [0-9a-f]{64}",
     "corrupt-bytes": r"/resolve/main/model.safetensors served the wrong bytes: sha256 [0-9a-f]{64}",
-    "html-200": r"/resolve/main/model.safetensors announces 102 bytes; the pinned file has 398,096: not fetched$",
+    "html-200": r"/resolve/main/model.safetensors announces 102 bytes; the pinned file has 398,056: not fetched$",
     "redirect-loop": r"TooManyRedirects",
 }
 # tiniest's part in the requests: an answer refused at the metadata probe downloads nothing (an HTML page

@@ -35,7 +35,8 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from tiniest.devices import resolve_device
-from tiniest.env import env_int, env_number, env_text
+from tiniest.env import env_text
+from tiniest.env_numbers import env_int, env_number
 from tiniest.errors import DatasetError, PeerLostError, TiniestWarning, UsageError, first_line, warn
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically

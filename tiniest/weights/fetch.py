@@ -33,7 +33,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from tiniest.env import env_number
+from tiniest.env_numbers import env_number
 from tiniest.errors import DownloadError, RateLimitError
 
 __all__ = ["DEADLINE_FACTOR", "default_timeout", "fetch", "max_download_bytes"]
