@@ -28,12 +28,12 @@ def cached_release(release_bytes: bytes) -> Path:
     return path
 
 
-HUB_REPO = f"{RELEASE.github_repo}:hub"
+HUB_REPO = f"{RELEASE.where['github']['repo']}:hub"
 
 
 def prefill_hub_dir(hub_dir: Path) -> Path:
     """Put a copy of this checkout where torch.hub keeps ``OWNER/REPO:hub`` after a download."""
-    owner, name = RELEASE.github_repo.split("/")
+    owner, name = RELEASE.where["github"]["repo"].split("/")
     checkout = hub_dir / f"{owner}_{name}_hub"
     return copy_checkout(checkout)
 
@@ -46,7 +46,7 @@ def hub_dir() -> Path:
     run a different folder's code under it (tests of copies run in fresh interpreters).
     """
     hub = Path(torch.hub.get_dir())
-    owner, name = RELEASE.github_repo.split("/")
+    owner, name = RELEASE.where["github"]["repo"].split("/")
     hub.mkdir(parents=True, exist_ok=True)
     (hub / f"{owner}_{name}_hub").symlink_to(ROOT, target_is_directory=True)
     return hub

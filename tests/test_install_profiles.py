@@ -39,6 +39,9 @@ from tiniest.weights.formats import read_state_dict
 pytestmark = pytest.mark.slow  # each profile runs a whole user's session in its own interpreter
 
 RELEASE = TiniestWeights.DEFAULT.release
+GITHUB_ROUTE = RELEASE.url.removeprefix("https://github.com")  # the release asset, under any mirror
+HUB = RELEASE.where["huggingface"]
+HUB_FILE = (HUB["repo_id"], HUB["revision"], HUB["filename"])
 INPUT = torch.linspace(-0.5, 0.5, 3 * 32 * 32).reshape(1, 3, 32, 32)
 # Anything beyond torch that the torch.hub load path must do without.
 EXTRAS_MODULES = ("safetensors", "numpy", "tqdm", "PIL", "huggingface_hub", "matplotlib", "kornia", "onnx")
@@ -253,7 +256,7 @@ def test_hub_profile_downloads_from_github_with_default_arguments(
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("TINIEST_GITHUB_URL", server.url)
-    asset = f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}"
+    asset = GITHUB_ROUTE
     server.serve(asset, release_bytes)
     run = run_in(hub_python, ["-c", HUB_LOAD, str(checkout)], tmp_path)
     assert_published_model(run, reference_logits(release_bytes))
@@ -496,9 +499,9 @@ def test_lowest_declared_versions_run_every_source_predict_evaluate_and_export(
     from tests.loopback import serve_like_the_hub
 
     python = profile_python("TINIEST_LOWEST_PYTHON")
-    server.serve(f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}", release_bytes)
+    server.serve(GITHUB_ROUTE, release_bytes)
     server.serve(f"/{RELEASE.source_path}", shared_checkpoint.read_bytes())
-    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, release_bytes)
+    serve_like_the_hub(server, *HUB_FILE, release_bytes)
     weights = Path(os.environ["TINIEST_WEIGHTS_DIR"])
     weights.mkdir(parents=True, exist_ok=True)
     (weights / "tiniest.pt").write_bytes(shared_checkpoint.read_bytes())

@@ -27,6 +27,9 @@ from tests.loopback import LoopbackServer, serve_like_the_hub
 from tiniest.weights import TiniestWeights
 
 RELEASE = TiniestWeights.DEFAULT.release
+GITHUB_ROUTE = RELEASE.url.removeprefix("https://github.com")  # the release asset, under any mirror
+HUB = RELEASE.where["huggingface"]
+HUB_FILE = (HUB["repo_id"], HUB["revision"], HUB["filename"])
 BLOCKED = ("safetensors", "numpy", "tqdm", "PIL", "huggingface_hub")
 OPTIONAL = {"tqdm", "huggingface_hub", "safetensors"}  # tried, and done without (safetensors: the fallback reader)
 
@@ -118,9 +121,9 @@ def test_torch_hub_load_with_only_torch_from_every_source(
         (torch_home / "hub" / "checkpoints").mkdir(parents=True)
         shutil.copy(release, torch_home / "hub" / "checkpoints" / RELEASE.filename)
     elif source == "github":
-        server.serve(f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}", release_bytes)
+        server.serve(GITHUB_ROUTE, release_bytes)
     elif source == "huggingface":
-        serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, release_bytes)
+        serve_like_the_hub(server, *HUB_FILE, release_bytes)
         env["HF_ENDPOINT"] = server.url  # the Hub is up: only its client is missing
         server.serve(f"/{RELEASE.source_path}", shared_checkpoint.read_bytes())
         kwargs["sources"] = "huggingface,original"

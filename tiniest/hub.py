@@ -1,7 +1,7 @@
 """The ``tiniest`` entry point shared by torch.hub (``hubconf.py``) and pip users: the model built with its weights.
 
-The weights code (:mod:`tiniest.weights`) checks bytes and keys; the architecture is checked here,
-where the model and the weights meet. As torchvision's builders, ``weights=`` says which weights
+The weights code (:mod:`tiniest.weights`) checks bytes and keys, and loads them into the model class
+this module passes it (it never imports the model). As torchvision's builders, ``weights=`` says which weights
 (``None``: a random initialisation) and ``num_classes=`` gives the published trunk a new head.
 ``pretrained=``, which torch.hub users type from habit, is refused in one line naming ``weights=``:
 one spelling, one meaning.

@@ -297,7 +297,8 @@ def _new_destinations(github_repo: str | None, hf_repo_id: str | None) -> tuple[
                                                      ("--hf-repo-id OWNER/NAME", hf_repo_id)) if not value)
     raise UsageError(
         f"new weights are published to your own repositories: pass {missing} "
-        f"(the pinned {pinned.github_repo} and {pinned.hf_repo_id} are for the published checkpoint only)"
+        f"(the pinned {pinned.where['github']['repo']} and {pinned.where['huggingface']['repo_id']} are for the "
+        "published checkpoint only)"
     )
 
 
@@ -306,11 +307,12 @@ def _plan(built: _Built, *, name: str | None, github_repo: str | None, tag: str 
     """The release of ``built``: the pinned record for the published checkpoint, else new names and addresses."""
     pinned = TiniestWeights.DEFAULT.release
     if built.pinned:
-        github_repo, hf_repo_id = github_repo or pinned.github_repo, hf_repo_id or pinned.hf_repo_id
+        github_repo = github_repo or pinned.where["github"]["repo"]
+        hf_repo_id = hf_repo_id or pinned.where["huggingface"]["repo_id"]
     else:
         github_repo, hf_repo_id = _new_destinations(github_repo, hf_repo_id)
     sha8 = sha256_hex(built.artifact)[:8]
-    tag = tag or (pinned.github_tag if built.pinned else f"weights-{sha8}")
+    tag = tag or (pinned.where["github"]["tag"] if built.pinned else f"weights-{sha8}")
     checkpoint = built.source.checkpoint
     original = f"tiniest-{sha8}.pt"
     source = (
@@ -322,14 +324,17 @@ def _plan(built: _Built, *, name: str | None, github_repo: str | None, tag: str 
         filename=pinned.filename if built.pinned else f"tiniest-{sha8}.safetensors",
         sha256=sha256_hex(built.artifact),
         size=len(built.artifact),
-        github_repo=github_repo,
-        github_tag=tag,
-        hf_repo_id=hf_repo_id,
-        hf_revision=hf_revision or (pinned.hf_revision if built.pinned else tag),
-        hf_filename=WEIGHTS_NAME,
         source_path=source[0],
         source_sha256=source[1],
         source_size=source[2],
+        where={
+            "github": {"repo": github_repo, "tag": tag},
+            "huggingface": {
+                "repo_id": hf_repo_id,
+                "revision": hf_revision or (pinned.where["huggingface"]["revision"] if built.pinned else tag),
+                "filename": WEIGHTS_NAME,
+            },
+        },
         meta=built.meta,
     )
 
@@ -345,7 +350,7 @@ def _write(output: Path, release: Release, built: _Built, replaced: list[Path]) 
     if original is not None:
         save_atomically(original, built.source.checkpoint)
     save_atomically(asset, built.artifact)
-    write_model_folder(output / HF_FOLDER, built.artifact, built.meta, repo_id=release.hf_repo_id)
+    write_model_folder(output / HF_FOLDER, built.artifact, built.meta, repo_id=release.where["huggingface"]["repo_id"])
     save_atomically(output / RECORD_NAME, (json.dumps(record, indent=2) + "\n").encode())
     files = [asset] if original is None else [asset, original, output / RECORD_NAME]
     save_atomically(output / INSTRUCTIONS_NAME, publish_commands(record, output, files).encode())

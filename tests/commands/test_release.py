@@ -61,8 +61,9 @@ def test_published_checkpoint_gives_the_pinned_release(shared_checkpoint: Path, 
     assert results == {"test": 0.9463, "train": 0.9859}
     assert pinned.sha256 in card.text and "# verified" in card.text and "THALES" in card.text
     publish = (out / "PUBLISH.md").read_text()
-    assert f"gh release create {pinned.github_tag} " in publish and f"--repo {pinned.github_repo}" in publish
-    assert f"hf upload {pinned.hf_repo_id} " in publish and "main:hub" in publish
+    github, hub = pinned.where["github"], pinned.where["huggingface"]
+    assert f"gh release create {github['tag']} " in publish and f"--repo {github['repo']}" in publish
+    assert f"hf upload {hub['repo_id']} " in publish and "main:hub" in publish
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the pinned bytes load verified, without a warning
@@ -346,7 +347,7 @@ def test_a_fine_tune_stopped_early_gets_a_hugging_face_card_that_says_so(
     assert (data_["license"], data_["license_name"], data_["license_link"]) == (
         "other", "my-custom-licence-v2", "https://example.org/licence"
     )
-    assert data_["base_model"] == pinned.hf_repo_id  # fine-tuned from the published weights
+    assert data_["base_model"] == pinned.where["huggingface"]["repo_id"]  # fine-tuned from the published weights
     assert "datasets" not in data_ and card.data.eval_results is None  # a local folder is no Hub dataset
     meta = json.loads((out / "release.json").read_text())["meta"]
     assert "epochs=1 of 2 planned" in meta["recipe"] and "epochs=2," not in meta["recipe"]
@@ -357,7 +358,7 @@ def test_a_fine_tune_stopped_early_gets_a_hugging_face_card_that_says_so(
     assert "## Intended uses" in text and "## Limitations" in text
     made_by = names.markdown("val_fraction 0.5 of the train split, stratified by class, seed 0")
     assert f"| validation | 4 ({made_by}) |" in text
-    assert f"Fine-tuned from: {names.markdown(pinned.name)} ([{pinned.hf_repo_id}]" in text
+    assert f"Fine-tuned from: {names.markdown(pinned.name)} ([{pinned.where['huggingface']['repo_id']}]" in text
     assert "epochs=1 of 2 planned" in text and "My Custom Licence v2" in text
 
 

@@ -48,11 +48,13 @@ from tiniest.weights import TiniestWeights, load_weights, torch_cache_path
 from tiniest.weights.sources import original_cache_path
 
 RELEASE = TiniestWeights.DEFAULT.release
+GITHUB_ROUTE = RELEASE.url.removeprefix("https://github.com")  # the release asset, under any mirror
+HUB = RELEASE.where["huggingface"]
+HUB_FILE = (HUB["repo_id"], HUB["revision"], HUB["filename"])
 VERIFIED = (RELEASE.sha256, RELEASE.source_sha256)  # the release file, or the publisher's .pt kept as it is
-GITHUB_ROUTE = f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}"
 STORAGE_ROUTE = "/storage/release-asset"  # where github.com redirects release downloads
 ORIGINAL_ROUTE = f"/{RELEASE.source_path}"
-HUB_ROUTE = hf_resolve_path(RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename)
+HUB_ROUTE = hf_resolve_path(*HUB_FILE)
 FALLBACK = {"github": "original", "original": "github", "huggingface": "github"}
 
 # What the user reads for each fault (the reason logged, and listed in WeightsNotFoundError): the stable part.

@@ -28,8 +28,9 @@ from tests.conftest import ROOT
 from tiniest.errors import ArtifactError
 from tiniest.weights import TiniestWeights
 from tiniest.weights.artifact import to_safetensors
-from tiniest.weights.formats import MAX_PICKLE_BYTES, read_state_dict, read_weights
+from tiniest.weights.formats import read_state_dict, read_weights
 from tiniest.weights.safetensors_fallback import MAX_HEADER_BYTES, read_tensors
+from tiniest.weights.torch_files import MAX_PICKLE_BYTES
 
 # every dtype name of the library's format, with its size in bits; the reader (like safetensors.torch)
 # refuses those torch cannot load: F4, F6_*, F8_E8M0

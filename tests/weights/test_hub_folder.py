@@ -22,6 +22,7 @@ from tiniest.weights.formats import read_weights, sha256_hex
 
 ROOT = Path(__file__).resolve().parents[2]
 PINNED = TiniestWeights.DEFAULT.release
+PINNED_REPO = PINNED.where["huggingface"]["repo_id"]
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
@@ -98,18 +99,18 @@ def test_labels_travel_through_the_folder(tmp_path: Path) -> None:
 
 
 def test_pinned_repo_id_must_serve_the_pinned_bytes(release_bytes: bytes, tmp_path: Path) -> None:
-    cache = hub_cache_snapshot(tmp_path, PINNED.hf_repo_id, {"model.safetensors": release_bytes[:-4] + b"\0" * 4})
+    cache = hub_cache_snapshot(tmp_path, PINNED_REPO, {"model.safetensors": release_bytes[:-4] + b"\0" * 4})
     with pytest.raises(WeightsNotFoundError, match="refusing unverified weights from the pinned repo"):
-        Tiniest.from_pretrained(PINNED.hf_repo_id, local_files_only=True, cache_dir=cache)
+        Tiniest.from_pretrained(PINNED_REPO, local_files_only=True, cache_dir=cache)
 
 
 def test_pinned_repo_id_loads_from_the_hub_cache(release_bytes: bytes, tmp_path: Path) -> None:
     config = json.dumps({"num_classes": 10}).encode()
     files = {"model.safetensors": release_bytes, "config.json": config}
-    cache = hub_cache_snapshot(tmp_path, PINNED.hf_repo_id, files)
+    cache = hub_cache_snapshot(tmp_path, PINNED_REPO, files)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = Tiniest.from_pretrained(PINNED.hf_repo_id, local_files_only=True, cache_dir=cache)
+        model = Tiniest.from_pretrained(PINNED_REPO, local_files_only=True, cache_dir=cache)
     assert model.fc.out_features == 10
 
 
@@ -237,11 +238,11 @@ def test_bad_metrics_inherited_from_a_file_are_refused_naming_it(metrics: dict, 
 def test_the_pinned_repos_file_is_read_once_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pinned repo's model.safetensors past TINIEST_MAX_DOWNLOAD_MB is refused unread, not hashed whole first."""
     monkeypatch.setenv("TINIEST_MAX_DOWNLOAD_MB", "1")
-    cache = hub_cache_snapshot(tmp_path, PINNED.hf_repo_id, {"model.safetensors": b""})
+    cache = hub_cache_snapshot(tmp_path, PINNED_REPO, {"model.safetensors": b""})
     with open(next(cache.rglob("model.safetensors")), "wb") as handle:
         handle.truncate(2 * 1024 * 1024)  # sparse: 2 MiB of zeros
     with pytest.raises(WeightsNotFoundError, match=r"holds more than 1,048,576 bytes"):
-        Tiniest.from_pretrained(PINNED.hf_repo_id, local_files_only=True, cache_dir=cache)
+        Tiniest.from_pretrained(PINNED_REPO, local_files_only=True, cache_dir=cache)
 
 
 def test_a_config_json_larger_than_any_config_is_refused_unread(tmp_path: Path) -> None:

@@ -30,15 +30,14 @@ from tiniest.weights.formats import read_weights, sha256_hex
 from tiniest.weights.sources import original_cache_path
 
 RELEASE = TiniestWeights.DEFAULT.release
-
-
-def release_route() -> str:
-    return f"/{RELEASE.github_repo}/releases/download/{RELEASE.github_tag}/{RELEASE.filename}"
+GITHUB_ROUTE = RELEASE.url.removeprefix("https://github.com")  # the release asset, under any mirror
+HUB = RELEASE.where["huggingface"]
+HUB_FILE = (HUB["repo_id"], HUB["revision"], HUB["filename"])
 
 
 def serve_github_release(server: LoopbackServer, body: bytes) -> None:
     """Like GitHub: the release URL redirects to a storage host that serves the bytes."""
-    server.redirect(release_route(), f"{server.url}/storage/release-asset?sig=x")
+    server.redirect(GITHUB_ROUTE, f"{server.url}/storage/release-asset?sig=x")
     server.serve("/storage/release-asset", body, headers={"Content-Type": "application/octet-stream"})
 
 
@@ -78,7 +77,7 @@ def test_github_release_follows_redirect_verifies_and_caches(github: LoopbackSer
     serve_github_release(github, release_bytes)
     loaded = load_weights(progress=False)
     assert (loaded.source, loaded.verified) == ("github", True)
-    assert github.paths_requested() == [release_route(), "/storage/release-asset"]
+    assert github.paths_requested() == [GITHUB_ROUTE, "/storage/release-asset"]
     assert torch_cache_path(RELEASE).read_bytes() == release_bytes
 
     again = load_weights(progress=False)
@@ -107,7 +106,7 @@ def test_404_falls_through_to_the_original_checkpoint(
     github.serve(f"/{RELEASE.source_path}", shared_checkpoint.read_bytes())
     loaded = load_weights(sources="github,original", progress=False)
     assert (loaded.source, loaded.verified) == ("original", True)
-    assert github.paths_requested() == [release_route(), f"/{RELEASE.source_path}"]
+    assert github.paths_requested() == [GITHUB_ROUTE, f"/{RELEASE.source_path}"]
     assert original_cache_path(RELEASE).read_bytes() == shared_checkpoint.read_bytes(), "cached as it came, verified"
     assert not torch_cache_path(RELEASE).exists(), "no conversion at load time"
 
@@ -398,7 +397,7 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 def test_hugging_face_hub_download_through_huggingface_hub(
     server: LoopbackServer, release_bytes: bytes, tmp_path: Path
 ) -> None:
-    path = serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, release_bytes)
+    path = serve_like_the_hub(server, *HUB_FILE, release_bytes)
     env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     code = (
         "from tiniest.weights import load_weights\n"
@@ -424,7 +423,7 @@ def test_hub_bytes_that_fail_the_hash_are_never_loaded_or_copied(
     server: LoopbackServer, release_bytes: bytes, tmp_path: Path
 ) -> None:
     wrong = release_bytes[:-16] + bytes(16)  # of the pinned size: fetched, then refused by the hash
-    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, wrong)
+    serve_like_the_hub(server, *HUB_FILE, wrong)
     env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
     assert run.returncode != 0
@@ -515,7 +514,7 @@ def test_an_endless_body_from_a_callers_url_is_cut_at_the_cap(server: LoopbackSe
 @needs_proc_io
 @pytest.mark.parametrize("source", ["github", "original"])
 def test_an_endless_body_from_github_is_cut_at_the_pinned_size(source: str, server: LoopbackServer) -> None:
-    route = release_route() if source == "github" else f"/{RELEASE.source_path}"
+    route = GITHUB_ROUTE if source == "github" else f"/{RELEASE.source_path}"
     server.routes[route] = endless()
     result = measured_load("DEFAULT", source, {"TINIEST_GITHUB_URL": server.url})
     size = RELEASE.size if source == "github" else RELEASE.source_size
@@ -525,7 +524,7 @@ def test_an_endless_body_from_github_is_cut_at_the_pinned_size(source: str, serv
 
 @needs_proc_io
 def test_a_content_length_over_the_bound_is_refused_before_the_body_is_read(server: LoopbackServer) -> None:
-    server.routes[release_route()] = endless({"Content-Length": str(10**12)})
+    server.routes[GITHUB_ROUTE] = endless({"Content-Length": str(10**12)})
     result = measured_load("DEFAULT", "github", {"TINIEST_GITHUB_URL": server.url})
     assert f"announces {10**12:,} bytes (Content-Length); at most {RELEASE.size:,} expected" in result["outcome"]
     assert result["memory"] < 32 * MB, result
@@ -534,7 +533,7 @@ def test_a_content_length_over_the_bound_is_refused_before_the_body_is_read(serv
 def test_a_hub_file_announced_at_another_size_is_not_fetched(server: LoopbackServer, tmp_path: Path) -> None:
     from tests.faults import hub_headers
 
-    path = hf_resolve_path(RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename)
+    path = hf_resolve_path(*HUB_FILE)
     server.routes[path] = endless({**hub_headers(b"x"), "Content-Length": str(10**12)})
     env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
@@ -553,17 +552,17 @@ def test_a_bad_entry_of_the_hugging_face_cache_is_fetched_anew_and_kept_in_the_t
     """
     import hashlib
 
-    serve_like_the_hub(server, RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename, release_bytes)
-    repo = tmp_path / "hf" / "hub" / f"models--{RELEASE.hf_repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(RELEASE.hf_repo_id.encode()).hexdigest()  # what the loopback Hub names its commit
-    planted = repo / "snapshots" / commit / RELEASE.hf_filename
+    serve_like_the_hub(server, *HUB_FILE, release_bytes)
+    repo = tmp_path / "hf" / "hub" / f"models--{HUB['repo_id'].replace('/', '--')}"
+    commit = hashlib.sha1(HUB["repo_id"].encode()).hexdigest()  # what the loopback Hub names its commit
+    planted = repo / "snapshots" / commit / HUB["filename"]
     planted.parent.mkdir(parents=True)
     blob = repo / "blobs" / hashlib.sha256(release_bytes).hexdigest()
     blob.parent.mkdir()
     blob.write_bytes(release_bytes[:-16] + bytes(16))
     planted.symlink_to(blob)
     (repo / "refs").mkdir()
-    (repo / "refs" / RELEASE.hf_revision).write_text(commit)
+    (repo / "refs" / HUB["revision"]).write_text(commit)
     env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     code = "from tiniest.weights import load_weights\n"
     code += "print(load_weights(sources='huggingface', progress=False).source)\n"
@@ -591,15 +590,15 @@ def test_a_hostile_hub_mirror_cannot_make_us_delete_a_file_outside_the_cache(
     """An etag or commit that is a path: huggingface_hub refuses it, the victim is untouched, nothing is loaded."""
     from tests.faults import hub_headers
 
-    victim = tmp_path / "victim" / RELEASE.hf_filename
+    victim = tmp_path / "victim" / HUB["filename"]
     victim.parent.mkdir()
     victim.write_bytes(b"precious, and not the release")
-    repo = tmp_path / "hf" / "hub" / f"models--{RELEASE.hf_repo_id.replace('/', '--')}"
+    repo = tmp_path / "hf" / "hub" / f"models--{HUB['repo_id'].replace('/', '--')}"
     for folder in ("blobs", "snapshots"):  # as an earlier download leaves them: ../ climbs from there
         (repo / folder).mkdir(parents=True)
-    hostile = value.format(name=RELEASE.hf_filename, victim=victim.parent)
+    hostile = value.format(name=HUB["filename"], victim=victim.parent)
     headers = {**hub_headers(release_bytes), header: hostile}
-    path = hf_resolve_path(RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename)
+    path = hf_resolve_path(*HUB_FILE)
     server.serve(path, release_bytes, headers=headers)
     env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     run = run_python("from tiniest.weights import load_weights\nload_weights(sources='huggingface')", env)
@@ -612,12 +611,12 @@ def test_a_hostile_hub_mirror_cannot_make_us_delete_a_file_outside_the_cache(
 def test_a_bad_hugging_face_cache_entry_met_by_the_cache_source_is_reported_and_left(
     release_bytes: bytes, tmp_path: Path
 ) -> None:
-    repo = tmp_path / "hf" / "hub" / f"models--{RELEASE.hf_repo_id.replace('/', '--')}"
-    planted = repo / "snapshots" / ("0" * 40) / RELEASE.hf_filename
+    repo = tmp_path / "hf" / "hub" / f"models--{HUB['repo_id'].replace('/', '--')}"
+    planted = repo / "snapshots" / ("0" * 40) / HUB["filename"]
     planted.parent.mkdir(parents=True)
     planted.write_bytes(b"planted")
     (repo / "refs").mkdir()
-    (repo / "refs" / RELEASE.hf_revision).write_text("0" * 40)
+    (repo / "refs" / HUB["revision"]).write_text("0" * 40)
     env = {"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     run = run_python("from tiniest.weights import load_weights\nload_weights(sources='cache')", env)
     assert f"Hugging Face cache: {planted} is not the pinned file" in run.stderr, run.stderr
@@ -670,7 +669,7 @@ def test_the_github_token_never_goes_over_plain_http(server: LoopbackServer, rel
         handler.end_headers()
         handler.wfile.write(release_bytes)
 
-    server.routes[release_route()] = route
+    server.routes[GITHUB_ROUTE] = route
     with pytest.warns(TiniestWarning, match=r"TINIEST_GITHUB_TOKEN is not sent to http://\S+: a token goes over https"):
         assert load_weights(sources="github", progress=False).source == "github"
     assert seen == [None]
@@ -682,7 +681,7 @@ def test_the_hugging_face_token_never_goes_over_plain_http(
     from tests.faults import hub_headers
 
     seen = []
-    path = hf_resolve_path(RELEASE.hf_repo_id, RELEASE.hf_revision, RELEASE.hf_filename)
+    path = hf_resolve_path(*HUB_FILE)
 
     def route(handler) -> None:  # type: ignore[no-untyped-def]
         seen.append((handler.command, handler.headers.get("Authorization")))
@@ -760,12 +759,12 @@ def test_a_hugging_face_cache_entry_linking_outside_the_cache_is_never_deleted(t
     victim = tmp_path / "elsewhere" / "notes.txt"
     victim.parent.mkdir()
     victim.write_bytes(b"a file of the user's, not the release")
-    repo = tmp_path / "hf" / "hub" / f"models--{RELEASE.hf_repo_id.replace('/', '--')}"
-    entry = repo / "snapshots" / ("0" * 40) / RELEASE.hf_filename
+    repo = tmp_path / "hf" / "hub" / f"models--{HUB['repo_id'].replace('/', '--')}"
+    entry = repo / "snapshots" / ("0" * 40) / HUB["filename"]
     entry.parent.mkdir(parents=True)
     entry.symlink_to(victim)
     (repo / "refs").mkdir()
-    (repo / "refs" / RELEASE.hf_revision).write_text("0" * 40)
+    (repo / "refs" / HUB["revision"]).write_text("0" * 40)
     env = {"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"), "TINIEST_OFFLINE": "1"}
     run = run_python("import tiniest\ntiniest.tiniest()", env)
     assert run.returncode != 0 and "is not the pinned file" in run.stderr, run.stderr

@@ -98,7 +98,7 @@ def load_start(
         "classes": list(names) if names is not None else None,
     }
     if loaded.verified:
-        record["hf_repo_id"] = (_member(spec) or TiniestWeights.DEFAULT).release.hf_repo_id
+        record["hf_repo_id"] = (_member(spec) or TiniestWeights.DEFAULT).release.where["huggingface"]["repo_id"]
     where = "its head kept" if same else f"a new {HEAD} for {len(classes)} classes (the weights had {source_classes})"
     logger.info("starting from %s (sha256 %s...): trunk loaded, %s", record["name"], loaded.sha256[:12], where)
     return record

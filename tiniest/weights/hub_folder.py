@@ -226,7 +226,7 @@ def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = No
     name = repo_id.split("/")[-1] if repo_id else "tiniest"
     _, rows = _results(meta, None)
     header = ["| data | split | images | top-1 accuracy |", "|---|---|---|---|"]
-    code_repo = TiniestWeights.DEFAULT.release.github_repo
+    code_repo = TiniestWeights.DEFAULT.release.where["github"]["repo"]
     pinned = sha256 == TiniestWeights.DEFAULT.release.sha256
     num_params = meta.get("num_params", 97530)
     card = ModelCard.from_template(
@@ -397,7 +397,8 @@ def from_pretrained(
     else:
         folder = _download(spec, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
                            force_download=force_download)
-        pinned_repo = spec == release.hf_repo_id and revision in (None, release.hf_revision)
+        hub = release.where["huggingface"]
+        pinned_repo = spec == hub["repo_id"] and revision in (None, hub["revision"])
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{folder}: expected {WEIGHTS_NAME} (written by save_pretrained or tiniest release)")

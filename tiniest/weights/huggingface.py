@@ -43,7 +43,8 @@ def download_from_hub(release: Release) -> tuple[bytes, str, bool]:
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     except ImportError:
         raise LookupError("huggingface_hub cannot be imported (pip install huggingface_hub)") from None
-    repo_id, filename, revision = release.hf_repo_id, release.hf_filename, release.hf_revision
+    hub = release.where["huggingface"]  # its record entry
+    repo_id, filename, revision = hub["repo_id"], hub["filename"], hub["revision"]
     url = hf_hub_url(repo_id, filename, revision=revision)
     token = False if urllib.parse.urlsplit(url).scheme == "http" else None  # a token goes over https only
     try:

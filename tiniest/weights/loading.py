@@ -72,7 +72,7 @@ def decode_metadata(header: Mapping[str, str]) -> dict[str, Any]:
 def decode_weights(data: bytes, *, source: str, location: str, verified: bool) -> LoadedWeights:
     """The tensors of ``data`` and what is known of them: the file's own metadata, else the pinned record
     (the publisher's ``.pt``), else what lies beside a bare file. ``verified``: the bytes are the pinned release."""
-    state_dict, metadata = read_weights(data, origin=location)
+    state_dict, metadata = read_weights(data, origin=location, pinned=verified)
     digest = sha256_hex(data)  # once: the metadata beside a bare file is found by it too
     pinned = TiniestWeights.DEFAULT.release
     if metadata:

@@ -155,7 +155,7 @@ def _base_model(init: Mapping[str, Any]) -> dict[str, Any]:
     name, sha256 = str(init.get("name") or "unknown"), str(init.get("sha256") or "")
     base: dict[str, Any] = {"name": name, "sha256": sha256}
     if sha256 in (release.sha256, release.source_sha256):
-        base.update(name=release.name, hf_repo_id=release.hf_repo_id)
+        base.update(name=release.name, hf_repo_id=release.where["huggingface"]["repo_id"])
     elif name.startswith(HF_PREFIX):
         base["hf_repo_id"] = base["name"] = name[len(HF_PREFIX) :].split("@")[0]
     elif "://" in name:

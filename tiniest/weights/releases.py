@@ -12,13 +12,11 @@ enum does not declare).
 from __future__ import annotations
 
 import json
-import urllib.parse
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from tiniest.env import env_text
 from tiniest.errors import ArtifactError, UsageError
 from tiniest.weights.formats import sha256_hex
 
@@ -34,65 +32,47 @@ __all__ = [
     "Release",
     "TiniestWeights",
     "describe_mismatch",
-    "github_base_url",
 ]
 
 RECORD_NAME = "release.json"
 RECORD_PATH = Path(__file__).with_name(RECORD_NAME)
-DEFAULT_GITHUB_URL = "https://github.com"
+GITHUB = "https://github.com"  # where the release files are published (a mirror: tiniest.weights.downloads)
+_FACTS = frozenset({"name", "filename", "sha256", "size", "source", "meta"})  # a record's other keys: sources
 MAX_RECORD_BYTES = 1 << 20  # a record is about 2 KB: a larger release.json (or config.json) is not read
-
-
-def github_base_url() -> str:
-    """``https://github.com``, or the mirror named by ``TINIEST_GITHUB_URL`` (an http(s) URL with a host)."""
-    value = env_text("TINIEST_GITHUB_URL")
-    if value is None:
-        return DEFAULT_GITHUB_URL
-    try:
-        parts = urllib.parse.urlsplit(value)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a port that is not a number
-        valid = False
-    if not valid or parts.query or parts.fragment:
-        raise UsageError(f"TINIEST_GITHUB_URL: expected an http(s) URL such as {DEFAULT_GITHUB_URL}, got {value!r}")
-    return value.rstrip("/")
 
 
 @dataclass(frozen=True)
 class Release:
-    """One published weights file and everything needed to find and verify it."""
+    """One published weights file, the publisher's original checkpoint, and where each network source finds them.
+
+    ``where`` holds every entry of the record but the file's own facts: ``"github"`` (``repo``, ``tag``),
+    ``"huggingface"`` (``repo_id``, ``revision``, ``filename``), in the order the sources are tried. A new
+    source is a finder (:data:`tiniest.weights.downloads.DOWNLOADS`) and its entry in the record.
+    """
 
     name: str
     filename: str
     sha256: str
     size: int
-    github_repo: str
-    github_tag: str
-    hf_repo_id: str
-    hf_revision: str
-    hf_filename: str
-    source_path: str
+    source_path: str  # the original checkpoint: under github.com, pinned by its own sha256 and size
     source_sha256: str
     source_size: int
+    where: dict[str, dict[str, str]] = field(hash=False)
     meta: dict[str, Any] = field(hash=False, compare=False)
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Release:
         """The release a ``release.json`` record describes (the inverse of :meth:`to_record`)."""
-        github, hf, source = record["github"], record["huggingface"], record["source"]
+        source = record["source"]
         return cls(
             name=record["name"],
             filename=record["filename"],
             sha256=record["sha256"],
             size=int(record["size"]),
-            github_repo=github["repo"],
-            github_tag=github["tag"],
-            hf_repo_id=hf["repo_id"],
-            hf_revision=hf["revision"],
-            hf_filename=hf["filename"],
             source_path=source["path"],
             source_sha256=source["sha256"],
             source_size=int(source["size"]),
+            where={key: value for key, value in record.items() if key not in _FACTS},
             meta=record["meta"],
         )
 
@@ -103,8 +83,7 @@ class Release:
             "filename": self.filename,
             "sha256": self.sha256,
             "size": self.size,
-            "github": {"repo": self.github_repo, "tag": self.github_tag},
-            "huggingface": {"repo_id": self.hf_repo_id, "revision": self.hf_revision, "filename": self.hf_filename},
+            **self.where,
             "source": {"path": self.source_path, "sha256": self.source_sha256, "size": self.source_size},
             "meta": self.meta,
         }
@@ -115,13 +94,14 @@ class Release:
 
     @property
     def url(self) -> str:
-        """The GitHub release asset (honours ``TINIEST_GITHUB_URL``)."""
-        return f"{github_base_url()}/{self.github_repo}/releases/download/{self.github_tag}/{self.filename}"
+        """The GitHub release asset."""
+        github = self.where["github"]
+        return f"{GITHUB}/{github['repo']}/releases/download/{github['tag']}/{self.filename}"
 
     @property
     def source_url(self) -> str:
         """The original torch checkpoint at its immutable, commit-pinned address."""
-        return f"{github_base_url()}/{self.source_path}"
+        return f"{GITHUB}/{self.source_path}"
 
     def transforms(self) -> Preprocess:
         """The preprocessing these weights expect, as a module (see :mod:`tiniest.transforms`)."""
@@ -139,15 +119,10 @@ def describe_mismatch(data: bytes, release: Release, expected: str | None = None
     return text
 
 
-def _load_record() -> Release:
-    with RECORD_PATH.open(encoding="utf-8") as handle:
-        try:
-            return Release.from_record(json.load(handle))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ArtifactError(f"{RECORD_PATH}: expected a release record ({type(error).__name__}: {error})") from None
-
-
-_PINNED = _load_record()
+try:
+    _PINNED = Release.from_record(json.loads(RECORD_PATH.read_text(encoding="utf-8")))
+except (ValueError, KeyError, TypeError) as error:
+    raise ArtifactError(f"{RECORD_PATH}: expected a release record ({type(error).__name__}: {error})") from None
 
 
 class TiniestWeights(Enum):

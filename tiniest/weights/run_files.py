@@ -15,7 +15,8 @@ import torch
 
 from tiniest.errors import ArtifactError, first_line
 from tiniest.files import read_regular
-from tiniest.weights.formats import is_safetensors, load_torch_file
+from tiniest.weights.formats import is_safetensors
+from tiniest.weights.torch_files import load_torch_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",

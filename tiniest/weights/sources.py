@@ -30,7 +30,6 @@ import torch
 from tiniest.env import env_flag, env_path, env_text, env_yes
 from tiniest.errors import (
     ArtifactError,
-    CacheWarning,
     TiniestError,
     TiniestWarning,
     UsageError,
@@ -86,16 +85,6 @@ def _read_pinned(path: Path, release: Release) -> bytes:
     return data
 
 
-def _keep(path: Path, data: bytes) -> None:
-    """Cache verified bytes; a cache that cannot be written costs a warning, never a load."""
-    from tiniest.storage import save_atomically  # only after a download
-
-    try:
-        save_atomically(path, data)
-    except OSError as error:
-        warn(f"could not cache the weights at {path} ({error}); they are loaded from memory this time", CacheWarning)
-
-
 def _from_local(release: Release) -> tuple[bytes, str]:
     folder = checkout_weights_dir()
     if not folder.is_dir():
@@ -133,7 +122,8 @@ def _from_cache(release: Release) -> tuple[bytes, str]:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         raise LookupError("; ".join(reasons)) from None
-    found = try_to_load_from_cache(release.hf_repo_id, release.hf_filename, revision=release.hf_revision)
+    hub = release.where["huggingface"]
+    found = try_to_load_from_cache(hub["repo_id"], hub["filename"], revision=hub["revision"])
     if not isinstance(found, str):
         raise LookupError("; ".join([*reasons, "not in the Hugging Face cache"]))
     try:
@@ -143,17 +133,18 @@ def _from_cache(release: Release) -> tuple[bytes, str]:
 
 
 _LOCAL: dict[str, Callable[[Release], tuple[bytes, str]]] = {"local": _from_local, "cache": _from_cache}
-SOURCES: tuple[str, ...] = ("local", "cache", "github", "huggingface", "original")  # in the order they are tried
+# in the order they are tried: the disk, then the network sources the pinned record names, then the original
+SOURCES: tuple[str, ...] = ("local", "cache", *TiniestWeights.DEFAULT.release.where, "original")
 
 
 def _download(name: str, release: Release, progress: bool) -> tuple[bytes, str]:
     """The network source ``name``'s verified bytes, kept in torch.hub's cache (the ``.pt`` under its own name)."""
-    from tiniest.weights.downloads import DOWNLOADS
+    from tiniest.weights.downloads import download, keep
 
-    data, location, keep = DOWNLOADS[name](release, progress)
-    if keep:
+    data, location, cache = download(name, release, progress)
+    if cache:
         original = sha256_hex(data) == release.source_sha256
-        _keep(original_cache_path(release) if original else torch_cache_path(release), data)
+        keep(original_cache_path(release) if original else torch_cache_path(release), data)
     return data, location
 
 
