@@ -190,3 +190,42 @@ def test_the_api_reference_has_what_the_pages_tell_users_to_call() -> None:
     assert [name for name in tiniest.__all__ if f"`tiniest.{name}`" not in api] == []
     entries = set(re.findall(r"^::: (\S+)", api, flags=re.MULTILINE))
     assert {"tiniest.training.train", "tiniest.training.RunOptions", "tiniest.release.make_release"} <= entries
+
+
+RAW_ROLE = re.compile(r":(class|func|data|mod|meth|attr|exc|obj):(`|<code)")  # as written, or as Markdown renders it
+
+
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The documentation site as ``mkdocs build --strict`` makes it, with an empty notebook cache (so the
+    notebook runs where ../shared is present); a warning fails the build."""
+    folder = tmp_path_factory.mktemp("site")
+    environment = {**os.environ, "TINIEST_DOCS_CACHE": str(folder / "cache"), "NO_MKDOCS_2_WARNING": "1"}
+    environment.pop("TINIEST_DOCS_EXECUTE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=environment,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    return folder / "site"
+
+
+@pytest.mark.slow
+def test_the_site_shows_no_raw_sphinx_roles_and_returns_read_as_sentences(built_site: Path) -> None:
+    """Docstrings are Markdown for mkdocstrings: a ``:class:`...``` role would show as typed (issue 29). A
+    Returns section is one sentence, never split into a Name column or several rows."""
+    pages = sorted(built_site.rglob("*.html"))
+    assert built_site / "api" / "index.html" in pages
+    raw = {str(page.relative_to(built_site)): len(found)
+           for page in pages if (found := RAW_ROLE.findall(page.read_text(encoding="utf-8")))}
+    assert raw == {}, f"raw roles left (page: count): {raw}"
+    api = (built_site / "api" / "index.html").read_text(encoding="utf-8")
+    sections = re.findall(r'doc-section-title">Returns:</span>.*?</table>', api, flags=re.DOTALL)
+    assert sections, "no Returns section on the API page"
+    for section in sections:
+        header = re.findall(r"<th>(\w+)</th>", section)
+        rows = re.findall(r'<div class="doc-md-description">\s*(.*?)\s*</div>', section, flags=re.DOTALL)
+        text = [" ".join(re.sub(r"<[^>]+>", "", row).split()) for row in rows]
+        assert "Name" not in header and len(text) == 1, (header, text)
+        assert re.fullmatch(r"[A-Z].*\.", text[0]), f"not a sentence: {text[0]!r}"
+

@@ -1,4 +1,4 @@
-"""tiniest's environment variables, read one way: a bad value is one :class:`UsageError` naming the variable.
+"""tiniest's environment variables, read one way: a bad value is one ``UsageError`` naming the variable.
 
 Every knob is read at the moment it is used (not at import), so a test or a long-lived process can
 change it. An empty or blank value counts as unset.
@@ -75,7 +75,7 @@ def env_int(name: str, default: int, *, low: int, high: int | None = None) -> in
 def _check_range(
     name: str, value: str, number: float | None, kind: str, low: float, high: float, inclusive_low: bool = True
 ) -> None:
-    """One :class:`UsageError` naming the variable, the range and the text given, unless ``number`` is in range.
+    """One ``UsageError`` naming the variable, the range and the text given, unless ``number`` is in range.
 
     ``number`` is ``None`` (or NaN) where ``value`` did not parse.
     """

@@ -1,7 +1,7 @@
 """Weight files as tensors: safetensors (the library, else a bounded fallback) and torch zip archives.
 
 A safetensors file is read by the ``safetensors`` library wherever it imports; torch.hub users, who
-have torch alone, get :mod:`tiniest.weights.safetensors_fallback`, which refuses every file the
+have torch alone, get ``tiniest.weights.safetensors_fallback``, which refuses every file the
 library refuses (a property test holds it to that). A ``.pt`` file is loaded with
 ``torch.load(weights_only=True)`` only after its zip records have been checked: torch inflates a
 deflated record to the size it declares before comparing, so a 2 MB file could ask for gigabytes.
@@ -56,7 +56,7 @@ def is_safetensors(data: bytes) -> bool:
 def read_weights(data: bytes, *, origin: str = "weights") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors of safetensors bytes or a torch state_dict archive, and the file's metadata (``{}`` for a .pt).
 
-    Pickled code is never run: ``.pt`` files load with ``weights_only=True`` after :func:`check_torch_archive`.
+    Pickled code is never run: ``.pt`` files load with ``weights_only=True`` after ``check_torch_archive``.
     """
     if is_safetensors(data):
         from tiniest.weights.safetensors_fallback import read_header
@@ -75,12 +75,12 @@ def read_weights(data: bytes, *, origin: str = "weights") -> tuple[dict[str, tor
 
 
 def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.Tensor]:
-    """The tensors of :func:`read_weights`."""
+    """The tensors of ``read_weights``."""
     return read_weights(data, origin=origin)[0]
 
 
 def read_metadata(data: bytes, *, origin: str = "weights") -> dict[str, str]:
-    """The metadata of :func:`read_weights`: what a safetensors file says of itself (``{}`` for a .pt)."""
+    """The metadata of ``read_weights``: what a safetensors file says of itself (``{}`` for a .pt)."""
     return read_weights(data, origin=origin)[1]
 
 
@@ -131,7 +131,7 @@ def check_torch_archive(data: bytes, *, origin: str = "weights") -> None:
 
 
 def load_torch_file(data: bytes, *, origin: str = "weights", map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` of checked archive bytes; one :class:`ArtifactError` otherwise."""
+    """``torch.load(weights_only=True)`` of checked archive bytes; one ``ArtifactError`` otherwise."""
     check_torch_archive(data, origin=origin)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)

@@ -1,10 +1,10 @@
 """Loaded weights, and what a model needs of them: class count, class names, strictly checked tensors.
 
-The model class is passed in (:func:`model_from_weights`): this package never imports the model.
+The model class is passed in (``model_from_weights``): this package never imports the model.
 A model takes its class count from the weights' ``fc`` layer and its ``labels`` from the metadata's
 ``categories``; weights that name none get ``class_0``, ``class_1``... and one
-:class:`NoClassNamesWarning`. A model for other classes takes the weights' trunk and a new head
-(:func:`head_fits`, :func:`with_new_head`): the builder's ``num_classes`` and ``tiniest train --init`` share them.
+``NoClassNamesWarning``. A model for other classes takes the weights' trunk and a new head
+(``head_fits``, ``with_new_head``): the builder's ``num_classes`` and ``tiniest train --init`` share them.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def head_fits(
 
 
 def with_new_head(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trunk of ``state_dict`` (every layer but :data:`HEAD`) with ``model``'s own head, as initialised."""
+    """The trunk of ``state_dict`` (every layer but ``HEAD``) with ``model``'s own head, as initialised."""
     own = model.state_dict()
     state = {key: value for key, value in state_dict.items() if not key.startswith(f"{HEAD}.")}
     state.update({key: value for key, value in own.items() if key.startswith(f"{HEAD}.")})

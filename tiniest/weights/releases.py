@@ -2,14 +2,14 @@
 
 Both a torch.hub checkout and a pip install read the same file (it ships as package
 data), so the sha256 of the published artifact is written exactly once. A record is read
-(:meth:`Release.from_record`) and written (:meth:`Release.to_record`) here only: ``tiniest
-release`` writes one beside the files it makes. :class:`TiniestWeights` declares its members in
+(``Release.from_record``) and written (``Release.to_record``) here only: ``tiniest
+release`` writes one beside the files it makes. ``TiniestWeights`` declares its members in
 code, so that type checkers see them; a test holds them equal to ``release.json``, and a fork that
 pins its own release renames the member along with the record (an import refuses a record the
 enum does not declare).
 
 A release's plain ``.pt`` (its "original") is a bare state_dict, holding no class names:
-:func:`release_beside` finds them in the record that lies beside it, matched by sha256.
+``release_beside`` finds them in the record that lies beside it, matched by sha256.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ _RESERVED_NAMES = frozenset({"DEFAULT", "from_name", "release", "meta", "url", "
 
 
 def check_release_name(name: object, parameter: str = "name") -> str:
-    """A release name that can be a :class:`TiniestWeights` member (``CIFAR10_V1``); a UsageError otherwise."""
+    """A release name that can be a ``TiniestWeights`` member (``CIFAR10_V1``); a UsageError otherwise."""
     if (
         not isinstance(name, str)
         or not name.isidentifier()
@@ -103,7 +103,7 @@ class Release:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Release:
-        """The release a ``release.json`` record describes (the inverse of :meth:`to_record`)."""
+        """The release a ``release.json`` record describes (the inverse of ``to_record``)."""
         github, hf, source = record["github"], record["huggingface"], record["source"]
         return cls(
             name=check_release_name(record["name"], "release.json name"),
@@ -122,7 +122,7 @@ class Release:
         )
 
     def to_record(self) -> dict[str, Any]:
-        """The ``release.json`` record of this release (the inverse of :meth:`from_record`, same key order)."""
+        """The ``release.json`` record of this release (the inverse of ``from_record``, same key order)."""
         return {
             "name": self.name,
             "filename": self.filename,
@@ -145,7 +145,7 @@ class Release:
         return f"{github_base_url()}/{self.source_path}"
 
     def transforms(self) -> Preprocess:
-        """The preprocessing these weights expect, as a module (see :mod:`tiniest.transforms`)."""
+        """The preprocessing these weights expect, as a module (see ``tiniest.transforms``)."""
         from tiniest.transforms import Preprocess
 
         return Preprocess.from_meta(self.meta["preprocessing"])
@@ -190,7 +190,7 @@ class TiniestWeights(Enum):
     """Published weights, in the style of torchvision's weights enums.
 
     ``CIFAR10_V1``, the pinned release, and ``DEFAULT``, its alias. A member's value is the
-    :class:`Release` that ``release.json`` describes.
+    ``Release`` that ``release.json`` describes.
     """
 
     CIFAR10_V1 = _PINNED
