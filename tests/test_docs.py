@@ -229,3 +229,17 @@ def test_the_site_shows_no_raw_sphinx_roles_and_returns_read_as_sentences(built_
         assert "Name" not in header and len(text) == 1, (header, text)
         assert re.fullmatch(r"[A-Z].*\.", text[0]), f"not a sentence: {text[0]!r}"
 
+
+@pytest.mark.slow
+def test_the_notebook_page_shows_its_figures_where_the_data_is(built_site: Path) -> None:
+    """Built with ../shared at hand, the notebook runs (offline, on a subset) and its page holds its five figures;
+    without, the page says how to see them."""
+    page = (built_site / "quickstart" / "index.html").read_text(encoding="utf-8")
+    figures = len(re.findall(r"<img\s[^>]*src=\"data:image/png", page))
+    if not (SHARED_CHECKPOINT.is_file() and SHARED_CIFAR10.is_dir()):
+        assert figures == 0 and "To see its five figures, run it" in page
+        shared_path(SHARED_CIFAR10)  # skips with the reason (fails in CI, where ../shared is mandatory)
+    assert figures == 5, f"{figures} figures on the notebook page"
+    assert "To see its five figures" not in page
+    accuracy = re.search(r"accuracy on 1000 test images: ([0-9.]+)", page)
+    assert accuracy is not None and float(accuracy[1]) >= 0.92
