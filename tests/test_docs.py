@@ -9,6 +9,7 @@ CIFAR-10 image folder), the weights in ``$TINIEST_WEIGHTS_DIR``, and no network.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SHARED_CHECKPOINT, SHARED_CIFAR10, shared_path
+from tests.conftest import ROOT, SHARED_CHECKPOINT, SHARED_CIFAR10, copy_checkout, shared_path
 
 MARKER = "<!-- runnable -->"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -243,3 +244,45 @@ def test_the_notebook_page_shows_its_figures_where_the_data_is(built_site: Path)
     assert "To see its five figures" not in page
     accuracy = re.search(r"accuracy on 1000 test images: ([0-9.]+)", page)
     assert accuracy is not None and float(accuracy[1]) >= 0.92
+
+
+HUB_USER = """
+import json, sys
+from pathlib import Path
+
+import torch
+
+clone, checkout = sys.argv[1], Path(sys.argv[2]).resolve()
+# A torch-only user: this checkout's development install taken away (a .pth path entry, or setuptools' finder).
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != checkout]
+sys.meta_path[:] = [finder for finder in sys.meta_path if not type(finder).__module__.startswith("__editable__")]
+try:
+    import tiniest
+    before = tiniest.__file__
+except ModuleNotFoundError:
+    before = None
+try:
+    torch.hub.help(clone, "tiniest", trust_repo=True)
+    help_error = None
+except ValueError as error:
+    help_error = type(error).__name__
+model = torch.hub.load(clone, "tiniest", source="local", trust_repo=True, weights=None)
+import tiniest
+
+print(json.dumps({"before": before, "after": tiniest.__file__, "on_path": clone in sys.path,
+                  "layer": type(tiniest.layer(model, (2, 4))).__name__, "help_error": help_error}))
+"""
+
+
+@pytest.mark.slow
+def test_a_torch_hub_user_reaches_the_package_as_the_pages_say(tmp_path: Path) -> None:
+    """README and docs/index.md: ``import tiniest`` works after ``torch.hub.load`` (the package stays imported),
+    though torch.hub takes the repository off ``sys.path`` again; ``torch.hub.help`` refuses a folder."""
+    clone = copy_checkout(tmp_path / "clone")
+    done = subprocess.run([sys.executable, "-c", HUB_USER, str(clone), str(ROOT)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["before"] is None, "tiniest was importable before the load: the test would prove nothing"
+    assert Path(seen["after"]).is_relative_to(clone) and seen["on_path"] is False
+    assert seen["layer"] == "AvgPool2d" and seen["help_error"] == "ValueError"
