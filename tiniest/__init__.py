@@ -2,7 +2,7 @@
 
 The API, all of it here at the top level:
 
-* ``tiniest(weights=TiniestWeights.DEFAULT, ...)``: the model (a :class:`Tiniest`) with its weights;
+* ``tiniest(weights=TiniestWeights.DEFAULT, ...)``: the model (a ``Tiniest``) with its weights;
   ``weights=None`` is a random initialisation. ``load_weights``: the verified tensors alone.
 * ``predict(images, top_k=1, ...)``: class names and probabilities for paths, bytes, open files,
   PIL images, arrays or tensors. ``preprocess`` / ``Preprocess``: the same inputs as the model's tensor.

@@ -6,7 +6,7 @@
   datasets and of ``../shared/cifar10``); ``root`` may also be the split folder itself;
 * the CIFAR-10 "python version" (``cifar-10-batches-py``): ``data_batch_1..5`` are ``train``,
   ``test_batch`` is ``test``. They are pickles; they are read by an unpickler that imports nothing
-  (see :class:`DataOnlyUnpickler`);
+  (see ``DataOnlyUnpickler``);
 * ``hf://owner/name[@revision]``: a Hugging Face dataset repo in the image-folder layout (such as
   ``hf://ego-thales/cifar10``, on which the published weights were trained), fetched with
   ``huggingface_hub.snapshot_download`` (honours ``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``).
@@ -18,7 +18,7 @@ costs milliseconds where re-hashing their content would cost a read of the whole
 run, and any copy, edit, addition or removal changes at least one of these. A changed source
 therefore misses the cache and replaces the stale file; writes go through a temporary file and
 ``os.replace`` so that a crash never leaves a half-written cache (the next load removes the temporary
-files of a killed writer: :func:`tiniest.storage.remove_stale_parts`). A cache file is read whole into
+files of a killed writer: ``tiniest.storage.remove_stale_parts``). A cache file is read whole into
 memory, never mapped (truncating a mapped file kills its reader with SIGBUS), read by the safetensors
 library (the project's one safetensors reader), and is used only if the sha256 of its tensors, stored in
 its metadata (a ``meta`` tensor holding JSON), matches: a truncated, altered or unreadable cache file is
@@ -102,7 +102,7 @@ def load_split(
 ) -> LabeledImages:
     """Split ``split`` of the dataset at ``root`` (see the module docs for what ``root`` may be).
 
-    An image file that cannot be read raises :class:`tiniest.errors.PreprocessError` naming it;
+    An image file that cannot be read raises ``tiniest.errors.PreprocessError`` naming it;
     with ``skip_unreadable`` it is left out instead and listed in the result's ``skipped``.
     """
     text = os.fspath(root)
@@ -401,7 +401,7 @@ def _check_pickle(data: bytes) -> None:
     grows its memo to any index it is given: every length must fit in the bytes that follow
     (``pickletools.genops`` checks that as it reads) and every memo index in the opcodes seen so far.
     Cheap opcodes amplify: 4 MiB of EMPTY_SET took 1.17 GB. So only the opcodes of CIFAR's batches are
-    accepted (:data:`_CIFAR_OPCODES`), and at most as many as a batch needs, containers counted apart.
+    accepted (``_CIFAR_OPCODES``), and at most as many as a batch needs, containers counted apart.
     """
     memo = {"BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET"}
     containers = 0

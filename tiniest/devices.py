@@ -2,8 +2,8 @@
 
 torch accepts any well-formed name (``torch.device("cuda:3")`` on a machine without a GPU) and
 fails later, deep inside, with errors such as ``module 'torch._C' has no attribute
-'_cuda_setDevice'``. :func:`resolve_device` checks the name first, so that every entry point
-(``predict``, ``evaluate``, ``train`` and their ``--device``) refuses it in one :class:`UsageError`.
+'_cuda_setDevice'``. ``resolve_device`` checks the name first, so that every entry point
+(``predict``, ``evaluate``, ``train`` and their ``--device``) refuses it in one ``UsageError``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""tiniest's environment variables, read one way: a bad value is one :class:`UsageError` naming the variable.
+"""tiniest's environment variables, read one way: a bad value is one ``UsageError`` naming the variable.
 
 Every knob is read at the moment it is used (not at import), so a test or a long-lived process can
 change it. An empty or blank value counts as unset. Numbers, with their ranges, are read by
-:mod:`tiniest.env_numbers`.
+``tiniest.env_numbers``.
 """
 
 from __future__ import annotations

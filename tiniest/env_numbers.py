@@ -1,6 +1,6 @@
 """Numeric environment variables (limits, timeouts, ranks): a value out of its range is one UsageError naming it.
 
-Read as :mod:`tiniest.env` reads text: at the moment of use, blank meaning unset. Apart from
+Read as ``tiniest.env`` reads text: at the moment of use, blank meaning unset. Apart from
 ``env``, so that loading weights from disk, which reads no number, imports none of this.
 """
 
@@ -44,7 +44,7 @@ def env_int(name: str, default: int, *, low: int, high: int | None = None) -> in
 def _check_range(
     name: str, value: str, number: float | None, kind: str, low: float, high: float, inclusive_low: bool = True
 ) -> None:
-    """One :class:`UsageError` naming the variable, the range and the text given, unless ``number`` is in range.
+    """One ``UsageError`` naming the variable, the range and the text given, unless ``number`` is in range.
 
     ``number`` is ``None`` (or NaN) where ``value`` did not parse.
     """

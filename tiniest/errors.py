@@ -1,10 +1,10 @@
 """Every error and warning tiniest raises on purpose, in one place.
 
-Each error derives from :class:`TiniestError` and keeps the standard exception a caller would
+Each error derives from ``TiniestError`` and keeps the standard exception a caller would
 catch without knowing tiniest (``ValueError`` for bad input, ``OSError`` for a failed download...).
-The command line prints a :class:`TiniestError` as one line, and so an ``OSError`` (a file it
+The command line prints a ``TiniestError`` as one line, and so an ``OSError`` (a file it
 cannot read or write, a full disk): the message names the path; anything else is a bug and keeps
-its traceback. Warnings derive from :class:`TiniestWarning` the same way, and :func:`warn` raises
+its traceback. Warnings derive from ``TiniestWarning`` the same way, and ``warn`` raises
 them at the caller's line, however deep inside tiniest they arise.
 """
 
@@ -108,7 +108,7 @@ class CacheWarning(TiniestWarning, RuntimeWarning):
 
 
 class FastPathWarning(TiniestWarning, RuntimeWarning):
-    """:func:`tiniest.optimize` runs its module uncompiled where the compiled package was wanted."""
+    """``tiniest.optimize`` runs its module uncompiled where the compiled package was wanted."""
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

@@ -1,8 +1,8 @@
 """Evaluation: accuracy, a scikit-learn style report and the confusion matrix of a model on labelled images.
 
-``tiniest.evaluate(weights_or_model, data, split=...)`` takes weights (anything :func:`tiniest.tiniest`
-takes) or a model, and a dataset folder (anything :func:`tiniest.data.load_split` reads) or decoded
-images; the ``tiniest evaluate`` command (:mod:`tiniest.commands.evaluate`) prints its result.
+``tiniest.evaluate(weights_or_model, data, split=...)`` takes weights (anything ``tiniest.tiniest``
+takes) or a model, and a dataset folder (anything ``tiniest.data.load_split`` reads) or decoded
+images; the ``tiniest evaluate`` command (``tiniest.commands.evaluate``) prints its result.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = ["Evaluation", "align_labels", "evaluate"]
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The outcome of :func:`evaluate`: predictions, counts, every number of the report and the timing.
+    """The outcome of ``evaluate``: predictions, counts, every number of the report and the timing.
 
     ``skipped``: ``(file, reason)`` for each unreadable image file the dataset left out.
     """
@@ -67,7 +67,7 @@ def align_labels(data: LabeledImages, classes: Sequence[str]) -> torch.Tensor:
 
 
 def _model(weights_or_model: nn.Module | Weights | None, progress: bool) -> nn.Module:
-    """The model given, or the one :func:`tiniest.tiniest` builds from the weights given (``None``: random)."""
+    """The model given, or the one ``tiniest.tiniest`` builds from the weights given (``None``: random)."""
     if isinstance(weights_or_model, nn.Module):
         return weights_or_model
     return tiniest(weights=weights_or_model, progress=progress)
@@ -101,11 +101,11 @@ def evaluate(
 
     Args:
         weights_or_model: a model (``tiniest.tiniest()``, ``tiniest.optimize(model)``...), or weights
-            as :func:`tiniest.tiniest` takes them (``TiniestWeights.DEFAULT``, a name, a path or URL;
+            as ``tiniest.tiniest`` takes them (``TiniestWeights.DEFAULT``, a name, a path or URL;
             ``None``: a random initialisation).
-        data: a dataset as :func:`tiniest.data.load_split` reads it (an image folder with split
+        data: a dataset as ``tiniest.data.load_split`` reads it (an image folder with split
             subfolders, a ``cifar-10-batches-py`` folder, ``hf://owner/name``), or decoded
-            :class:`tiniest.data.LabeledImages`.
+            ``tiniest.data.LabeledImages``.
         split: the split of a dataset folder to evaluate (default: ``"test"``).
         skip_unreadable: leave out the dataset folder's image files that cannot be read (listed in
             the result's ``skipped``) instead of raising a ``PreprocessError`` at the first.

@@ -1,6 +1,6 @@
 """Tiniest weights as files for other programs: the safetensors release file, ONNX, TorchScript, torch.export.
 
-:data:`FORMATS` is the one registry of formats: the command line's choices, the file suffixes and
+``FORMATS`` is the one registry of formats: the command line's choices, the file suffixes and
 the writers all come from it. The safetensors release file is the default and its bytes are pinned
 in ``release.json``. The other formats are programs that run without this package.
 
@@ -13,7 +13,7 @@ without an error, so the resize belongs to the preprocessing.
 
 Each program describes itself in its format's own metadata (ONNX ``metadata_props``, the
 TorchScript and ``.pt2`` extra files), with the same JSON document, ``tiniest.json``
-(:func:`export_info`: the input contract, the class names, the weights' sha256 and file name,
+(``export_info``: the input contract, the class names, the weights' sha256 and file name,
 tiniest's version, the licence and credit). The input contract reads: RGB pixels, resized to the
 input size, ``x = (pixel / 255 - mean) / std``, channels first. Programs take the licence of the
 weights they are made from: export a new ``.pt`` checkpoint as safetensors with a licence first,
@@ -98,7 +98,7 @@ def artifact_bytes(
 ) -> bytes:
     """The release file of ``checkpoint``: as is if it is the pinned release already, else built with ``meta``.
 
-    Weights that are not Tiniest's are refused first (:func:`check_architecture`).
+    Weights that are not Tiniest's are refused first (``check_architecture``).
     """
     if sha256_hex(checkpoint) == TiniestWeights.DEFAULT.release.sha256:
         return checkpoint
@@ -130,7 +130,7 @@ def export_safetensors(
 
 def _read_checkpoint(path: Path) -> bytes:
     """The bytes of the weights file ``path``: a regular file (a FIFO would block for ever) of at most
-    ``TINIEST_MAX_DOWNLOAD_MB``, the cap on weights from anywhere; an :class:`OSError` saying which not."""
+    ``TINIEST_MAX_DOWNLOAD_MB``, the cap on weights from anywhere; an ``OSError`` saying which not."""
     return read_regular(path, max_download_bytes())
 
 

@@ -18,7 +18,7 @@ def install_command(extra: str) -> str:
 
 
 def require_extra(extra: str, *modules: str, purpose: str) -> None:
-    """Import ``modules``, or raise :class:`MissingExtraError` saying that ``purpose`` needs ``extra``."""
+    """Import ``modules``, or raise ``MissingExtraError`` saying that ``purpose`` needs ``extra``."""
     for name in modules:
         try:
             importlib.import_module(name)

@@ -1,7 +1,7 @@
 """Opening the files people name, which may not be files at all.
 
 A FIFO named ``x.png`` blocks ``open`` until some writer comes (forever, often); a folder, a
-device or a socket named like an image or a dataset batch is not one either. :func:`open_regular`
+device or a socket named like an image or a dataset batch is not one either. ``open_regular``
 opens regular files only (a symlink to one included) and never blocks: the name is checked with
 ``stat`` before it is opened (so no device is ever opened), and the opened descriptor again with
 ``fstat`` (so a file swapped in between is caught too).
@@ -31,7 +31,7 @@ def _refuse_unless_regular(mode: int, name: str) -> None:
 
 
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
-    """``path`` opened for binary reading; an :class:`OSError` saying what it is when it is not a regular file."""
+    """``path`` opened for binary reading; an ``OSError`` saying what it is when it is not a regular file."""
     name = os.fspath(path)
     _refuse_unless_regular(os.stat(name).st_mode, name)
     # O_NONBLOCK: a FIFO put in place after the stat above must not block the open either.
@@ -46,7 +46,7 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
 
 def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
-    """The bytes of the regular file ``path``; an :class:`OSError` when it holds more than ``limit``.
+    """The bytes of the regular file ``path``; an ``OSError`` when it holds more than ``limit``.
 
     The buffer is sized by the file, not by ``limit`` (``read(n)`` allocates ``n`` bytes first).
     """

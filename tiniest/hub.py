@@ -1,6 +1,6 @@
 """The ``tiniest`` entry point shared by torch.hub (``hubconf.py``) and pip users: the model built with its weights.
 
-The weights code (:mod:`tiniest.weights`) checks bytes and keys, and loads them into the model class
+The weights code (``tiniest.weights``) checks bytes and keys, and loads them into the model class
 this module passes it (it never imports the model). As torchvision's builders, ``weights=`` says which weights
 (``None``: a random initialisation) and ``num_classes=`` gives the published trunk a new head.
 ``pretrained=``, which torch.hub users type from habit, is refused in one line naming ``weights=``:
@@ -85,7 +85,7 @@ def tiniest(
             ``labels`` are ``class_0``... and ``model.meta["head"]`` says it is new. Default: the weights' own.
 
     Returns:
-        A :class:`tiniest.Tiniest` in eval mode, on ``device``.
+        A ``tiniest.Tiniest`` in eval mode, on ``device``.
     """
     target = None
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)

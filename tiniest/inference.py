@@ -1,10 +1,10 @@
 """Inference: class names and probabilities for your own pictures (``tiniest.predict``).
 
-``tiniest.predict(x)`` takes everything :func:`tiniest.preprocess` does (paths, bytes, binary files,
-PIL images, numpy arrays, tensors, lists of them) and returns one :class:`Prediction` per image. Inputs are read and
+``tiniest.predict(x)`` takes everything ``tiniest.preprocess`` does (paths, bytes, binary files,
+PIL images, numpy arrays, tensors, lists of them) and returns one ``Prediction`` per image. Inputs are read and
 reduced to the model's size a chunk at a time (JPEGs decoded at reduced scale), so a folder of
 large photos costs the memory of one photo, not of the folder. With ``errors="report"`` an input
-that cannot be read gives a :class:`Prediction` whose ``error`` says why, and the others still
+that cannot be read gives a ``Prediction`` whose ``error`` says why, and the others still
 get their answer.
 """
 
@@ -61,7 +61,7 @@ class Prediction:
 
 
 def _model_for(weights: Weights | NotGiven, fast: OptimizeMode | None, device: torch.device) -> nn.Module:
-    """The ``weights``' model on ``device``, made by :func:`tiniest.optimize` in ``fast`` mode where asked.
+    """The ``weights``' model on ``device``, made by ``tiniest.optimize`` in ``fast`` mode where asked.
 
     Built anew for each call: a caller who predicts again passes ``model=`` (kept by them, not by the process).
     The fast path is CPU code: on another device the plain model runs (said once).
@@ -134,7 +134,7 @@ def _read(items: Sequence[ImageInput], errors: str, transform: Preprocess) -> _C
 
 
 def _answer(chunk: _Chunk, model: nn.Module | None, top_k: int, classes: Sequence[str] | None) -> list[Prediction]:
-    """One :class:`Prediction` per image of ``chunk``, and one per input that could not be read, in order."""
+    """One ``Prediction`` per image of ``chunk``, and one per input that could not be read, in order."""
     names = classes if classes is not None else getattr(model, "labels", CLASSES)
     if top_k > len(names):
         raise UsageError(f"expected top_k between 1 and {len(names)} (the model's classes), got {top_k}")
@@ -161,24 +161,24 @@ def predict(
     errors: Literal["raise", "report"] = "raise",
     device: str | torch.device | None = None,
 ) -> list[Prediction]:
-    """Classify ``images`` (any input :func:`tiniest.preprocess` accepts); one :class:`Prediction` per image.
+    """Classify ``images`` (any input ``tiniest.preprocess`` accepts); one ``Prediction`` per image.
 
     ``images``: paths, an image file's ``bytes``, binary file objects (``io.BytesIO``, an open file, a web
     upload's ``.file``), PIL images, numpy arrays, tensors, or a list of them; bytes and files are decoded
     as paths are (JPEGs at reduced scale). ``model`` defaults to ``tiniest.tiniest(weights=weights)``
-    (``weights``: anything :func:`tiniest.tiniest` takes but ``None``; left out, as there), loaded for this
+    (``weights``: anything ``tiniest.tiniest`` takes but ``None``; left out, as there), loaded for this
     call only: to predict again, build the model once and pass it. ``fast``: make that model with
-    :func:`tiniest.optimize` in this mode (``"compiled"`` builds native code, once per machine; ``"cached"``
+    ``tiniest.optimize`` in this mode (``"compiled"`` builds native code, once per machine; ``"cached"``
     uses a package already built, else the folded module; ``"eager"`` the folded module); default: the
     plain model, nothing built, nothing kept. ``classes`` name the outputs; default: the model's ``labels``
     (the weights' own class names). ``errors``: ``"raise"`` stops at the first input that cannot be read (a
-    :class:`tiniest.errors.PreprocessError`); ``"report"`` gives that input (a file, or one
-    item of a list) a :class:`Prediction` with ``error`` set instead, in its place, and goes on.
+    ``tiniest.errors.PreprocessError``); ``"report"`` gives that input (a file, or one
+    item of a list) a ``Prediction`` with ``error`` set instead, in its place, and goes on.
     ``device`` (``"cuda"``, ``"cuda:1"``, ``"mps"``...): where the model runs; a ``model`` given is
     moved there (``model.to``, in place). Default: the CPU, or the device of the ``model`` given.
     The fast path is CPU-only: elsewhere the plain model runs. Results are on the CPU. Inputs are
     read as the weights' own metadata says (``model.meta["preprocessing"]``, or the release's record:
-    :func:`tiniest.transforms.preprocess_for`), so weights of another size or normalization get theirs.
+    ``tiniest.transforms.preprocess_for``), so weights of another size or normalization get theirs.
     """
     target = _check_arguments(top_k, weights, classes, errors, device)
     if model is not None and device is not None:

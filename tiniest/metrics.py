@@ -57,7 +57,7 @@ def report_dict(confusion: torch.Tensor, classes: Sequence[str], labels: Sequenc
     """Every number of the report, keyed like ``classification_report(output_dict=True)``.
 
     ``labels``: indices of the classes to report and average over; by default those present in the
-    labels or the predictions (:func:`present_classes`), as scikit-learn does.
+    labels or the predictions (``present_classes``), as scikit-learn does.
     """
     counts = confusion.tolist()
     n = len(classes)

@@ -71,10 +71,10 @@ class Tiniest(HubFolderMixin):
     """CIFAR-10 classifier with 97,530 parameters.
 
     Input: ``(N, 3, 32, 32)`` RGB in [0, 1] minus 0.5. Output: ``(N, num_classes)`` logits in the
-    order of ``labels`` (the weights' class names; :data:`tiniest.CLASSES` for the published ones).
+    order of ``labels`` (the weights' class names; ``tiniest.CLASSES`` for the published ones).
     ``meta`` is what the weights' file says of them (empty for a random model): the model built
     from weights keeps it so that ``save_pretrained`` repeats it while the weights are unchanged.
-    ``from_pretrained`` / ``save_pretrained`` come from :class:`tiniest.weights.hub_mixin.HubFolderMixin`.
+    ``from_pretrained`` / ``save_pretrained`` come from ``tiniest.weights.hub_mixin.HubFolderMixin``.
     """
 
     def __init__(

@@ -3,9 +3,9 @@
 A repository id or a revision ends up in a URL, in a path of huggingface_hub's cache and in
 commands a user pastes into a shell; a class or file name ends up on a terminal, in a model card
 and on a plot. The validators keep to the rules of whoever owns the name (GitHub's, the Hub's, git's)
-and raise one :class:`~tiniest.errors.UsageError` naming the parameter; :func:`printable` and
-:func:`markdown` make any text safe to show. huggingface_hub is imported only by
-:func:`hf_repo_id`: torch.hub users may not have it.
+and raise one ``UsageError`` naming the parameter; ``printable`` and
+``markdown`` make any text safe to show. huggingface_hub is imported only by
+``hf_repo_id``: torch.hub users may not have it.
 """
 
 from __future__ import annotations

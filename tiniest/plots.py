@@ -3,12 +3,12 @@
 matplotlib is an optional extra (``pip install "tiniest[plot]"``): it is imported here only when a
 picture is drawn, onto an Agg canvas of its own, so that no display is needed and the caller's
 pyplot backend (a notebook's, say) is left alone. Figures have a fixed size in pixels, and are
-written whole or not at all (:func:`tiniest.storage.save_atomically`).
+written whole or not at all (``tiniest.storage.save_atomically``).
 
 Names in any script: matplotlib's default font has no Chinese, Japanese or Korean glyphs, and would
 draw boxes with one warning per missing glyph. An installed font that has them is used as a
 fallback (matplotlib takes each glyph from the first font of the list that has it); a character
-that no installed font has is written as its code (``\\u732b``), with one :class:`MissingGlyphsWarning`.
+that no installed font has is written as its code (``\\u732b``), with one ``MissingGlyphsWarning``.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def predictions_figure(images: torch.Tensor, titles: Sequence[str]) -> Figure:
 
 
 def save_confusion_matrix(path: str | os.PathLike[str], confusion: torch.Tensor, classes: Sequence[str]) -> None:
-    """Draw :func:`confusion_matrix_figure` to ``path`` (the format follows the suffix, e.g. ``.png``)."""
+    """Draw ``confusion_matrix_figure`` to ``path`` (the format follows the suffix, e.g. ``.png``)."""
     _save(confusion_matrix_figure(confusion, classes), path)
 
 

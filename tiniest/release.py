@@ -8,8 +8,8 @@ source for a new release), a Hugging Face model folder (``huggingface/``: the sa
 
 The ``.pt`` is a bare state_dict, so that any torch program loads it with ``weights_only=True``:
 its class names are in the record beside it, where every loader of tiniest looks for them
-(:func:`tiniest.weights.beside.release_beside`); ``PUBLISH.md`` uploads the record with it.
-:func:`make_release` is the library function; ``tiniest release`` converts the command line to it.
+(``tiniest.weights.beside.release_beside``); ``PUBLISH.md`` uploads the record with it.
+``make_release`` is the library function; ``tiniest release`` converts the command line to it.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def read_source(path: Path) -> Source:
     """A run folder (its ``model.pt``), a training ``checkpoint.pt`` or a state_dict file.
 
     Read as ``export`` reads them: regular files only, at most ``TINIEST_MAX_DOWNLOAD_MB``
-    (:func:`tiniest.weights.fetch.max_download_bytes`), refused unread beyond.
+    (``tiniest.weights.fetch.max_download_bytes``), refused unread beyond.
     """
     if path.is_dir():
         model_path, checkpoint_path = path / MODEL_NAME, path / CHECKPOINT_NAME
@@ -226,7 +226,7 @@ def _previous_release(output: Path) -> list[Path]:
 
     Only those, and only while each holds the bytes the record gives (size and sha256) and lies
     inside ``output``: a record copied from elsewhere deletes nothing else; a file it names that
-    differs stays, with a :class:`KeptFileWarning`.
+    differs stays, with a ``KeptFileWarning``.
     """
     path = output / RECORD_NAME
     if not path.is_file():

@@ -10,7 +10,7 @@ is replaced by a plain file (else a planted link would turn the cache off for go
 
 A writer holds an ``flock`` on its temporary file while it writes. So the temporary file of a
 writer that was killed (even by SIGKILL) is known to be stale: no process holds it. Every write
-removes those of its target (:func:`remove_stale_parts`); on a system without ``flock`` (Windows)
+removes those of its target (``remove_stale_parts``); on a system without ``flock`` (Windows)
 only those older than a day are.
 """
 

@@ -1,8 +1,8 @@
 """From the pictures people have to the tensor a model expects (by default ``(N, 3, 32, 32)``, RGB in [0, 1] minus 0.5).
 
-The input contract is numbers (:data:`PREPROCESSING`: size, interpolation, antialias, mean, std, color);
+The input contract is numbers (``PREPROCESSING``: size, interpolation, antialias, mean, std, color);
 weights carry theirs in their metadata (``meta["preprocessing"]``) so that it travels with them, and
-:meth:`Preprocess.from_meta` reads it back (:func:`preprocess_for` from a model's ``meta``). This module
+``Preprocess.from_meta`` reads it back (``preprocess_for`` from a model's ``meta``). This module
 imports nothing of tiniest but errors, env, extras and files. Accepted inputs:
 
 * a path (``str`` or ``os.PathLike``) to an image file (a regular file: a FIFO, folder or device named
@@ -15,9 +15,9 @@ imports nothing of tiniest but errors, env, extras and files. Accepted inputs:
   16-bit images keep the high byte of each value (what Pillow itself does for 16-bit RGB); 32-bit
   integer and float modes, whose range is unknown, are refused. JPEG files (and bytes) are decoded at a reduced
   scale (``Image.draft``, at least twice the target size, like ``Image.thumbnail``), so a 12-megapixel
-  photo costs a few MB, not hundreds. An image larger than :data:`MAX_PIXELS` once decoded
+  photo costs a few MB, not hundreds. An image larger than ``MAX_PIXELS`` once decoded
   (``$TINIEST_MAX_PIXELS``) is refused from its header, before decoding; whatever the decoder
-  raises on a broken file becomes a :class:`PreprocessError` naming it;
+  raises on a broken file becomes a ``PreprocessError`` naming it;
 * a numpy array, channels last: ``(H, W, C)`` or ``(N, H, W, C)``;
 * a torch tensor, channels first: ``(C, H, W)`` or ``(N, C, H, W)``;
 * a list or tuple (any sequence but a string or bytes) of any of these (concatenated into one batch).
@@ -104,7 +104,7 @@ ImageInput: TypeAlias = (
 )
 """One input: a path, an encoded file's bytes or binary file object, a PIL image, an array or a tensor."""
 Images: TypeAlias = "ImageInput | Sequence[ImageInput]"
-"""What :func:`preprocess` and :func:`tiniest.predict` take: one input, or a list (any sequence) of them."""
+"""What ``preprocess`` and ``tiniest.predict`` take: one input, or a list (any sequence) of them."""
 _BYTES = (bytes, bytearray, memoryview)
 
 # What each PIL mode becomes (tests/test_transforms.py checks them one by one).
@@ -146,7 +146,7 @@ def _decoder_errors() -> tuple[type[BaseException], ...]:
 
 
 def require_images_extra(*modules: str) -> None:
-    """Import Pillow (and ``modules``), or raise :class:`MissingExtraError` naming the extra that brings them."""
+    """Import Pillow (and ``modules``), or raise ``MissingExtraError`` naming the extra that brings them."""
     require_extra("images", "PIL", *modules, purpose="reading images")
 
 
@@ -165,7 +165,7 @@ def _check_pixels(image: Any, origin: str) -> None:
 
 
 def _check_size(width: int, height: int, origin: str, what: str = "it declares") -> None:
-    """Refuse an empty size, or one over :data:`MAX_PIXELS` (``$TINIEST_MAX_PIXELS``) or :data:`MAX_SIDE`.
+    """Refuse an empty size, or one over ``MAX_PIXELS`` (``$TINIEST_MAX_PIXELS``) or ``MAX_SIDE``.
 
     Ours, whatever Pillow's own ``Image.MAX_IMAGE_PIXELS`` is set to (ML scripts often set it to ``None``).
     """
@@ -236,7 +236,7 @@ def _check_container(stream: IO[bytes], origin: str) -> None:
 def _pil_to_unit(image: Any, *, origin: str, how: _Resize) -> torch.Tensor:
     """A PIL image as ``(1, 3, *how.size)`` float RGB in [0, 1]: upright, alpha composited onto white, resized.
 
-    Decoding happens here (PIL opens lazily): whatever Pillow raises becomes a :class:`PreprocessError`.
+    Decoding happens here (PIL opens lazily): whatever Pillow raises becomes a ``PreprocessError``.
     Converted and resized across a stripe of rows at a time, so that only the decoded image is held whole.
     """
     require_images_extra()
@@ -356,7 +356,7 @@ def _without_file_objects(error: BaseException) -> str:
 
 
 def _read_file(path: str | os.PathLike[str], how: _Resize) -> torch.Tensor:
-    """The image file at ``path``, decoded by :func:`_decode`.
+    """The image file at ``path``, decoded by ``_decode``.
 
     Only a regular file is opened (a FIFO named ``x.png`` would block for ever).
     """
@@ -371,7 +371,7 @@ def _read_file(path: str | os.PathLike[str], how: _Resize) -> torch.Tensor:
 
 
 def _read_stream(stream: Any, how: _Resize) -> torch.Tensor:
-    """A binary file object's image, decoded by :func:`_decode` as a file of that name would be.
+    """A binary file object's image, decoded by ``_decode`` as a file of that name would be.
 
     Read from its start and left open. It must be seekable (Pillow reads an image in several passes;
     a pipe would have to be read whole into memory, whatever its size), and an open file a regular one.
@@ -393,7 +393,7 @@ def _read_stream(stream: Any, how: _Resize) -> torch.Tensor:
 
 
 def _read_bytes(data: bytes | bytearray | memoryview, how: _Resize) -> torch.Tensor:
-    """An encoded image file's bytes, decoded by :func:`_decode` as the file would be."""
+    """An encoded image file's bytes, decoded by ``_decode`` as the file would be."""
     require_images_extra()
     return _decode(io.BytesIO(data), f"cannot read image bytes ({len(data):,} bytes)", how)
 
@@ -401,7 +401,7 @@ def _read_bytes(data: bytes | bytearray | memoryview, how: _Resize) -> torch.Ten
 def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """One image file as uint8 RGB of the contract's size (``(3, 32, 32)``): the form datasets are cached in.
 
-    Cached datasets hold what new weights are trained on, so they follow :data:`PREPROCESSING`.
+    Cached datasets hold what new weights are trained on, so they follow ``PREPROCESSING``.
     """
     return _quantize(_read_file(path, _DEFAULT.resizing))[0]
 
@@ -570,8 +570,8 @@ def _triple(key: str, value: Any, low: float, high: float) -> tuple[float, float
 class Preprocess(nn.Module):
     """Images in any accepted form (see module docs) to a model's ``(N, 3, H, W)`` float input.
 
-    Built from numbers (the keyword arguments; default: :data:`PREPROCESSING`, that of the published
-    weights) or from a weights file's own ``meta["preprocessing"]`` (:meth:`from_meta`), so that every
+    Built from numbers (the keyword arguments; default: ``PREPROCESSING``, that of the published
+    weights) or from a weights file's own ``meta["preprocessing"]`` (``from_meta``), so that every
     caller applies the contract the weights state. A module with no parameters, so that it can sit in
     front of the model in an ``nn.Sequential`` when the input is already a tensor.
     """
@@ -612,7 +612,7 @@ class Preprocess(nn.Module):
         """Build from a weights file's ``meta["preprocessing"]``; refuse a policy this code does not implement.
 
         It comes from a weights file, so anything may be there: a value of the wrong kind is a
-        :class:`PreprocessError` saying what was expected, never a bare ``ValueError`` or ``TypeError``.
+        ``PreprocessError`` saying what was expected, never a bare ``ValueError`` or ``TypeError``.
         """
         if not isinstance(meta, Mapping):
             raise PreprocessError(f"preprocessing: expected a JSON object (a mapping), got {type(meta).__name__}")
@@ -638,7 +638,7 @@ class Preprocess(nn.Module):
 
     @property
     def contract(self) -> dict[str, Any]:
-        """These numbers as a weights file states them (:data:`PREPROCESSING`'s keys, JSON types)."""
+        """These numbers as a weights file states them (``PREPROCESSING``'s keys, JSON types)."""
         return {
             "size": list(self.size),
             "interpolation": self.interpolation,
@@ -677,12 +677,12 @@ _DEFAULT = Preprocess()
 
 
 def default_preprocess() -> Preprocess:
-    """The contract new weights are written with (:data:`PREPROCESSING`): for callers without weights' own."""
+    """The contract new weights are written with (``PREPROCESSING``): for callers without weights' own."""
     return _DEFAULT
 
 
 def preprocess_for(meta: Mapping[str, Any] | None) -> Preprocess:
-    """What a model's metadata says its inputs are (``meta["preprocessing"]``), else :data:`PREPROCESSING`.
+    """What a model's metadata says its inputs are (``meta["preprocessing"]``), else ``PREPROCESSING``.
 
     Weights of another size or normalization are fed what they were trained on, never the default.
     """
@@ -693,8 +693,8 @@ def preprocess_for(meta: Mapping[str, Any] | None) -> Preprocess:
 def preprocess(x: Images) -> torch.Tensor:
     """``x`` (path, bytes, binary file, PIL image, numpy array, tensor, or a list of them) as the model's input.
 
-    Uses :data:`PREPROCESSING`, the published weights' contract; other weights' own is
-    ``preprocess_for(model.meta)`` (what :func:`tiniest.predict` and :func:`tiniest.evaluate` apply).
+    Uses ``PREPROCESSING``, the published weights' contract; other weights' own is
+    ``preprocess_for(model.meta)`` (what ``tiniest.predict`` and ``tiniest.evaluate`` apply).
     """
     out: torch.Tensor = _DEFAULT(x)
     return out

@@ -2,10 +2,10 @@
 
 Each command lives in its own module of this package, named as the command, exposing
 ``add_arguments(parser)`` and ``run(args) -> int``; it turns the arguments into keyword arguments
-of library functions. Its one-line help is in :data:`COMMANDS`, so that ``tiniest --help`` lists
+of library functions. Its one-line help is in ``COMMANDS``, so that ``tiniest --help`` lists
 every command while only the chosen command's module is imported.
 
-A :class:`tiniest.errors.TiniestError` or an ``OSError`` (a missing file, a folder that cannot be
+A ``tiniest.errors.TiniestError`` or an ``OSError`` (a missing file, a folder that cannot be
 written) is printed as ``tiniest CMD: error: ...``, one line but for the weights-not-found error, which
 keeps its lines (indented, folded to the terminal); anything else is a bug and keeps its traceback.
 tiniest's own warnings are printed the same way, ``tiniest CMD: warning: ...``, and Ctrl-C ends any
@@ -81,9 +81,9 @@ def _one_line_warnings(command: str) -> Iterator[None]:
 
 
 def _error_text(command: str, error: BaseException) -> str:
-    """``tiniest CMD: error: ...``, each line :func:`~tiniest.names.printable`.
+    """``tiniest CMD: error: ...``, each line ``printable``.
 
-    The errors tiniest writes as lines (:data:`_WRITTEN_AS_LINES`) keep their line breaks, the further lines
+    The errors tiniest writes as lines (``_WRITTEN_AS_LINES``) keep their line breaks, the further lines
     indented, so that a list reads as a list and nothing inside can pass for a line of tiniest's own; in any
     other message a line break can only come from a name (a file's), and is shown escaped.
     """

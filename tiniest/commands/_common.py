@@ -16,12 +16,12 @@ from tiniest.weights.metadata import check_metrics
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
-    """``--device``, checked by :func:`tiniest.devices.resolve_device` where it is used."""
+    """``--device``, checked by ``tiniest.devices.resolve_device`` where it is used."""
     parser.add_argument("--device", help=f"where the model runs: cpu, cuda, cuda:1, mps, xpu ... (default: {default})")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--weights`` (read with :func:`chosen_weights`) and ``--eager``."""
+    """``--weights`` (read with ``chosen_weights``) and ``--eager``."""
     parser.add_argument("--weights", help="weights file or URL (default: the pinned release, or $TINIEST_WEIGHTS)")
     parser.add_argument("--eager", action="store_true", help="run the plain model instead of tiniest.optimize's")
 

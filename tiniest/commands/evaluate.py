@@ -1,8 +1,8 @@
 """``tiniest evaluate``: accuracy, a scikit-learn style report and the confusion matrix on a dataset split.
 
-Data come from :func:`tiniest.data.load_split` (decoded once, then cached) and the model from
-:func:`tiniest.tiniest` made faster by :func:`tiniest.optimize` unless ``--eager``; the numbers
-from :func:`tiniest.evaluation.evaluate`.
+Data come from ``tiniest.data.load_split`` (decoded once, then cached) and the model from
+``tiniest.tiniest`` made faster by ``tiniest.optimize`` unless ``--eager``; the numbers
+from ``tiniest.evaluation.evaluate``.
 """
 
 from __future__ import annotations

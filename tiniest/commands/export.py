@@ -1,6 +1,6 @@
 """``tiniest export``: a state_dict checkpoint to the release file, or to ONNX / TorchScript / torch.export.
 
-The command reads its arguments; :mod:`tiniest.export` does the work (formats, shapes, metadata).
+The command reads its arguments; ``tiniest.export`` does the work (formats, shapes, metadata).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``tiniest predict``: class names and probabilities for image files (:func:`tiniest.inference.predict`)."""
+"""``tiniest predict``: class names and probabilities for image files (``tiniest.inference.predict``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``tiniest release``: from a finished run (or a checkpoint) to everything a publication needs.
 
-The work is :func:`tiniest.release.make_release`'s; this module converts the command line to it
+The work is ``tiniest.release.make_release``'s; this module converts the command line to it
 and prints where the files went.
 """
 

@@ -2,11 +2,11 @@
 
 A compiled package is native code, and a bad one does not raise: it crashes the process that loads
 or runs it. Seen here: torch 2.11 segfaulting while loading a frozen package, and packages whose
-batch range the compiler narrowed corrupting memory on other batch sizes. :mod:`tiniest.fast.compiled`
+batch range the compiler narrowed corrupting memory on other batch sizes. ``tiniest.fast.compiled``
 therefore runs every new package here first, on each batch size it will serve, against the eager
 module's outputs (``CASES``, written with ``torch.save``); only a package that passes is cached and
 loaded into the user's process. The child runs isolated (``python -I``) with the parent's
-``tiniest`` and torch put on its path by :func:`tiniest.fast.compiled.check_in_child`; it refuses
+``tiniest`` and torch put on its path by ``tiniest.fast.compiled.check_in_child``; it refuses
 to judge with any other.
 """
 

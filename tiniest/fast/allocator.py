@@ -3,7 +3,7 @@
 Every call of the compiled model allocates and frees tens of MB of activations. glibc's malloc
 maps large blocks fresh and trims freed memory at the top of its heap, so the next call faults
 every page in again: about 95,000 page faults and a quarter of the time per 500 images on
-2 cores. :func:`keep_freed_memory` raises both thresholds once per process, so freed blocks are
+2 cores. ``keep_freed_memory`` raises both thresholds once per process, so freed blocks are
 reused. It changes the whole process's allocator, which is why the CLI calls it and the library
 leaves the choice to its callers.
 """

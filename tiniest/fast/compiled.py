@@ -1,16 +1,16 @@
-"""An ahead-of-time compiled :class:`~tiniest.fast.optimized.FastTiniest`, built once per machine and cached.
+"""An ahead-of-time compiled ``FastTiniest``, built once per machine and cached.
 
 ``torch.compile`` forgets its work when the process ends, and Inductor's on-disk cache skips
 graphs whose weights are frozen into constants, so every ``tiniest evaluate`` would compile for
 20-40 s again. Instead the inference graph is exported with a symbolic batch (1 to ``chunk``
 images) and compiled by AOTInductor into a ``.pt2`` package: a shared library plus the frozen,
-prepacked weights. It is stored in :func:`compiled_cache_dir` under a key of everything the
+prepacked weights. It is stored in ``compiled_cache_dir`` under a key of everything the
 build depends on (weights, module source, torch version, CPU, compiler); later processes load it
 in milliseconds. Its parallel loops ask OpenMP for the caller's thread count at run time, so one
 package serves ``torch.set_num_threads(1)`` as well as the default. Builds run under a file lock
 and land by atomic rename, so concurrent processes build once and no reader sees half a package.
 A new package is first run in a child process on every batch size it serves
-(:func:`check_in_child`): a bad one crashes that child, not the caller, and is never cached.
+(``check_in_child``): a bad one crashes that child, not the caller, and is never cached.
 
 Loading a package runs native code, so a package is loaded only if this user built it: its
 folder must be this user's and writable by no one else (a new one is made ``0o700``), and its
@@ -19,7 +19,7 @@ user's, also writable by no one else). A folder in ``/tmp`` or a group's scratch
 someone changed or planted, one without a record: each is refused with one warning and rebuilt
 (or the eager module runs), never loaded. The folder's parents are not checked. Temporary build
 folders of builders that were killed are removed by the next build (see
-:func:`tiniest.storage.remove_stale_parts`).
+``tiniest.storage.remove_stale_parts``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ CHECK_TIMEOUT_S = 300.0
 
 
 def compiled_cache_dir() -> Path:
-    """``$TINIEST_COMPILED_CACHE``, else ``$TINIEST_CACHE/compiled`` (see :func:`tiniest.storage.cache_dir`)."""
+    """``$TINIEST_COMPILED_CACHE``, else ``$TINIEST_CACHE/compiled`` (see ``tiniest.storage.cache_dir``)."""
     return env_path("TINIEST_COMPILED_CACHE") or cache_dir() / "compiled"
 
 
@@ -101,7 +101,7 @@ def why_no_build() -> str | None:
 
     Imports Inductor (about 2 s), so it is asked only when a build is about to happen. A package
     leaves the thread count of its loops to run time (``cpp.dynamic_threads``), so that one package
-    serves every thread count and :func:`package_key` need not import Inductor to ask.
+    serves every thread count and ``package_key`` need not import Inductor to ask.
     """
     import torch._inductor
     import torch._inductor.config
@@ -120,7 +120,7 @@ def _source_digest(module: nn.Module) -> str:
 
 
 def _input_of(module: nn.Module) -> Preprocess:
-    """The input contract ``module``'s weights state (``module.meta``; default :data:`PREPROCESSING`)."""
+    """The input contract ``module``'s weights state (``module.meta``; default ``PREPROCESSING``)."""
     return preprocess_for(getattr(module, "meta", None))
 
 
@@ -187,7 +187,7 @@ class _Refused(Exception):
 
 
 def _check_private(info: os.stat_result) -> None:
-    """Raise :class:`_Refused` unless ``info`` is of something this user owns and no one else can write.
+    """Raise ``_Refused`` unless ``info`` is of something this user owns and no one else can write.
 
     Where there are no POSIX owners (Windows), only the sha256 record vouches for a package.
     """
@@ -228,7 +228,7 @@ def _private_folder(folder: Path, *, create: bool) -> bool:
 def _private_bytes(path: Path, *, limit: int | None = None) -> bytes:
     """The bytes of ``path``, read through one handle that was checked: a regular file (no link), private.
 
-    Raises FileNotFoundError if it is absent, :class:`_Refused` if it is not to be trusted, or more
+    Raises FileNotFoundError if it is absent, ``_Refused`` if it is not to be trusted, or more
     than ``limit`` bytes.
     """
     try:
@@ -252,7 +252,7 @@ def _record_of(package: Path) -> Path:
 
 
 def _check_package(path: Path) -> None:
-    """Raise :class:`_Refused` unless ``path`` holds the bytes this user's build recorded beside it."""
+    """Raise ``_Refused`` unless ``path`` holds the bytes this user's build recorded beside it."""
     record = _record_of(path)
     try:
         expected = _private_bytes(record, limit=256).decode("ascii", "replace").strip()
@@ -281,7 +281,7 @@ _warned: set[str] = set()
 
 
 def _warn_once(message: str) -> None:
-    """One :class:`CacheWarning` per problem and process: the cache is looked at several times per ``optimize``."""
+    """One ``CacheWarning`` per problem and process: the cache is looked at several times per ``optimize``."""
     if message not in _warned:
         _warned.add(message)
         warn(message, CacheWarning)
@@ -333,7 +333,7 @@ def load_or_build(module: nn.Module, chunk: int) -> Runner:
     Where the cache folder is not this user's alone, or cannot be written, the package is built in
     a private temporary folder, loaded, and not kept.
     Raises whatever export or compilation raises; the caller decides on a fallback (and asks
-    :func:`why_no_build` first where a build cannot even start).
+    ``why_no_build`` first where a build cannot even start).
     """
     target = _package_path(module, chunk)
     folder = target.parent
@@ -411,7 +411,7 @@ def _build_checked(module: nn.Module, chunk: int, target: Path) -> None:
 def check_in_child(path: Path, module: nn.Module, chunk: int) -> None:
     """Run the package at ``path`` in a child process on every batch size 1..``chunk``, against ``module``.
 
-    Raises RuntimeError if the child crashes, hangs or disagrees (see :mod:`tiniest.fast._package_check`),
+    Raises RuntimeError if the child crashes, hangs or disagrees (see ``tiniest.fast._package_check``),
     so that a bad package is neither cached nor loaded here.
     """
     generator = torch.Generator().manual_seed(0)

@@ -2,17 +2,17 @@
 
 Two layers, each exact up to float rounding:
 
-* :class:`FastTiniest` rewrites the network for inference: activations stay NHWC end to end
+* ``FastTiniest`` rewrites the network for inference: activations stay NHWC end to end
   (no layout copies around LayerNorm), each LayerNorm's affine is folded into the following
   1x1 convolution (which becomes a plain matrix product), the 3x3 and 7x7 depthwise branches
   are one depthwise convolution (the 3x3 kernel zero-padded to 7x7), and the residual scale is
   one ``addcmul``.
-* :func:`optimize` runs that module compiled ahead of time by AOTInductor (C++ code, weights
-  frozen as constants), built once per machine and cached on disk (:mod:`tiniest.fast.compiled`),
+* ``optimize`` runs that module compiled ahead of time by AOTInductor (C++ code, weights
+  frozen as constants), built once per machine and cached on disk (``tiniest.fast.compiled``),
   with a symbolic batch so that no batch size triggers a recompilation. Without a C++
-  compiler, or if compilation fails, it keeps the eager :class:`FastTiniest` and warns.
+  compiler, or if compilation fails, it keeps the eager ``FastTiniest`` and warns.
 
-Its ``mode`` names what runs (:data:`OptimizeMode`), one word per choice.
+Its ``mode`` names what runs (``OptimizeMode``), one word per choice.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ CHUNK = 15
 BUILD_MIN_IMAGES = 10_000
 
 OptimizeMode = Literal["compiled", "cached", "eager"]
-"""What :func:`optimize` runs: ``"compiled"``, the AOTInductor package, built first (tens of seconds,
+"""What ``optimize`` runs: ``"compiled"``, the AOTInductor package, built first (tens of seconds,
 once per machine and weights) where this machine has none; ``"cached"``, the package if it is
 already built, else the folded module eagerly, at once; ``"eager"``, the folded module."""
 
@@ -107,7 +107,7 @@ def _tanh_exp(v: torch.Tensor) -> torch.Tensor:
 
 
 class FastBlock(nn.Module):
-    """A :class:`tiniest.Block` on NHWC tensors with LayerNorm's affine folded into ``fc1``."""
+    """A ``tiniest.Block`` on NHWC tensors with LayerNorm's affine folded into ``fc1``."""
 
     mixer_w: torch.Tensor
     mixer_b: torch.Tensor
@@ -155,7 +155,7 @@ class FastBlock(nn.Module):
 
 
 class FastTiniest(nn.Module):
-    """Inference-only rewrite of :class:`tiniest.Tiniest` (NHWC, folded); same logits up to rounding.
+    """Inference-only rewrite of ``tiniest.Tiniest`` (NHWC, folded); same logits up to rounding.
 
     Built on the model's device.
     """
@@ -236,13 +236,13 @@ def _serves(x: object, size: tuple[int, int]) -> bool:
 
 
 class OptimizedTiniest(Tiniest):
-    """What :func:`optimize` returns: a :class:`tiniest.Tiniest` whose forward runs the compiled package where it can.
+    """What ``optimize`` returns: a ``tiniest.Tiniest`` whose forward runs the compiled package where it can.
 
     It is the model (same parameters, ``state_dict``, ``labels``), with a faster path for the
     inputs the package was built for: ``(N, 3, 32, 32)`` float32 tensors (the size the weights'
     preprocessing states) on the weights' device
-    (CPU for the package; the eager :class:`FastTiniest` elsewhere), without gradients and without
-    forward hooks on its layers. Every other input runs :meth:`Tiniest.forward`, so the answer,
+    (CPU for the package; the eager ``FastTiniest`` elsewhere), without gradients and without
+    forward hooks on its layers. Every other input runs ``Tiniest.forward``, so the answer,
     or the error, is the plain model's. The fast path follows the weights: after
     ``load_state_dict``, an in-place change or ``.to(...)``, it is remade from them at the next
     call (with the package already built for the new weights, if any; else eagerly). Pickling
@@ -260,7 +260,7 @@ class OptimizedTiniest(Tiniest):
 
     @property
     def compiled(self) -> bool:
-        """Whether the fast path runs the AOTInductor package (``False``: the eager :class:`FastTiniest`)."""
+        """Whether the fast path runs the AOTInductor package (``False``: the eager ``FastTiniest``)."""
         path = self._fast_path()
         return path is not None and path.runner is not None
 
@@ -305,7 +305,7 @@ class OptimizedTiniest(Tiniest):
     def _attach_package(self, build: bool) -> None:
         """Run the CPU fast path from the compiled package: the one already built, else (``build``) a new one.
 
-        Where none can be had, the eager :class:`FastTiniest` runs, and one line says why if a
+        Where none can be had, the eager ``FastTiniest`` runs, and one line says why if a
         build was wanted and could not happen (or failed).
         """
         self._use_package = True
@@ -363,31 +363,31 @@ def _cached_package(fast: FastTiniest) -> Runner | None:
 
 
 def worth_building(expected_images: int) -> bool:
-    """Whether a run over ``expected_images`` images should wait for a package build (see :data:`BUILD_MIN_IMAGES`)."""
+    """Whether a run over ``expected_images`` images should wait for a package build (see ``BUILD_MIN_IMAGES``)."""
     return expected_images >= BUILD_MIN_IMAGES
 
 
 def optimize(model: nn.Module, *, mode: OptimizeMode = "compiled") -> OptimizedTiniest:
-    """A copy of ``model`` (a :class:`tiniest.Tiniest`) with the same answers, faster for inference.
+    """A copy of ``model`` (a ``tiniest.Tiniest``) with the same answers, faster for inference.
 
     Args:
         model: the model to speed up; it is copied, not modified.
-        mode: what runs (:data:`OptimizeMode`). ``"compiled"``: the AOTInductor package, built
+        mode: what runs (``OptimizeMode``). ``"compiled"``: the AOTInductor package, built
             first if this machine has none for these weights (announced in one log line: about
             30 s on 2 cores); later ``optimize`` calls, in any process and under any thread count,
-            load it from :func:`tiniest.fast.compiled.compiled_cache_dir` in milliseconds.
-            ``"cached"``: the package if already built, else the eager :class:`FastTiniest` at
+            load it from ``tiniest.fast.compiled.compiled_cache_dir`` in milliseconds.
+            ``"cached"``: the package if already built, else the eager ``FastTiniest`` at
             once (``"compiled" if worth_building(number_of_images) else "cached"`` is the
-            commands' choice). ``"eager"``: the :class:`FastTiniest` alone. Where the package is
+            commands' choice). ``"eager"``: the ``FastTiniest`` alone. Where the package is
             wanted and cannot be had (a model on another device: the package is CPU code; no
             C++ compiler; a torch that cannot build packages; a failed build), one warning line
             says why and the eager module runs. ``TINIEST_NO_COMPILE=1`` makes every mode
             ``"eager"``, silently: the machine's owner has chosen.
 
     Returns:
-        An :class:`OptimizedTiniest` in eval mode, on ``model``'s device and dtype, without
+        An ``OptimizedTiniest`` in eval mode, on ``model``'s device and dtype, without
         gradients on its parameters: ``(N, 3, 32, 32)`` float32 inputs take the fast path, any
-        other input the plain forward (see :class:`OptimizedTiniest`).
+        other input the plain forward (see ``OptimizedTiniest``).
     """
     if not isinstance(model, Tiniest):
         raise TypeError(f"optimize() expects a tiniest.Tiniest, got {type(model).__name__}")

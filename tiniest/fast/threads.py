@@ -1,15 +1,15 @@
 """How many threads the compiled model uses per call, chosen from the cores that are actually free.
 
 The compiled package's kernels and oneDNN's run OpenMP parallel regions, about 40 per chunk of
-:data:`~tiniest.fast.optimized.CHUNK` pictures. Each region ends at a barrier, so when other
+``CHUNK`` pictures. Each region ends at a barrier, so when other
 processes hold the cores and one of our threads is descheduled, the others wait for it at every
 region: measured on 2 busy cores, a picture took 700 ms of CPU at 2 threads against 3 ms at 1.
-So, per call (:func:`run_chunks`):
+So, per call (``run_chunks``):
 
 * **several chunks** (more than ``CHUNK`` pictures) run side by side on up to
   ``torch.get_num_threads()`` threads, each chunk on one thread (one OpenMP thread, no barrier
   between threads): a descheduled thread delays only its own chunk, and the others take the rest.
-* **one chunk** runs on as many OpenMP threads as :class:`FreeCores` finds free, at most
+* **one chunk** runs on as many OpenMP threads as ``FreeCores`` finds free, at most
   ``torch.get_num_threads()``; on a busy machine that is one, in the caller's thread.
 
 The thread count is set per thread (OpenMP's ``omp_set_num_threads`` acts on the calling thread
@@ -148,10 +148,10 @@ def _runnable_others() -> float:
 
 
 class FreeCores:
-    """How many of this process's cores other processes leave free, measured over the last :data:`WINDOW_S`.
+    """How many of this process's cores other processes leave free, measured over the last ``WINDOW_S``.
 
     Others' use is the CPU time spent on this process's processors (``/proc/stat``) less this
-    process's own (:func:`time.process_time`), so the estimate does not depend on how many
+    process's own (``time.process_time``), so the estimate does not depend on how many
     threads this process ran. Before the first window (or without ``/proc/stat``): the running
     count of ``/proc/loadavg`` bounded by the one-minute load.
     """

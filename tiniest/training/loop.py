@@ -4,7 +4,7 @@
 Reproducibility and exact resumption rest on one rule: all randomness of epoch ``e`` on rank
 ``r`` comes from generators seeded by ``(seed, e, r)`` at the start of the epoch (the shuffle:
 ``DistributedSampler`` seeded with ``seed + e``; augmentation and mix-up: torch's generator,
-reseeded inside :func:`torch.random.fork_rng`). A checkpoint written at the end of an epoch
+reseeded inside ``torch.random.fork_rng``). A checkpoint written at the end of an epoch
 (model, averaged model, optimizer, schedule, epoch, history) therefore holds everything the
 next epoch needs, and resuming from it gives the weights an uninterrupted run gives.
 """
@@ -83,7 +83,7 @@ class ProcessCountWarning(TiniestWarning):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run: where, on which data, from which weights (the recipe, :class:`Recipe`, is the rest)."""
+    """How to run: where, on which data, from which weights (the recipe, ``Recipe``, is the rest)."""
 
     data: str | None  # None: the checkpoint's (with resume only)
     output: Path
@@ -351,7 +351,7 @@ def _synchronize(device: torch.device) -> None:
 def train(options: RunOptions, overrides: dict[str, Any] | None = None) -> Path:
     """Train (or resume) the run in ``options.output``; return the path of its checkpoint.
 
-    ``overrides``: :class:`Recipe` fields to set (with ``resume``, they must agree with the checkpoint's).
+    ``overrides``: ``Recipe`` fields to set (with ``resume``, they must agree with the checkpoint's).
     Every problem with the arguments is found before the first step: an ``output`` that is a file or
     cannot be written, a run already there (continue it with ``resume``, or replace it with
     ``overwrite``), a checkpoint that disagrees with the settings or the data. A run that fails
@@ -402,7 +402,7 @@ def _peer_error(error: Exception, proc: _Process, options: RunOptions) -> PeerLo
 
 
 def last_saved(output: Path, processes: int | None = None) -> str:
-    """Where the run in ``output`` stands, and the command that continues it (see :func:`resume_command`)."""
+    """Where the run in ``output`` stands, and the command that continues it (see ``resume_command``)."""
     path = output / CHECKPOINT_NAME
     try:
         checkpoint = load_checkpoint(path)

@@ -4,8 +4,8 @@ The defaults are the recipe the published weights came from: AdamW at a peak lea
 of 0.02, batch 256, a one-cycle schedule (1% warm-up, cosine annealing, ``final_div_factor``
 0.4, no momentum cycling), 300 epochs, an exponential moving average of the weights (decay
 0.999) used as the final model, mix-up whose maximum strength grows linearly with the epoch
-up to 0.5, and batch-level augmentation (:mod:`tiniest.training.augment`). Inputs are normalized as
-the input contract new weights are written with says (:data:`tiniest.transforms.PREPROCESSING`): no
+up to 0.5, and batch-level augmentation (``tiniest.training.augment``). Inputs are normalized as
+the input contract new weights are written with says (``tiniest.transforms.PREPROCESSING``): no
 recipe field restates it, as the trained weights are stamped with that contract.
 """
 

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def _weights_spec(init: str | os.PathLike[str] | TiniestWeights) -> str | TiniestWeights:
-    """``init`` as :func:`tiniest.weights.load_weights` takes it; a folder stands for the weights file inside it."""
+    """``init`` as ``tiniest.weights.load_weights`` takes it; a folder stands for the weights file inside it."""
     if isinstance(init, TiniestWeights):
         return init
     path = Path(os.fspath(init)).expanduser()
@@ -73,7 +73,7 @@ def load_start(
 ) -> dict[str, Any]:
     """Load the weights ``init`` names into ``model`` (built for ``classes``, seeded); return their record.
 
-    ``init``: ``"DEFAULT"`` or another :class:`TiniestWeights` name, a ``.safetensors`` or state_dict
+    ``init``: ``"DEFAULT"`` or another ``TiniestWeights`` name, a ``.safetensors`` or state_dict
     ``.pt`` file (path or URL), or a folder holding one (a finished run's ``model.pt``). The record
     (stored in the checkpoint as ``init``) says which weights (``name``, ``sha256``, whether they were
     verified as the published release, its Hub repo), and whether the head was kept or started anew.

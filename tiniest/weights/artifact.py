@@ -62,7 +62,7 @@ def build_artifact(checkpoint: bytes, meta: Mapping[str, Any], *, origin: str = 
     """A state_dict checkpoint (.pt or .safetensors bytes) as release bytes.
 
     Only bytes and keys are read here: the caller checks that the tensors fit the architecture
-    (:func:`tiniest.export.check_architecture`), or compares the result with a pinned hash.
+    (``tiniest.export.check_architecture``), or compares the result with a pinned hash.
     """
     state_dict = read_state_dict(checkpoint, origin=origin)
     return to_safetensors(state_dict, artifact_metadata(meta, source_sha256=sha256_hex(checkpoint)))

@@ -2,7 +2,7 @@
 
 Imported only when a download is needed, so that a load from a folder or a cache runs none of it.
 Each source returns verified bytes and where they came from, or raises a ``LookupError`` saying
-why; :mod:`tiniest.weights.sources` tries them in turn and caches what they return (:func:`keep`).
+why; ``tiniest.weights.sources`` tries them in turn and caches what they return (``keep``).
 """
 
 from __future__ import annotations

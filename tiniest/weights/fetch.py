@@ -125,7 +125,7 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def fetch(url: str, *, max_bytes: int, progress: bool = False, headers: Mapping[str, str] | None = None) -> bytes:
-    """GET ``url``: the whole body, at most ``max_bytes``, or a :class:`DownloadError` saying why not."""
+    """GET ``url``: the whole body, at most ``max_bytes``, or a ``DownloadError`` saying why not."""
     if progress:
         sys.stderr.write(f'Downloading: "{url}"\n')
     for attempt in range(1, ATTEMPTS + 1):

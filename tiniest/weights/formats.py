@@ -1,9 +1,9 @@
 """Weight files as tensors: safetensors (the library, else a bounded fallback) and torch zip archives.
 
 A safetensors file is read by the ``safetensors`` library wherever it imports; torch.hub users, who
-have torch alone, get :mod:`tiniest.weights.safetensors_fallback`, which refuses every file the
+have torch alone, get ``tiniest.weights.safetensors_fallback``, which refuses every file the
 library refuses (a property test holds it to that). A ``.pt`` file is read by
-:mod:`tiniest.weights.torch_files` (``torch.load(weights_only=True)`` after its zip records are checked),
+``tiniest.weights.torch_files`` (``torch.load(weights_only=True)`` after its zip records are checked),
 imported only for one.
 """
 
@@ -44,7 +44,7 @@ def read_weights(
     """The tensors of safetensors bytes or a torch state_dict archive, and the file's metadata (``{}`` for a .pt).
 
     Pickled code is never run: ``.pt`` files load with ``weights_only=True``, after
-    :func:`tiniest.weights.torch_files.check_torch_archive` unless they are ``pinned`` (bytes whose
+    ``tiniest.weights.torch_files.check_torch_archive`` unless they are ``pinned`` (bytes whose
     sha256 the release record pins: the publisher's own ``.pt``, known to be a plain state_dict).
     """
     if is_safetensors(data):
@@ -65,7 +65,7 @@ def read_weights(
 
 
 def read_state_dict(data: bytes, *, origin: str = "weights") -> dict[str, torch.Tensor]:
-    """The tensors of :func:`read_weights`."""
+    """The tensors of ``read_weights``."""
     return read_weights(data, origin=origin)[0]
 
 

@@ -31,7 +31,7 @@ def head_fits(weights: LoadedWeights, classes: Sequence[str] | int, origin: str 
 
 
 def with_new_head(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trunk of ``state_dict`` (every layer but :data:`HEAD`) with ``model``'s own head, as initialised."""
+    """The trunk of ``state_dict`` (every layer but ``HEAD``) with ``model``'s own head, as initialised."""
     own = model.state_dict()
     state = {key: value for key, value in state_dict.items() if not key.startswith(f"{HEAD}.")}
     state.update({key: value for key, value in own.items() if key.startswith(f"{HEAD}.")})

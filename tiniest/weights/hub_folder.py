@@ -3,8 +3,8 @@
 A folder holds ``model.safetensors`` (the deterministic release artifact), ``config.json`` and a
 model card ``README.md`` whose front matter the Hub reads (licence, base model, Hub datasets, metrics),
 with how to install and load it, intended uses and limitations. These
-functions know no model class: :func:`from_pretrained` takes it, :func:`save_pretrained` takes
-the weights, their labels and metadata (:class:`tiniest.weights.hub_mixin.HubFolderMixin` passes
+functions know no model class: ``from_pretrained`` takes it, ``save_pretrained`` takes
+the weights, their labels and metadata (``tiniest.weights.hub_mixin.HubFolderMixin`` passes
 them). huggingface_hub is imported only inside them: ``PyTorchModelHubMixin`` would load it with
 ``tiniest.model``, about four times the ~50 ms that loading the model may cost beyond torch.
 
@@ -321,7 +321,7 @@ def _download(repo_id: str, revision: str | None, *, token: str | bool | None = 
     Online, the sizes the Hub announces are read first (``model_info``), and a file announced larger
     than ``TINIEST_MAX_DOWNLOAD_MB`` is refused before a byte of it is fetched; then only those two
     files are downloaded, from the commit the sizes were read at. Offline, the cached files are read
-    bounded by :func:`~tiniest.weights.sources.load_weights` and :func:`_read_config`.
+    bounded by ``load_weights`` and ``_read_config``.
     """
     try:
         from huggingface_hub import constants, hf_hub_download

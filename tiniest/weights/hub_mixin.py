@@ -2,7 +2,7 @@
 
 The mixin knows no model class: ``from_pretrained`` builds whichever class it is called on
 (``cls(num_classes, labels=..., meta=...)``) and ``save_pretrained`` writes the instance's
-weights, ``labels`` and ``meta``. The folder code (:mod:`tiniest.weights.hub_folder`) is imported
+weights, ``labels`` and ``meta``. The folder code (``tiniest.weights.hub_folder``) is imported
 only when called, so that a model class costs nothing more to import.
 """
 
@@ -44,7 +44,7 @@ class HubFolderMixin(nn.Module):
         ``revision``, ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` are
         ``huggingface_hub.hf_hub_download``'s, for a repo id (only ``model.safetensors`` and
         ``config.json`` are fetched, each refused unfetched when the Hub announces more than
-        ``TINIEST_MAX_DOWNLOAD_MB``); ``device``: where to put the model. See :mod:`tiniest.weights.hub_folder`.
+        ``TINIEST_MAX_DOWNLOAD_MB``); ``device``: where to put the model. See ``tiniest.weights.hub_folder``.
         """
         from tiniest.weights.hub_folder import from_pretrained
 

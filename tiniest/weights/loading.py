@@ -1,10 +1,10 @@
 """Loaded weights, and what a model needs of them: class count, class names, strictly checked tensors.
 
-The model class is passed in (:func:`model_from_weights`): this package never imports the model.
+The model class is passed in (``model_from_weights``): this package never imports the model.
 A model takes its class count from the weights' ``fc`` layer and its ``labels`` from the metadata's
 ``categories``; weights that name none get ``class_0``, ``class_1``... and one
-:class:`NoClassNamesWarning`. A model for other classes takes the weights' trunk and a new head
-(:mod:`tiniest.weights.heads`).
+``NoClassNamesWarning``. A model for other classes takes the weights' trunk and a new head
+(``tiniest.weights.heads``).
 """
 
 from __future__ import annotations

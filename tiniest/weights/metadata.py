@@ -4,15 +4,15 @@ The published checkpoint carries the pinned record's metadata: its publisher's c
 licence and measured accuracy. Any other weights carry only what is known of them: their class
 names, the training run they came from (which data, which recipe, what accuracy was measured on
 which split and how many images) and what their maker passes (licence, metrics). Export, release
-and ``save_pretrained`` all get their metadata from :func:`weights_meta`.
+and ``save_pretrained`` all get their metadata from ``weights_meta``.
 
-A model built from weights (:func:`model_from_weights`, given the model class) takes its class
+A model built from weights (``model_from_weights``, given the model class) takes its class
 count from the weights' ``fc`` layer and its ``labels`` from the metadata's ``categories``. A plain
 state_dict carries no names: a run's ``model.pt`` takes them from the run's ``checkpoint.pt`` beside
 it, a release's ``.pt`` from the ``release.json`` beside it (each matched by content, not by name).
-Weights that have none anywhere get ``class_0``, ``class_1``... and one :class:`NoClassNamesWarning`.
+Weights that have none anywhere get ``class_0``, ``class_1``... and one ``NoClassNamesWarning``.
 
-Keys a training checkpoint may hold for the card (written by :mod:`tiniest.training`):
+Keys a training checkpoint may hold for the card (written by ``tiniest.training``):
 ``init`` = ``{"name": ..., "sha256": ...}``, the weights training started from (the card's
 ``base_model``); ``held_out`` = ``{"split": "test" | "validation", "images": N, "made_by": ...}``,
 the held-out images the recorded scores were measured on.
@@ -225,7 +225,7 @@ def weights_meta(
     origin: str = "weights",
 ) -> dict[str, Any]:
     """The metadata of new weights: only their own facts (the published ones keep the pinned record:
-    :func:`checkpoint_meta` tells them apart).
+    ``checkpoint_meta`` tells them apart).
 
     Args:
         state_dict: the weights (their class count and parameter count are read from it).
@@ -298,7 +298,7 @@ def checkpoint_meta(
     license_link: str | None = None,
     origin: str | None = None,
 ) -> dict[str, Any]:
-    """The metadata of a checkpoint file's weights (see :func:`weights_meta`).
+    """The metadata of a checkpoint file's weights (see ``weights_meta``).
 
     The published checkpoint (or release file) gets the pinned record; any other gets what its own
     file says (a safetensors' metadata; ``run``; for a bare ``.pt`` at ``path``, the release record

@@ -1,7 +1,7 @@
 """Weights the caller names (``weights=PATH`` or URL, ``--weights``, ``TINIEST_WEIGHTS``): read alone, never a chain.
 
 A named file loads or fails, never falling through to another source. Bytes that are not the pinned
-release still load, with an :class:`~tiniest.errors.UnverifiedWeightsWarning`: the caller chose them.
+release still load, with an ``UnverifiedWeightsWarning``: the caller chose them.
 Imported only when weights are named, so that the default load runs none of it.
 """
 

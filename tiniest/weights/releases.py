@@ -2,8 +2,8 @@
 
 Both a torch.hub checkout and a pip install read the same file (it ships as package
 data), so the sha256 of the published artifact is written exactly once. A record is read
-(:meth:`Release.from_record`) and written (:meth:`Release.to_record`) here only: ``tiniest
-release`` writes one beside the files it makes. :class:`TiniestWeights` declares its members in
+(``Release.from_record``) and written (``Release.to_record``) here only: ``tiniest
+release`` writes one beside the files it makes. ``TiniestWeights`` declares its members in
 code, so that type checkers see them; a test holds them equal to ``release.json``, and a fork that
 pins its own release renames the member along with the record (an import refuses a record the
 enum does not declare).
@@ -47,7 +47,7 @@ class Release:
 
     ``where`` holds every entry of the record but the file's own facts: ``"github"`` (``repo``, ``tag``),
     ``"huggingface"`` (``repo_id``, ``revision``, ``filename``), in the order the sources are tried. A new
-    source is a finder (:data:`tiniest.weights.downloads.DOWNLOADS`) and its entry in the record.
+    source is a finder (``tiniest.weights.downloads.DOWNLOADS``) and its entry in the record.
     """
 
     name: str
@@ -62,7 +62,7 @@ class Release:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Release:
-        """The release a ``release.json`` record describes (the inverse of :meth:`to_record`)."""
+        """The release a ``release.json`` record describes (the inverse of ``to_record``)."""
         source = record["source"]
         return cls(
             name=record["name"],
@@ -77,7 +77,7 @@ class Release:
         )
 
     def to_record(self) -> dict[str, Any]:
-        """The ``release.json`` record of this release (the inverse of :meth:`from_record`, same key order)."""
+        """The ``release.json`` record of this release (the inverse of ``from_record``, same key order)."""
         return {
             "name": self.name,
             "filename": self.filename,
@@ -104,7 +104,7 @@ class Release:
         return f"{GITHUB}/{self.source_path}"
 
     def transforms(self) -> Preprocess:
-        """The preprocessing these weights expect, as a module (see :mod:`tiniest.transforms`)."""
+        """The preprocessing these weights expect, as a module (see ``tiniest.transforms``)."""
         from tiniest.transforms import Preprocess
 
         return Preprocess.from_meta(self.meta["preprocessing"])
@@ -129,7 +129,7 @@ class TiniestWeights(Enum):
     """Published weights, in the style of torchvision's weights enums.
 
     ``CIFAR10_V1``, the pinned release, and ``DEFAULT``, its alias. A member's value is the
-    :class:`Release` that ``release.json`` describes.
+    ``Release`` that ``release.json`` describes.
     """
 
     CIFAR10_V1 = _PINNED

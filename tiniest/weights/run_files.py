@@ -1,6 +1,6 @@
 """The files a ``tiniest train`` run leaves, read as weights: ``checkpoint.pt`` and ``model.pt``.
 
-The training loop (:mod:`tiniest.training.loop`) writes them; loading, export and release read
+The training loop (``tiniest.training.loop``) writes them; loading, export and release read
 them here, so that the weights code never imports the training code.
 """
 

@@ -50,7 +50,7 @@ class Header:
 
 
 def read_header(data: bytes, *, origin: str = "weights") -> Header:
-    """The checked header of safetensors ``data``; one :class:`ArtifactError` saying what is wrong otherwise."""
+    """The checked header of safetensors ``data``; one ``ArtifactError`` saying what is wrong otherwise."""
 
     def refuse(reason: str) -> ArtifactError:
         return ArtifactError(f"{origin}: expected a valid safetensors file: {reason}")

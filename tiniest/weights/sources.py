@@ -1,13 +1,13 @@
 """Where the weights come from: the caller's file, or each source in turn until one yields the pinned bytes.
 
 A file or URL the caller names (or ``TINIEST_WEIGHTS`` names) is read alone
-(:mod:`tiniest.weights.named`). Otherwise the pinned release is
-sought in :data:`SOURCES` order, each candidate checked against the sha256 pinned in
+(``tiniest.weights.named``). Otherwise the pinned release is
+sought in ``SOURCES`` order, each candidate checked against the sha256 pinned in
 ``release.json``: the release's safetensors file, or the publisher's original ``.pt`` (pinned by its
 own sha256 and loaded as it is, ``weights_only=True``).
 
-The network sources (:mod:`tiniest.weights.downloads`, over :mod:`tiniest.weights.fetch` and
-:mod:`tiniest.weights.huggingface`) are imported when a download is needed: a load from a folder or
+The network sources (``tiniest.weights.downloads``, over ``tiniest.weights.fetch`` and
+``tiniest.weights.huggingface``) are imported when a download is needed: a load from a folder or
 a cache runs none of it. Downloads go to ``$TORCH_HOME/hub/checkpoints`` once verified, through a
 temporary file and ``os.replace``: processes loading at once each download and each replace the file whole, so no
 reader ever sees a partial or unverified file. A file of the caches that fails the hash is
@@ -201,12 +201,12 @@ def load_weights(
 ) -> LoadedWeights:
     """Find, verify and decode the weights; see the module docstring for the order.
 
-    ``weights``: a :class:`TiniestWeights`, its name as a string (``"DEFAULT"``), a path or an
+    ``weights``: a ``TiniestWeights``, its name as a string (``"DEFAULT"``), a path or an
     http(s) URL; left out, what ``TINIEST_WEIGHTS`` names where it is set, else ``TiniestWeights.DEFAULT``
     (weights passed, even ``TiniestWeights.DEFAULT``, always win). ``None`` is refused: there is nothing to load.
     A failure inside one source (a network error, a missing optional module, unreadable bytes)
     never stops the chain: it is reported and the next source is tried. A bad environment
-    variable is one :class:`UsageError` naming it.
+    variable is one ``UsageError`` naming it.
     """
     offline = is_offline(offline)
     from_env = weights is NOT_GIVEN and env_text("TINIEST_WEIGHTS") is not None

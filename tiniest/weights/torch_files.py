@@ -57,7 +57,7 @@ def check_torch_archive(data: bytes, *, origin: str = "weights") -> None:
 
 
 def load_torch_file(data: bytes, *, origin: str = "weights", map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` of checked archive bytes; one :class:`ArtifactError` otherwise."""
+    """``torch.load(weights_only=True)`` of checked archive bytes; one ``ArtifactError`` otherwise."""
     check_torch_archive(data, origin=origin)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
