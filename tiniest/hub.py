@@ -54,35 +54,35 @@ def tiniest(
     offline: bool | None = None,
     num_classes: int | None = None,
 ) -> Tiniest:
-    """Tiniest CIFAR-10 classifier (97,530 parameters, 94.63% top-1 on the CIFAR-10 test set).
+    """Tiniest CIFAR-10 classifier (97,530 parameters, 94.63% test accuracy).
 
-    The model takes ``(N, 3, 32, 32)`` RGB in [0, 1] minus 0.5 and returns ``(N, 10)`` logits
-    for ``tiniest.CLASSES`` (airplane ... truck). It comes back in eval mode. Other weights bring
-    their own task: ``model.labels`` are their class names (from the file's metadata; for a run's
-    ``model.pt``, from its ``checkpoint.pt``), one per output, and ``model.meta`` what the file says.
+    ``tiniest()``: the published weights, verified, in eval mode.
+    ``tiniest(weights=None)``: a random initialisation.
+    ``tiniest(num_classes=N)``: the published trunk with a new head of N outputs.
+
+    Input ``(N, 3, 32, 32)``: RGB in [0, 1] minus 0.5 (``weights.transforms()``
+    makes it from pictures). Output ``(N, classes)`` logits, named by
+    ``model.labels`` (``tiniest.CLASSES`` for the published weights);
+    ``model.meta`` is what the weights file says of itself.
 
     Args:
-        weights: which weights, as torchvision's ``weights=``: a ``TiniestWeights`` member
-            (``TiniestWeights.DEFAULT`` is the pinned release, ``CIFAR10_V1``) or its name as a string
-            (``"DEFAULT"``, ``"CIFAR10_V1"``), a path or http(s) URL of a ``.safetensors`` or
-            state_dict ``.pt`` file, or ``None`` for a random initialisation. Left out: what the
-            environment variable ``TINIEST_WEIGHTS`` names (a path, URL or release name) where it is
-            set, else ``TiniestWeights.DEFAULT``; weights passed always win. A file that is not the
-            pinned release loads with an ``UnverifiedWeightsWarning``.
-        progress: name each download on stderr, with a progress bar where ``tqdm`` is installed.
-        sources: where to look for the pinned release, in order; a subset of
-            ``"local"`` (the checkout's ``weights/`` folder), ``"cache"`` (torch.hub's checkpoints
-            folder, then the Hugging Face cache), ``"github"`` (the release asset; base URL from
-            ``TINIEST_GITHUB_URL``), ``"huggingface"`` (``hf_hub_download``; honours ``HF_ENDPOINT``,
-            ``HF_HOME``, tokens) and ``"original"`` (the publisher's .pt, verified by its own sha256).
-            Default: all of them, in that order. A list or a comma-separated string.
-        device: where to put the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...); a device
-            this machine lacks is refused in one line. Default: stays on the CPU.
-        offline: never touch the network. Default: ``True`` when ``TINIEST_OFFLINE=1`` or
-            ``HF_HUB_OFFLINE=1`` is set.
-        num_classes: outputs of the model, to fine-tune for other classes. Where the weights have
-            another count, the model is their trunk with a new, randomly initialised head: its
-            ``labels`` are ``class_0``... and ``model.meta["head"]`` says it is new. Default: the weights' own.
+        weights: a ``TiniestWeights`` member or its name (``"DEFAULT"``,
+            ``"CIFAR10_V1"``), a path or http(s) URL of a ``.safetensors`` or
+            ``.pt`` file, or ``None``. Left out: ``TINIEST_WEIGHTS`` where it
+            is set, else ``TiniestWeights.DEFAULT``; weights passed always
+            win. A file that is not the pinned release loads with an
+            ``UnverifiedWeightsWarning``.
+        progress: name each download on stderr (a progress bar with tqdm).
+        sources: where to look for the pinned release, in order: some of
+            ``local``, ``cache``, ``github``, ``huggingface``, ``original``
+            (a list or a comma-separated string; docs/weights.md). Default: all.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...; a device this
+            machine lacks is refused in one line. Default: the CPU.
+        offline: never touch the network. Default: ``True`` where
+            ``TINIEST_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``.
+        num_classes: outputs of the model. Where the weights have another
+            count, their trunk gets a new, randomly initialised head (labels
+            ``class_0``...; ``model.meta["head"]`` says so). Default: theirs.
 
     Returns:
         A ``tiniest.Tiniest`` in eval mode, on ``device``.

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-__all__ = ["HubFolderMixin"]
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
-Model = TypeVar("Model", bound="HubFolderMixin")
+__all__ = ["HubFolderMixin"]
 
 
 class HubFolderMixin(nn.Module):
@@ -29,7 +30,7 @@ class HubFolderMixin(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls: type[Model],
+        cls,
         repo_id_or_folder: str | os.PathLike[str],
         *,
         revision: str | None = None,
@@ -38,7 +39,7 @@ class HubFolderMixin(nn.Module):
         local_files_only: bool = False,
         force_download: bool = False,
         device: str | torch.device | None = None,
-    ) -> Model:
+    ) -> Self:
         """Verified weights from a Hub repo id (``owner/name``) or a local folder, in eval mode.
 
         ``revision``, ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` are
