@@ -61,7 +61,7 @@ def test_help_explains_every_argument(hub_dir: Path) -> None:
     for argument in ("weights", "progress", "sources", "device", "offline"):
         assert f"{argument}:" in text
     flat = " ".join(text.split())
-    assert "``None`` for a random initialisation" in flat and "``TINIEST_WEIGHTS``" in flat
+    assert "``tiniest(weights=None)``: a random initialisation" in flat and "``TINIEST_WEIGHTS``" in flat
     assert "weights passed always win" in flat and "num_classes:" in text
 
 
