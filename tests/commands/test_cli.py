@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tiniest.commands import build_parser, main
+from tiniest.commands import COMMANDS, build_parser, main
+
+COMMANDS_WITHOUT_TORCH = [name for name in COMMANDS if name != "export"]
 
 
 def test_a_tiniest_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -203,6 +205,25 @@ def test_only_the_chosen_command_is_imported() -> None:
     listed = " ".join(run.stdout.split())
     for name, text in build_parser()._subparsers._group_actions[0].choices.items():
         assert f"{name} {' '.join(text.description.split())}" in listed, name
+
+
+@pytest.mark.parametrize("words", [["--help"], ["--version"], *([name, "--help"] for name in COMMANDS_WITHOUT_TORCH)])
+def test_help_imports_no_torch(words: list[str]) -> None:
+    """``tiniest --help`` and ``tiniest CMD --help`` answer at once: torch (seconds to import) only when a command runs.
+
+    (``export --help`` lists the formats of :mod:`tiniest.export`, which imports torch.)
+    """
+    code = (
+        "import contextlib, sys\n"
+        "from tiniest.commands import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        f"    main({words!r})\n"
+        "print(sorted(name for name in ('torch', 'numpy', 'PIL') if name in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "usage: tiniest" in run.stdout or "tiniest 1." in run.stdout
+    assert run.stdout.splitlines()[-1] == "[]", "imported for --help"
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])

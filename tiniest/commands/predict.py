@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tiniest import plots
 from tiniest.commands._common import add_device_argument, add_model_arguments, check_plot_file, chosen_weights
-from tiniest.fast import OptimizeMode, worth_building
-from tiniest.inference import predict
 from tiniest.names import printable
-from tiniest.transforms import require_images_extra
+
+if TYPE_CHECKING:
+    from tiniest.fast import OptimizeMode
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tiniest import plots  # (torch: imported when the command runs, not for --help)
+    from tiniest.fast import worth_building
+    from tiniest.inference import predict
+    from tiniest.transforms import require_images_extra
+
     if args.plot is not None:  # before any work
         check_plot_file(Path(args.plot))
     require_images_extra()  # one line naming the extra, not a traceback
