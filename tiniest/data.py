@@ -234,7 +234,8 @@ def _progress(items: Sequence[Any], enabled: bool, description: str) -> Iterable
         return items
     from tqdm import tqdm
 
-    bar: Iterable[Any] = tqdm(items, desc=description, unit="img", leave=False)
+    # disable=None: none on a stderr that is no terminal (a log file), which would get a line per update
+    bar: Iterable[Any] = tqdm(items, desc=description, unit="img", leave=False, disable=None)
     return bar
 
 

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="images per batch (default: 500)")
     add_model_arguments(parser)
     add_device_argument(parser, "cpu; the fast path runs on the CPU only")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument(
         "--skip-unreadable",
         action="store_true",
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     decoded = time.perf_counter()
     model = _load_model(args, data, device)
     loaded = time.perf_counter()
-    result = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
+    result = evaluate(model, data, batch_size=args.batch_size, progress=args.progress)
     total = time.perf_counter() - began
     seconds = _Seconds(decoded - began, loaded - decoded, result.inference_seconds, total, torch.get_num_threads())
     kind = _model_kind(model)
@@ -119,14 +119,14 @@ def _check_early(args: argparse.Namespace) -> None:
         check_plot_file(args.plot)
     from tiniest.transforms import require_images_extra
 
-    require_images_extra(*(() if args.quiet else ("tqdm",)))  # one line naming the extra, not a traceback
+    require_images_extra(*(("tqdm",) if args.progress else ()))  # one line naming the extra, not a traceback
 
 
 def _load_data(args: argparse.Namespace) -> LabeledImages:
     from tiniest.data import load_split
 
     try:
-        return load_split(args.data, args.split, progress=not args.quiet, skip_unreadable=args.skip_unreadable)
+        return load_split(args.data, args.split, progress=args.progress, skip_unreadable=args.skip_unreadable)
     except PreprocessError as error:
         raise PreprocessError(f"{error}; --skip-unreadable leaves such files out") from None
 
@@ -136,7 +136,7 @@ def _load_model(args: argparse.Namespace, data: LabeledImages, device: torch.dev
     from tiniest.evaluation import align_labels
     from tiniest.hub import tiniest
 
-    model = tiniest(weights=chosen_weights(args), progress=not args.quiet, device=device)
+    model = tiniest(weights=chosen_weights(args), progress=args.progress, device=device)
     align_labels(data, model.labels)  # refuse a dataset foreign to the weights before building the fast model
     if args.eager:
         return model
@@ -176,10 +176,9 @@ def _print_report(
     print(result.text())
     print("confusion matrix (rows: true class, columns: predicted class)")
     print(format_confusion_matrix(result.confusion, result.classes))
-    print(
-        f"{_images_per_second(n, seconds):.0f} images/s (data {seconds.data:.2f} s, "
-        f"inference {seconds.inference:.2f} s, {n / seconds.inference:.0f} images/s; "
-        f"total with model loading {seconds.total:.2f} s, {seconds.threads} threads)"
+    print(  # one rate, the model's: decoding and loading are said in seconds
+        f"inference {n / seconds.inference:.0f} images/s on {seconds.threads} threads ({seconds.inference:.2f} s); "
+        f"decoding the data {seconds.data:.2f} s, loading the model {seconds.model:.2f} s, {seconds.total:.2f} s in all"
     )
 
 

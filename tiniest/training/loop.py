@@ -598,7 +598,7 @@ def _run_epochs(
         trained.train()
         loss_sum = torch.zeros((), device=proc.device)
         bar = tqdm(total=batches.steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
-                   disable=not progress, file=sys.stderr)
+                   disable=None if progress else True, file=sys.stderr)  # None: no bar in a log file
         _synchronize(proc.device)
         started = time.perf_counter()
         with torch.random.fork_rng(devices=rng_devices):
