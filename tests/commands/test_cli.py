@@ -226,6 +226,14 @@ def test_help_imports_no_torch(words: list[str]) -> None:
     assert run.stdout.splitlines()[-1] == "[]", "imported for --help"
 
 
+def test_predict_help_says_what_the_model_sees(capsys: pytest.CaptureFixture[str]) -> None:
+    """In the help itself: a pip install has no docs/ folder to be sent to."""
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "docs/" not in text and "EXIF orientation" in text and "resized straight to 32x32" in text
+
+
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_ctrl_c_ends_a_command_with_one_line(command: str, tmp_path: Path) -> None:
     """Ctrl-C while the weights download (a server that accepts and never answers): one line and code 130."""

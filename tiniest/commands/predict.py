@@ -16,8 +16,12 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="image files (any size; see docs/classify.md, 'What the model sees')"
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ... of any size)")
+    # what the model sees, said here: a pip install has no docs/ folder to point to
+    parser.epilog = (
+        "Each image is turned upright by its EXIF orientation, made RGB (transparency onto white) and resized "
+        "straight to 32x32, without keeping its aspect ratio: CIFAR-10 pictures are square crops centred on the "
+        "object, so crop yours to the subject first."
     )
     parser.add_argument(
         "--top-k", type=int, default=1, metavar="K", help="show the K most probable classes (default: 1)"
