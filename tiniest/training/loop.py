@@ -46,6 +46,7 @@ from tiniest.training.runlog import LOG_NAME, PLOT_NAME, console_line, plot_curv
 from tiniest.training.start import load_start
 from tiniest.transforms import Preprocess, default_preprocess
 from tiniest.weights import TiniestWeights
+from tiniest.weights.metadata import overlap_caveat
 from tiniest.weights.run_files import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -520,6 +521,10 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
             state.epoch + 1, last, recipe.epochs, batches.steps, recipe.batch_size, proc.world_size, proc.device,
             data.held_out_record["split"], options.output,
         )
+        caveat = overlap_caveat((state.init or {}).get("dataset"), data.location, data.train.classes,
+                                data.held_out_record["split"])
+        if caveat is not None:  # said before the epochs, as the card will say it
+            logger.warning("%s", caveat)
     _run_epochs(state, recipe, data, batches, last, options, proc, limit_test)
     if proc.main:
         _finish(state, recipe, options)

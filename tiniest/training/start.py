@@ -75,7 +75,8 @@ def load_start(
     ``init``: ``"DEFAULT"`` or another :class:`TiniestWeights` name, a ``.safetensors`` or state_dict
     ``.pt`` file (path or URL), or a folder holding one (a finished run's ``model.pt``). The record
     (stored in the checkpoint as ``init``) says which weights (``name``, ``sha256``, whether they were
-    verified as the published release, its Hub repo), and whether the head was kept or started anew.
+    verified as the published release, its Hub repo, the data they were trained on where their metadata says),
+    and whether the head was kept or started anew.
     """
     spec = _weights_spec(init)
     with warnings.catch_warnings():  # the caller named this file on purpose: its hash is recorded instead
@@ -96,6 +97,8 @@ def load_start(
         "head": "kept" if same else "new",
         "classes": list(names) if names is not None else None,
     }
+    if isinstance(loaded.meta.get("dataset"), str):  # what they were trained on: a card warns of an overlap
+        record["dataset"] = loaded.meta["dataset"]
     if loaded.verified:
         record["hf_repo_id"] = (_member(spec) or TiniestWeights.DEFAULT).release.hf_repo_id
     where = "its head kept" if same else f"a new {HEAD} for {len(classes)} classes (the weights had {source_classes})"
