@@ -524,7 +524,7 @@ def test_init_starts_from_the_published_weights_with_a_new_head_for_other_classe
     release = TiniestWeights.DEFAULT.release
     assert tuned["init"] == {"name": "CIFAR10_V1", "sha256": release.sha256, "verified": True, "head": "new",
                              "classes": list(TiniestWeights.DEFAULT.meta["categories"]),
-                             "hf_repo_id": release.hf_repo_id}
+                             "hf_repo_id": release.hf_repo_id, "dataset": release.meta["dataset"]}
     assert scratch["init"] is None
     for name, tensor in published.items():
         if name.startswith("fc."):  # the new head: the seeded initialisation a run from scratch has
