@@ -379,6 +379,21 @@ def test_a_fine_tune_scored_on_pictures_the_base_was_trained_on_says_so_in_the_c
     assert f"itself trained on: {said.rsplit(' on ', 1)[1]}" in card.text  # the base weights' data, named
 
 
+def test_a_fine_tune_of_an_earlier_run_on_its_own_data_is_warned_of_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same files: a run's model.pt carries no dataset, the checkpoint beside it does (a folder named 'parts')."""
+    data = make_dataset(tmp_path / "parts", train_per_class=4, test_per_class=1, classes=("ok", "defect"))
+    assert train(data, tmp_path / "base", "--epochs", "1", "--batch-size", "4") == 0
+    capsys.readouterr()
+    assert train(data, tmp_path / "tuned", "--epochs", "1", "--batch-size", "4", "--init", str(tmp_path / "base"),
+                 "--val-fraction", "0.5") == 0
+    said = "the base weights were trained on train split of a local dataset folder named 'parts' (8 images)"
+    assert f"tiniest train: warning: {said}" in capsys.readouterr().err
+    with pytest.warns(SeenScoreWarning, match=re.escape(said)):
+        assert release(tmp_path / "tuned", tmp_path / "out", *MINE) == 0
+
+
 @pytest.mark.parametrize(
     ("given", "expected"), [("MIT", {"license": "mit"}), ("Apache-2.0", {"license": "apache-2.0"})]
 )

@@ -20,8 +20,9 @@ from torch import nn
 
 from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
 from tiniest.weights import TiniestWeights, load_strictly, load_weights
-from tiniest.weights.loading import HEAD, head_fits, num_outputs, with_new_head
-from tiniest.weights.run_files import MODEL_NAME
+from tiniest.weights.loading import HEAD, LoadedWeights, head_fits, num_outputs, with_new_head
+from tiniest.weights.metadata import run_dataset
+from tiniest.weights.run_files import MODEL_NAME, run_beside
 
 __all__ = ["HEAD", "load_start"]
 
@@ -63,6 +64,16 @@ def _member(spec: str | TiniestWeights) -> TiniestWeights | None:
         return None
 
 
+def _trained_on(spec: str | TiniestWeights, loaded: LoadedWeights) -> str | None:
+    """The data the weights were trained on: as their metadata says, else as the run beside a run's model.pt says."""
+    if isinstance(loaded.meta.get("dataset"), str):
+        return str(loaded.meta["dataset"])
+    if isinstance(spec, str) and "://" not in spec:
+        run = run_beside(Path(spec), loaded.state_dict)
+        return run_dataset(run) if run is not None else None
+    return None
+
+
 def load_start(
     model: nn.Module,
     init: str | os.PathLike[str] | TiniestWeights,
@@ -97,8 +108,9 @@ def load_start(
         "head": "kept" if same else "new",
         "classes": list(names) if names is not None else None,
     }
-    if isinstance(loaded.meta.get("dataset"), str):  # what they were trained on: a card warns of an overlap
-        record["dataset"] = loaded.meta["dataset"]
+    dataset = _trained_on(spec, loaded)
+    if dataset is not None:  # a card warns when the held-out pictures may be among them
+        record["dataset"] = dataset
     if loaded.verified:
         record["hf_repo_id"] = (_member(spec) or TiniestWeights.DEFAULT).release.hf_repo_id
     where = "its head kept" if same else f"a new {HEAD} for {len(classes)} classes (the weights had {source_classes})"

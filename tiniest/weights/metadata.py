@@ -49,6 +49,7 @@ __all__ = [
     "is_cifar10",
     "is_published",
     "overlap_caveat",
+    "run_dataset",
     "weights_meta",
 ]
 
@@ -216,9 +217,10 @@ def _score(run: Mapping[str, Any], label: str) -> dict[str, Any]:
     return {f"{label} test{' subset' if subset else ''}": score}
 
 
-def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
-    """Data, recipe, starting weights and measured accuracy of a run, saying which split and how many images."""
-    data, classes = str(run["data"]), list(run["classes"])
+def run_dataset(run: Mapping[str, Any]) -> str:
+    """What a run trained on, as its weights' ``dataset`` says it: the split, the data's name (no local path), how
+    many images, how many classes."""
+    data = str(run["data"])
     name = dataset_name(data)
     hub = data.startswith(HF_PREFIX)
     where = f"huggingface.co/datasets/{name}" if hub else f"a local dataset folder named {name!r}"
@@ -228,9 +230,16 @@ def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
     count = f"{used:,} images"
     if train_total is not None and used < train_total:
         count = f"a seeded random {used:,} of its {train_total:,} images"
+    return f"train split of {where} ({count}), {len(run['classes'])} classes"
+
+
+def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
+    """Data, recipe, starting weights and measured accuracy of a run, saying which split and how many images."""
+    data, classes = str(run["data"]), list(run["classes"])
+    name = dataset_name(data)
     reached = int(run["epoch"]) if run.get("epoch") is not None else None
     facts: dict[str, Any] = {
-        "dataset": f"train split of {where} ({count}), {len(classes)} classes",
+        "dataset": run_dataset(run),
         "recipe": _recipe_text(run["recipe"], reached),
         "metrics": {"note": "not measured"},
     }
