@@ -723,3 +723,13 @@ def test_a_failed_rank_other_than_0_is_told_with_the_last_line_it_wrote(tmp_path
     assert failed(1, 1, None) == "process 1 of 2 failed (exit code 1)"
     assert failed(1, 1, "\n \n") == "process 1 of 2 failed (exit code 1)"
     assert failed(0, 1, log) == "process 0 of 2 failed (exit code 1); its output is above"
+
+
+def test_a_run_logged_to_a_file_gets_no_progress_bars(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Progress on (no --no-progress), stderr no terminal: no carriage-return updates of the decoding or epoch bars."""
+    args = ["train", "--data", str(tiny_data), "--output", str(tmp_path / "run"), *QUICK]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1/1" in captured.out and "\r" not in captured.err, captured.err
