@@ -226,6 +226,14 @@ def test_help_imports_no_torch(words: list[str]) -> None:
     assert run.stdout.splitlines()[-1] == "[]", "imported for --help"
 
 
+def test_progress_bars_are_turned_off_by_one_flag_in_every_command() -> None:
+    """``evaluate --quiet`` and ``train --no-progress`` named one thing twice (issue 29): one spelling now."""
+    subparsers = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    flags = {name: {o for a in sub._actions for o in a.option_strings} for name, sub in subparsers.items()}
+    assert {name for name, options in flags.items() if "--no-progress" in options} == {"evaluate", "train"}
+    assert not any("--quiet" in options for options in flags.values())
+
+
 def test_predict_help_says_what_the_model_sees(capsys: pytest.CaptureFixture[str]) -> None:
     """In the help itself: a pip install has no docs/ folder to be sent to."""
     with pytest.raises(SystemExit):
