@@ -80,7 +80,7 @@ def main() -> int:
         baseline = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", "--data", str(args.data)]
         baseline += ["--split", args.split]
         project = [sys.executable, "-m", "tiniest", "evaluate", "--data", str(args.data), "--split", args.split]
-        project += ["--quiet", "--json", str(Path(cache) / "report.json")]
+        project += ["--no-progress", "--json", str(Path(cache) / "report.json")]
         cold, _ = timed(project, env)
         plain_times, warm_times = [], []
         for _ in range(args.repeat):

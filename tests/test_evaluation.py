@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,11 @@ from tiniest.evaluation import evaluate
 from tiniest.weights import CLASSES, TiniestWeights
 
 ROOT = Path(__file__).resolve().parent.parent
+# the speed line: one rate (the model's), the other steps in seconds
+RATE = (
+    r"^inference \d+ images/s on \d+ threads \([\d.]+ s\); "
+    r"decoding the data [\d.]+ s, loading the model [\d.]+ s, [\d.]+ s in all$"
+)
 
 
 def card_report(model_card: str) -> list[str]:
@@ -40,13 +50,14 @@ def test_evaluate_on_the_shared_test_set_prints_the_model_cards_report(
     env = {**os.environ, "TINIEST_WEIGHTS": str(shared_checkpoint)}
     command = [sys.executable, "-m", "tiniest", "evaluate", "--data", str(shared_cifar10), "--split", "test"]
     done = subprocess.run([*command, "--json", str(out)], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert "evaluating" not in done.stderr, "no progress bar where stderr is no terminal"
     assert done.returncode == 0, done.stderr
     printed = done.stdout.splitlines()
     expected = card_report(model_card)
     start = printed.index(expected[0])
     assert printed[start : start + len(expected)] == expected, "\n".join(printed)
-    assert "evaluating" in done.stderr, "a progress bar is shown"
-    assert re.search(r"^\d+ images/s \(data [\d.]+ s, inference [\d.]+ s", done.stdout, re.M)
+    (rate,) = re.findall(r"^.*images/s.*$", done.stdout, re.M)  # one line, one rate
+    assert re.fullmatch(RATE, rate), rate
 
     record = json.loads(out.read_text())
     pinned = TiniestWeights.DEFAULT.meta["metrics"]["CIFAR-10 test"]
@@ -109,11 +120,12 @@ def test_cli_on_cifar_batches_writes_every_number(
     batches = make_cifar_batches(tmp_path / "cifar-10-batches-py")
     monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
     out = tmp_path / "out.json"
-    args = ["evaluate", "--data", str(tmp_path / "cifar-10-batches-py"), "--json", str(out), "--quiet"]
+    args = ["evaluate", "--data", str(tmp_path / "cifar-10-batches-py"), "--json", str(out), "--no-progress"]
     assert main([*args, "--eager"]) == 0
     eager = json.loads(out.read_text())
     printed = capsys.readouterr().out
     assert "eager model" in printed and "confusion matrix" in printed
+    assert len(re.findall(RATE, printed, re.M)) == 1 and printed.count("images/s") == 1, printed
     assert eager["images"] == 4 and eager["classes"] == list(CLASSES)
     confusion = eager["confusion_matrix"]
     assert sum(map(sum, confusion)) == 4
@@ -131,11 +143,11 @@ def test_cli_reports_bad_data_clearly(
 ) -> None:
     monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))  # the class names come with the weights
     tiny_folder(tmp_path, ("cat", "unicorn"))
-    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--batch-size", "0"]) == 1
+    assert main(["evaluate", "--data", str(tmp_path), "--no-progress", "--batch-size", "0"]) == 1
     assert "positive batch size, got 0" in capsys.readouterr().err
-    assert main(["evaluate", "--data", str(tmp_path), "--quiet"]) == 1
+    assert main(["evaluate", "--data", str(tmp_path), "--no-progress"]) == 1
     assert "do not match the model's" in capsys.readouterr().err
-    assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--quiet"]) == 1
+    assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--no-progress"]) == 1
     assert "expected a dataset folder" in capsys.readouterr().err
 
 
@@ -145,7 +157,7 @@ def test_a_one_class_folder_is_not_averaged_over_absent_classes(
     tiny_folder(tmp_path, ("cat",))
     monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
     out = tmp_path / "out.json"
-    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--eager", "--json", str(out)]) == 0
+    assert main(["evaluate", "--data", str(tmp_path), "--no-progress", "--eager", "--json", str(out)]) == 0
     record, printed = json.loads(out.read_text()), capsys.readouterr().out
     confusion = np.array(record["confusion_matrix"])
     present = [name for i, name in enumerate(CLASSES) if confusion[i].sum() or confusion[:, i].sum()]
@@ -164,7 +176,7 @@ def test_unreadable_files_stop_evaluate_unless_skipped(
     tiny_folder(tmp_path, ("cat", "dog"))
     (tmp_path / "test" / "dog" / "broken.png").write_bytes(b"\x89PNG broken")
     monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
-    args = ["evaluate", "--data", str(tmp_path), "--quiet", "--eager"]
+    args = ["evaluate", "--data", str(tmp_path), "--no-progress", "--eager"]
     assert main(args) == 1
     error = capsys.readouterr().err
     assert re.search(r"cannot read image file '.*broken\.png'.*--skip-unreadable leaves such files out", error)
@@ -188,17 +200,37 @@ def test_the_header_says_which_model_actually_ran(
     monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
     monkeypatch.setenv("TINIEST_NO_COMPILE", "1")
     out = tmp_path / "out.json"
-    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--json", str(out)]) == 0
+    assert main(["evaluate", "--data", str(tmp_path), "--no-progress", "--json", str(out)]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.endswith("4 images, tiniest.optimize's module run eagerly (not compiled)")
     assert "optimized model" not in header and json.loads(out.read_text())["model"] == "optimized-uncompiled"
+
+
+def test_progress_bars_go_to_a_terminal_and_not_to_a_log_file(tmp_path: Path, shared_checkpoint: Path) -> None:
+    """tqdm's carriage-return updates (the decoding and evaluating bars) draw on a terminal; a log file gets none."""
+    tiny_folder(tmp_path, ("cat", "dog"))
+    command = [sys.executable, "-m", "tiniest", "evaluate", "--data", str(tmp_path), "--eager"]
+    env = {**os.environ, "TINIEST_WEIGHTS": str(shared_checkpoint)}
+    logged = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300)  # bytes: \r kept as \r
+    assert logged.returncode == 0 and b"\r" not in logged.stderr, logged.stderr
+    main_end, child_end = pty.openpty()
+    fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing in 0 columns
+    shown = subprocess.run(command, env={**env, "TINIEST_CACHE": str(tmp_path / "cache")}, cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=child_end, timeout=300)  # fmt: skip
+    os.close(child_end)
+    written = b""
+    with contextlib.suppress(OSError):  # EIO: the terminal's other end is closed, all of it read
+        while chunk := os.read(main_end, 65536):
+            written += chunk
+    os.close(main_end)
+    assert shown.returncode == 0 and b"decoding test" in written and b"evaluating" in written, written
 
 
 @pytest.mark.slow
 def test_without_the_images_extra_one_line_names_it(tmp_path: Path) -> None:
     tiny_folder(tmp_path, ("cat",))
     prelude = "import sys; sys.modules['PIL'] = None\nfrom tiniest.commands import main\n"
-    for argv in (["evaluate", "--data", str(tmp_path)], ["evaluate", "--data", str(tmp_path), "--quiet"]):
+    for argv in (["evaluate", "--data", str(tmp_path)], ["evaluate", "--data", str(tmp_path), "--no-progress"]):
         script = prelude + f"sys.exit(main({argv!r}))"
         done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode != 0 and "Traceback" not in done.stderr
@@ -236,7 +268,7 @@ def test_on_cuda_evaluate_gives_the_cpu_answers(
 
     monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
     out = tmp_path / "out.json"
-    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--device", "cuda", "--json", str(out)]) == 0
+    assert main(["evaluate", "--data", str(tmp_path), "--no-progress", "--device", "cuda", "--json", str(out)]) == 0
     said = "tiniest evaluate: the fast path (tiniest.optimize) is CPU-only; on cuda the plain model runs"
     assert said in capsys.readouterr().err.splitlines()
     record = json.loads(out.read_text())
@@ -247,12 +279,13 @@ def test_cli_device_is_checked_before_the_data_and_recorded(
     tmp_path: Path, shared_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("TINIEST_WEIGHTS", str(shared_checkpoint))
-    assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--quiet", "--device", MISSING]) == 1
+    assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--no-progress", "--device", MISSING]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"tiniest evaluate: error: device '{MISSING}' is not available: ")
     tiny_folder(tmp_path, ("cat", "ship"))
     out = tmp_path / "out.json"
-    assert main(["evaluate", "--data", str(tmp_path), "--quiet", "--eager", "--device", "cpu", "--json", str(out)]) == 0
+    args = ["evaluate", "--data", str(tmp_path), "--no-progress", "--eager", "--device", "cpu", "--json", str(out)]
+    assert main(args) == 0
     assert json.loads(out.read_text())["device"] == "cpu"
 
 
@@ -271,7 +304,7 @@ def test_top_level_evaluate_takes_weights_and_a_dataset_folder(
     assert torch.equal(result.predictions, same.predictions) and result.report == same.report
     assert [file for file, _ in result.skipped] == [str(broken)] and same.skipped == result.skipped
     out = tmp_path / "out.json"
-    command = ["evaluate", "--data", str(tmp_path), "--weights", str(shared_checkpoint), "--eager", "--quiet"]
+    command = ["evaluate", "--data", str(tmp_path), "--weights", str(shared_checkpoint), "--eager", "--no-progress"]
     assert main([*command, "--skip-unreadable", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     assert (record["correct"], record["report"]) == (result.correct, result.report)

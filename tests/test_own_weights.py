@@ -87,7 +87,7 @@ def test_a_three_class_folder_from_training_to_evaluation(
     top = json.loads(capsys.readouterr().out)[0]["predictions"]
     assert sorted(p["label"] for p in top) == list(SHAPES)
     report = tmp_path / "evaluation.json"
-    args = ["evaluate", "--weights", str(asset), "--data", str(data), "--eager", "--quiet", "--json", str(report)]
+    args = ["evaluate", "--weights", str(asset), "--data", str(data), "--eager", "--no-progress", "--json", str(report)]
     assert main(args) == 0
     capsys.readouterr()
     evaluation = json.loads(report.read_text())
@@ -139,7 +139,8 @@ def test_every_file_of_a_release_or_a_run_gives_its_names(
     assert main(["predict", "--weights", str(original), "--top-k", "3", "--json", "--eager", str(image)]) == 0
     assert sorted(p["label"] for p in json.loads(capsys.readouterr().out)[0]["predictions"]) == list(SHAPES)
     report = tmp_path / "evaluation.json"
-    args = ["evaluate", "--weights", str(original), "--data", str(data), "--eager", "--quiet", "--json", str(report)]
+    args = ["evaluate", "--weights", str(original), "--data", str(data), "--eager", "--no-progress"]
+    args += ["--json", str(report)]
     assert main(args) == 0 and json.loads(report.read_text())["classes"] == list(SHAPES)
     capsys.readouterr()
     assert main(["export", str(original), "--output", str(tmp_path / "exported")]) == 0

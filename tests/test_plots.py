@@ -41,7 +41,7 @@ def open_png(path: Path) -> Image.Image:
 def test_evaluate_plot_draws_the_confusion_matrix(tmp_path: Path, random_weights: Path) -> None:
     tiny_folder(tmp_path / "data", ("cat", "dog", "ship"))
     out = tmp_path / "confusion.png"
-    args = ["evaluate", "--data", str(tmp_path / "data"), "--quiet", "--eager", "--weights", str(random_weights)]
+    args = ["evaluate", "--data", str(tmp_path / "data"), "--no-progress", "--eager", "--weights", str(random_weights)]
     with pytest.warns(tiniest.UnverifiedWeightsWarning):
         assert main([*args, "--plot", str(out)]) == 0
     image = open_png(out)

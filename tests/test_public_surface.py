@@ -40,7 +40,7 @@ PACKAGE_NAMES = {
 COMMANDS: dict[str, tuple[list[str], str]] = {
     "export": (["checkpoint"], "--filename --format --license --metrics --output -o"),
     "predict": (["images"], "--eager --json --plot --top-k --weights"),
-    "evaluate": ([], "--batch-size --data --eager --json --plot --quiet --skip-unreadable --split --weights"),
+    "evaluate": ([], "--batch-size --data --eager --json --no-progress --plot --skip-unreadable --split --weights"),
     "train": (
         [],
         "--batch-size --data --device --ema-decay --epochs --final-div-factor --init --limit-test --limit-train --lr"

@@ -1,7 +1,8 @@
 """The declared floor: torch >= 2.3. Below it, ``import tiniest`` and torch.hub say so in one line.
 
-An older torch is faked in a child process (``torch.__version__`` set before tiniest is imported):
-what is tested is the check, which must run before any submodule touches what an old torch lacks.
+An older torch is faked in a child process: installed metadata saying 2.1.2 comes first on ``sys.path``
+(tiniest reads the version there, so that ``tiniest --help`` imports no torch). What is tested is the
+check, which must run before any submodule touches what an old torch lacks.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def test_versions_below_the_floor_are_refused(version: str, refused: bool) -> No
 OLD_TORCH = textwrap.dedent(
     """
     import sys, torch
-    torch.__version__ = "2.1.2"
+    sys.path.insert(0, sys.argv[2])  # torch-2.1.2.dist-info
     try:
         {call}
     except ImportError as error:
@@ -64,8 +65,11 @@ OLD_TORCH = textwrap.dedent(
 )
 def test_below_the_floor_import_and_torch_hub_say_which_torch_in_one_line(call: str, tmp_path: Path) -> None:
     checkout = copy_checkout(tmp_path / "checkout")
+    metadata = tmp_path / "old" / "torch-2.1.2.dist-info"
+    metadata.mkdir(parents=True)
+    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.1.2\n", encoding="utf-8")
     run = subprocess.run(
-        [sys.executable, "-c", OLD_TORCH.format(call=call), str(checkout)],
+        [sys.executable, "-c", OLD_TORCH.format(call=call), str(checkout), str(metadata.parent)],
         capture_output=True,
         text=True,
         cwd=checkout,

@@ -10,19 +10,15 @@ The API, all of it here at the top level:
 * ``optimize(model)``: the same model, faster on the CPU. ``layer(model, "2-4")``: a module by the
   model card's layer index. ``TiniestWeights``, ``CLASSES``: the published release and its classes.
 
-``import tiniest`` costs little beyond ``import torch``: everything heavier (image decoding,
-datasets, training, exports) is imported when first used; ``predict``, ``preprocess``,
-``Preprocess``, ``evaluate`` and ``optimize`` are loaded on first access, yet listed by ``dir()``
-and seen by type checkers.
+``import tiniest`` imports no torch (``tiniest --help`` answers at once): every public name is loaded
+on first access, its module then, yet listed by ``dir()`` and seen by type checkers.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import re
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from tiniest.errors import UnsupportedTorchError, UnverifiedWeightsWarning, WeightsNotFoundError
 
@@ -39,31 +35,39 @@ def _torch_too_old(version: str) -> str | None:
     return f"tiniest needs torch >= {floor} (installed: {version}); upgrade it: pip install 'torch>={floor}'"
 
 
-# First, before any submodule: on an older torch they would fail with some AttributeError deep inside.
-if (_problem := _torch_too_old(str(torch.__version__))) is not None:
+# First, before any submodule: on an older torch they would fail with some AttributeError deep inside. The
+# version is read from torch's installed metadata, not by importing torch (none: a torch built without it).
+_torch = next(iter(importlib.metadata.distributions(name="torch")), None)
+if _torch is not None and (_problem := _torch_too_old(_torch.version)) is not None:
     raise UnsupportedTorchError(_problem)
-
-from tiniest.hub import tiniest  # noqa: E402
-from tiniest.model import Block, LayerNorm2d, Tiniest  # noqa: E402
-from tiniest.weights import CLASSES, TiniestWeights, load_weights  # noqa: E402
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
     from tiniest.evaluation import evaluate
     from tiniest.fast import optimize
+    from tiniest.hub import tiniest
     from tiniest.inference import predict
     from tiniest.layers import layer
+    from tiniest.model import Block, LayerNorm2d, Tiniest
     from tiniest.transforms import Preprocess, preprocess
+    from tiniest.weights import CLASSES, TiniestWeights, load_weights
 
 __version__ = "1.0.0"
 
-# Public names loaded on first access (their modules import Pillow, numpy or the data code): name -> module.
+# Public names loaded on first access (their modules import torch, Pillow or numpy): name -> module.
 _LAZY = {
+    "Block": "tiniest.model",
+    "CLASSES": "tiniest.weights",
+    "LayerNorm2d": "tiniest.model",
     "Preprocess": "tiniest.transforms",
+    "Tiniest": "tiniest.model",
+    "TiniestWeights": "tiniest.weights",
     "evaluate": "tiniest.evaluation",
     "layer": "tiniest.layers",
+    "load_weights": "tiniest.weights",
     "optimize": "tiniest.fast",
     "predict": "tiniest.inference",
     "preprocess": "tiniest.transforms",
+    "tiniest": "tiniest.hub",
 }
 
 __all__ = [

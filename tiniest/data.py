@@ -59,6 +59,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "DataOnlyUnpickler",
     "LabeledImages",
+    "Select",
     "hold_out",
     "load_split",
 ]
@@ -96,30 +97,51 @@ class LabeledImages:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def take(self, indices: torch.Tensor) -> LabeledImages:
+        """The images at ``indices`` (their identities with them), in that order."""
+        identities = tuple(self.identities[i] for i in indices.tolist()) if self.identities else ()
+        return replace(self, images=self.images[indices], labels=self.labels[indices], identities=identities)
+
+
+# Given the labels of every image of a split, listed before any is decoded: the sorted indices of those to decode.
+Select = Callable[[torch.Tensor], torch.Tensor]
+
 
 def load_split(
-    root: str | os.PathLike[str], split: str = "test", *, progress: bool = False, skip_unreadable: bool = False
+    root: str | os.PathLike[str],
+    split: str = "test",
+    *,
+    progress: bool = False,
+    skip_unreadable: bool = False,
+    select: Select | None = None,
+    part: str = "selected",
 ) -> LabeledImages:
     """Split ``split`` of the dataset at ``root`` (see the module docs for what ``root`` may be).
 
     An image file that cannot be read raises ``tiniest.errors.PreprocessError`` naming it;
     with ``skip_unreadable`` it is left out instead and listed in the result's ``skipped``.
+    ``select`` picks, from the labels of the whole split, the images to decode and return (decoding an image
+    folder's 50,000 pictures takes minutes where a run may use a few hundred); ``content`` stays the whole split's.
+    ``part`` names the selection in the cache, which keeps the last one of each name: two selections from one
+    split, used together, take two names.
     """
+    chosen = None if select is None else (part, select)
     text = os.fspath(root)
     if text.startswith(HF_PREFIX):
         folder = _hf_split_folder(text[len(HF_PREFIX) :], split)
-        return _load_folder(folder, progress=progress, skip_unreadable=skip_unreadable)
+        return _load_folder(folder, progress=progress, skip_unreadable=skip_unreadable, select=chosen)
     path = Path(text).expanduser()
     if not path.is_dir():
         raise DatasetError(f"expected a dataset folder or {HF_PREFIX}owner/name, got {text!r} (not a folder)")
     if (path / "batches.meta").is_file() or any(
         (path / name).is_file() for batches in CIFAR_BATCHES.values() for name in batches
     ):
-        return _load_cifar_batches(path, split)
+        batches = _load_cifar_batches(path, split)  # (a few pickles, read whole: nothing to spare)
+        return batches if select is None else batches.take(select(batches.labels))
     if (path / split).is_dir():
-        return _load_folder(path / split, progress=progress, skip_unreadable=skip_unreadable)
+        return _load_folder(path / split, progress=progress, skip_unreadable=skip_unreadable, select=chosen)
     if _class_folders(path):
-        return _load_folder(path, progress=progress, skip_unreadable=skip_unreadable)
+        return _load_folder(path, progress=progress, skip_unreadable=skip_unreadable, select=chosen)
     raise DatasetError(
         f"{text!r}: expected an image-folder dataset (<root>/{split}/<class>/<image>, or <split>/<class>/<image>), "
         f"a cifar-10-batches-py folder, or {HF_PREFIX}owner/name; found no {split!r} folder and no class folders"
@@ -178,7 +200,9 @@ def _content_key(stats: Iterable[Sequence[Any]]) -> str:
     return hashlib.sha256(json.dumps([[name, size] for name, size, *_ in stats]).encode()).hexdigest()
 
 
-def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> LabeledImages:
+def _load_folder(
+    folder: Path, *, progress: bool, skip_unreadable: bool, select: tuple[str, Select] | None
+) -> LabeledImages:
     class_folders = _class_folders(folder)
     if not class_folders:
         raise DatasetError(f"{os.fspath(folder)!r}: expected one subfolder of images per class, found none")
@@ -198,7 +222,14 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
             files.append((Path(entry.path), label))
             stats.append([f"{class_folder.name}/{entry.name}", stat.st_size, stat.st_mtime_ns])
             identities.append((stat.st_dev, stat.st_ino, 0))
-    fingerprint = {"kind": "imagefolder", "root": str(folder.resolve()), "files": stats}
+    content = _content_key(stats)  # the whole split's, whatever is selected
+    fingerprint: dict[str, Any] = {"kind": "imagefolder", "root": str(folder.resolve())}
+    if select is not None:
+        fingerprint["split"] = select[0]  # (its own cache file, beside the whole split's)
+        chosen = select[1](torch.tensor([label for _, label in files], dtype=torch.int64)).tolist()
+        files, stats = [files[i] for i in chosen], [stats[i] for i in chosen]
+        identities = [identities[i] for i in chosen]
+    fingerprint["files"] = stats
     empty = tuple(class_name(path.name) for path in _class_folders(folder, with_empty=True)
                   if class_name(path.name) not in classes)
 
@@ -225,8 +256,7 @@ def _load_folder(folder: Path, *, progress: bool, skip_unreadable: bool) -> Labe
     left_out = {file for file, _ in result.skipped}
     kept = tuple(identity for (path, _), identity in zip(files, identities, strict=True)
                  if os.fspath(path) not in left_out)
-    return replace(result, identities=kept if len(kept) == len(result) else (), content=_content_key(stats),
-                   empty_classes=empty)
+    return replace(result, identities=kept if len(kept) == len(result) else (), content=content, empty_classes=empty)
 
 
 def _progress(items: Sequence[Any], enabled: bool, description: str) -> Iterable[Any]:
@@ -234,7 +264,8 @@ def _progress(items: Sequence[Any], enabled: bool, description: str) -> Iterable
         return items
     from tqdm import tqdm
 
-    bar: Iterable[Any] = tqdm(items, desc=description, unit="img", leave=False)
+    # disable=None: none on a stderr that is no terminal (a log file), which would get a line per update
+    bar: Iterable[Any] = tqdm(items, desc=description, unit="img", leave=False, disable=None)
     return bar
 
 

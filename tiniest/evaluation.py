@@ -132,7 +132,8 @@ def evaluate(
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="evaluating", unit="batch", leave=False)
+        # disable=None: none on a stderr that is no terminal (a log file), which would get a line per update
+        starts = tqdm(starts, desc="evaluating", unit="batch", leave=False, disable=None)
     predictions = []
     began = time.perf_counter()
     for start in starts:

@@ -43,8 +43,8 @@ from tiniest.weights.run_files import (
 )
 
 __all__ = [
-    "HF_FOLDER", "INSTRUCTIONS_NAME", "RECORD_NAME", "KeptFileWarning", "Source", "make_release", "publish_commands",
-    "read_source",
+    "HF_FOLDER", "INSTRUCTIONS_NAME", "RECORD_NAME", "KeptFileWarning", "SeenScoreWarning", "Source", "make_release",
+    "publish_commands", "read_source",
 ]
 
 HF_FOLDER = "huggingface"
@@ -196,6 +196,10 @@ class KeptFileWarning(TiniestWarning):
     """``--overwrite`` left a file that the earlier record names: not the bytes it recorded, or outside ``--output``."""
 
 
+class SeenScoreWarning(TiniestWarning):
+    """A released score's held-out pictures may be among those the base weights were trained on (the card says so)."""
+
+
 def _recorded(record: dict[str, Any]) -> list[tuple[object, object, object]]:
     """``(name, sha256, size)`` of each file the record says its release wrote: the asset, and an original beside it."""
     listed = [(record["filename"], record["sha256"], record["size"])]
@@ -285,6 +289,9 @@ def _build(source: Source, **given: Any) -> _Built:
     state_dict = read_state_dict(source.checkpoint, origin=source.origin)
     meta = checkpoint_meta(source.checkpoint, state_dict, run=source.run, origin=source.origin, **given)
     artifact = artifact_bytes(source.checkpoint, state_dict, meta, origin=source.origin)
+    for label, score in (meta.get("metrics") or {}).items():
+        if isinstance(score, dict) and score.get("caveat"):
+            warn(f"{label}: {score['caveat']}", SeenScoreWarning)
     return _Built(source, meta, artifact, is_published(source.checkpoint))
 
 

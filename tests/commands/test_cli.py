@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tiniest.commands import build_parser, main
+from tiniest.commands import COMMANDS, build_parser, main
+
+COMMANDS_WITHOUT_TORCH = [name for name in COMMANDS if name != "export"]
 
 
 def test_a_tiniest_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,7 +168,7 @@ def test_class_names_reach_the_report_escaped(tmp_path: Path, capsys: pytest.Cap
     tiny_folder(tmp_path / "data", classes)
     folder = tiniest.Tiniest(4, labels=sorted(classes)).save_pretrained(tmp_path / "weights")
     weights = str(folder / "model.safetensors")
-    args = ["evaluate", "--data", str(tmp_path / "data"), "--eager", "--quiet", "--weights", weights]
+    args = ["evaluate", "--data", str(tmp_path / "data"), "--eager", "--no-progress", "--weights", weights]
     with pytest.warns(tiniest.UnverifiedWeightsWarning):
         assert main(args) == 0
     out = capsys.readouterr().out
@@ -205,6 +207,41 @@ def test_only_the_chosen_command_is_imported() -> None:
         assert f"{name} {' '.join(text.description.split())}" in listed, name
 
 
+@pytest.mark.parametrize("words", [["--help"], ["--version"], *([name, "--help"] for name in COMMANDS_WITHOUT_TORCH)])
+def test_help_imports_no_torch(words: list[str]) -> None:
+    """``tiniest --help`` and ``tiniest CMD --help`` answer at once: torch (seconds to import) only when a command runs.
+
+    (``export --help`` lists the formats of :mod:`tiniest.export`, which imports torch.)
+    """
+    code = (
+        "import contextlib, sys\n"
+        "from tiniest.commands import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        f"    main({words!r})\n"
+        "print(sorted(name for name in ('torch', 'numpy', 'PIL') if name in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "usage: tiniest" in run.stdout or "tiniest 1." in run.stdout
+    assert run.stdout.splitlines()[-1] == "[]", "imported for --help"
+
+
+def test_progress_bars_are_turned_off_by_one_flag_in_every_command() -> None:
+    """``evaluate --quiet`` and ``train --no-progress`` named one thing twice (issue 29): one spelling now."""
+    subparsers = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    flags = {name: {o for a in sub._actions for o in a.option_strings} for name, sub in subparsers.items()}
+    assert {name for name, options in flags.items() if "--no-progress" in options} == {"evaluate", "train"}
+    assert not any("--quiet" in options for options in flags.values())
+
+
+def test_predict_help_says_what_the_model_sees(capsys: pytest.CaptureFixture[str]) -> None:
+    """In the help itself: a pip install has no docs/ folder to be sent to."""
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "docs/" not in text and "EXIF orientation" in text and "resized straight to 32x32" in text
+
+
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_ctrl_c_ends_a_command_with_one_line(command: str, tmp_path: Path) -> None:
     """Ctrl-C while the weights download (a server that accepts and never answers): one line and code 130."""
@@ -221,7 +258,7 @@ def test_ctrl_c_ends_a_command_with_one_line(command: str, tmp_path: Path) -> No
         listener.listen(8)
         listener.settimeout(120)
         weights = f"http://127.0.0.1:{listener.getsockname()[1]}/mine.safetensors"
-        arguments = [str(picture)] if command == "predict" else ["--data", str(tmp_path / "data"), "--quiet"]
+        arguments = [str(picture)] if command == "predict" else ["--data", str(tmp_path / "data"), "--no-progress"]
         process = subprocess.Popen(
             [sys.executable, "-m", "tiniest", command, "--weights", weights, "--eager", *arguments],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
@@ -247,7 +284,7 @@ def test_evaluate_refuses_a_report_it_cannot_write_before_any_work(
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
     report = blocker / ("report.json" if flag == "--json" else "matrix.png")
-    assert main(["evaluate", "--data", str(tmp_path / "no-data"), "--eager", "--quiet", flag, str(report)]) == 1
+    assert main(["evaluate", "--data", str(tmp_path / "no-data"), "--eager", "--no-progress", flag, str(report)]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [f"tiniest evaluate: error: {flag} {report}: the folder {blocker} is a file; "
@@ -256,7 +293,7 @@ def test_evaluate_refuses_a_report_it_cannot_write_before_any_work(
 
 def test_evaluate_refuses_a_plot_format_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
-    args = ["evaluate", "--data", str(tmp_path / "no-data"), "--quiet", "--plot", str(tmp_path / "matrix.foo")]
+    args = ["evaluate", "--data", str(tmp_path / "no-data"), "--no-progress", "--plot", str(tmp_path / "matrix.foo")]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"tiniest evaluate: error: {tmp_path / 'matrix.foo'}: expected a picture file ending in ")
@@ -278,8 +315,8 @@ def test_a_report_is_written_whole_or_the_old_one_kept(flag: str, tmp_path: Path
     tiny_folder(tmp_path / "data", ("a", "b"))
     folder = tiniest.Tiniest(2, labels=["a", "b"]).save_pretrained(tmp_path / "weights")
     report = tmp_path / ("report.json" if flag == "--json" else "matrix.png")
-    command = [sys.executable, "-m", "tiniest", "evaluate", "--data", str(tmp_path / "data"), "--eager", "--quiet",
-               "--weights", str(folder / "model.safetensors"), flag, str(report)]
+    command = [sys.executable, "-m", "tiniest", "evaluate", "--data", str(tmp_path / "data"), "--eager",
+               "--no-progress", "--weights", str(folder / "model.safetensors"), flag, str(report)]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     first = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)  # decodes, caches the data
     assert first.returncode == 0 and report.stat().st_size > 1000, first.stderr
@@ -300,7 +337,7 @@ def test_an_empty_data_names_the_unset_variable(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Issue 29: ``--data "$TINIEST_DATA"`` with the variable unset said ``'': expected an image-folder dataset``."""
-    argv = [command, "--data", "", *(["--output", str(tmp_path / "run")] if command == "train" else ["--quiet"])]
+    argv = [command, "--data", "", *(["--output", str(tmp_path / "run")] if command == "train" else ["--no-progress"])]
     assert main(argv) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"tiniest {command}: error: --data is empty: did you set TINIEST_DATA"), line

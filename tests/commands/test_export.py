@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,16 @@ from tiniest.weights import TiniestWeights
 ATOL = 1e-4
 INPUT_SIZE = Preprocess().size  # the published weights' contract
 PROGRAMS = [name for name, spec in FORMATS.items() if spec.write is not None]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def onnxruntime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """ONNX Runtime writes a device id under ``$XDG_CACHE_HOME`` (else ``~/.cache``): a test's goes here, not into
+    the home folder of whoever runs the tests. (Autouse and module-scoped: set before ``programs`` exports.)"""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("xdg-cache")
+        patch.setenv("XDG_CACHE_HOME", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +125,13 @@ def test_torchscript_and_exported_program_have_a_dynamic_batch(
             want = model(x)
             torch.testing.assert_close(scripted(x), want, rtol=0, atol=ATOL)
             torch.testing.assert_close(program(x), want, rtol=0, atol=ATOL)
+
+
+def test_onnx_runtime_writes_into_the_tests_cache_not_the_home_folder(
+    programs: dict[str, Path], onnxruntime_cache: Path
+) -> None:
+    onnx_session(programs["onnx"])
+    assert (onnxruntime_cache / "Microsoft").is_dir(), "its device id, written here and not under ~/.cache"
 
 
 def test_every_program_takes_any_batch_and_only_32x32(programs: dict[str, Path]) -> None:

@@ -20,7 +20,7 @@ from tiniest import names
 from tiniest.commands import main
 from tiniest.errors import UnverifiedWeightsWarning
 from tiniest.model import Tiniest
-from tiniest.release import publish_commands
+from tiniest.release import SeenScoreWarning, publish_commands
 from tiniest.weights import RECORD_PATH, Release, TiniestWeights
 from tiniest.weights.artifact import build_artifact
 from tiniest.weights.formats import read_weights, sha256_hex
@@ -360,6 +360,39 @@ def test_a_fine_tune_stopped_early_gets_a_hugging_face_card_that_says_so(
     assert f"| validation | 4 ({made_by}) |" in text
     assert f"Fine-tuned from: {names.markdown(pinned.name)} ([{pinned.where['huggingface']['repo_id']}]" in text
     assert "epochs=1 of 2 planned" in text and "My Custom Licence v2" in text
+
+
+def test_a_fine_tune_scored_on_pictures_the_base_was_trained_on_says_so_in_the_card_and_the_terminal(
+    tmp_path: Path, shared_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 29: fine-tuned from the published weights with ``--val-fraction`` on CIFAR-10's train split (the docs'
+    example), the release reported a "validation" score the base weights had been trained on, without a word."""
+    data = make_dataset(tmp_path / "cifar10", train_per_class=2, test_per_class=0)  # CIFAR-10's classes
+    run = tmp_path / "run"
+    assert train(data, run, "--epochs", "1", "--batch-size", "10", "--init", str(shared_checkpoint),
+                 "--val-fraction", "0.5") == 0
+    said = "the base weights were trained on CIFAR-10, train split of huggingface.co/datasets/ego-thales/cifar10"
+    assert f"tiniest train: warning: {said}" in capsys.readouterr().err
+    with pytest.warns(SeenScoreWarning, match=f"^CIFAR-10 validation: {re.escape(said)}"):  # the command prints it
+        assert release(run, tmp_path / "out", *MINE) == 0
+    card = read_card(tmp_path / "out" / "huggingface")
+    assert f"**Caveat (CIFAR-10 validation):** {said}" in card.text
+    assert f"itself trained on: {said.rsplit(' on ', 1)[1]}" in card.text  # the base weights' data, named
+
+
+def test_a_fine_tune_of_an_earlier_run_on_its_own_data_is_warned_of_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same files: a run's model.pt carries no dataset, the checkpoint beside it does (a folder named 'parts')."""
+    data = make_dataset(tmp_path / "parts", train_per_class=4, test_per_class=1, classes=("ok", "defect"))
+    assert train(data, tmp_path / "base", "--epochs", "1", "--batch-size", "4") == 0
+    capsys.readouterr()
+    assert train(data, tmp_path / "tuned", "--epochs", "1", "--batch-size", "4", "--init", str(tmp_path / "base"),
+                 "--val-fraction", "0.5") == 0
+    said = "the base weights were trained on train split of a local dataset folder named 'parts' (8 images)"
+    assert f"tiniest train: warning: {said}" in capsys.readouterr().err
+    with pytest.warns(SeenScoreWarning, match=re.escape(said)):
+        assert release(tmp_path / "tuned", tmp_path / "out", *MINE) == 0
 
 
 @pytest.mark.parametrize(

@@ -345,7 +345,7 @@ def test_evaluate_of_a_small_folder_builds_nothing(
     tiny_folder(tmp_path, ("cat", "ship"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        assert main(["evaluate", "--data", str(tmp_path), "--weights", str(shared_checkpoint), "--quiet"]) == 0
+        assert main(["evaluate", "--data", str(tmp_path), "--weights", str(shared_checkpoint), "--no-progress"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.endswith("4 images, tiniest.optimize's module run eagerly (not compiled)")
 

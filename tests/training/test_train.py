@@ -524,7 +524,7 @@ def test_init_starts_from_the_published_weights_with_a_new_head_for_other_classe
     release = TiniestWeights.DEFAULT.release
     assert tuned["init"] == {"name": "CIFAR10_V1", "sha256": release.sha256, "verified": True, "head": "new",
                              "classes": list(TiniestWeights.DEFAULT.meta["categories"]),
-                             "hf_repo_id": release.where["huggingface"]["repo_id"]}
+                             "hf_repo_id": release.where["huggingface"]["repo_id"], "dataset": release.meta["dataset"]}
     assert scratch["init"] is None
     for name, tensor in published.items():
         if name.startswith("fc."):  # the new head: the seeded initialisation a run from scratch has
@@ -723,3 +723,13 @@ def test_a_failed_rank_other_than_0_is_told_with_the_last_line_it_wrote(tmp_path
     assert failed(1, 1, None) == "process 1 of 2 failed (exit code 1)"
     assert failed(1, 1, "\n \n") == "process 1 of 2 failed (exit code 1)"
     assert failed(0, 1, log) == "process 0 of 2 failed (exit code 1); its output is above"
+
+
+def test_a_run_logged_to_a_file_gets_no_progress_bars(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Progress on (no --no-progress), stderr no terminal: no carriage-return updates of the decoding or epoch bars."""
+    args = ["train", "--data", str(tiny_data), "--output", str(tmp_path / "run"), *QUICK]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1/1" in captured.out and "\r" not in captured.err, captured.err

@@ -111,3 +111,13 @@ def test_a_rate_limit_body_nested_past_the_parser_is_still_one_line(server: Loop
     server.serve("/w.safetensors", b"[" * 4000, status=403, headers=headers)
     with pytest.raises(RateLimitError, match=r"rate limit exceeded \(\[+\)"):
         fetch(f"{server.url}/w.safetensors", max_bytes=10**6)
+
+
+def test_a_download_draws_no_progress_bar_where_stderr_is_no_terminal(
+    server: LoopbackServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log file would get a carriage-return update per chunk (issue 29): tqdm draws on a terminal only."""
+    body = bytes(300_000)
+    server.serve("/weights.safetensors", body)
+    assert fetch(f"{server.url}/weights.safetensors", max_bytes=len(body), progress=True) == body
+    assert "\r" not in capsys.readouterr().err

@@ -340,3 +340,77 @@ def test_a_hub_file_announced_larger_than_the_cap_is_refused_before_any_download
     assert lines[1] == "loaded 10", done.stdout + done.stderr  # a small repo loads, README.md never fetched
     assert hf_resolve_path("someone/small", commit, "model.safetensors") in requested
     assert not any(path.endswith("README.md") for path in requested), requested
+
+
+def rendered_text(card: str) -> str:
+    """The card's body as a reader sees it: rendered, tags removed, entities decoded."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    body = card.split("\n---\n", 1)[1]
+    return html.unescape(re.sub(r"<[^>]+>", "", MarkdownIt("commonmark").enable("table").render(body)))
+
+
+def test_saved_new_weights_claim_no_metric_and_their_card_renders_as_written(tmp_path: Path) -> None:
+    """Issue 29: ``metrics: [accuracy]`` in the front matter over a body saying "Not measured"; ``mit.``; backticks."""
+    from huggingface_hub import ModelCard
+
+    from tiniest.weights.hub_folder import model_card
+    from tiniest.weights.metadata import weights_meta
+
+    torch.manual_seed(0)
+    Tiniest().save_pretrained(tmp_path / "mine")
+    card = (tmp_path / "mine" / "README.md").read_text(encoding="utf-8")
+    assert "metrics" not in ModelCard(card).data.to_dict() and "Not measured." in card
+    run = {"data": "/data/cifar10", "classes": list(tiniest.CLASSES), "recipe": {"epochs": 1}, "history": []}
+    meta = weights_meta(Tiniest().state_dict(), run=run, license="mit")
+    text = rendered_text(model_card(meta, sha256="0" * 64))
+    assert "`" not in text, "a backtick shown literally"
+    assert "mit." not in text and "Licence: mit\n" in text
+
+
+def test_a_score_the_base_weights_may_have_seen_is_a_caveat_not_a_hub_result() -> None:
+    from huggingface_hub import ModelCard
+
+    from tiniest.weights.hub_folder import model_card
+
+    caveat = "the base weights were trained on it"
+    meta = {
+        "categories": list(tiniest.CLASSES),
+        "dataset": "train split of huggingface.co/datasets/someone/data (100 images), 10 classes",
+        "base_model": {"name": "CIFAR10_V1", "sha256": "1" * 64, "dataset": "CIFAR-10, train split of `x`"},
+        "metrics": {"CIFAR-10 validation": {"accuracy": 0.98, "total": 20, "split": "validation", "caveat": caveat},
+                    "CIFAR-10 test": {"accuracy": 0.9, "total": 10, "split": "test"}},
+    }
+    card = model_card(meta, sha256="0" * 64)
+    results = ModelCard(card).data.eval_results
+    assert [result.dataset_split for result in results] == ["test"], "the seen score is not published to the Hub"
+    text = rendered_text(card)
+    assert f"Caveat (CIFAR-10 validation): {caveat}." in text
+    assert "itself trained on: CIFAR-10, train split of `x`" in text  # the base's data, its backticks as written
+
+
+@pytest.mark.parametrize(
+    ("base", "data", "split", "warned"),
+    [
+        ("CIFAR-10, train split of huggingface.co/datasets/ego-thales/cifar10", "/home/me/cifar10", "validation", True),
+        ("CIFAR-10, train split of huggingface.co/datasets/ego-thales/cifar10", "/home/me/cifar10", "test", False),
+        ("CIFAR-10 (all of it)", "/home/me/pictures", "test", True),  # no split named: the test split may be in it
+        ("train split of huggingface.co/datasets/me/parts (80 images)", "hf://me/parts", "validation", True),
+        ("train split of huggingface.co/datasets/me/parts (80 images)", "hf://me/other", "validation", False),
+        ("train split of a local dataset folder named 'parts' (80 images)", "/x/parts", "validation", True),
+        ("train split of a local dataset folder named 'parts' (80 images)", "/x/parts2", "validation", False),
+        (None, "/home/me/cifar10", "validation", False),
+    ],
+)
+def test_a_held_out_split_overlapping_the_base_weights_data_is_named(
+    base: str | None, data: str, split: str, warned: bool
+) -> None:
+    from tiniest.weights.metadata import overlap_caveat
+
+    classes = list(tiniest.CLASSES) if "cifar" in data or "pictures" in data else ["ok", "defect"]
+    caveat = overlap_caveat(base, data, classes, split)
+    assert (caveat is not None) is warned
+    if caveat is not None:
+        assert base is not None and base in caveat and f"the {split} pictures" in caveat and "\n" not in caveat

@@ -25,7 +25,6 @@ from contextlib import contextmanager
 
 from tiniest import __version__
 from tiniest.errors import TiniestError, TiniestWarning, UsageError, WeightsNotFoundError
-from tiniest.fast.allocator import keep_freed_memory
 from tiniest.names import printable
 
 __all__ = ["COMMANDS", "INTERRUPTED", "build_parser", "main"]
@@ -47,7 +46,8 @@ _WRITTEN_AS_LINES: tuple[type[BaseException], ...] = (WeightsNotFoundError,)
 
 def build_parser(loaded: Collection[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
     """The command line; the commands in ``loaded`` get their arguments (their modules are imported), and every
-    command is listed with its help."""
+    command is listed with its help. Building it imports no torch (``tiniest --help`` answers at once): a command's
+    module imports what needs torch when it runs."""
     parser = argparse.ArgumentParser(prog="tiniest", description="The Tiniest CIFAR-10 classifier.")
     parser.add_argument("--version", action="version", version=f"tiniest {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -123,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the command is the first word that is not an option: tiniest's own options (--help, --version) take no value
     chosen = next((word for word in words if not word.startswith("-")), None)
     args = build_parser(loaded=[chosen] if chosen is not None else []).parse_args(words)
+    from tiniest.fast.allocator import keep_freed_memory  # (tiniest.fast imports torch: only now)
+
     keep_freed_memory()  # the command owns its process: let batches reuse freed activation memory
     try:
         with _one_line_warnings(args.command):

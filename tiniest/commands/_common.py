@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tiniest import plots
 from tiniest.errors import UsageError
 from tiniest.storage import check_output_folder
-from tiniest.weights import NOT_GIVEN, NotGiven
-from tiniest.weights.metadata import check_metrics
+
+if TYPE_CHECKING:
+    from tiniest.weights import NotGiven
+
+# (what imports torch is imported where it is used: adding the arguments, for --help, imports none)
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str) -> None:
@@ -28,6 +30,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def chosen_weights(args: argparse.Namespace) -> str | NotGiven:
     """``--weights``, else nothing named: ``$TINIEST_WEIGHTS`` where it is set, else the default release."""
+    from tiniest.weights import NOT_GIVEN
+
     return NOT_GIVEN if args.weights is None else str(args.weights)
 
 
@@ -41,6 +45,8 @@ def check_output_file(path: Path, flag: str) -> None:
 def check_plot_file(path: Path) -> None:
     """Refuse, before any work, a ``--plot`` that could not be drawn or written: no matplotlib, a format it
     cannot write, a folder that cannot be written."""
+    from tiniest import plots
+
     plots.require_matplotlib("--plot")
     plots.file_format(path)
     check_output_file(path, "--plot")
@@ -48,6 +54,8 @@ def check_plot_file(path: Path) -> None:
 
 def read_metrics(path: Path | None) -> dict[str, Any] | None:
     """The JSON object in the ``--metrics`` file, its scores checked (before anything is written), or None."""
+    from tiniest.weights.metadata import check_metrics
+
     if path is None:
         return None
     try:

@@ -14,12 +14,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from tiniest import plots
 from tiniest.commands._common import (
     add_device_argument,
     add_model_arguments,
@@ -27,15 +23,16 @@ from tiniest.commands._common import (
     check_plot_file,
     chosen_weights,
 )
-from tiniest.data import LabeledImages, load_split
-from tiniest.devices import resolve_device
 from tiniest.errors import PreprocessError, UsageError
-from tiniest.evaluation import Evaluation, align_labels, evaluate
-from tiniest.hub import tiniest
-from tiniest.metrics import format_confusion_matrix
 from tiniest.names import printable
 from tiniest.storage import save_atomically
-from tiniest.transforms import require_images_extra
+
+if TYPE_CHECKING:  # (imported where used, the command running: --help imports no torch)
+    import torch
+    from torch import nn
+
+    from tiniest.data import LabeledImages
+    from tiniest.evaluation import Evaluation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="images per batch (default: 500)")
     add_model_arguments(parser)
     add_device_argument(parser, "cpu; the fast path runs on the CPU only")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument(
         "--skip-unreadable",
         action="store_true",
@@ -81,9 +78,16 @@ class _Seconds:
     model: float
     inference: float
     total: float
+    threads: int  # torch's intra-op threads, which inference ran on
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from tiniest import plots
+    from tiniest.devices import resolve_device
+    from tiniest.evaluation import evaluate
+
     _check_early(args)
     device = resolve_device(args.device)  # before decoding the data
     began = time.perf_counter()
@@ -91,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
     decoded = time.perf_counter()
     model = _load_model(args, data, device)
     loaded = time.perf_counter()
-    result = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
-    seconds = _Seconds(decoded - began, loaded - decoded, result.inference_seconds, time.perf_counter() - began)
+    result = evaluate(model, data, batch_size=args.batch_size, progress=args.progress)
+    total = time.perf_counter() - began
+    seconds = _Seconds(decoded - began, loaded - decoded, result.inference_seconds, total, torch.get_num_threads())
     kind = _model_kind(model)
     _print_report(args, data, result, kind, seconds)
     if args.json is not None:
@@ -112,19 +117,26 @@ def _check_early(args: argparse.Namespace) -> None:
         check_output_file(args.json, "--json")
     if args.plot is not None:
         check_plot_file(args.plot)
-    require_images_extra(*(() if args.quiet else ("tqdm",)))  # one line naming the extra, not a traceback
+    from tiniest.transforms import require_images_extra
+
+    require_images_extra(*(("tqdm",) if args.progress else ()))  # one line naming the extra, not a traceback
 
 
 def _load_data(args: argparse.Namespace) -> LabeledImages:
+    from tiniest.data import load_split
+
     try:
-        return load_split(args.data, args.split, progress=not args.quiet, skip_unreadable=args.skip_unreadable)
+        return load_split(args.data, args.split, progress=args.progress, skip_unreadable=args.skip_unreadable)
     except PreprocessError as error:
         raise PreprocessError(f"{error}; --skip-unreadable leaves such files out") from None
 
 
 def _load_model(args: argparse.Namespace, data: LabeledImages, device: torch.device) -> nn.Module:
     """The weights' model, checked against the data, optimized unless ``--eager`` (on the CPU only)."""
-    model = tiniest(weights=chosen_weights(args), progress=not args.quiet, device=device)
+    from tiniest.evaluation import align_labels
+    from tiniest.hub import tiniest
+
+    model = tiniest(weights=chosen_weights(args), progress=args.progress, device=device)
     align_labels(data, model.labels)  # refuse a dataset foreign to the weights before building the fast model
     if args.eager:
         return model
@@ -149,6 +161,8 @@ def _images_per_second(n: int, seconds: _Seconds) -> float:
 def _print_report(
     args: argparse.Namespace, data: LabeledImages, result: Evaluation, kind: str, seconds: _Seconds
 ) -> None:
+    from tiniest.metrics import format_confusion_matrix
+
     n = len(data)
     print(f"{printable(args.data)} ({printable(args.split)}): {n} images, {_MODEL_KINDS[kind]}")
     if data.skipped:
@@ -162,10 +176,9 @@ def _print_report(
     print(result.text())
     print("confusion matrix (rows: true class, columns: predicted class)")
     print(format_confusion_matrix(result.confusion, result.classes))
-    print(
-        f"{_images_per_second(n, seconds):.0f} images/s (data {seconds.data:.2f} s, "
-        f"inference {seconds.inference:.2f} s, {n / seconds.inference:.0f} images/s; "
-        f"total with model loading {seconds.total:.2f} s, {torch.get_num_threads()} threads)"
+    print(  # one rate, the model's: decoding and loading are said in seconds
+        f"inference {n / seconds.inference:.0f} images/s on {seconds.threads} threads ({seconds.inference:.2f} s); "
+        f"decoding the data {seconds.data:.2f} s, loading the model {seconds.model:.2f} s, {seconds.total:.2f} s in all"
     )
 
 
@@ -194,5 +207,5 @@ def _json_record(
         "seconds": {"data": seconds.data, "model": seconds.model, "inference": seconds.inference},
         "images_per_second": _images_per_second(n, seconds),
         "inference_images_per_second": n / seconds.inference,
-        "threads": torch.get_num_threads(),
+        "threads": seconds.threads,
     }

@@ -6,18 +6,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tiniest import plots
 from tiniest.commands._common import add_device_argument, add_model_arguments, check_plot_file, chosen_weights
-from tiniest.fast import OptimizeMode, worth_building
-from tiniest.inference import predict
 from tiniest.names import printable
-from tiniest.transforms import require_images_extra
+
+if TYPE_CHECKING:
+    from tiniest.fast import OptimizeMode
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="image files (any size; see docs/classify.md, 'What the model sees')"
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ... of any size)")
+    # what the model sees, said here: a pip install has no docs/ folder to point to
+    parser.epilog = (
+        "Each image is turned upright by its EXIF orientation, made RGB (transparency onto white) and resized "
+        "straight to 32x32, without keeping its aspect ratio: CIFAR-10 pictures are square crops centred on the "
+        "object, so crop yours to the subject first."
     )
     parser.add_argument(
         "--top-k", type=int, default=1, metavar="K", help="show the K most probable classes (default: 1)"
@@ -31,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tiniest import plots  # (torch: imported when the command runs, not for --help)
+    from tiniest.fast import worth_building
+    from tiniest.inference import predict
+    from tiniest.transforms import require_images_extra
+
     if args.plot is not None:  # before any work
         check_plot_file(Path(args.plot))
     require_images_extra()  # one line naming the extra, not a traceback

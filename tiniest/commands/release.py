@@ -11,7 +11,6 @@ from pathlib import Path
 
 from tiniest import names
 from tiniest.commands._common import read_metrics
-from tiniest.release import HF_FOLDER, INSTRUCTIONS_NAME, RECORD_NAME, make_release
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tiniest.release import HF_FOLDER, INSTRUCTIONS_NAME, RECORD_NAME, make_release  # (torch: only now)
+
     record = make_release(
         args.source,
         args.output,

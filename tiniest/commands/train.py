@@ -52,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="skip the flip/crop/rotation/sharpness/colour augmentation")
     recipe.add_argument("--seed", type=int, help="seed of initialisation, shuffling, augmentation (0)")
-    recipe.add_argument("--limit-train", type=int, metavar="N", help="train on a seeded random N-image subset")
+    recipe.add_argument("--limit-train", type=int, metavar="N",
+                        help="train on a seeded random N-image subset, the only training images decoded; the held-out "
+                        "images are then limited to the same fraction of theirs (unless --limit-test)")
     recipe.add_argument("--val-fraction", type=float, metavar="F",
                         help="hold out a seeded fraction F of each class of train/ and score on it instead of test/ "
                         "(for a dataset without a test split)")
@@ -61,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         ".safetensors/.pt file or a finished run's folder; other classes get a new fc head "
                         "(default: random initialisation)")
     parser.add_argument("--limit-test", type=int, metavar="N",
-                        help="score each epoch on a fixed random N-image subset of the held-out images (default: all)")
+                        help="score each epoch on a fixed random N-image subset of the held-out images, the only ones "
+                        "decoded (default: all, or with --limit-train the fraction it takes of the training images)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="leave out image files that cannot be decoded (counted once) instead of stopping")
     parser.add_argument("--resume", action="store_true",

@@ -47,6 +47,7 @@ from tiniest.training.runlog import LOG_NAME, PLOT_NAME, console_line, plot_curv
 from tiniest.training.start import load_start
 from tiniest.transforms import Preprocess, default_preprocess
 from tiniest.weights import TiniestWeights
+from tiniest.weights.metadata import overlap_caveat
 from tiniest.weights.run_files import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -521,6 +522,10 @@ def _train(options: RunOptions, overrides: dict[str, Any], proc: _Process) -> Pa
             state.epoch + 1, last, recipe.epochs, batches.steps, recipe.batch_size, proc.world_size, proc.device,
             data.held_out_record["split"], options.output,
         )
+        caveat = overlap_caveat((state.init or {}).get("dataset"), data.location, data.train.classes,
+                                data.held_out_record["split"])
+        if caveat is not None:  # said before the epochs, as the card will say it
+            logger.warning("%s", caveat)
     _run_epochs(state, recipe, data, batches, last, options, proc, limit_test)
     if proc.main:
         _finish(state, recipe, options)
@@ -599,7 +604,7 @@ def _run_epochs(
         trained.train()
         loss_sum = torch.zeros((), device=proc.device)
         bar = tqdm(total=batches.steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
-                   disable=not progress, file=sys.stderr)
+                   disable=None if progress else True, file=sys.stderr)  # None: no bar in a log file
         _synchronize(proc.device)
         started = time.perf_counter()
         with torch.random.fork_rng(devices=rng_devices):

@@ -21,8 +21,9 @@ from torch import nn
 from tiniest.errors import UnverifiedWeightsWarning, UsageError, WeightsNotFoundError
 from tiniest.weights import TiniestWeights, load_strictly, load_weights
 from tiniest.weights.heads import HEAD, head_fits, with_new_head
-from tiniest.weights.loading import num_outputs
-from tiniest.weights.run_files import MODEL_NAME
+from tiniest.weights.loading import LoadedWeights, num_outputs
+from tiniest.weights.metadata import run_dataset
+from tiniest.weights.run_files import MODEL_NAME, run_beside
 
 __all__ = ["HEAD", "load_start"]
 
@@ -64,6 +65,16 @@ def _member(spec: str | TiniestWeights) -> TiniestWeights | None:
         return None
 
 
+def _trained_on(spec: str | TiniestWeights, loaded: LoadedWeights) -> str | None:
+    """The data the weights were trained on: as their metadata says, else as the run beside a run's model.pt says."""
+    if isinstance(loaded.meta.get("dataset"), str):
+        return str(loaded.meta["dataset"])
+    if isinstance(spec, str) and "://" not in spec:
+        run = run_beside(Path(spec), loaded.state_dict)
+        return run_dataset(run) if run is not None else None
+    return None
+
+
 def load_start(
     model: nn.Module,
     init: str | os.PathLike[str] | TiniestWeights,
@@ -76,7 +87,8 @@ def load_start(
     ``init``: ``"DEFAULT"`` or another ``TiniestWeights`` name, a ``.safetensors`` or state_dict
     ``.pt`` file (path or URL), or a folder holding one (a finished run's ``model.pt``). The record
     (stored in the checkpoint as ``init``) says which weights (``name``, ``sha256``, whether they were
-    verified as the published release, its Hub repo), and whether the head was kept or started anew.
+    verified as the published release, its Hub repo, the data they were trained on where their metadata says),
+    and whether the head was kept or started anew.
     """
     spec = _weights_spec(init)
     with warnings.catch_warnings():  # the caller named this file on purpose: its hash is recorded instead
@@ -97,6 +109,9 @@ def load_start(
         "head": "kept" if same else "new",
         "classes": list(names) if names is not None else None,
     }
+    dataset = _trained_on(spec, loaded)
+    if dataset is not None:  # a card warns when the held-out pictures may be among them
+        record["dataset"] = dataset
     if loaded.verified:
         record["hf_repo_id"] = (_member(spec) or TiniestWeights.DEFAULT).release.where["huggingface"]["repo_id"]
     where = "its head kept" if same else f"a new {HEAD} for {len(classes)} classes (the weights had {source_classes})"

@@ -245,4 +245,5 @@ def _progress_bar(total: int | None, label: str) -> Any:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label)
+    # disable=None: none on a stderr that is no terminal (a log file), which would get a line per update
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=None)

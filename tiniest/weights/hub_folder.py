@@ -136,7 +136,8 @@ def _split_of(label: str, values: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _results(meta: Mapping[str, Any], dataset: str | None) -> tuple[list[Any], list[str]]:
-    """The Hub's ``model-index`` results (whole splits of a Hub dataset only) and the card's table rows (all)."""
+    """The Hub's ``model-index`` results (whole splits of a Hub dataset, never a score its base may have seen) and
+    the card's table rows (all)."""
     from huggingface_hub import EvalResult
 
     results, rows = [], []
@@ -144,7 +145,7 @@ def _results(meta: Mapping[str, Any], dataset: str | None) -> tuple[list[Any], l
         if not isinstance(values, Mapping) or "accuracy" not in values:
             continue
         split, images = _split_of(label, values)
-        if dataset is not None and "subset_of" not in values:
+        if dataset is not None and "subset_of" not in values and not values.get("caveat"):
             results.append(EvalResult(
                 task_type="image-classification", task_name="Image Classification",
                 dataset_type=dataset, dataset_name=label.rsplit(" ", 1)[0], dataset_split=split,
@@ -160,7 +161,7 @@ def _card_data(meta: Mapping[str, Any], name: str) -> Any:
     from huggingface_hub import ModelCardData
 
     dataset = _hub_dataset(meta)
-    results, _ = _results(meta, dataset)
+    results, rows = _results(meta, dataset)
     base = check_base_model(meta.get("base_model"), "the weights' metadata: base_model")
     license = _card_license(meta)
     return ModelCardData(
@@ -173,7 +174,7 @@ def _card_data(meta: Mapping[str, Any], name: str) -> Any:
         tags=["image-classification", *(["cifar10"] if is_cifar10(meta["categories"]) else []), "tiniest",
               "safetensors"],
         datasets=[dataset] if dataset else None,
-        metrics=["accuracy"],
+        metrics=["accuracy"] if rows else None,  # only where the body gives one
         model_name=name if results else None,
         eval_results=results or None,
     )
@@ -189,18 +190,29 @@ def _training(meta: Mapping[str, Any]) -> str:
         repo = base.get("hf_repo_id")
         where = f" ([{repo}](https://huggingface.co/{repo}))" if repo else ""
         name, sha256 = text(str(base.get("name"))), text(str(base.get("sha256")))
-        lines.append(f"- Fine-tuned from: {name}{where}, sha256 `{sha256}`")
+        lines.append(f"- Fine-tuned from: {name}{where}, sha256 `{sha256}`, itself trained on: "
+                     f"{text(str(base.get('dataset') or 'not recorded'))}")
     return "\n".join(lines)
 
 
+def _caveats(meta: Mapping[str, Any]) -> list[str]:
+    """A warning under the table for each score whose held-out pictures the base weights may have seen."""
+    scores = (meta.get("metrics") or {}).items()
+    return [f"**Caveat ({names.markdown(label)}):** {names.markdown(str(values['caveat']))}."
+            for label, values in scores if isinstance(values, Mapping) and values.get("caveat")]
+
+
 def _credits(meta: Mapping[str, Any]) -> str:
+    """Licence, copyright and credit, a line each: a licence id is no sentence to end with a full stop (``mit.``)."""
     license_text = str(meta.get("license") or UNKNOWN_LICENSE)
     if license_text == UNKNOWN_LICENSE:
-        license_text = "Licence not stated by the weights' maker"
+        license_text = "Licence: not stated by the weights' maker"
     elif meta.get("license_link"):
         license_text = f"Licence: {license_text} ({meta['license_link']})"
+    else:
+        license_text = f"Licence: {license_text}"
     parts = [license_text, *(str(meta.get(key, "")) for key in ("copyright", "credit"))]
-    return " ".join(f"{names.markdown(part.strip().rstrip('.'))}." for part in parts if part.strip())
+    return "\n".join(f"- {names.markdown(part.strip().rstrip('.'))}" for part in parts if part.strip())
 
 
 def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = None) -> str:
@@ -244,7 +256,7 @@ def model_card(meta: Mapping[str, Any], *, sha256: str, repo_id: str | None = No
         classes=", ".join(names.markdown(category) for category in categories),
         kind="small photos of CIFAR-10's ten kinds of objects" if cifar10 else "images like those it was trained on",
         num_classes=len(categories),
-        results="\n".join([*header, *rows]) if rows else "Not measured.",
+        results="\n\n".join(["\n".join([*header, *rows]), *_caveats(meta)]) if rows else "Not measured.",
         training=_training(meta),
         sha256=sha256,
         credits=_credits(meta),

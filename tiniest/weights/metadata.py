@@ -21,6 +21,7 @@ the held-out images the recorded scores were measured on.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
@@ -48,6 +49,8 @@ __all__ = [
     "dataset_name",
     "is_cifar10",
     "is_published",
+    "overlap_caveat",
+    "run_dataset",
     "weights_meta",
 ]
 
@@ -125,6 +128,31 @@ def is_cifar10(categories: Sequence[str]) -> bool:
     return tuple(categories) == CIFAR10_CLASSES
 
 
+def overlap_caveat(base_data: object, data: str, classes: Sequence[str], split: str) -> str | None:
+    """Why the held-out ``split`` of ``data`` may hold pictures that the base weights were trained on (``base_data``:
+    their metadata's ``dataset``), in one line; None where nothing says so.
+
+    They may when both name the same dataset (one Hub dataset id, one folder name, or CIFAR-10's classes and name),
+    and either the held-out pictures come from the train split (a validation split) or the base's data name no
+    split: a score on pictures the base has seen says little of pictures it has not.
+    """
+    if not isinstance(base_data, str) or not base_data.strip():
+        return None
+    told, name = base_data.lower(), dataset_name(data)
+    same = (
+        f"huggingface.co/datasets/{name.lower()}" in told
+        if data.startswith(HF_PREFIX)
+        else f"named {name!r}".lower() in told
+    ) or (is_cifar10(classes) and re.search(r"cifar[- ]?10\b", told) is not None)
+    if not same or (split != "validation" and "train split" in told):
+        return None
+    where = "the train split" if split == "validation" else "the data"
+    return (
+        f"the base weights were trained on {base_data}, and the {split} pictures come from {where} of the same "
+        "dataset: they may have seen them, so this score may not be a held-out score"
+    )
+
+
 def _recipe_text(recipe: Mapping[str, Any], reached: int | None = None) -> str:
     """The recipe's settings; ``epochs`` as reached, with the planned count when the run stopped before it."""
     planned = recipe.get("epochs")
@@ -154,8 +182,11 @@ def _base_model(init: Mapping[str, Any]) -> dict[str, Any]:
     release = TiniestWeights.DEFAULT.release
     name, sha256 = str(init.get("name") or "unknown"), str(init.get("sha256") or "")
     base: dict[str, Any] = {"name": name, "sha256": sha256}
+    if isinstance(init.get("dataset"), str):  # what the base weights were trained on, as their metadata says
+        base["dataset"] = init["dataset"]
     if sha256 in (release.sha256, release.source_sha256):
-        base.update(name=release.name, hf_repo_id=release.where["huggingface"]["repo_id"])
+        hub = release.where["huggingface"]
+        base.update(name=release.name, hf_repo_id=hub["repo_id"], dataset=release.meta.get("dataset"))
     elif name.startswith(HF_PREFIX):
         base["hf_repo_id"] = base["name"] = name[len(HF_PREFIX) :].split("@")[0]
     elif "://" in name:
@@ -188,9 +219,10 @@ def _score(run: Mapping[str, Any], label: str) -> dict[str, Any]:
     return {f"{label} test{' subset' if subset else ''}": score}
 
 
-def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
-    """Data, recipe, starting weights and measured accuracy of a run, saying which split and how many images."""
-    data, classes = str(run["data"]), list(run["classes"])
+def run_dataset(run: Mapping[str, Any]) -> str:
+    """What a run trained on, as its weights' ``dataset`` says it: the split, the data's name (no local path), how
+    many images, how many classes."""
+    data = str(run["data"])
     name = dataset_name(data)
     hub = data.startswith(HF_PREFIX)
     where = f"huggingface.co/datasets/{name}" if hub else f"a local dataset folder named {name!r}"
@@ -200,9 +232,16 @@ def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
     count = f"{used:,} images"
     if train_total is not None and used < train_total:
         count = f"a seeded random {used:,} of its {train_total:,} images"
+    return f"train split of {where} ({count}), {len(run['classes'])} classes"
+
+
+def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
+    """Data, recipe, starting weights and measured accuracy of a run, saying which split and how many images."""
+    data, classes = str(run["data"]), list(run["classes"])
+    name = dataset_name(data)
     reached = int(run["epoch"]) if run.get("epoch") is not None else None
     facts: dict[str, Any] = {
-        "dataset": f"train split of {where} ({count}), {len(classes)} classes",
+        "dataset": run_dataset(run),
         "recipe": _recipe_text(run["recipe"], reached),
         "metrics": {"note": "not measured"},
     }
@@ -210,6 +249,11 @@ def _run_facts(run: Mapping[str, Any]) -> dict[str, Any]:
         facts["base_model"] = _base_model(run["init"])
     if run["history"]:
         facts["metrics"] = _score(run, "CIFAR-10" if is_cifar10(classes) else name)
+        base_data = facts.get("base_model", {}).get("dataset")
+        for score in facts["metrics"].values():
+            caveat = overlap_caveat(base_data, data, classes, score["split"])
+            if caveat is not None:
+                score["caveat"] = caveat
     return facts
 
 
@@ -277,7 +321,7 @@ def weights_meta(
         "metrics": metrics if metrics is not None else claims.get("metrics", {"note": "not measured"}),
         "license": license,
         **({"license_link": license_link} if license_link else {}),
-        "credit": ARCHITECTURE_CREDIT + ("; trained with `tiniest train`" if run is not None else ""),
+        "credit": ARCHITECTURE_CREDIT + ("; trained with tiniest's train command" if run is not None else ""),
     }
 
 
