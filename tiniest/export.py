@@ -1,7 +1,8 @@
 """Tiniest weights as files for other programs: the safetensors release file, ONNX, TorchScript, torch.export.
 
-``FORMATS`` is the one registry of formats: the command line's choices, the file suffixes and
-the writers all come from it. The safetensors release file is the default and its bytes are pinned
+``FORMATS`` (``tiniest.export_formats``, which imports no torch) is the one registry of formats: the
+command line's choices and the file suffixes come from it; each program format has its writer here.
+The safetensors release file is the default and its bytes are pinned
 in ``release.json``. The other formats are programs that run without this package.
 
 Shapes, the same in every program: input ``image``, ``[batch, 3, height, width]`` float32 (NCHW; the size the
@@ -29,7 +30,6 @@ import json
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from torch import nn
 
 from tiniest import __version__
 from tiniest.errors import UsageError
+from tiniest.export_formats import FORMATS, Format
 from tiniest.extras import require_extra
 from tiniest.files import read_regular
 from tiniest.model import Tiniest
@@ -73,17 +74,6 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 INFO_KEY = "tiniest.json"  # the input contract and provenance (export_info), in every program's metadata
 
 Writer = Callable[[Tiniest, Path, Mapping[str, str]], None]  # model, target, metadata documents by key
-
-
-@dataclass(frozen=True)
-class Format:
-    """One export format: its file suffix, its writer, what it needs installed and what loads it."""
-
-    suffix: str
-    write: Writer | None  # None: the release file, made from the checkpoint's bytes, not from a model
-    loaded_by: str
-    extra: str | None = None  # the pip extra that brings ``modules``
-    modules: tuple[str, ...] = ()
 
 
 def check_architecture(state_dict: dict[str, torch.Tensor], origin: str = "weights") -> None:
@@ -248,20 +238,18 @@ def write_exported_program(model: Tiniest, target: Path, documents: Mapping[str,
     torch.export.save(program, str(target), extra_files=dict(documents))
 
 
-FORMATS: dict[str, Format] = {
-    "safetensors": Format(".safetensors", None, "tiniest.tiniest(weights=PATH)"),
-    "onnx": Format(".onnx", write_onnx, "ONNX Runtime", extra="onnx", modules=("onnx", "onnxscript")),
-    "torchscript": Format(".torchscript.pt", write_torchscript, "torch.jit.load"),
-    "exported-program": Format(".pt2", write_exported_program, "torch.export.load"),
+_WRITERS: dict[str, Writer] = {  # one for each program of FORMATS (a test holds them equal)
+    "onnx": write_onnx,
+    "torchscript": write_torchscript,
+    "exported-program": write_exported_program,
 }
 
 
 def export_program(checkpoint_path: Path, output_dir: Path, fmt: str, *, filename: str | None = None) -> Path:
     """Write ``checkpoint_path`` as the program format ``fmt`` into ``output_dir``; return the program's path."""
-    spec = FORMATS.get(fmt)
-    if spec is None or spec.write is None:
-        programs = ", ".join(name for name, each in FORMATS.items() if each.write is not None)
-        raise UsageError(f"program format: expected one of {programs}, got {fmt!r}")
+    spec, write = FORMATS.get(fmt), _WRITERS.get(fmt)
+    if spec is None or write is None:
+        raise UsageError(f"program format: expected one of {', '.join(_WRITERS)}, got {fmt!r}")
     if spec.extra is not None:
         require_extra(spec.extra, *spec.modules, purpose=f"exporting to {fmt}")
     checkpoint = _read_checkpoint(checkpoint_path)
@@ -272,7 +260,7 @@ def export_program(checkpoint_path: Path, output_dir: Path, fmt: str, *, filenam
     target = output_dir / (filename or program_stem(checkpoint) + spec.suffix)
     partial = target.with_name(target.name + ".partial" + spec.suffix)
     try:
-        spec.write(model, partial, documents)
+        write(model, partial, documents)
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)

@@ -11,8 +11,6 @@ import pytest
 
 from tiniest.commands import COMMANDS, build_parser, main
 
-COMMANDS_WITHOUT_TORCH = [name for name in COMMANDS if name != "export"]
-
 
 def test_a_tiniest_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "cat.png", "--top-k", "0"]) == 1  # refused before any image is read
@@ -41,7 +39,7 @@ def test_a_bug_keeps_its_traceback(bug: type[Exception], tmp_path: Path, monkeyp
     def broken(*args: object, **kwargs: object) -> Path:
         raise bug("a bug inside the export")
 
-    monkeypatch.setattr("tiniest.commands.export.export", broken)
+    monkeypatch.setattr("tiniest.export.export", broken)
     with pytest.raises(bug, match="a bug inside the export"):
         main(["export", str(tmp_path / "any.pt"), "--output", str(tmp_path / "out")])
 
@@ -207,11 +205,11 @@ def test_only_the_chosen_command_is_imported() -> None:
         assert f"{name} {' '.join(text.description.split())}" in listed, name
 
 
-@pytest.mark.parametrize("words", [["--help"], ["--version"], *([name, "--help"] for name in COMMANDS_WITHOUT_TORCH)])
+@pytest.mark.parametrize("words", [["--help"], ["--version"], *([name, "--help"] for name in COMMANDS)])
 def test_help_imports_no_torch(words: list[str]) -> None:
     """``tiniest --help`` and ``tiniest CMD --help`` answer at once: torch (seconds to import) only when a command runs.
 
-    (``export --help`` lists the formats of :mod:`tiniest.export`, which imports torch.)
+    (``export --help`` lists the formats from ``tiniest.export_formats``, which imports no torch.)
     """
     code = (
         "import contextlib, sys\n"

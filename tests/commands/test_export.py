@@ -24,7 +24,14 @@ from tiniest.weights import TiniestWeights
 
 ATOL = 1e-4
 INPUT_SIZE = Preprocess().size  # the published weights' contract
-PROGRAMS = [name for name, spec in FORMATS.items() if spec.write is not None]
+PROGRAMS = [name for name, spec in FORMATS.items() if spec.program]
+
+
+def test_every_program_format_has_its_writer() -> None:
+    """``tiniest.export_formats`` lists the formats without torch; ``tiniest.export`` writes each program."""
+    from tiniest.export import _WRITERS
+
+    assert list(_WRITERS) == PROGRAMS
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,8 +9,7 @@ import argparse
 from pathlib import Path
 
 from tiniest.commands._common import read_metrics
-from tiniest.export import FORMATS, export
-from tiniest.weights.formats import sha256_hex
+from tiniest.export_formats import FORMATS
 
 
 def _formats_help() -> str:
@@ -31,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tiniest.export import export  # torch: imported to run, not for --help
+    from tiniest.weights.formats import sha256_hex
+
     target = export(
         args.checkpoint, args.output, args.format,
         filename=args.filename, metrics=read_metrics(args.metrics), license=args.license,
