@@ -109,3 +109,46 @@ def test_the_optimized_model_answers_as_before_under_any_thread_count(budget: in
     assert torch.equal(want.argmax(1), got.argmax(1))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert torch.get_num_threads() == budget
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_one_thread_each_keeps_order_and_grad_mode_on_one_openmp_thread_each(grad: bool) -> None:
+    torch.set_num_threads(2)
+    omp = openmp()
+    assert omp is not None
+
+    def seen(item: int) -> tuple[int, int, bool]:
+        return item, omp.get(), torch.is_grad_enabled()
+
+    with torch.set_grad_enabled(grad):
+        out = threads.one_thread_each(seen, list(range(9)))
+    assert out == [(item, 1, grad) for item in range(9)]
+    assert torch.get_num_threads() == 2
+
+
+def test_a_training_step_has_the_same_gradients_under_any_thread_count() -> None:
+    """Parts on one thread each, summed in order: a resumed run's bits do not depend on the threads or the load."""
+    from tiniest.training.loop import PART, _backward
+
+    torch.manual_seed(0)
+    model = Tiniest().train()
+    x = torch.rand(2 * PART + 5, 3, 32, 32) - 0.5
+    targets = torch.stack([torch.randint(0, 10, (len(x),)).float(), torch.randint(0, 10, (len(x),)).float(),
+                           torch.rand(len(x))], dim=1)
+    gradients = []
+    for budget in (1, 2, 3):
+        torch.set_num_threads(budget)
+        model.zero_grad(set_to_none=True)
+        loss = _backward(model, x, targets)
+        gradients.append([loss, *(p.grad for p in model.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(gradients[0], gradients[1], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(gradients[0], gradients[2], strict=True))
+
+    from tiniest.training.augment import mixup_loss
+
+    model.zero_grad(set_to_none=True)
+    whole = mixup_loss(model(x), targets)
+    whole.backward()
+    torch.testing.assert_close(gradients[0][0], whole.detach())
+    for part_sum, param in zip(gradients[0][1:], model.parameters(), strict=True):
+        torch.testing.assert_close(part_sum, param.grad, atol=1e-5, rtol=1e-4)

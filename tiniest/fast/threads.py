@@ -29,12 +29,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar, cast
 
 import torch
 
-__all__ = ["FreeCores", "openmp", "run_chunks", "usable_cores"]
+__all__ = ["FreeCores", "one_thread_each", "openmp", "run_chunks", "usable_cores"]
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
+T = TypeVar("T")
+R = TypeVar("R")
 
 # How often the load is looked at again: /proc/stat's counters tick at 100 Hz, so shorter windows
 # are mostly rounding; longer ones react late to a neighbour that starts or stops.
@@ -42,13 +45,19 @@ WINDOW_S = 0.25
 
 
 class _OpenMP:
-    """``omp_set_num_threads``/``omp_get_max_threads`` of the OpenMP runtime torch loaded (per-thread settings)."""
+    """``omp_set_num_threads``/``omp_get_max_threads`` of the OpenMP runtime torch loaded (per-thread settings).
+
+    With them MKL's own per-thread count where torch links MKL (``mkl_set_num_threads_local``):
+    ``torch.set_num_threads`` sets MKL's process-wide count, which its matrix products follow
+    otherwise, whatever OpenMP's count in the calling thread.
+    """
 
     def __init__(self, library: ctypes.CDLL) -> None:
         self._set = library.omp_set_num_threads
         self._set.argtypes, self._set.restype = [ctypes.c_int], None
         self._get = library.omp_get_max_threads
         self._get.argtypes, self._get.restype = [], ctypes.c_int
+        self._mkl = _mkl_local()
 
     def get(self) -> int:
         return int(self._get())
@@ -61,10 +70,26 @@ class _OpenMP:
             yield
             return
         self._set(count)
+        mkl_before = self._mkl(count) if self._mkl is not None else 0
         try:
             yield
         finally:
+            if self._mkl is not None:
+                self._mkl(mkl_before)  # 0: MKL's process-wide count again
             self._set(before)
+
+
+def _mkl_local() -> Callable[[int], int] | None:
+    """MKL's per-thread count setter (it returns the thread's previous setting), where torch's library exports it."""
+    lib = Path(torch.__file__).parent / "lib"
+    for path in sorted(lib.glob("libtorch_cpu.*")):
+        try:
+            setter = ctypes.CDLL(os.fspath(path)).MKL_Set_Num_Threads_Local  # C call (the lower-case name: Fortran)
+        except (OSError, AttributeError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+        return cast("Callable[[int], int]", setter)
+    return None
 
 
 _openmp_lock = threading.Lock()
@@ -232,6 +257,40 @@ def _intra_op_threads(budget: int) -> int:
     return max(1, min(budget, free))
 
 
+def one_thread_each(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[work(i) for i in items]`` on up to ``torch.get_num_threads()`` threads side by side, one OpenMP thread each.
+
+    The caller's thread takes items too; a descheduled thread delays only its own item. Each item
+    runs on exactly one OpenMP thread, so its result does not depend on how many threads ran, nor
+    on the load. Grad mode is the caller's in every thread (it is per thread). Where no OpenMP
+    runtime can be set per thread, all run in the caller's thread with torch's settings.
+    """
+    omp = openmp()
+    if omp is None:
+        return [work(item) for item in items]
+    side = min(torch.get_num_threads(), len(items), usable_cores())
+    results: list[R | None] = [None] * len(items)
+    taken = iter(range(len(items)))
+    taking = threading.Lock()
+    grad = torch.is_grad_enabled()
+
+    def drain() -> None:
+        with omp.threads(1), torch.set_grad_enabled(grad):
+            while True:
+                with taking:
+                    index = next(taken, None)
+                if index is None:
+                    return
+                results[index] = work(items[index])
+
+    with _claimed(side):
+        helpers: list[Future[None]] = [_workers().submit(drain) for _ in range(side - 1)]
+        drain()  # the caller takes items too
+        for helper in helpers:
+            helper.result()  # re-raises a helper's error
+    return cast("list[R]", results)
+
+
 def run_chunks(run: Runner, chunks: Sequence[torch.Tensor], *, side_by_side: bool = True) -> list[torch.Tensor]:
     """``[run(c) for c in chunks]``, each ``c`` first copied channels-last, on threads chosen as the module says.
 
@@ -253,26 +312,8 @@ def run_chunks(run: Runner, chunks: Sequence[torch.Tensor], *, side_by_side: boo
                 return [run(chunks[0].clone(memory_format=torch.channels_last))]
         with _claimed(threads):
             return [_workers().submit(_one, omp, threads, run, chunks[0]).result()]
-    side = min(budget, len(chunks), usable_cores())
-    results: list[torch.Tensor | None] = [None] * len(chunks)
-    taken = iter(range(len(chunks)))
-    taking = threading.Lock()
-
-    def drain() -> None:
-        with omp.threads(1), torch.no_grad():  # grad mode is per thread: the pool's start with it on
-            while True:
-                with taking:
-                    index = next(taken, None)
-                if index is None:
-                    return
-                results[index] = run(chunks[index].clone(memory_format=torch.channels_last))
-
-    with _claimed(side):
-        helpers: list[Future[None]] = [_workers().submit(drain) for _ in range(side - 1)]
-        drain()  # the caller takes chunks too
-        for helper in helpers:
-            helper.result()  # re-raises a helper's error
-    return [r for r in results if r is not None]
+    with torch.no_grad():
+        return one_thread_each(lambda chunk: run(chunk.clone(memory_format=torch.channels_last)), chunks)
 
 
 def _one(omp: _OpenMP, threads: int, run: Runner, chunk: torch.Tensor) -> torch.Tensor:
