@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(openmp() is None, reason="no OpenMP runtime foun
 
 
 @pytest.fixture(autouse=True)
-def torch_threads() -> Iterator[None]:
+def torch_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(threads, "_fastest", threads.Fastest())  # no timings from other tests
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -152,3 +153,33 @@ def test_a_training_step_has_the_same_gradients_under_any_thread_count() -> None
     torch.testing.assert_close(gradients[0][0], whole.detach())
     for part_sum, param in zip(gradients[0][1:], model.parameters(), strict=True):
         torch.testing.assert_close(part_sum, param.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_on_a_busy_machine_one_chunk_runs_on_the_thread_count_that_ran_faster_and_retries_the_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    fastest = threads.Fastest()
+    assert fastest.choose(1) == 1
+    assert fastest.choose(2) == 1, "each count is tried first"
+    fastest.record(1, 0.004)
+    assert fastest.choose(2) == 2
+    fastest.record(2, 0.002)
+    assert fastest.choose(2) == 2
+    clock[0] += 10 * threads.RETRY_S
+    assert fastest.choose(2) == 1, "the slower count is tried again after a while"
+    for _ in range(5):  # the load changed: one thread is faster now (a moving average follows)
+        fastest.record(1, 0.001)
+    assert [fastest.choose(2) for _ in range(3)] == [1, 1, 1]
+
+
+def test_a_busy_machine_records_the_time_of_a_lone_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "_free_cores", lambda: 0.2)
+    torch.set_num_threads(2)
+    run = Recorder()
+    for _ in range(2):
+        run_chunks(run, chunks(1))
+    counts = [count for _, count in run.seen]
+    assert counts == ([1, 2] if usable_cores() > 1 else [1, 1]), "one thread, then the other count once"
+    assert torch.get_num_threads() == 2

@@ -10,7 +10,8 @@ So, per call (:func:`run_chunks`):
   ``torch.get_num_threads()`` threads, each chunk on one thread (one OpenMP thread, no barrier
   between threads): a descheduled thread delays only its own chunk, and the others take the rest.
 * **one chunk** runs on as many OpenMP threads as :class:`FreeCores` finds free, at most
-  ``torch.get_num_threads()``; on a busy machine that is one, in the caller's thread.
+  ``torch.get_num_threads()``; on a busy machine on one thread (in the caller's) or on all of
+  them, whichever ran a picture faster lately (:class:`Fastest`).
 
 The thread count is set per thread (OpenMP's ``omp_set_num_threads`` acts on the calling thread
 only), on threads of a pool kept for the process, so the user's ``torch.set_num_threads`` is
@@ -33,7 +34,7 @@ from typing import TypeVar, cast
 
 import torch
 
-__all__ = ["FreeCores", "one_thread_each", "openmp", "run_chunks", "usable_cores"]
+__all__ = ["Fastest", "FreeCores", "one_thread_each", "openmp", "run_chunks", "usable_cores"]
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 T = TypeVar("T")
@@ -211,15 +212,53 @@ class FreeCores:
             return max(0.0, self._cores - self._others)
 
 
+class Fastest:
+    """For one chunk on a busy machine: one OpenMP thread or ``many``, whichever ran a picture faster lately.
+
+    The load decides which, and cannot be read in advance: where other processes leave parts of the
+    cores free, several threads get more of them (the scheduler shares out CPU by thread); where
+    they hold the cores, the threads wait for each other at every parallel region. So each count's
+    seconds per picture is a moving average of its calls, the faster runs, and the slower is tried
+    again every :data:`RETRY_S` (the slower it was, the more seldom), so that a change of load is followed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds: dict[int, float] = {}
+        self._retry_at = 0.0
+
+    def choose(self, many: int) -> int:
+        if many <= 1:
+            return 1
+        with self._lock:
+            now = time.monotonic()
+            unknown = [count for count in (1, many) if count not in self._seconds]
+            if unknown:
+                self._retry_at = now + RETRY_S
+                return unknown[0]
+            best, other = sorted((1, many), key=self._seconds.__getitem__)
+            if now < self._retry_at:
+                return best
+            self._retry_at = now + min(RETRY_S * self._seconds[other] / self._seconds[best], 60 * RETRY_S)
+            return other
+
+    def record(self, threads: int, seconds_per_picture: float) -> None:
+        with self._lock:
+            seen = self._seconds.get(threads)
+            self._seconds[threads] = seconds_per_picture if seen is None else seen + 0.3 * (seconds_per_picture - seen)
+
+
+RETRY_S = 0.5
 _free_cores = FreeCores()
+_fastest = Fastest()
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _in_use = 0  # threads this process's calls are running on now (so that concurrent calls share the free cores)
 
 
 def _reset_after_fork() -> None:
-    global _pool, _free_cores, _in_use
-    _pool, _free_cores, _in_use = None, FreeCores(), 0
+    global _pool, _free_cores, _fastest, _in_use
+    _pool, _free_cores, _fastest, _in_use = None, FreeCores(), Fastest(), 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -306,12 +345,20 @@ def run_chunks(run: Runner, chunks: Sequence[torch.Tensor], *, side_by_side: boo
         with omp.threads(_intra_op_threads(budget)):
             return [run(c.clone(memory_format=torch.channels_last)) for c in chunks]
     if len(chunks) == 1:
-        threads = _intra_op_threads(budget)
+        threads, many = _intra_op_threads(budget), min(budget, max(1, usable_cores() - _in_use))
+        tuned = threads < many  # cores taken by others: one thread or several, as they ran lately
+        if tuned:
+            threads = _fastest.choose(many)
+        started = time.perf_counter()
         if threads == 1:
             with omp.threads(1):  # in the caller's thread: no hand-over, no OpenMP team
-                return [run(chunks[0].clone(memory_format=torch.channels_last))]
-        with _claimed(threads):
-            return [_workers().submit(_one, omp, threads, run, chunks[0]).result()]
+                out = run(chunks[0].clone(memory_format=torch.channels_last))
+        else:
+            with _claimed(threads):
+                out = _workers().submit(_one, omp, threads, run, chunks[0]).result()
+        if tuned:
+            _fastest.record(threads, (time.perf_counter() - started) / len(chunks[0]))
+        return [out]
     with torch.no_grad():
         return one_thread_each(lambda chunk: run(chunk.clone(memory_format=torch.channels_last)), chunks)
 
