@@ -67,8 +67,16 @@ def test_one_chunk_gets_the_free_cores_within_the_users_threads(
     run_chunks(run, chunks(1))
     ((thread, count),) = run.seen
     assert count == expected
-    assert (thread == threading.get_ident()) == (expected == 1), "a busy machine: no hand-over to another thread"
+    assert thread == threading.get_ident(), "the main thread runs its lone chunk itself"
     assert torch.get_num_threads() == budget
+    run = Recorder()
+    monkeypatch.setattr(threads, "_fastest", threads.Fastest())  # the same first choice again
+    caller = threading.Thread(target=lambda: run_chunks(run, chunks(1)))  # a request's thread, say
+    caller.start()
+    caller.join()
+    ((thread, count),) = run.seen
+    assert count == expected
+    assert (thread == caller.ident) == (expected == 1), "several threads: on the pool's (they keep their team)"
 
 
 def test_a_new_thread_per_call_follows_the_users_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -350,10 +350,12 @@ def run_chunks(run: Runner, chunks: Sequence[torch.Tensor], *, side_by_side: boo
         if tuned:
             threads = _fastest.choose(many)
         started = time.perf_counter()
-        if threads == 1:
-            with omp.threads(1):  # in the caller's thread: no hand-over, no OpenMP team
+        if threads == 1 or threading.current_thread() is threading.main_thread():
+            # In the caller's thread: no hand-over (waking a pool thread can take milliseconds on a busy
+            # machine); the main thread keeps its OpenMP team for the process's life.
+            with _claimed(threads), omp.threads(threads):
                 out = run(chunks[0].clone(memory_format=torch.channels_last))
-        else:
+        else:  # another thread may be a request's, gone after it: the pool's keep their teams
             with _claimed(threads):
                 out = _workers().submit(_one, omp, threads, run, chunks[0]).result()
         if tuned:
