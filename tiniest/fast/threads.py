@@ -34,7 +34,7 @@ from typing import TypeVar, cast
 
 import torch
 
-__all__ = ["Fastest", "FreeCores", "one_thread_each", "openmp", "run_chunks", "usable_cores"]
+__all__ = ["Fastest", "FreeCores", "on_free_cores", "one_thread_each", "openmp", "run_chunks", "usable_cores"]
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 T = TypeVar("T")
@@ -294,6 +294,22 @@ def _intra_op_threads(budget: int) -> int:
     """OpenMP threads for one chunk: the free cores not already used by this process's calls, within ``budget``."""
     free = math.floor(_free_cores() + 0.5) - _in_use
     return max(1, min(budget, free))
+
+
+@contextmanager
+def on_free_cores() -> Iterator[None]:
+    """This thread's OpenMP threads, for the block, as many as cores are free, within ``torch.get_num_threads()``.
+
+    :func:`one_thread_each` inside the block then runs on no more threads than that: on a busy
+    machine a training step takes the CPU of one thread, and not several times as much in threads
+    waiting for each other or for a descheduled one.
+    """
+    omp = openmp()
+    if omp is None:
+        yield
+        return
+    with omp.threads(_intra_op_threads(torch.get_num_threads())):
+        yield
 
 
 def one_thread_each(work: Callable[[T], R], items: Sequence[T]) -> list[R]:

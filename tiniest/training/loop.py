@@ -38,7 +38,7 @@ from torch.utils.data import DistributedSampler
 from tiniest.devices import resolve_device
 from tiniest.env import env_int, env_number, env_text
 from tiniest.errors import DatasetError, PeerLostError, TiniestWarning, UsageError, first_line, warn
-from tiniest.fast.threads import one_thread_each
+from tiniest.fast.threads import on_free_cores, one_thread_each
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically
 from tiniest.training.augment import batch_augmentation, mix_up, mixup_loss
@@ -320,7 +320,7 @@ def _evaluate(
         right: torch.Tensor = model(inputs).argmax(1) == labels[chunk].to(proc.device)
         return right.sum()
 
-    with torch.no_grad():
+    with torch.no_grad(), on_free_cores():
         chunks = list(mine.split(EVAL_BATCH))
         # On the CPU, chunks side by side on one thread each, as the steps' parts (_backward).
         for count in one_thread_each(score, chunks) if proc.device.type == "cpu" else map(score, chunks):
@@ -647,8 +647,10 @@ def _run_epochs(
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(_epoch_seed(recipe.seed, epoch, proc.rank))
             for batch in order[: batches.steps * batches.per_process].split(batches.per_process):
-                inputs = augmentation(train_images[batch].float().div_(255))
-                loss_sum += _step(trained, state, inputs, train_labels[batch], strength, contract, by_parts=by_parts)
+                with on_free_cores():  # a busy machine: one thread (the bits do not change: see _backward)
+                    inputs = augmentation(train_images[batch].float().div_(255))
+                    loss_sum += _step(trained, state, inputs, train_labels[batch], strength, contract,
+                                      by_parts=by_parts)
                 bar.update()
         _synchronize(proc.device)
         train_seconds = time.perf_counter() - started
