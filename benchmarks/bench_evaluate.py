@@ -8,6 +8,9 @@ Both run as fresh ``python`` processes timed from the outside, so each pays for 
 first (cold) run really decodes. Usage::
 
     python benchmarks/bench_evaluate.py --data ../shared/cifar10 --weights ../shared/weights/tiniest.pt
+
+``--neighbours loop`` (one core kept busy) or ``matmul`` (two 2-thread matmul loops) times both
+beside neighbours that the benchmark starts and stops itself (``benchmarks/neighbours.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from neighbours import NEIGHBOURS, neighbours
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +69,7 @@ def main() -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--weights", help="weights file (default: $TINIEST_WEIGHTS, else the pinned release)")
     parser.add_argument("--repeat", type=int, default=1, help="alternate both timings this many times; report medians")
+    parser.add_argument("--neighbours", choices=list(NEIGHBOURS), default="quiet", help="run beside these")
     parser.add_argument("--plain-loop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_loop:
@@ -81,19 +87,21 @@ def main() -> int:
         baseline += ["--split", args.split]
         project = [sys.executable, "-m", "tiniest", "evaluate", "--data", str(args.data), "--split", args.split]
         project += ["--no-progress", "--json", str(Path(cache) / "report.json")]
-        cold, _ = timed(project, env)
-        plain_times, warm_times = [], []
-        for _ in range(args.repeat):
-            seconds, out = timed(baseline, env)
-            plain_times.append(seconds)
-            plain = json.loads(out.strip().splitlines()[-1])
-            seconds, _ = timed(project, env)
-            warm_times.append(seconds)
-            report = json.loads((Path(cache) / "report.json").read_text())
+        with neighbours(args.neighbours):
+            cold, _ = timed(project, env)
+            plain_times, warm_times = [], []
+            for _ in range(args.repeat):
+                seconds, out = timed(baseline, env)
+                plain_times.append(seconds)
+                plain = json.loads(out.strip().splitlines()[-1])
+                seconds, _ = timed(project, env)
+                warm_times.append(seconds)
+                report = json.loads((Path(cache) / "report.json").read_text())
     if (plain["images"], plain["correct"]) != (report["images"], report["correct"]):
         raise SystemExit(f"the two runs disagree: plain loop {plain}, tiniest evaluate {report['correct']} correct")
     plain_s, warm_s = statistics.median(plain_times), statistics.median(warm_times)
-    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"neighbours: {args.neighbours}")
     print(f"images: {plain['images']}, correct: {plain['correct']} (both runs)")
     print(f"plain loop (PIL decode, batches of 500, eager model): {plain_s:.1f} s")
     print(f"tiniest evaluate, first run (decodes, fills the cache): {cold:.1f} s")

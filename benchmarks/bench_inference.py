@@ -24,19 +24,19 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from neighbours import NEIGHBOURS, neighbours  # noqa: E402
 
 import tiniest  # noqa: E402
 from tiniest.export import write_onnx  # noqa: E402
@@ -78,26 +78,6 @@ def timed(label: str, build: Callable[[], Engine], warmup: torch.Tensor) -> tupl
     cost = time.perf_counter() - start
     print(f"one-time cost, {label}: {cost:.1f} s", flush=True)
     return engine, cost
-
-
-NEIGHBOURS = {
-    "quiet": [],
-    "loop": ["while True: pass"],
-    "matmul": 2 * ["import torch\ntorch.set_num_threads(2)\na = torch.rand(384, 384)\nwhile True: a @ a"],
-}
-
-
-@contextmanager
-def neighbours(name: str) -> Iterator[None]:
-    """Run the condition's neighbour processes for the block (started here, killed here)."""
-    started = [subprocess.Popen([sys.executable, "-c", code]) for code in NEIGHBOURS[name]]
-    try:
-        time.sleep(2.0 if started else 0.5)  # let them (and the load figures) settle
-        yield
-    finally:
-        for process in started:
-            process.kill()
-            process.wait()
 
 
 def intra_op(optimized: OptimizedTiniest) -> Engine:

@@ -7,6 +7,11 @@ cross-entropy, eager, no augmentation. The two alternate so that a busy machine 
 the medians and their ratio are reported.
 
     python benchmarks/bench_train.py --data ../shared/cifar10 --images 2048 --repeats 3
+
+``--cpu-cost`` measures instead what ``tiniest train`` spends: CPU seconds per training image
+(``time.process_time`` over the whole run, its scoring included) at torch's thread count and at
+``torch.set_num_threads(1)``, alternated, quiet or (``--neighbour loop``) beside one core kept
+busy by a Python loop that the benchmark starts and stops itself.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +46,41 @@ def recipe_speed(data: str, images: int, batch_size: int, epochs: int) -> float:
     return sum(record["images_per_second"] * record["train_seconds"] for record in log) / seconds
 
 
+def recipe_cost(data: str, images: int, batch_size: int, epochs: int, threads: int) -> tuple[float, float]:
+    """Images per second and CPU ms per image of ``tiniest train`` on ``threads`` torch threads (whole run)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        recipe_speed(data, images, batch_size, epochs)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        torch.set_num_threads(before)
+    return epochs * images / wall, cpu * 1e3 / (epochs * images)
+
+
+def cpu_cost(args: argparse.Namespace) -> None:
+    """``tiniest train``'s CPU per image at torch's thread count against one thread, alternated."""
+    neighbour = [subprocess.Popen([sys.executable, "-c", "while True: pass"])] if args.neighbour == "loop" else []
+    try:
+        time.sleep(1.0 if neighbour else 0.0)
+        runs: dict[int, list[tuple[float, float]]] = {torch.get_num_threads(): [], 1: []}
+        for _ in range(args.repeats):
+            for threads, measured in runs.items():
+                measured.append(recipe_cost(args.data, args.images, args.batch_size, args.epochs, threads))
+    finally:
+        for process in neighbour:
+            process.kill()
+            process.wait()
+    for threads, measured in runs.items():
+        speed = statistics.median(m[0] for m in measured)
+        cpu = statistics.median(m[1] for m in measured)
+        print(f"neighbour {args.neighbour}, {threads} thread(s): {speed:.0f} img/s, {cpu:.2f} ms CPU/image "
+              f"(all: {', '.join(f'{m[1]:.2f}' for m in measured)})")
+    many, one = (statistics.median(m[1] for m in measured) for measured in runs.values())
+    print(f"CPU per image, {torch.get_num_threads()} threads / 1 thread: {many / one:.2f}")
+
+
 def plain_speed(pixels: torch.Tensor, labels: torch.Tensor, batch_size: int, epochs: int) -> float:
     """Images per second of a plain loop over the same images: shuffle, forward, backward, AdamW."""
     torch.manual_seed(0)
@@ -64,9 +105,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
+    parser.add_argument("--cpu-cost", action="store_true", help="CPU per image at torch's threads against 1 thread")
+    parser.add_argument("--neighbour", choices=["none", "loop"], default="none", help="with --cpu-cost")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_cost:
+        cpu_cost(args)
+        return
 
     split = load_split(args.data, "train")
     chosen = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[: args.images]

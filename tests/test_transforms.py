@@ -202,6 +202,27 @@ def test_decode_image_keeps_exact_uint8(pixels: np.ndarray, tmp_path: Path) -> N
     assert torch.equal(decode_image(tmp_path / "a.png"), torch.from_numpy(pixels).permute(2, 0, 1))
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "I;16"])
+@pytest.mark.parametrize("size", [(32, 32), (40, 24)])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_decode_image_is_the_preprocessed_picture_rounded(
+    mode: str, size: tuple[int, int], orientation: int, tmp_path: Path
+) -> None:
+    """A picture already at the size skips the float round trip: the same bytes, every value 0-255 included."""
+    from tiniest.transforms import _DEFAULT, _quantize, _read_file
+
+    values = np.arange(size[0] * size[1] * 4) % 256
+    rgba = np.random.default_rng(1).permutation(values).astype(np.uint8).reshape(size[1], size[0], 4)
+    image = Image.fromarray(rgba, "RGBA")
+    image = image.convert(mode) if mode != "I;16" else Image.fromarray(rgba[..., 0].astype(np.uint16) * 257)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / "a.png", exif=exif)
+    expected = _quantize(_read_file(tmp_path / "a.png", _DEFAULT.resizing))[0]
+    got = decode_image(tmp_path / "a.png")
+    assert got.dtype == torch.uint8 and got.is_contiguous() and torch.equal(got, expected)
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

@@ -1,6 +1,6 @@
 """The export formats by name: file suffix, what loads the file, what it needs installed.
 
-Apart from :mod:`tiniest.export` (which writes them, with torch) so that ``tiniest export --help``
+Apart from ``tiniest.export`` (which writes them, with torch) so that ``tiniest export --help``
 lists them without importing torch. The formats other than ``safetensors`` are programs that run
 without this package.
 """

@@ -233,11 +233,13 @@ def _check_container(stream: IO[bytes], origin: str) -> None:
     stream.seek(0)
 
 
-def _pil_to_unit(image: Any, *, origin: str, how: _Resize) -> torch.Tensor:
+def _pil_to_unit(image: Any, *, origin: str, how: _Resize, quantized: bool = False) -> torch.Tensor:
     """A PIL image as ``(1, 3, *how.size)`` float RGB in [0, 1]: upright, alpha composited onto white, resized.
 
     Decoding happens here (PIL opens lazily): whatever Pillow raises becomes a ``PreprocessError``.
     Converted and resized across a stripe of rows at a time, so that only the decoded image is held whole.
+    ``quantized``: as rounded uint8 (``_quantize``); a picture already upright and of the size is
+    its own RGB pixels then (the float round trip gives them back exactly, at twice Pillow's CPU).
     """
     require_images_extra()
     from PIL import ExifTags
@@ -254,6 +256,8 @@ def _pil_to_unit(image: Any, *, origin: str, how: _Resize) -> torch.Tensor:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         height, width = how.size[::-1] if orientation in (5, 6, 7, 8) else how.size  # before turning upright
         full_width, full_height = image.size
+        if quantized and orientation == 1 and (full_height, full_width) == how.size:
+            return _rgb_pixels(image).permute(2, 0, 1).unsqueeze(0).contiguous()
         rows = max(1, _STRIPE_PIXELS // full_width)
         stripes = [  # the horizontal half of the separable resize, a stripe at a time
             _resize(_rgb(image.crop((0, top, full_width, min(full_height, top + rows)))), how, (-1, width), last=False)
@@ -265,7 +269,8 @@ def _pil_to_unit(image: Any, *, origin: str, how: _Resize) -> torch.Tensor:
         message = _without_file_objects(error)
         raise PreprocessError(f"{origin}: expected a readable image ({type(error).__name__}: {message})") from None
     whole = stripes[0] if len(stripes) == 1 else torch.cat(stripes, dim=2)
-    return _upright(_resize(whole, how, (height, width)), orientation)
+    unit = _upright(_resize(whole, how, (height, width)), orientation)
+    return _quantize(unit) if quantized else unit
 
 
 def _upright(batch: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -284,6 +289,11 @@ def _upright(batch: torch.Tensor, orientation: int) -> torch.Tensor:
 
 def _rgb(image: Any) -> torch.Tensor:
     """A PIL image in one of the modes above as ``(1, 3, H, W)`` float RGB in [0, 1]."""
+    return _rgb_pixels(image).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+
+
+def _rgb_pixels(image: Any) -> torch.Tensor:
+    """A PIL image in one of the modes above as ``(H, W, 3)`` uint8 RGB."""
     from PIL import Image
 
     mode = image.mode
@@ -298,7 +308,7 @@ def _rgb(image: Any) -> torch.Tensor:
             rgba = image.convert("RGBA")
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         pixels = _pixels(image.convert("RGB"), torch.uint8, 3)
-    return pixels.permute(2, 0, 1).unsqueeze(0).float().div_(255)
+    return pixels
 
 
 def _pixels(image: Any, dtype: torch.dtype, channels: int) -> torch.Tensor:
@@ -307,7 +317,7 @@ def _pixels(image: Any, dtype: torch.dtype, channels: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(image.tobytes()), dtype=dtype).reshape(height, width, channels)
 
 
-def _decode(stream: IO[bytes], origin: str, how: _Resize) -> torch.Tensor:
+def _decode(stream: IO[bytes], origin: str, how: _Resize, *, quantized: bool = False) -> torch.Tensor:
     """The encoded image in the seekable binary ``stream`` as ``(1, 3, *how.size)`` float RGB in [0, 1].
 
     JPEG files are decoded at reduced scale (``draft``) before the pixel cap is checked, so large photos still work;
@@ -325,7 +335,7 @@ def _decode(stream: IO[bytes], origin: str, how: _Resize) -> torch.Tensor:
                 # draft scales a progressive JPEG too, but libjpeg keeps every coefficient of the full-size image
                 # (2 bytes per sample): a 2 MB file announcing 16000x16000 cost +1.0 GB. Its full size counts.
                 _check_size(announced[0], announced[1], origin, what="a progressive JPEG (decoded whole) declares")
-            return _pil_to_unit(image, origin=origin, how=how)
+            return _pil_to_unit(image, origin=origin, how=how, quantized=quantized)
     except TiniestError:  # ours, already saying what went wrong
         raise
     except UnidentifiedImageError:  # its message names Pillow's file object ("name=3"), not the file
@@ -355,7 +365,7 @@ def _without_file_objects(error: BaseException) -> str:
     return _FILE_OBJECT.sub("the image", str(error))
 
 
-def _read_file(path: str | os.PathLike[str], how: _Resize) -> torch.Tensor:
+def _read_file(path: str | os.PathLike[str], how: _Resize, *, quantized: bool = False) -> torch.Tensor:
     """The image file at ``path``, decoded by ``_decode``.
 
     Only a regular file is opened (a FIFO named ``x.png`` would block for ever).
@@ -367,7 +377,7 @@ def _read_file(path: str | os.PathLike[str], how: _Resize) -> torch.Tensor:
     except OSError as error:
         raise PreprocessError(f"{origin}: expected a readable image ({error})") from None
     with handle:
-        return _decode(handle, origin, how)
+        return _decode(handle, origin, how, quantized=quantized)
 
 
 def _read_stream(stream: Any, how: _Resize) -> torch.Tensor:
@@ -403,7 +413,7 @@ def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
 
     Cached datasets hold what new weights are trained on, so they follow ``PREPROCESSING``.
     """
-    return _quantize(_read_file(path, _DEFAULT.resizing))[0]
+    return _read_file(path, _DEFAULT.resizing, quantized=True)[0]
 
 
 def _quantize(unit: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(openmp() is None, reason="no OpenMP runtime foun
 
 
 @pytest.fixture(autouse=True)
-def torch_threads() -> Iterator[None]:
+def torch_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(threads, "_fastest", threads.Fastest())  # no timings from other tests
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -66,8 +67,16 @@ def test_one_chunk_gets_the_free_cores_within_the_users_threads(
     run_chunks(run, chunks(1))
     ((thread, count),) = run.seen
     assert count == expected
-    assert (thread == threading.get_ident()) == (expected == 1), "a busy machine: no hand-over to another thread"
+    assert thread == threading.get_ident(), "the main thread runs its lone chunk itself"
     assert torch.get_num_threads() == budget
+    run = Recorder()
+    monkeypatch.setattr(threads, "_fastest", threads.Fastest())  # the same first choice again
+    caller = threading.Thread(target=lambda: run_chunks(run, chunks(1)))  # a request's thread, say
+    caller.start()
+    caller.join()
+    ((thread, count),) = run.seen
+    assert count == expected
+    assert (thread == caller.ident) == (expected == 1), "several threads: on the pool's (they keep their team)"
 
 
 def test_a_new_thread_per_call_follows_the_users_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,3 +118,76 @@ def test_the_optimized_model_answers_as_before_under_any_thread_count(budget: in
     assert torch.equal(want.argmax(1), got.argmax(1))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert torch.get_num_threads() == budget
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_one_thread_each_keeps_order_and_grad_mode_on_one_openmp_thread_each(grad: bool) -> None:
+    torch.set_num_threads(2)
+    omp = openmp()
+    assert omp is not None
+
+    def seen(item: int) -> tuple[int, int, bool]:
+        return item, omp.get(), torch.is_grad_enabled()
+
+    with torch.set_grad_enabled(grad):
+        out = threads.one_thread_each(seen, list(range(9)))
+    assert out == [(item, 1, grad) for item in range(9)]
+    assert torch.get_num_threads() == 2
+
+
+def test_a_training_step_has_the_same_gradients_under_any_thread_count() -> None:
+    """Parts on one thread each, summed in order: a resumed run's bits do not depend on the threads or the load."""
+    from tiniest.training.loop import PART, _backward
+
+    torch.manual_seed(0)
+    model = Tiniest().train()
+    x = torch.rand(2 * PART + 5, 3, 32, 32) - 0.5
+    targets = torch.stack([torch.randint(0, 10, (len(x),)).float(), torch.randint(0, 10, (len(x),)).float(),
+                           torch.rand(len(x))], dim=1)
+    gradients = []
+    for budget in (1, 2, 3):
+        torch.set_num_threads(budget)
+        model.zero_grad(set_to_none=True)
+        loss = _backward(model, x, targets)
+        gradients.append([loss, *(p.grad for p in model.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(gradients[0], gradients[1], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(gradients[0], gradients[2], strict=True))
+
+    from tiniest.training.augment import mixup_loss
+
+    model.zero_grad(set_to_none=True)
+    whole = mixup_loss(model(x), targets)
+    whole.backward()
+    torch.testing.assert_close(gradients[0][0], whole.detach())
+    for part_sum, param in zip(gradients[0][1:], model.parameters(), strict=True):
+        torch.testing.assert_close(part_sum, param.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_on_a_busy_machine_one_chunk_runs_on_the_thread_count_that_ran_faster_and_retries_the_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    fastest = threads.Fastest()
+    assert fastest.choose(1) == 1
+    assert fastest.choose(2) == 1, "each count is tried first"
+    fastest.record(1, 0.004)
+    assert fastest.choose(2) == 2
+    fastest.record(2, 0.002)
+    assert fastest.choose(2) == 2
+    clock[0] += 10 * threads.RETRY_S
+    assert fastest.choose(2) == 1, "the slower count is tried again after a while"
+    for _ in range(5):  # the load changed: one thread is faster now (a moving average follows)
+        fastest.record(1, 0.001)
+    assert [fastest.choose(2) for _ in range(3)] == [1, 1, 1]
+
+
+def test_a_busy_machine_records_the_time_of_a_lone_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "_free_cores", lambda: 0.2)
+    torch.set_num_threads(2)
+    run = Recorder()
+    for _ in range(2):
+        run_chunks(run, chunks(1))
+    counts = [count for _, count in run.seen]
+    assert counts == ([1, 2] if usable_cores() > 1 else [1, 1]), "one thread, then the other count once"
+    assert torch.get_num_threads() == 2

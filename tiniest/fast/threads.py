@@ -10,7 +10,8 @@ So, per call (``run_chunks``):
   ``torch.get_num_threads()`` threads, each chunk on one thread (one OpenMP thread, no barrier
   between threads): a descheduled thread delays only its own chunk, and the others take the rest.
 * **one chunk** runs on as many OpenMP threads as ``FreeCores`` finds free, at most
-  ``torch.get_num_threads()``; on a busy machine that is one, in the caller's thread.
+  ``torch.get_num_threads()``; on a busy machine on one thread (in the caller's) or on all of
+  them, whichever ran a picture faster lately (``Fastest``).
 
 The thread count is set per thread (OpenMP's ``omp_set_num_threads`` acts on the calling thread
 only), on threads of a pool kept for the process, so the user's ``torch.set_num_threads`` is
@@ -29,12 +30,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar, cast
 
 import torch
 
-__all__ = ["FreeCores", "openmp", "run_chunks", "usable_cores"]
+__all__ = ["Fastest", "FreeCores", "on_free_cores", "one_thread_each", "openmp", "run_chunks", "usable_cores"]
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
+T = TypeVar("T")
+R = TypeVar("R")
 
 # How often the load is looked at again: /proc/stat's counters tick at 100 Hz, so shorter windows
 # are mostly rounding; longer ones react late to a neighbour that starts or stops.
@@ -42,13 +46,19 @@ WINDOW_S = 0.25
 
 
 class _OpenMP:
-    """``omp_set_num_threads``/``omp_get_max_threads`` of the OpenMP runtime torch loaded (per-thread settings)."""
+    """``omp_set_num_threads``/``omp_get_max_threads`` of the OpenMP runtime torch loaded (per-thread settings).
+
+    With them MKL's own per-thread count where torch links MKL (``mkl_set_num_threads_local``):
+    ``torch.set_num_threads`` sets MKL's process-wide count, which its matrix products follow
+    otherwise, whatever OpenMP's count in the calling thread.
+    """
 
     def __init__(self, library: ctypes.CDLL) -> None:
         self._set = library.omp_set_num_threads
         self._set.argtypes, self._set.restype = [ctypes.c_int], None
         self._get = library.omp_get_max_threads
         self._get.argtypes, self._get.restype = [], ctypes.c_int
+        self._mkl = _mkl_local()
 
     def get(self) -> int:
         return int(self._get())
@@ -61,10 +71,26 @@ class _OpenMP:
             yield
             return
         self._set(count)
+        mkl_before = self._mkl(count) if self._mkl is not None else 0
         try:
             yield
         finally:
+            if self._mkl is not None:
+                self._mkl(mkl_before)  # 0: MKL's process-wide count again
             self._set(before)
+
+
+def _mkl_local() -> Callable[[int], int] | None:
+    """MKL's per-thread count setter (it returns the thread's previous setting), where torch's library exports it."""
+    lib = Path(torch.__file__).parent / "lib"
+    for path in sorted(lib.glob("libtorch_cpu.*")):
+        try:
+            setter = ctypes.CDLL(os.fspath(path)).MKL_Set_Num_Threads_Local  # C call (the lower-case name: Fortran)
+        except (OSError, AttributeError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+        return cast("Callable[[int], int]", setter)
+    return None
 
 
 _openmp_lock = threading.Lock()
@@ -186,15 +212,53 @@ class FreeCores:
             return max(0.0, self._cores - self._others)
 
 
+class Fastest:
+    """For one chunk on a busy machine: one OpenMP thread or ``many``, whichever ran a picture faster lately.
+
+    The load decides which, and cannot be read in advance: where other processes leave parts of the
+    cores free, several threads get more of them (the scheduler shares out CPU by thread); where
+    they hold the cores, the threads wait for each other at every parallel region. So each count's
+    seconds per picture is a moving average of its calls, the faster runs, and the slower is tried
+    again every ``RETRY_S`` (the slower it was, the more seldom), so that a change of load is followed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds: dict[int, float] = {}
+        self._retry_at = 0.0
+
+    def choose(self, many: int) -> int:
+        if many <= 1:
+            return 1
+        with self._lock:
+            now = time.monotonic()
+            unknown = [count for count in (1, many) if count not in self._seconds]
+            if unknown:
+                self._retry_at = now + RETRY_S
+                return unknown[0]
+            best, other = sorted((1, many), key=self._seconds.__getitem__)
+            if now < self._retry_at:
+                return best
+            self._retry_at = now + min(RETRY_S * self._seconds[other] / self._seconds[best], 60 * RETRY_S)
+            return other
+
+    def record(self, threads: int, seconds_per_picture: float) -> None:
+        with self._lock:
+            seen = self._seconds.get(threads)
+            self._seconds[threads] = seconds_per_picture if seen is None else seen + 0.3 * (seconds_per_picture - seen)
+
+
+RETRY_S = 0.5
 _free_cores = FreeCores()
+_fastest = Fastest()
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _in_use = 0  # threads this process's calls are running on now (so that concurrent calls share the free cores)
 
 
 def _reset_after_fork() -> None:
-    global _pool, _free_cores, _in_use
-    _pool, _free_cores, _in_use = None, FreeCores(), 0
+    global _pool, _free_cores, _fastest, _in_use
+    _pool, _free_cores, _fastest, _in_use = None, FreeCores(), Fastest(), 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -232,6 +296,56 @@ def _intra_op_threads(budget: int) -> int:
     return max(1, min(budget, free))
 
 
+@contextmanager
+def on_free_cores() -> Iterator[None]:
+    """This thread's OpenMP threads, for the block, as many as cores are free, within ``torch.get_num_threads()``.
+
+    ``one_thread_each`` inside the block then runs on no more threads than that: on a busy
+    machine a training step takes the CPU of one thread, and not several times as much in threads
+    waiting for each other or for a descheduled one.
+    """
+    omp = openmp()
+    if omp is None:
+        yield
+        return
+    with omp.threads(_intra_op_threads(torch.get_num_threads())):
+        yield
+
+
+def one_thread_each(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[work(i) for i in items]`` on up to ``torch.get_num_threads()`` threads side by side, one OpenMP thread each.
+
+    The caller's thread takes items too; a descheduled thread delays only its own item. Each item
+    runs on exactly one OpenMP thread, so its result does not depend on how many threads ran, nor
+    on the load. Grad mode is the caller's in every thread (it is per thread). Where no OpenMP
+    runtime can be set per thread, all run in the caller's thread with torch's settings.
+    """
+    omp = openmp()
+    if omp is None:
+        return [work(item) for item in items]
+    side = min(torch.get_num_threads(), len(items), usable_cores())
+    results: list[R | None] = [None] * len(items)
+    taken = iter(range(len(items)))
+    taking = threading.Lock()
+    grad = torch.is_grad_enabled()
+
+    def drain() -> None:
+        with omp.threads(1), torch.set_grad_enabled(grad):
+            while True:
+                with taking:
+                    index = next(taken, None)
+                if index is None:
+                    return
+                results[index] = work(items[index])
+
+    with _claimed(side):
+        helpers: list[Future[None]] = [_workers().submit(drain) for _ in range(side - 1)]
+        drain()  # the caller takes items too
+        for helper in helpers:
+            helper.result()  # re-raises a helper's error
+    return cast("list[R]", results)
+
+
 def run_chunks(run: Runner, chunks: Sequence[torch.Tensor], *, side_by_side: bool = True) -> list[torch.Tensor]:
     """``[run(c) for c in chunks]``, each ``c`` first copied channels-last, on threads chosen as the module says.
 
@@ -247,32 +361,24 @@ def run_chunks(run: Runner, chunks: Sequence[torch.Tensor], *, side_by_side: boo
         with omp.threads(_intra_op_threads(budget)):
             return [run(c.clone(memory_format=torch.channels_last)) for c in chunks]
     if len(chunks) == 1:
-        threads = _intra_op_threads(budget)
-        if threads == 1:
-            with omp.threads(1):  # in the caller's thread: no hand-over, no OpenMP team
-                return [run(chunks[0].clone(memory_format=torch.channels_last))]
-        with _claimed(threads):
-            return [_workers().submit(_one, omp, threads, run, chunks[0]).result()]
-    side = min(budget, len(chunks), usable_cores())
-    results: list[torch.Tensor | None] = [None] * len(chunks)
-    taken = iter(range(len(chunks)))
-    taking = threading.Lock()
-
-    def drain() -> None:
-        with omp.threads(1), torch.no_grad():  # grad mode is per thread: the pool's start with it on
-            while True:
-                with taking:
-                    index = next(taken, None)
-                if index is None:
-                    return
-                results[index] = run(chunks[index].clone(memory_format=torch.channels_last))
-
-    with _claimed(side):
-        helpers: list[Future[None]] = [_workers().submit(drain) for _ in range(side - 1)]
-        drain()  # the caller takes chunks too
-        for helper in helpers:
-            helper.result()  # re-raises a helper's error
-    return [r for r in results if r is not None]
+        threads, many = _intra_op_threads(budget), min(budget, max(1, usable_cores() - _in_use))
+        tuned = threads < many  # cores taken by others: one thread or several, as they ran lately
+        if tuned:
+            threads = _fastest.choose(many)
+        started = time.perf_counter()
+        if threads == 1 or threading.current_thread() is threading.main_thread():
+            # In the caller's thread: no hand-over (waking a pool thread can take milliseconds on a busy
+            # machine); the main thread keeps its OpenMP team for the process's life.
+            with _claimed(threads), omp.threads(threads):
+                out = run(chunks[0].clone(memory_format=torch.channels_last))
+        else:  # another thread may be a request's, gone after it: the pool's keep their teams
+            with _claimed(threads):
+                out = _workers().submit(_one, omp, threads, run, chunks[0]).result()
+        if tuned:
+            _fastest.record(threads, (time.perf_counter() - started) / len(chunks[0]))
+        return [out]
+    with torch.no_grad():
+        return one_thread_each(lambda chunk: run(chunk.clone(memory_format=torch.channels_last)), chunks)
 
 
 def _one(omp: _OpenMP, threads: int, run: Runner, chunk: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ next epoch needs, and resuming from it gives the weights an uninterrupted run gi
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -38,6 +39,7 @@ from tiniest.devices import resolve_device
 from tiniest.env import env_text
 from tiniest.env_numbers import env_int, env_number
 from tiniest.errors import DatasetError, PeerLostError, TiniestWarning, UsageError, first_line, warn
+from tiniest.fast.threads import on_free_cores, one_thread_each
 from tiniest.model import Tiniest
 from tiniest.storage import HF_PREFIX, check_output_folder, save_atomically
 from tiniest.training.augment import batch_augmentation, mix_up, mixup_loss
@@ -71,6 +73,8 @@ __all__ = [
 
 RUN_FILES = (CHECKPOINT_NAME, MODEL_NAME, LOG_NAME, PLOT_NAME)
 EVAL_BATCH = 500
+# Images per part of a step on the CPU (one process): the parts run side by side, one thread each (see _backward).
+PART = 32
 WORKER_ROLE = "tiniest-train"  # the role tiniest train --nproc-per-node gives its workers (torch's ROLE_NAME)
 DIST_TIMEOUT = 600.0  # seconds a process waits for its peers (TINIEST_DIST_TIMEOUT), as NCCL's default
 _PEER_LOST = re.compile(r"Timed out|timeout|Connection (closed|reset)", re.IGNORECASE)
@@ -312,10 +316,17 @@ def _evaluate(
     model.eval()
     mine = torch.arange(proc.rank, len(labels), proc.world_size)
     correct = torch.zeros((), dtype=torch.int64, device=proc.device)
-    with torch.no_grad():
-        for chunk in mine.split(EVAL_BATCH):
-            inputs = contract.normalize(images[chunk].to(proc.device).float().div_(255))
-            correct += (model(inputs).argmax(1) == labels[chunk].to(proc.device)).sum()
+
+    def score(chunk: torch.Tensor) -> torch.Tensor:
+        inputs = contract.normalize(images[chunk].to(proc.device).float().div_(255))
+        right: torch.Tensor = model(inputs).argmax(1) == labels[chunk].to(proc.device)
+        return right.sum()
+
+    with torch.no_grad(), on_free_cores():
+        chunks = list(mine.split(EVAL_BATCH))
+        # On the CPU, chunks side by side on one thread each, as the steps' parts (_backward).
+        for count in one_thread_each(score, chunks) if proc.device.type == "cpu" else map(score, chunks):
+            correct += count
     if proc.world_size > 1:
         dist.all_reduce(correct)
     return int(correct)
@@ -331,17 +342,48 @@ def _replica_hashes(state: _State, proc: _Process) -> list[str]:
 
 
 def _step(
-    trained: nn.Module, state: _State, inputs: torch.Tensor, labels: torch.Tensor, mixup: float, contract: Preprocess
+    trained: nn.Module,
+    state: _State,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    mixup: float,
+    contract: Preprocess,
+    *,
+    by_parts: bool,
 ) -> torch.Tensor:
     """One optimisation step on an augmented batch: mix-up, loss, update, schedule, average."""
     inputs, targets = mix_up(inputs, labels, mixup)
-    loss = mixup_loss(trained(contract.normalize(inputs)), targets)
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if by_parts:
+        loss = _backward(trained, contract.normalize(inputs), targets)
+    else:
+        loss = mixup_loss(trained(contract.normalize(inputs)), targets)
+        loss.backward()
     state.optimizer.step()
     state.scheduler.step()
     state.ema.update_parameters(state.model)
     return loss.detach()
+
+
+def _backward(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The batch's loss, with its gradients in the parameters' ``.grad``, from parts of ``PART`` images.
+
+    The parts run side by side, each on one thread (``tiniest.fast.threads.one_thread_each``):
+    on a busy machine no thread waits at every layer for one that is descheduled (2 threads used
+    several times the CPU of one), and the sums, taken in the parts' order, are the same bits
+    whatever the thread count or the load, so that a resumed run still gives an uninterrupted one's weights.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def part(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        x, t = batch
+        loss = mixup_loss(model(x), t) * (len(x) / len(inputs))
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    results = one_thread_each(part, list(zip(inputs.split(PART), targets.split(PART), strict=True)))
+    for index, param in enumerate(params):
+        param.grad = functools.reduce(torch.add, [grads[index] for _, grads in results])
+    return functools.reduce(torch.add, [loss for loss, _ in results])
 
 
 def _synchronize(device: torch.device) -> None:
@@ -596,6 +638,7 @@ def _run_epochs(
     contract = default_preprocess()  # what the trained weights' metadata will state (weights_meta)
     rng_devices = [proc.device] if proc.device.type == "cuda" else []
     progress = options.progress and proc.main
+    by_parts = proc.device.type == "cpu" and proc.world_size == 1  # DistributedDataParallel reduces in backward()
     while state.epoch < last:
         epoch = state.epoch
         batches.sampler.set_epoch(epoch)
@@ -610,8 +653,10 @@ def _run_epochs(
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(_epoch_seed(recipe.seed, epoch, proc.rank))
             for batch in order[: batches.steps * batches.per_process].split(batches.per_process):
-                inputs = augmentation(train_images[batch].float().div_(255))
-                loss_sum += _step(trained, state, inputs, train_labels[batch], strength, contract)
+                with on_free_cores():  # a busy machine: one thread (the bits do not change: see _backward)
+                    inputs = augmentation(train_images[batch].float().div_(255))
+                    loss_sum += _step(trained, state, inputs, train_labels[batch], strength, contract,
+                                      by_parts=by_parts)
                 bar.update()
         _synchronize(proc.device)
         train_seconds = time.perf_counter() - started
