@@ -21,6 +21,10 @@ os.environ["HF_ENDPOINT"] = DEAD_ENDPOINT
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="tiniest-tests-hf-")
 atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# ONNX Runtime writes a device id under $XDG_CACHE_HOME (else ~/.cache) once per process, at its first
+# session, whichever test opens it: a throwaway folder from the start, never the home of whoever runs the tests.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tiniest-tests-xdg-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
