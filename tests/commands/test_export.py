@@ -123,11 +123,18 @@ def test_torchscript_and_exported_program_have_a_dynamic_batch(
             torch.testing.assert_close(program(x), want, rtol=0, atol=ATOL)
 
 
-def test_onnx_runtime_writes_into_the_tests_cache_not_the_home_folder(programs: dict[str, Path]) -> None:
-    """tests/conftest.py points XDG_CACHE_HOME at a throwaway folder before any test opens a session."""
-    onnx_session(programs["onnx"])
-    cache = Path(os.environ["XDG_CACHE_HOME"])
-    assert Path.home() not in cache.parents and (cache / "Microsoft").is_dir(), "its device id, not under ~/.cache"
+def test_onnx_runtime_writes_into_the_tests_cache_not_the_home_folder(
+    programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """tests/conftest.py points XDG_CACHE_HOME at a throwaway folder before any test opens a session: ONNX
+    Runtime writes its device id there, never under the home folder of whoever runs the tests. (It writes
+    none where CI is set, so the session here runs without it, with this run's environment otherwise.)"""
+    env = {name: value for name, value in os.environ.items() if name != "CI"}
+    env["HOME"] = str(tmp_path / "home")
+    code = "import onnxruntime, sys; onnxruntime.InferenceSession(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(programs["onnx"])], env=env, check=True, timeout=300)
+    assert not (tmp_path / "home").exists(), "written into the home folder"
+    assert (Path(env["XDG_CACHE_HOME"]) / "Microsoft").is_dir(), "its device id, written into the tests' cache"
 
 
 def test_every_program_takes_any_batch_and_only_32x32(programs: dict[str, Path]) -> None:
