@@ -23,6 +23,10 @@ atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 # ONNX Runtime writes a device id under $XDG_CACHE_HOME (else ~/.cache) once per process, at its first
 # session, whichever test opens it: a throwaway folder from the start, never the home of whoever runs the tests.
+# uv keeps its own cache where it was (tests build venvs offline from it), as uv finds it: UV_CACHE_DIR, else
+# the XDG cache folder of the user.
+_user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+os.environ.setdefault("UV_CACHE_DIR", str(_user_cache / "uv"))
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tiniest-tests-xdg-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
