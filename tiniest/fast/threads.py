@@ -212,6 +212,9 @@ class FreeCores:
             return max(0.0, self._cores - self._others)
 
 
+RETRY_S = 0.5  # how soon the slower thread count is tried again, at the least
+
+
 class Fastest:
     """For one chunk on a busy machine: one OpenMP thread or ``many``, whichever ran a picture faster lately.
 
@@ -248,7 +251,6 @@ class Fastest:
             self._seconds[threads] = seconds_per_picture if seen is None else seen + 0.3 * (seconds_per_picture - seen)
 
 
-RETRY_S = 0.5
 _free_cores = FreeCores()
 _fastest = Fastest()
 _pool_lock = threading.Lock()

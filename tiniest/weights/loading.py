@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tiniest.errors import IncompatibleWeightsError, TiniestWarning, warn
-from tiniest.weights.formats import read_weights, sha256_hex
+from tiniest.weights.formats import is_safetensors, read_weights, sha256_hex
 from tiniest.weights.releases import TiniestWeights
 
 __all__ = [
@@ -73,8 +73,9 @@ def decode_weights(data: bytes, *, source: str, location: str, verified: bool) -
     """The tensors of ``data`` and what is known of them: the file's own metadata, else the pinned record
     (the publisher's ``.pt``), else what lies beside a bare file. ``verified``: the bytes are the pinned release."""
     state_dict, metadata = read_weights(data, origin=location, pinned=verified)
-    digest = sha256_hex(data)  # once: the metadata beside a bare file is found by it too
     pinned = TiniestWeights.DEFAULT.release
+    known = pinned.sha256 if is_safetensors(data) else pinned.source_sha256  # verified: the caller hashed it
+    digest = known if verified else sha256_hex(data)  # once: the metadata beside a bare file is found by it too
     if metadata:
         meta = {**decode_metadata(metadata), "sha256": digest}
     elif digest == pinned.source_sha256:

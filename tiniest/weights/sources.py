@@ -37,7 +37,6 @@ from tiniest.errors import (
     warn,
 )
 from tiniest.files import read_regular
-from tiniest.weights.formats import sha256_hex
 from tiniest.weights.loading import LoadedWeights, decode_weights
 from tiniest.weights.releases import NOT_GIVEN, NotGiven, Release, TiniestWeights, describe_mismatch
 
@@ -142,9 +141,8 @@ def _download(name: str, release: Release, progress: bool) -> tuple[bytes, str]:
     from tiniest.weights.downloads import download, keep
 
     data, location, cache = download(name, release, progress)
-    if cache:
-        original = sha256_hex(data) == release.source_sha256
-        keep(original_cache_path(release) if original else torch_cache_path(release), data)
+    if cache:  # verified by the finder already: the "original" source's file is the publisher's .pt
+        keep(original_cache_path(release) if name == "original" else torch_cache_path(release), data)
     return data, location
 
 
