@@ -17,8 +17,7 @@ pytestmark = pytest.mark.skipif(openmp() is None, reason="no OpenMP runtime foun
 
 
 @pytest.fixture(autouse=True)
-def torch_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(threads, "_fastest", threads.Fastest())  # no timings from other tests
+def torch_threads() -> Iterator[None]:
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -44,50 +43,41 @@ def chunks(count: int) -> list[torch.Tensor]:
     return list(torch.rand(count * CHUNK, 3, 32, 32, generator=torch.Generator().manual_seed(0)).split(CHUNK))
 
 
-@pytest.mark.parametrize("budget", [1, 2, 3])
-def test_several_chunks_run_one_openmp_thread_each_on_at_most_the_users_threads(budget: int) -> None:
-    torch.set_num_threads(budget)
-    parts, run = chunks(7), Recorder()
-    out = run_chunks(run, parts)
-    assert all(torch.allclose(o, p.sum(dim=(1, 2, 3)) * 2) for o, p in zip(out, parts, strict=True)), "in order"
-    assert {count for _, count in run.seen} == {1}
-    assert len({thread for thread, _ in run.seen}) <= min(budget, usable_cores())
-    assert torch.get_num_threads() == budget, "the caller's setting is left as it was"
-
-
 @pytest.mark.parametrize(
     ("free", "budget", "expected"), [(0.2, 2, 1), (8.0, 2, 2), (8.0, 1, 1), (1.4, 4, 1), (2.6, 4, 3)]
 )
-def test_one_chunk_gets_the_free_cores_within_the_users_threads(
+def test_chunks_run_in_the_main_thread_on_the_free_cores_within_the_users_threads(
     monkeypatch: pytest.MonkeyPatch, free: float, budget: int, expected: int
 ) -> None:
     monkeypatch.setattr(threads, "_free_cores", lambda: free)
     torch.set_num_threads(budget)
-    run = Recorder()
-    run_chunks(run, chunks(1))
-    ((thread, count),) = run.seen
-    assert count == expected
-    assert thread == threading.get_ident(), "the main thread runs its lone chunk itself"
-    assert torch.get_num_threads() == budget
-    run = Recorder()
-    monkeypatch.setattr(threads, "_fastest", threads.Fastest())  # the same first choice again
-    caller = threading.Thread(target=lambda: run_chunks(run, chunks(1)))  # a request's thread, say
-    caller.start()
-    caller.join()
-    ((thread, count),) = run.seen
-    assert count == expected
-    assert (thread == caller.ident) == (expected == 1), "several threads: on the pool's (they keep their team)"
+    parts, run = chunks(3), Recorder()
+    out = run_chunks(run, parts)
+    assert all(torch.allclose(o, p.sum(dim=(1, 2, 3)) * 2) for o, p in zip(out, parts, strict=True)), "in order"
+    assert run.seen == 3 * [(threading.get_ident(), expected)]
+    assert torch.get_num_threads() == budget, "the caller's setting is left as it was"
 
 
-def test_a_new_thread_per_call_follows_the_users_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server's request thread starts with OpenMP's default; torch's setting is what counts."""
+def test_the_count_is_chosen_again_for_each_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A neighbour that starts during a large batch: the next chunk already runs on one thread."""
+    free = iter([8.0, 8.0, 0.3, 0.3])
+    monkeypatch.setattr(threads, "_free_cores", lambda: next(free))
+    torch.set_num_threads(2)
+    run = Recorder()
+    run_chunks(run, chunks(4))
+    assert [count for _, count in run.seen] == [2, 2, 1, 1]
+
+
+@pytest.mark.parametrize("budget", [1, 2])
+def test_any_other_thread_runs_its_chunks_on_one_openmp_thread(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    """A server's request thread keeps no team of OpenMP threads: one would slow every team in the process."""
     monkeypatch.setattr(threads, "_free_cores", lambda: 64.0)
-    torch.set_num_threads(1)
+    torch.set_num_threads(budget)
     run = Recorder()
-    caller = threading.Thread(target=lambda: run_chunks(run, chunks(1)))
+    caller = threading.Thread(target=lambda: run_chunks(run, chunks(2)))
     caller.start()
     caller.join()
-    assert [count for _, count in run.seen] == [1]
+    assert run.seen == 2 * [(caller.ident, 1)]
 
 
 def test_an_error_in_a_chunk_reaches_the_caller() -> None:
@@ -161,33 +151,3 @@ def test_a_training_step_has_the_same_gradients_under_any_thread_count() -> None
     torch.testing.assert_close(gradients[0][0], whole.detach())
     for part_sum, param in zip(gradients[0][1:], model.parameters(), strict=True):
         torch.testing.assert_close(part_sum, param.grad, atol=1e-5, rtol=1e-4)
-
-
-def test_on_a_busy_machine_one_chunk_runs_on_the_thread_count_that_ran_faster_and_retries_the_other(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = [100.0]
-    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
-    fastest = threads.Fastest()
-    assert fastest.choose(1) == 1
-    assert fastest.choose(2) == 1, "each count is tried first"
-    fastest.record(1, 0.004)
-    assert fastest.choose(2) == 2
-    fastest.record(2, 0.002)
-    assert fastest.choose(2) == 2
-    clock[0] += 10 * threads.RETRY_S
-    assert fastest.choose(2) == 1, "the slower count is tried again after a while"
-    for _ in range(5):  # the load changed: one thread is faster now (a moving average follows)
-        fastest.record(1, 0.001)
-    assert [fastest.choose(2) for _ in range(3)] == [1, 1, 1]
-
-
-def test_a_busy_machine_records_the_time_of_a_lone_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(threads, "_free_cores", lambda: 0.2)
-    torch.set_num_threads(2)
-    run = Recorder()
-    for _ in range(2):
-        run_chunks(run, chunks(1))
-    counts = [count for _, count in run.seen]
-    assert counts == ([1, 2] if usable_cores() > 1 else [1, 1]), "one thread, then the other count once"
-    assert torch.get_num_threads() == 2

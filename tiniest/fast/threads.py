@@ -1,22 +1,20 @@
 """How many threads the compiled model uses per call, chosen from the cores that are actually free.
 
 The compiled package's kernels and oneDNN's run OpenMP parallel regions, about 40 per chunk of
-``CHUNK`` pictures. Each region ends at a barrier, so when other
-processes hold the cores and one of our threads is descheduled, the others wait for it at every
-region: measured on 2 busy cores, a picture took 700 ms of CPU at 2 threads against 3 ms at 1.
-So, per call (``run_chunks``):
-
-* **several chunks** (more than ``CHUNK`` pictures) run side by side on up to
-  ``torch.get_num_threads()`` threads, each chunk on one thread (one OpenMP thread, no barrier
-  between threads): a descheduled thread delays only its own chunk, and the others take the rest.
-* **one chunk** runs on as many OpenMP threads as ``FreeCores`` finds free, at most
-  ``torch.get_num_threads()``; on a busy machine on one thread (in the caller's) or on all of
-  them, whichever ran a picture faster lately (``Fastest``).
+``CHUNK`` pictures. Each region ends at a barrier where libgomp's threads spin: when other
+processes hold the cores and one of our threads is descheduled, the others spin at every region
+until it runs again. Measured on 2 cores beside two 2-thread matmul processes, a picture took
+725 ms of CPU at 2 threads against 2.6 ms at 1; on the same cores left idle, 2 threads ran a chunk
+twice as fast as 1. So ``run_chunks`` runs every chunk in the caller's thread (the package's
+runner holds the GIL: Python threads side by side would take turns) and chooses, for each chunk,
+as many OpenMP threads as ``FreeCores`` finds free, at most ``torch.get_num_threads()``: all of
+them on an idle machine, one on a busy one. In any thread but the main one (a request's in a
+server, a data loader's) a chunk runs on one OpenMP thread: see ``_may_hold_team``.
 
 The thread count is set per thread (OpenMP's ``omp_set_num_threads`` acts on the calling thread
-only), on threads of a pool kept for the process, so the user's ``torch.set_num_threads`` is
-neither changed nor exceeded, and a server that calls from a new thread per request does not
-make OpenMP start a new team of threads for each request.
+only) and put back after each chunk, so the user's ``torch.set_num_threads`` is neither changed
+nor exceeded. ``one_thread_each`` (training's parts, whose ops release the GIL) runs work side by
+side on threads of a pool kept for the process, one OpenMP thread each.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from typing import TypeVar, cast
 
 import torch
 
-__all__ = ["Fastest", "FreeCores", "on_free_cores", "one_thread_each", "openmp", "run_chunks", "usable_cores"]
+__all__ = ["FreeCores", "on_free_cores", "one_thread_each", "openmp", "run_chunks", "usable_cores"]
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 T = TypeVar("T")
@@ -184,7 +182,7 @@ class FreeCores:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cores = usable_cores()
+        self.cores = usable_cores()  # read once: a process's affinity and quota seldom change
         try:
             self._cpus = set(os.sched_getaffinity(0))
         except (AttributeError, OSError):
@@ -196,7 +194,7 @@ class FreeCores:
         now = time.monotonic()
         sample = self._sample
         if sample is not None and now - sample[0] < WINDOW_S:
-            return max(0.0, self._cores - self._others)
+            return max(0.0, self.cores - self._others)
         with self._lock:
             busy, own = _busy_seconds(self._cpus), time.process_time()
             previous = self._sample
@@ -207,60 +205,20 @@ class FreeCores:
                 self._sample = (now, busy, own)
             elif now - previous[0] >= WINDOW_S:
                 others = (busy - previous[1] - (own - previous[2])) / (now - previous[0])
-                self._others = min(float(self._cores), max(0.0, others))
+                self._others = min(float(self.cores), max(0.0, others))
                 self._sample = (now, busy, own)
-            return max(0.0, self._cores - self._others)
-
-
-RETRY_S = 0.5  # how soon the slower thread count is tried again, at the least
-
-
-class Fastest:
-    """For one chunk on a busy machine: one OpenMP thread or ``many``, whichever ran a picture faster lately.
-
-    The load decides which, and cannot be read in advance: where other processes leave parts of the
-    cores free, several threads get more of them (the scheduler shares out CPU by thread); where
-    they hold the cores, the threads wait for each other at every parallel region. So each count's
-    seconds per picture is a moving average of its calls, the faster runs, and the slower is tried
-    again every ``RETRY_S`` (the slower it was, the more seldom), so that a change of load is followed.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seconds: dict[int, float] = {}
-        self._retry_at = 0.0
-
-    def choose(self, many: int) -> int:
-        if many <= 1:
-            return 1
-        with self._lock:
-            now = time.monotonic()
-            unknown = [count for count in (1, many) if count not in self._seconds]
-            if unknown:
-                self._retry_at = now + RETRY_S
-                return unknown[0]
-            best, other = sorted((1, many), key=self._seconds.__getitem__)
-            if now < self._retry_at:
-                return best
-            self._retry_at = now + min(RETRY_S * self._seconds[other] / self._seconds[best], 60 * RETRY_S)
-            return other
-
-    def record(self, threads: int, seconds_per_picture: float) -> None:
-        with self._lock:
-            seen = self._seconds.get(threads)
-            self._seconds[threads] = seconds_per_picture if seen is None else seen + 0.3 * (seconds_per_picture - seen)
+            return max(0.0, self.cores - self._others)
 
 
 _free_cores = FreeCores()
-_fastest = Fastest()
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _in_use = 0  # threads this process's calls are running on now (so that concurrent calls share the free cores)
 
 
 def _reset_after_fork() -> None:
-    global _pool, _free_cores, _fastest, _in_use
-    _pool, _free_cores, _fastest, _in_use = None, FreeCores(), Fastest(), 0
+    global _pool, _free_cores, _in_use
+    _pool, _free_cores, _in_use = None, FreeCores(), 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -292,8 +250,24 @@ def _claimed(count: int) -> Iterator[None]:
             _in_use -= count
 
 
-def _intra_op_threads(budget: int) -> int:
-    """OpenMP threads for one chunk: the free cores not already used by this process's calls, within ``budget``."""
+def _may_hold_team() -> bool:
+    """Whether this thread may run OpenMP regions on more than one thread: the main thread only.
+
+    libgomp counts every thread of every team in the process; once there are more than cores, it
+    stops spinning at barriers in *all* teams and puts waiting threads to sleep, which made each
+    region of every team, the user's plain torch ops included, several times slower for the rest
+    of the process (measured on 2 cores: the plain model 2.3x slower at batch 1, the compiled one
+    3.7x) after one call from another thread had kept a team of two. The main thread keeps the one
+    team torch gives it; any other thread runs one OpenMP thread, a team of none.
+    """
+    return threading.current_thread() is threading.main_thread()
+
+
+def _threads_here(budget: int) -> int:
+    """OpenMP threads for this thread's next work: one outside the main thread; in it, the free cores
+    that this process's other calls do not use, within ``budget``."""
+    if not _may_hold_team():
+        return 1
     free = math.floor(_free_cores() + 0.5) - _in_use
     return max(1, min(budget, free))
 
@@ -310,7 +284,7 @@ def on_free_cores() -> Iterator[None]:
     if omp is None:
         yield
         return
-    with omp.threads(_intra_op_threads(torch.get_num_threads())):
+    with omp.threads(_threads_here(torch.get_num_threads())):
         yield
 
 
@@ -348,41 +322,20 @@ def one_thread_each(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
     return cast("list[R]", results)
 
 
-def run_chunks(run: Runner, chunks: Sequence[torch.Tensor], *, side_by_side: bool = True) -> list[torch.Tensor]:
-    """``[run(c) for c in chunks]``, each ``c`` first copied channels-last, on threads chosen as the module says.
+def run_chunks(run: Runner, chunks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``[run(c) for c in chunks]`` in the caller's thread, each ``c`` copied channels-last, on threads as above.
 
-    ``side_by_side=False`` (for a ``run`` that holds the GIL): every chunk in the caller's thread,
-    on the OpenMP threads a single chunk would get. Where no OpenMP runtime can be set per thread,
-    all run in the caller's thread with torch's settings, as before this module.
+    The count is chosen again for each chunk, so a neighbour that starts during a large batch costs
+    at most one chunk at the wrong count. Where no OpenMP runtime can be set per thread, all run
+    with torch's settings, as before this module.
     """
     omp = openmp()
-    budget = torch.get_num_threads()  # the user's setting, in this thread too
     if omp is None:
         return [run(c.clone(memory_format=torch.channels_last)) for c in chunks]
-    if not side_by_side:
-        with omp.threads(_intra_op_threads(budget)):
-            return [run(c.clone(memory_format=torch.channels_last)) for c in chunks]
-    if len(chunks) == 1:
-        threads, many = _intra_op_threads(budget), min(budget, max(1, usable_cores() - _in_use))
-        tuned = threads < many  # cores taken by others: one thread or several, as they ran lately
-        if tuned:
-            threads = _fastest.choose(many)
-        started = time.perf_counter()
-        if threads == 1 or threading.current_thread() is threading.main_thread():
-            # In the caller's thread: no hand-over (waking a pool thread can take milliseconds on a busy
-            # machine); the main thread keeps its OpenMP team for the process's life.
-            with _claimed(threads), omp.threads(threads):
-                out = run(chunks[0].clone(memory_format=torch.channels_last))
-        else:  # another thread may be a request's, gone after it: the pool's keep their teams
-            with _claimed(threads):
-                out = _workers().submit(_one, omp, threads, run, chunks[0]).result()
-        if tuned:
-            _fastest.record(threads, (time.perf_counter() - started) / len(chunks[0]))
-        return [out]
-    with torch.no_grad():
-        return one_thread_each(lambda chunk: run(chunk.clone(memory_format=torch.channels_last)), chunks)
-
-
-def _one(omp: _OpenMP, threads: int, run: Runner, chunk: torch.Tensor) -> torch.Tensor:
-    with omp.threads(threads), torch.no_grad():
-        return run(chunk.clone(memory_format=torch.channels_last))
+    budget = torch.get_num_threads()  # the user's setting, in this thread too
+    outputs = []
+    for chunk in chunks:
+        threads = _threads_here(budget)
+        with _claimed(threads), omp.threads(threads):
+            outputs.append(run(chunk.clone(memory_format=torch.channels_last)))
+    return outputs
