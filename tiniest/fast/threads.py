@@ -182,7 +182,7 @@ class FreeCores:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.cores = usable_cores()  # read once: a process's affinity and quota seldom change
+        self._cores = usable_cores()
         try:
             self._cpus = set(os.sched_getaffinity(0))
         except (AttributeError, OSError):
@@ -194,7 +194,7 @@ class FreeCores:
         now = time.monotonic()
         sample = self._sample
         if sample is not None and now - sample[0] < WINDOW_S:
-            return max(0.0, self.cores - self._others)
+            return max(0.0, self._cores - self._others)
         with self._lock:
             busy, own = _busy_seconds(self._cpus), time.process_time()
             previous = self._sample
@@ -205,9 +205,9 @@ class FreeCores:
                 self._sample = (now, busy, own)
             elif now - previous[0] >= WINDOW_S:
                 others = (busy - previous[1] - (own - previous[2])) / (now - previous[0])
-                self._others = min(float(self.cores), max(0.0, others))
+                self._others = min(float(self._cores), max(0.0, others))
                 self._sample = (now, busy, own)
-            return max(0.0, self.cores - self._others)
+            return max(0.0, self._cores - self._others)
 
 
 _free_cores = FreeCores()
