@@ -67,20 +67,22 @@ def no_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiled, "_build", failing_build)
 
 
-def package_path(seed: int = SEED) -> Path:
-    return compiled._package_path(FastTiniest(random_model(seed)), CHUNK)
+def package_path(seed: int = SEED, chunk: int = CHUNK) -> Path:
+    return compiled._package_path(FastTiniest(random_model(seed)), chunk)
 
 
 def plant(seed: int = SEED, *, folder_mode: int = 0o700) -> Path:
-    """A package for ``random_model(seed)`` with a correct sha256 record, all private: what this user's build leaves."""
-    path = package_path(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, folder_mode)
-    path.write_bytes(PLANTED)
-    record = path.with_name(path.name + ".sha256")
-    record.write_text(hashlib.sha256(PLANTED).hexdigest() + "\n")
-    for file in (path, record):
-        os.chmod(file, 0o600)
+    """The packages for ``random_model(seed)`` (batches, and one picture) with correct sha256 records, all
+    private: what this user's build leaves. Returns the batches' package, the first one loaded."""
+    for chunk in (1, CHUNK):
+        path = package_path(seed, chunk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, folder_mode)
+        path.write_bytes(PLANTED)
+        record = path.with_name(path.name + ".sha256")
+        record.write_text(hashlib.sha256(PLANTED).hexdigest() + "\n")
+        for file in (path, record):
+            os.chmod(file, 0o600)
     return path
 
 
@@ -99,9 +101,25 @@ def test_a_package_this_user_built_is_loaded(cache: Path, loaded: list[Path], ca
     """The control for the tests below: a private folder, a private package matching its record."""
     path = plant()
     model = optimize(random_model(SEED), mode="cached")
-    assert model.compiled and loaded == [path] and not caught
+    assert model.compiled and loaded == [path, package_path(SEED, 1)] and not caught
     with torch.no_grad():
         assert model(inputs(2)).argmax(1).tolist() == [3, 3]
+
+
+def test_one_picture_runs_the_package_built_for_one(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its weights are prepacked for that shape (10-20 % less CPU a picture); every other batch runs the chunk's."""
+    calls: list[Path] = []
+
+    def recording(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: calls.append(path) or torch.zeros(len(x), 10)
+
+    monkeypatch.setattr(compiled, "open_package", recording)
+    batches, single = plant(), package_path(SEED, 1)
+    model = optimize(random_model(SEED), mode="cached")
+    with torch.no_grad():
+        for batch in (1, 2, CHUNK, CHUNK + 1):
+            assert model(inputs(batch)).shape == (batch, 10)
+    assert calls == [single, batches, batches, batches, single], "the last chunk of 16 is one picture"
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o707, 0o1777])

@@ -121,21 +121,22 @@ def test_compiled_package_serves_any_batch_size_and_is_built_once_per_machine(
         x = inputs(batch, seed=batch)
         with torch.no_grad():
             torch.testing.assert_close(optimized(x), model(x), rtol=0, atol=1e-4)
-    (package,) = compiled_cache_dir().glob("*.pt2")
-    record = package.with_name(f"{package.name}.sha256")
-    assert sorted(p.name for p in compiled_cache_dir().iterdir() if p.name != ".locks") == [
-        package.name,
-        record.name,
-    ], "the package and its sha256 record, no leftovers"
-    assert record.read_text().strip() == hashlib.sha256(package.read_bytes()).hexdigest()
-    modes = [stat.S_IMODE(p.stat().st_mode) for p in (compiled_cache_dir(), package, record)]
-    assert modes == [0o700, 0o600, 0o600], "private to this user"
-    with zipfile.ZipFile(package) as archive:
-        (wrapper,) = [archive.read(name).decode() for name in archive.namelist() if name.endswith(".wrapper.cpp")]
-    # Frozen weights: all 13 matmuls and 14 convolutions run oneDNN's prepacked kernels, none plain addmm.
-    assert wrapper.count("_linear_pointwise(") == 13, "the build must freeze the weights (grad off)"
-    assert wrapper.count("_convolution_pointwise(") == 14
-    assert "addmm_out(" not in wrapper
+    fast = FastTiniest(model)
+    package, single = compiled._package_path(fast, CHUNK), compiled._package_path(fast, 1)
+    records = [p.with_name(f"{p.name}.sha256") for p in (package, single)]
+    assert sorted(p.name for p in compiled_cache_dir().iterdir() if p.name != ".locks") == sorted(
+        p.name for p in (package, single, *records)
+    ), "the two packages (batches, one picture) and their sha256 records, no leftovers"
+    for built, record in zip((package, single), records, strict=True):
+        assert record.read_text().strip() == hashlib.sha256(built.read_bytes()).hexdigest()
+        modes = [stat.S_IMODE(p.stat().st_mode) for p in (compiled_cache_dir(), built, record)]
+        assert modes == [0o700, 0o600, 0o600], "private to this user"
+        with zipfile.ZipFile(built) as archive:
+            (wrapper,) = [archive.read(name).decode() for name in archive.namelist() if name.endswith(".wrapper.cpp")]
+        # Frozen weights: all 13 matmuls and 14 convolutions run oneDNN's prepacked kernels, none plain addmm.
+        assert wrapper.count("_linear_pointwise(") == 13, "the build must freeze the weights (grad off)"
+        assert wrapper.count("_convolution_pointwise(") == 14
+        assert "addmm_out(" not in wrapper
 
     def no_build(*args: object) -> None:
         raise AssertionError("the cached package should have been loaded, not rebuilt")

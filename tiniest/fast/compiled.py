@@ -2,15 +2,18 @@
 
 ``torch.compile`` forgets its work when the process ends, and Inductor's on-disk cache skips
 graphs whose weights are frozen into constants, so every ``tiniest evaluate`` would compile for
-20-40 s again. Instead the inference graph is exported with a symbolic batch (1 to ``chunk``
-images) and compiled by AOTInductor into a ``.pt2`` package: a shared library plus the frozen,
-prepacked weights. It is stored in ``compiled_cache_dir`` under a key of everything the
-build depends on (weights, module source, torch version, CPU, compiler); later processes load it
-in milliseconds. Its parallel loops ask OpenMP for the caller's thread count at run time, so one
-package serves ``torch.set_num_threads(1)`` as well as the default. Builds run under a file lock
-and land by atomic rename, so concurrent processes build once and no reader sees half a package.
-A new package is first run in a child process on every batch size it serves
-(``check_in_child``): a bad one crashes that child, not the caller, and is never cached.
+20-40 s again. Instead the inference graph is exported and compiled by AOTInductor into ``.pt2``
+packages: a shared library plus the frozen, prepacked weights. There are two per model: one with a
+symbolic batch (1 to ``chunk`` images) for batches, and one for exactly one image, whose
+convolution weights are prepacked for that shape once at build time rather than reordered on
+every call (measured on 2 cores: 10 % less CPU per picture on one thread, 19 % on two). Each is
+stored in ``compiled_cache_dir`` under a key of everything its build depends on (weights, module
+source, torch version, CPU, compiler, batch sizes); later processes load them in milliseconds.
+Their parallel loops ask OpenMP for the caller's thread count at run time, so one package serves
+``torch.set_num_threads(1)`` as well as the default. Builds run under a file lock and land by
+atomic rename, so concurrent processes build once and no reader sees half a package. A new
+package is first run in a child process on every batch size it serves (``check_in_child``): a bad
+one crashes that child, not the caller, and is never cached.
 
 Loading a package runs native code, so a package is loaded only if this user built it: its
 folder must be this user's and writable by no one else (a new one is made ``0o700``), and its
@@ -153,17 +156,17 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def _build(module: nn.Module, chunk: int, target: Path) -> None:
-    """Export ``module`` with batch 1..``chunk`` and compile it with AOTInductor into ``target``."""
+    """Export ``module`` for batches of 1..``chunk`` (only 1 if ``chunk`` is 1), built by AOTInductor in ``target``."""
     import torch._inductor.config
 
-    batch = torch.export.Dim("batch", min=1, max=chunk)
     example = torch.zeros(chunk, 3, *_input_of(module).size).contiguous(memory_format=torch.channels_last)
+    batch = ({0: torch.export.Dim("batch", min=1, max=chunk)},) if chunk > 1 else None
     # Freezing makes the weights constants, prepacked for oneDNN's convolutions and matmuls; Inductor
     # applies it only where autograd is off, so the compile call needs no_grad as much as the export.
     # Dynamic threads: the loops follow torch.get_num_threads() of the process that runs them (the
     # thread count is no part of the package key; why_no_build refuses an Inductor without the option).
     with torch.no_grad(), torch._inductor.config.patch({"freezing": True, "cpp.dynamic_threads": True}):
-        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(module, (example,), dynamic_shapes=batch)
         torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(target))
 
 
@@ -318,23 +321,55 @@ def _package_path(module: nn.Module, chunk: int) -> Path:
     return compiled_cache_dir() / f"tiniest-{package_key(module, chunk)[:32]}.pt2"
 
 
+def _sizes(chunk: int) -> tuple[int, ...]:
+    """The packages a model gets: batches of 1..``chunk``, and exactly one image (see the module's docstring)."""
+    return (chunk, 1) if chunk > 1 else (1,)
+
+
+def _by_batch(runners: dict[int, Runner]) -> Runner:
+    """One runner for both packages: a single image goes to the one built for it, any other batch to the chunk's."""
+    if len(runners) == 1:
+        (runner,) = runners.values()
+        return runner
+    single, batches = runners[1], runners[max(runners)]
+    return lambda x: single(x) if x.shape[0] == 1 else batches(x)
+
+
 def load_cached(module: nn.Module, chunk: int) -> Runner | None:
-    """The package for ``module`` if this user has already built it here, else None; never builds."""
-    path = _package_path(module, chunk)
-    return _load(path) if _private_folder(path.parent, create=False) else None
+    """The packages for ``module`` if this user has already built them here, else None; never builds."""
+    runners = {}
+    for size in _sizes(chunk):
+        path = _package_path(module, size)
+        runner = _load(path) if _private_folder(path.parent, create=False) else None
+        if runner is None:
+            return None
+        runners[size] = runner
+    return _by_batch(runners)
 
 
 def load_or_build(module: nn.Module, chunk: int) -> Runner:
-    """The cached package for ``module``, building it first if this user has none here.
+    """The cached packages for ``module``, building first those this user has not built here.
 
     A build is announced in one log line (a warning, so that it shows without logging set up) once
     this process holds the lock and knows it builds: it takes tens of seconds, and the caller would
     otherwise see a silent pause. A process that waits for a peer's build is told so by the lock.
-    Where the cache folder is not this user's alone, or cannot be written, the package is built in
+    Where the cache folder is not this user's alone, or cannot be written, the packages are built in
     a private temporary folder, loaded, and not kept.
     Raises whatever export or compilation raises; the caller decides on a fallback (and asks
     ``why_no_build`` first where a build cannot even start).
     """
+    announced: list[str] = []
+
+    def announce(where: str) -> None:
+        if not announced:
+            announced.append(where)
+            _announce_build(where)
+
+    return _by_batch({size: _load_or_build_one(module, size, announce) for size in _sizes(chunk)})
+
+
+def _load_or_build_one(module: nn.Module, chunk: int, announce: Callable[[str], None]) -> Runner:
+    """``load_or_build`` for the one package that serves batches of 1..``chunk``."""
     target = _package_path(module, chunk)
     folder = target.parent
     if _private_folder(folder, create=True):
@@ -348,9 +383,9 @@ def load_or_build(module: nn.Module, chunk: int) -> Runner:
             if runner is not None:
                 return runner
             if access != "unusable":
-                _announce_build(f"later runs load it from {folder}")
+                announce(f"later runs load it from {folder}")
                 return _build_into(folder, module, chunk, target)
-    _announce_build("it is not kept: the cache folder cannot be used")
+    announce("it is not kept: the cache folder cannot be used")
     with tempfile.TemporaryDirectory(prefix="tiniest-compiled-") as scratch:
         package = Path(scratch) / target.name
         _build_checked(module, chunk, package)

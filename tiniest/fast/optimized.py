@@ -18,6 +18,7 @@ Its ``mode`` names what runs (``OptimizeMode``), one word per choice.
 from __future__ import annotations
 
 import copy
+import operator
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -193,19 +194,35 @@ def compiler_available() -> bool:
 class _FastPath:
     """What runs for the inputs the fast path serves, and the weights it was made from.
 
-    ``weights``: each parameter and buffer with its version counter when the path was made; an
-    in-place change (``load_state_dict``, an optimizer step) or a replaced tensor makes it stale.
+    ``tensors`` and ``versions``: each parameter and buffer, and its version counter, when the path
+    was made; an in-place change (``load_state_dict``, an optimizer step) or a replaced tensor makes
+    it stale.
     """
 
-    weights: tuple[tuple[torch.Tensor, int], ...]
+    tensors: tuple[torch.Tensor, ...]
+    versions: list[int]
     fast: FastTiniest
     device: torch.device
     runner: Runner | None
 
     def is_current(self, tensors: list[torch.Tensor]) -> bool:
-        return len(tensors) == len(self.weights) and all(
-            t is seen and _version(t) == version for t, (seen, version) in zip(tensors, self.weights, strict=True)
+        return (
+            len(tensors) == len(self.tensors)
+            and all(map(operator.is_, tensors, self.tensors))
+            and _versions(tensors) == self.versions
         )
+
+
+def _walk(root: nn.Module) -> list[nn.Module]:
+    """``root`` and every module below it, each once: what ``root.modules()`` yields, at half its cost
+    (it builds a name for each module); checked on every call, this is a tenth of a small batch's overhead."""
+    modules, seen = [root], {id(root)}
+    for module in modules:  # the list grows as children are found
+        for child in module._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                modules.append(child)
+    return modules
 
 
 def _tensors(modules: list[nn.Module], *, buffers: bool = True) -> list[torch.Tensor]:
@@ -217,9 +234,11 @@ def _tensors(modules: list[nn.Module], *, buffers: bool = True) -> list[torch.Te
     return found
 
 
-def _version(tensor: torch.Tensor) -> int:
-    # Inference tensors keep no version counter (they change only inside inference_mode).
-    return -1 if tensor.is_inference() else tensor._version
+def _versions(tensors: list[torch.Tensor]) -> list[int]:
+    try:
+        return [t._version for t in tensors]
+    except RuntimeError:  # an inference tensor keeps no version counter (it changes only inside inference_mode)
+        return [-1 if t.is_inference() else t._version for t in tensors]
 
 
 def _serves(x: object, size: tuple[int, int]) -> bool:
@@ -276,7 +295,7 @@ class OptimizedTiniest(Tiniest):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _serves(x, self._input_size):
             return super().forward(x)
-        modules = list(self.modules())  # walked once per call: the checks below cost more than a small batch
+        modules = _walk(self)  # once per call, for both checks below
         if self._needs_layers(modules):
             return super().forward(x)
         path = self._fast_path(modules)
@@ -304,7 +323,7 @@ class OptimizedTiniest(Tiniest):
 
     def _fast_path(self, modules: list[nn.Module] | None = None) -> _FastPath | None:
         """The fast path for the current weights, remade if they changed; None if they are not float32."""
-        tensors = _tensors(list(self.modules()) if modules is None else modules)
+        tensors = _tensors(_walk(self) if modules is None else modules)
         path = self._path
         if path is not None and path.is_current(tensors):
             return path
@@ -352,7 +371,7 @@ class OptimizedTiniest(Tiniest):
             plain.load_state_dict(self.state_dict(), assign=True)
             fast = FastTiniest(plain)
         runner = _cached_package(fast) if self._use_package and device.type == "cpu" else None
-        return _FastPath(tuple((t, _version(t)) for t in tensors), fast, device, runner)
+        return _FastPath(tuple(tensors), _versions(tensors), fast, device, runner)
 
     def _apply(self, fn: Any, recurse: bool = True) -> OptimizedTiniest:
         self._path = None  # new device or dtype: remade at the next call

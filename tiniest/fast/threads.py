@@ -101,6 +101,8 @@ def openmp() -> _OpenMP | None:
     Looked up among the libraries this process has mapped (Linux), then in torch's own ``lib``
     folder; a runtime whose thread count is not torch's (checked) is not used.
     """
+    if _openmp_found:  # asked on every call: no lock once found
+        return _openmp_found[0]
     with _openmp_lock:
         if not _openmp_found:
             _openmp_found.append(_find_openmp())
