@@ -393,9 +393,9 @@ def _load_or_build_one(module: nn.Module, chunk: int, announce: Callable[[str], 
 
 
 def _announce_build(where: str) -> None:
-    # Measured: 26-28 s on 2 idle cores, 60-85 s on 2 busy ones.
+    # Measured: 37 s on 2 idle cores for both packages (26-28 s for the first alone; 60-85 s on 2 busy cores).
     logger.warning(
-        "tiniest: compiling the fast model for these weights, once per machine (about 30 s on 2 idle cores, "
+        "tiniest: compiling the fast model for these weights, once per machine (about 40 s on 2 idle cores, "
         "longer on a busy machine); %s",
         where,
     )

@@ -39,13 +39,13 @@ from tiniest.transforms import preprocess_for
 # widest layer) stay close to the cores between layers. Measured at batch 2,000 on 2 cores, chunks
 # of 15-16 run 5-15% faster than chunks of 8 or 32, and 1.5x faster than whole batches of 256.
 # It stays below 16: torch picks convolution kernels differently from batch 16 on, so a package
-# compiled at 32 is declared for 16-32 images only; at 15 it is declared for 2-15 (export's lower
-# bound; a single image runs the same size-generic code, tested against the eager model).
+# compiled at 32 is declared for 16-32 images only. A single image runs a package of its own
+# (tiniest.fast.compiled: weights prepacked for that shape).
 CHUNK = 15
 # Below this many images a run does not wait for a package to be built. Measured on 2 cores: a
-# build takes about 30 s and saves about 1.3 ms per image against the eager FastTiniest (about
-# 1,000 against 440 images/s), so 10,000 images (CIFAR-10's test split) repay it by their second
-# run, 20,000 within the first; a picture or a small folder is done before a build would be.
+# build takes about 40 s (its two packages) and saves about 1.3 ms per image against the eager
+# FastTiniest (about 1,000 against 440 images/s), so 10,000 images (CIFAR-10's test split) repay it by
+# their third run, 30,000 within the first; a picture or a small folder is done before a build would be.
 BUILD_MIN_IMAGES = 10_000
 
 OptimizeMode = Literal["compiled", "cached", "eager"]
@@ -405,7 +405,7 @@ def optimize(model: nn.Module, *, mode: OptimizeMode = "compiled") -> OptimizedT
         model: the model to speed up; it is copied, not modified.
         mode: what runs (``OptimizeMode``). ``"compiled"``: the AOTInductor package, built
             first if this machine has none for these weights (announced in one log line: about
-            30 s on 2 cores); later ``optimize`` calls, in any process and under any thread count,
+            40 s on 2 cores); later ``optimize`` calls, in any process and under any thread count,
             load it from ``tiniest.fast.compiled.compiled_cache_dir`` in milliseconds.
             ``"cached"``: the package if already built, else the eager ``FastTiniest`` at
             once (``"compiled" if worth_building(number_of_images) else "cached"`` is the
