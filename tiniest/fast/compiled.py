@@ -337,10 +337,11 @@ def _by_batch(runners: dict[int, Runner]) -> Runner:
 
 def load_cached(module: nn.Module, chunk: int) -> Runner | None:
     """The packages for ``module`` if this user has already built them here, else None; never builds."""
+    if not _private_folder(compiled_cache_dir(), create=False):
+        return None
     runners = {}
     for size in _sizes(chunk):
-        path = _package_path(module, size)
-        runner = _load(path) if _private_folder(path.parent, create=False) else None
+        runner = _load(_package_path(module, size))
         if runner is None:
             return None
         runners[size] = runner

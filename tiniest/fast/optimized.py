@@ -27,6 +27,7 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as hooks  # where the global forward hooks live
 
 from tiniest.env import env_flag
 from tiniest.errors import FastPathWarning, UsageError, warn
@@ -315,8 +316,6 @@ class OptimizedTiniest(Tiniest):
     def _needs_layers(self, modules: list[nn.Module]) -> bool:
         """Whether the layers themselves must run: forward hooks watch them (as a recorder of activations
         does), or gradients are wanted for parameters that ask for them (fine-tuning this model)."""
-        from torch.nn.modules import module as hooks
-
         if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
             return True
         if torch.is_grad_enabled() and any(p.requires_grad for p in _tensors(modules, buffers=False)):
